@@ -1,0 +1,53 @@
+"""The contract between the fixtures and a hardware backend (``npu`` or ``sim``).
+
+A test body is written once against the llm_datadist API (``backend.api``); only the few things that
+differ by hardware go through the methods below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from torch.distributed import Store
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot be used on this machine; ``str(exc)`` says what is missing and how to fix it."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    #: "npu" or "sim"
+    name: str
+    #: the llm_datadist-compatible module: ``llm_datadist`` itself or ``kvtest.backends.sim``
+    api: ModuleType
+
+    def bind(self, store: Store, namespace: str, role: str) -> None:
+        """Attach the backend to this test's control plane (sim uses it for metadata; npu ignores it).
+
+        :param store: a torch.distributed store shared by every role of the run.
+        :param namespace: a prefix unique to this run and test; nothing outside it is read.
+        :param role: this process's role name, e.g. ``"p0"`` or ``"d1"``.
+        """
+
+    def set_device(self, device_id: int) -> None:
+        """Select the device this process works on (``torch.npu.set_device`` on npu)."""
+
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """A device copy of a host tensor (``.npu()`` on npu, a fresh contiguous CPU tensor on sim)."""
+
+    def tensors_at(self, shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]) -> list[torch.Tensor]:
+        """Tensors viewing memory the backend owns (e.g. ``Cache.tensor_addrs`` of a pool cache)."""
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host (CPU) copy of a device tensor, for byte comparison."""
+
+    def device_ip(self, device_id: int) -> str:
+        """The device's IP as the two-sided link's rank table needs it."""
+
+    def describe(self) -> dict[str, str]:
+        """Versions and facts for the environment fingerprint (backend name included)."""

@@ -1,0 +1,24 @@
+"""The ``kvtest`` command: ``kvtest doctor`` (preflight) and ``kvtest compare`` (CANN-upgrade gate)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kvtest", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from kvtest import compare, doctor
+
+    doctor.add_arguments(sub.add_parser("doctor", help=doctor.HELP, description=doctor.HELP))
+    compare.add_arguments(sub.add_parser("compare", help=compare.HELP, description=compare.HELP))
+    args = parser.parse_args(argv)
+    handlers = {"doctor": doctor.run, "compare": compare.run}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
