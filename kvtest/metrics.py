@@ -1,0 +1,132 @@
+"""Per-transfer timing: bytes, seconds and GB/s (decimal: bytes / seconds / 1e9).
+
+A test (or its fixtures) times each transfer with :meth:`TransferLog.measure`; the plugin turns the
+log into JUnit properties (:meth:`TransferLog.as_properties`) and results-file entries.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+__all__ = ["ApiSummary", "TransferLog", "TransferRecord", "gbps", "summarize"]
+
+# A perf_counter interval can read 0 for a tiny transfer; never divide by it.
+_MIN_SECONDS = 1e-9
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    """Decimal gigabytes per second."""
+    return nbytes / max(seconds, _MIN_SECONDS) / 1e9
+
+
+class ApiSummary(TypedDict):
+    """Totals for one API over a test; the latency percentiles are ``None`` for a single transfer."""
+
+    count: int
+    bytes: int
+    seconds: float
+    gbps: float
+    p50_ms: float | None
+    p99_ms: float | None
+
+
+@dataclass(frozen=True)
+class TransferRecord:
+    """One timed transfer. ``role`` is the process that timed it (``"d0"``), empty when unknown."""
+
+    api: str
+    nbytes: int
+    seconds: float
+    role: str = ""
+
+    @property
+    def gbps(self) -> float:
+        return gbps(self.nbytes, self.seconds)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default) over a sorted list."""
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summarize(records: Iterable[TransferRecord]) -> dict[str, ApiSummary]:
+    """Per-API totals, in first-seen order: GB/s is total bytes over total seconds."""
+    by_api: dict[str, list[TransferRecord]] = {}
+    for record in records:
+        by_api.setdefault(record.api, []).append(record)
+    out: dict[str, ApiSummary] = {}
+    for api, group in by_api.items():
+        total_bytes = sum(r.nbytes for r in group)
+        total_seconds = sum(r.seconds for r in group)
+        ms = sorted(r.seconds * 1e3 for r in group)
+        repeated = len(ms) > 1
+        out[api] = ApiSummary(
+            count=len(group),
+            bytes=total_bytes,
+            seconds=total_seconds,
+            gbps=gbps(total_bytes, total_seconds),
+            p50_ms=_percentile(ms, 0.50) if repeated else None,
+            p99_ms=_percentile(ms, 0.99) if repeated else None,
+        )
+    return out
+
+
+@dataclass
+class TransferLog:
+    """The transfers one process timed during one test.
+
+    :param role: stamped on every record (``"p0"``, ``"d1"``...).
+    """
+
+    role: str = ""
+    records: list[TransferRecord] = field(default_factory=list)
+
+    @contextmanager
+    def measure(self, api: str, nbytes: int) -> Iterator[None]:
+        """Time the ``with`` body as one transfer of ``nbytes`` through ``api``.
+
+        Nothing is recorded when the body raises: a failed transfer has no bandwidth.
+        """
+        start = time.perf_counter()
+        yield
+        self.add(api, nbytes, time.perf_counter() - start)
+
+    def add(self, api: str, nbytes: int, seconds: float) -> TransferRecord:
+        """Record a transfer timed elsewhere (e.g. by a peer process)."""
+        if nbytes < 0 or seconds < 0:
+            raise ValueError(f"{api}: bytes and seconds must not be negative (got {nbytes}, {seconds})")
+        record = TransferRecord(api=api, nbytes=nbytes, seconds=seconds, role=self.role)
+        self.records.append(record)
+        return record
+
+    def summary(self) -> dict[str, ApiSummary]:
+        return summarize(self.records)
+
+    def as_properties(self, prefix: str = "kv") -> list[tuple[str, object]]:
+        """``(name, value)`` pairs for ``item.user_properties``: ``kv.<api>.bytes``, ``.gbps``, ...
+
+        ``count``, ``bytes``, ``seconds`` and ``gbps`` always appear; ``p50_ms``/``p99_ms`` only for
+        an API timed more than once. Floats are rounded so the JUnit XML stays readable.
+        """
+        props: list[tuple[str, object]] = []
+        for api, s in self.summary().items():
+            props += [
+                (f"{prefix}.{api}.count", s["count"]),
+                (f"{prefix}.{api}.bytes", s["bytes"]),
+                (f"{prefix}.{api}.seconds", round(s["seconds"], 6)),
+                (f"{prefix}.{api}.gbps", round(s["gbps"], 3)),
+            ]
+            if s["p50_ms"] is not None and s["p99_ms"] is not None:
+                props += [
+                    (f"{prefix}.{api}.p50_ms", round(s["p50_ms"], 3)),
+                    (f"{prefix}.{api}.p99_ms", round(s["p99_ms"], 3)),
+                ]
+        return props

@@ -1,0 +1,315 @@
+"""The ``--kv-results`` JSON file: per test, the outcome on every role and every timed transfer.
+
+The schema is documented in ``docs/results.md``. :class:`ResultsWriter` rewrites the whole file
+atomically after every test, so a crash or a kill never leaves a torn file or loses a finished test.
+:func:`load_results` validates a file completely and raises :class:`ResultsError` with a one-line
+message naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypedDict, Union
+
+from kvtest import __version__
+from kvtest.metrics import ApiSummary, TransferRecord, gbps, summarize
+
+__all__ = [
+    "OUTCOMES",
+    "SCHEMA_VERSION",
+    "ResultsError",
+    "Results",
+    "ResultsWriter",
+    "RoleResult",
+    "TestEntry",
+    "TransferEntry",
+    "load_results",
+    "role_result",
+    "transfer_records",
+]
+
+#: the value of the top-level ``"kvtest_results"`` key this kvtest writes and reads
+SCHEMA_VERSION = 1
+#: allowed test and role outcomes (pytest's, with "error" for setup/teardown failures)
+OUTCOMES = ("passed", "failed", "skipped", "error")
+
+
+class RoleResult(TypedDict):
+    """One role's part of a test. ``step`` is where it stopped (``"push"``), None when it finished."""
+
+    outcome: str
+    step: str | None
+    message: str | None
+    duration_s: float
+
+
+class TransferEntry(TypedDict):
+    role: str
+    api: str
+    bytes: int
+    seconds: float
+    gbps: float
+
+
+class TestEntry(TypedDict):
+    outcome: str
+    roles: dict[str, RoleResult]
+    transfers: list[TransferEntry]
+    summary: dict[str, ApiSummary]
+
+
+class ResultsError(Exception):
+    """A results file that cannot be used; ``str()`` is one line naming the file and the problem."""
+
+
+def role_result(outcome: str, *, step: str | None = None, message: str | None = None,
+                duration_s: float = 0.0) -> RoleResult:
+    """Build a :class:`RoleResult`, checking the outcome."""
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+    return RoleResult(outcome=outcome, step=step, message=message, duration_s=float(duration_s))
+
+
+def _entry(t: TransferRecord | TransferEntry) -> TransferEntry:
+    if isinstance(t, TransferRecord):
+        return TransferEntry(role=t.role, api=t.api, bytes=t.nbytes, seconds=t.seconds, gbps=t.gbps)
+    return TransferEntry(role=t["role"], api=t["api"], bytes=t["bytes"], seconds=t["seconds"],
+                         gbps=gbps(t["bytes"], t["seconds"]))
+
+
+def _record(t: TransferEntry) -> TransferRecord:
+    return TransferRecord(api=t["api"], nbytes=t["bytes"], seconds=t["seconds"], role=t["role"])
+
+
+def transfer_records(entry: TestEntry) -> list[TransferRecord]:
+    """The transfers of a test entry as :class:`TransferRecord` objects."""
+    return [_record(t) for t in entry["transfers"]]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Results:
+    """A loaded results file."""
+
+    path: Path
+    kvtest_version: str
+    created: str
+    run_id: str
+    fingerprint: dict[str, str]
+    #: by pytest node id, in the order the tests finished
+    tests: dict[str, TestEntry]
+
+
+class ResultsWriter:
+    """Keeps a run's results and rewrites ``path`` after every :meth:`add`.
+
+    The file is written once at construction (with no tests), so even a run that dies in its first
+    test leaves a valid file naming the run and its fingerprint.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, run_id: str,
+                 fingerprint: Mapping[str, str]) -> None:
+        self.path = Path(path)
+        self._doc: dict[str, Any] = {
+            "kvtest_results": SCHEMA_VERSION,
+            "kvtest_version": __version__,
+            "created": _now(),
+            "run_id": run_id,
+            "fingerprint": {str(k): str(v) for k, v in fingerprint.items()},
+            "tests": {},
+        }
+        self._write()
+
+    @property
+    def tests(self) -> Mapping[str, TestEntry]:
+        return dict(self._doc["tests"])
+
+    def add(self, nodeid: str, outcome: str, roles: Mapping[str, RoleResult],
+            transfers: Iterable[TransferRecord | TransferEntry] = ()) -> TestEntry:
+        """Record one test (replacing an earlier entry for the same node id) and rewrite the file."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"{nodeid}: outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        entries = [_entry(t) for t in transfers]
+        entry = TestEntry(
+            outcome=outcome,
+            roles={name: role_result(r["outcome"], step=r["step"], message=r["message"],
+                                     duration_s=r["duration_s"]) for name, r in roles.items()},
+            transfers=entries,
+            summary=summarize(_record(t) for t in entries),
+        )
+        tests: dict[str, TestEntry] = self._doc["tests"]
+        tests.pop(nodeid, None)
+        tests[nodeid] = entry
+        self._write()
+        return entry
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self._doc, indent=2, allow_nan=False) + "\n"
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+_Number = Union[int, float]
+
+
+class _Bad(Exception):
+    """A schema problem at a JSON location; turned into ResultsError with the file name."""
+
+
+def _need(obj: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    # bool is an int subclass in Python, but true/false is never a valid count or duration here
+    if isinstance(obj, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise _Bad(f"{where} must be {what}, got {json.dumps(obj)}")
+    if not isinstance(obj, kind):
+        raise _Bad(f"{where} must be {what}, got {_short(obj)}")
+    return obj
+
+
+def _short(obj: Any) -> str:
+    text = json.dumps(obj)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(obj: Any, where: str, *, optional: bool = False) -> _Number | None:
+    if obj is None and optional:
+        return None
+    value: _Number = _need(obj, (int, float), where, "a number")
+    if not math.isfinite(value) or value < 0:
+        raise _Bad(f"{where} must be a finite number >= 0, got {value}")
+    return value
+
+
+def _outcome(obj: Any, where: str) -> str:
+    value: str = _need(obj, str, where, "a string")
+    if value not in OUTCOMES:
+        raise _Bad(f"{where} must be one of {'|'.join(OUTCOMES)}, got {value!r}")
+    return value
+
+
+def _keys(obj: dict[str, Any], required: Iterable[str], where: str) -> None:
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise _Bad(f"{where} lacks {', '.join(repr(k) for k in missing)}")
+
+
+def _role(obj: Any, where: str) -> RoleResult:
+    _need(obj, dict, where, "an object")
+    _keys(obj, ("outcome", "step", "message", "duration_s"), where)
+    for key in ("step", "message"):
+        if obj[key] is not None:
+            _need(obj[key], str, f"{where}.{key}", "a string or null")
+    return RoleResult(outcome=_outcome(obj["outcome"], f"{where}.outcome"), step=obj["step"],
+                      message=obj["message"], duration_s=float(_number(obj["duration_s"],
+                                                                        f"{where}.duration_s") or 0))
+
+
+def _transfer(obj: Any, where: str) -> TransferEntry:
+    _need(obj, dict, where, "an object")
+    _keys(obj, ("role", "api", "bytes", "seconds", "gbps"), where)
+    return TransferEntry(
+        role=_need(obj["role"], str, f"{where}.role", "a string"),
+        api=_need(obj["api"], str, f"{where}.api", "a string"),
+        bytes=_need(obj["bytes"], int, f"{where}.bytes", "an integer"),
+        seconds=float(_number(obj["seconds"], f"{where}.seconds") or 0),
+        gbps=float(_number(obj["gbps"], f"{where}.gbps") or 0),
+    )
+
+
+def _summary(obj: Any, where: str) -> ApiSummary:
+    _need(obj, dict, where, "an object")
+    _keys(obj, ("count", "bytes", "seconds", "gbps"), where)
+    p50 = _number(obj.get("p50_ms"), f"{where}.p50_ms", optional=True)
+    p99 = _number(obj.get("p99_ms"), f"{where}.p99_ms", optional=True)
+    return ApiSummary(
+        count=_need(obj["count"], int, f"{where}.count", "an integer"),
+        bytes=_need(obj["bytes"], int, f"{where}.bytes", "an integer"),
+        seconds=float(_number(obj["seconds"], f"{where}.seconds") or 0),
+        gbps=float(_number(obj["gbps"], f"{where}.gbps") or 0),
+        p50_ms=None if p50 is None else float(p50),
+        p99_ms=None if p99 is None else float(p99),
+    )
+
+
+def _test(obj: Any, where: str) -> TestEntry:
+    _need(obj, dict, where, "an object")
+    _keys(obj, ("outcome", "roles", "transfers", "summary"), where)
+    roles = _need(obj["roles"], dict, f"{where}.roles", "an object")
+    transfers = _need(obj["transfers"], list, f"{where}.transfers", "a list")
+    summary = _need(obj["summary"], dict, f"{where}.summary", "an object")
+    return TestEntry(
+        outcome=_outcome(obj["outcome"], f"{where}.outcome"),
+        roles={k: _role(v, f"{where}.roles[{k!r}]") for k, v in roles.items()},
+        transfers=[_transfer(t, f"{where}.transfers[{i}]") for i, t in enumerate(transfers)],
+        summary={k: _summary(v, f"{where}.summary[{k!r}]") for k, v in summary.items()},
+    )
+
+
+def _parse(doc: Any, path: Path) -> Results:
+    if not isinstance(doc, dict) or "kvtest_results" not in doc:
+        raise _Bad("not a kvtest results file (no top-level 'kvtest_results' key)")
+    version = doc["kvtest_results"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        hint = "; upgrade kvtest" if isinstance(version, int) and version > SCHEMA_VERSION else ""
+        raise _Bad(f"results schema version {_short(version)} is not supported "
+                   f"(this kvtest {__version__} reads version {SCHEMA_VERSION}){hint}")
+    _keys(doc, ("kvtest_version", "created", "run_id", "fingerprint", "tests"), "the file")
+    fingerprint = _need(doc["fingerprint"], dict, "fingerprint", "an object")
+    for k, v in fingerprint.items():
+        _need(v, str, f"fingerprint[{k!r}]", "a string")
+    tests = _need(doc["tests"], dict, "tests", "an object")
+    return Results(
+        path=path,
+        kvtest_version=_need(doc["kvtest_version"], str, "kvtest_version", "a string"),
+        created=_need(doc["created"], str, "created", "a string"),
+        run_id=_need(doc["run_id"], str, "run_id", "a string"),
+        fingerprint=dict(fingerprint),
+        tests={k: _test(v, f"tests[{k!r}]") for k, v in tests.items()},
+    )
+
+
+def load_results(path: str | os.PathLike[str]) -> Results:
+    """Read and validate a results file.
+
+    :raises ResultsError: ``"<path>: <problem>"`` on one line: missing or unreadable file, not JSON,
+        not a kvtest results file, an unsupported schema version, or a malformed entry.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultsError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise ResultsError(f"{p}: is a directory, not a results file") from None
+    except UnicodeDecodeError:
+        raise ResultsError(f"{p}: not JSON (not UTF-8 text)") from None
+    except OSError as exc:
+        raise ResultsError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{p}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    try:
+        return _parse(doc, p)
+    except _Bad as exc:
+        raise ResultsError(f"{p}: {exc}") from None
