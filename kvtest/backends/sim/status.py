@@ -1,0 +1,52 @@
+"""Status codes and the exception every llm_datadist API raises (values from the C++ header)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import NoReturn
+
+
+class LLMStatusCode(IntEnum):
+    """Return codes; ``str()`` gives ``LLMStatusCode.NAME`` as the real package prints them."""
+
+    LLM_SUCCESS = 0x0
+    LLM_FAILED = 0xFFFFFFFF
+    LLM_WAIT_PROCESS_TIMEOUT = 0x5010B001
+    LLM_KV_CACHE_NOT_EXIST = 0x5010B002
+    LLM_PARAM_INVALID = 0x5010B005
+    LLM_NOT_YET_LINK = 0x5010B007
+    LLM_ALREADY_LINK = 0x5010B008
+    LLM_LINK_FAILED = 0x5010B009
+    LLM_UNLINK_FAILED = 0x5010B00A
+    LLM_NOTIFY_PROMPT_UNLINK_FAILED = 0x5010B00B
+    LLM_CLUSTER_NUM_EXCEED_LIMIT = 0x5010B00C
+    LLM_PROCESSING_LINK = 0x5010B00D
+    LLM_DEVICE_OUT_OF_MEMORY = 0x5010B00E
+    LLM_EXIST_LINK = 0x5010B018
+    LLM_FEATURE_NOT_ENABLED = 0x5010B019
+    LLM_TIMEOUT = 0x5010B01A
+    LLM_LINK_BUSY = 0x5010B01B
+    LLM_OUT_OF_MEMORY = 0x5010B01C
+    LLM_UNKNOWN_ERROR = -1
+
+    def __str__(self) -> str:
+        return f"LLMStatusCode.{self.name}"
+
+
+class LLMException(RuntimeError):
+    """An llm_datadist failure; ``status_code`` says which."""
+
+    def __init__(self, message: str, status_code: LLMStatusCode = LLMStatusCode.LLM_PARAM_INVALID) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def native_error(api: str, code: LLMStatusCode, details: str) -> LLMException:
+    """An exception worded like a failed native call: ``[api] failed, error code is LLMStatusCode.X, details.``"""
+    details = details.rstrip(".")
+    return LLMException(f"[{api}] failed, error code is {code}, {details}.", code)
+
+
+def raise_param_invalid(message: str) -> NoReturn:
+    """A Python-side precondition failure, as ``raise_if_*`` in the real package raises it."""
+    raise LLMException(message, LLMStatusCode.LLM_PARAM_INVALID)

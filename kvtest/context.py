@@ -1,0 +1,110 @@
+"""What a multi-role test sees of its peers: ``kv.barrier``, ``kv.publish``/``kv.fetch``, ``kv.step``.
+
+One :class:`TestScope` exists per test and role. Every key it writes sits under the test's sequence
+number in the run, so two tests (or two runs) never read each other's values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from kvtest.rendezvous import PeerFailed, RunStore, keys
+from kvtest.topology import Topology, parse_role_name
+
+__all__ = ["TestScope"]
+
+
+class TestScope:
+    """The rendezvous of one test as one role sees it.
+
+    :param roles: the roles taking part in this test (a subset of the session topology).
+    :param timeout: seconds any one wait may take (``--kv-timeout`` or the ``kv`` marker).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self, store: RunStore, seq: int, me: str, roles: Iterable[str], topology: Topology, timeout: float
+    ) -> None:
+        self.store = store
+        self.seq = seq
+        self.me = me
+        self.roles = tuple(roles)
+        self.topology = topology
+        self.timeout = timeout
+        self.prefix = keys.test(seq)
+        self.current_step = "setup"
+        self._generations: dict[str, int] = {}
+
+    @property
+    def role(self) -> str:
+        """``"p"`` or ``"d"``."""
+        return parse_role_name(self.me)[0]
+
+    @property
+    def rank(self) -> int:
+        return parse_role_name(self.me)[1]
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        return tuple(r for r in self.roles if r != self.me)
+
+    def roles_of(self, side: str) -> tuple[str, ...]:
+        return tuple(r for r in self.roles if r.startswith(side))
+
+    def step(self, name: str) -> None:
+        """Record the step this role has reached; a failure or death is reported at this step."""
+        self.current_step = name
+        self.store.set(keys.step(self.seq, self.me), name)
+
+    def peer_step(self, role: str) -> str | None:
+        if not self.store.has(keys.step(self.seq, role)):
+            return None
+        return str(self.store.get_now(keys.step(self.seq, role)))
+
+    def check_abort(self) -> None:
+        """Raise :class:`PeerFailed` when another role has already failed this test."""
+        name = keys.abort(self.seq)
+        if self.store.has(name):
+            info = self.store.get_now(name)
+            if info.get("role") != self.me:
+                raise PeerFailed(info["role"], info["step"], info["message"])
+
+    def abort(self, message: str) -> None:
+        """Tell the other roles this role failed, so their waits end now instead of at a timeout."""
+        first_line = message.strip().splitlines()[-1] if message.strip() else "failed"
+        self.store.set_if_absent(
+            keys.abort(self.seq), {"role": self.me, "step": self.current_step, "message": first_line}
+        )
+
+    def barrier(self, name: str, roles: Iterable[str] | None = None) -> None:
+        """Wait until every role in ``roles`` (default: all of this test's) reaches this barrier."""
+        members = tuple(roles) if roles is not None else self.roles
+        if self.me not in members:
+            raise ValueError(f"{self.me} is not a member of barrier {name!r} ({', '.join(members)})")
+        generation = self._generations.get(name, 0)
+        self._generations[name] = generation + 1
+        counter = keys.barrier(self.prefix, name, generation)
+        previous = self.current_step
+        self.step(f"barrier {name!r}")
+        if self.store.add(counter, 1) >= len(members):
+            self.store.set(counter + "/done", True)
+        else:
+            self.store.wait(
+                counter + "/done",
+                what=f"barrier {name!r} with {', '.join(m for m in members if m != self.me)}",
+                timeout=self.timeout, peers=[m for m in members if m != self.me], abort=self.check_abort,
+            )
+        self.current_step = previous
+
+    def publish(self, name: str, value: Any) -> None:
+        """Make a JSON value available to the other roles of this test."""
+        self.store.set(keys.value(self.prefix, self.me, name), value)
+
+    def fetch(self, role: str, name: str) -> Any:
+        """Wait for the value ``role`` published under ``name`` and return it."""
+        return self.store.wait(
+            keys.value(self.prefix, role, name), what=f"{role}'s {name!r}", timeout=self.timeout,
+            peers=[role], abort=self.check_abort,
+        )

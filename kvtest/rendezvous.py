@@ -1,0 +1,345 @@
+"""The store every role of a run shares: connection, named keys, JSON values, waits with deadlines.
+
+p0 hosts a torch.distributed TCPStore bound to exactly the address asked; the others connect. A
+FileStore serves shared file systems. Every key carries the run id, so nothing from an earlier run
+is read. Values are JSON, never pickle. Every wait has a deadline, watches the peers' heartbeats
+and the test's abort flag, and says on timeout who waited for what, under which key, how long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+
+from kvtest.settings import Rendezvous
+
+__all__ = [
+    "Heartbeat",
+    "PeerDead",
+    "PeerFailed",
+    "PeerWatch",
+    "RendezvousError",
+    "RendezvousLost",
+    "RendezvousTimeout",
+    "RunStore",
+    "PortInUse",
+    "keys",
+    "open_store",
+]
+
+JSON = Any
+
+
+class RendezvousError(Exception):
+    """A failure of the rendezvous; ``str()`` is one line that names who, what and how long."""
+
+
+class RendezvousTimeout(RendezvousError):
+    pass
+
+
+class RendezvousLost(RendezvousError):
+    """The store itself is unreachable: the leader (which hosts it) is gone."""
+
+
+class PortInUse(RendezvousError):
+    pass
+
+
+class PeerDead(RendezvousError):
+    def __init__(self, role: str, detail: str) -> None:
+        super().__init__(f"peer {role} is dead: {detail}")
+        self.role = role
+
+
+class PeerFailed(RendezvousError):
+    """Another role failed the current test, so waiting for it is pointless."""
+
+    def __init__(self, role: str, step: str, message: str) -> None:
+        super().__init__(f"{role} failed at step {step!r}: {message}")
+        self.role = role
+        self.step = step
+
+
+class keys:
+    """Named key builders: both sides spell every key the same way. Keys are relative to the run."""
+
+    #: the run id p0 announces, outside any run prefix
+    CURRENT_RUN = "kvtest/current-run"
+
+    @staticmethod
+    def run_prefix(run_id: str) -> str:
+        return f"kvtest/{run_id}/"
+
+    @staticmethod
+    def claim(role: str) -> str:
+        return f"claim/{role}"
+
+    @staticmethod
+    def hello(role: str) -> str:
+        return f"hello/{role}"
+
+    VERDICT = "verdict"
+    END = "end"
+
+    @staticmethod
+    def heartbeat(role: str) -> str:
+        return f"heartbeat/{role}"
+
+    @staticmethod
+    def bye(role: str) -> str:
+        return f"bye/{role}"
+
+    @staticmethod
+    def item(seq: int) -> str:
+        return f"item/{seq}"
+
+    @staticmethod
+    def test(seq: int) -> str:
+        """The prefix of everything one test publishes."""
+        return f"t/{seq}/"
+
+    @staticmethod
+    def result(seq: int, phase: str, role: str) -> str:
+        return f"t/{seq}/{phase}/{role}"
+
+    @staticmethod
+    def abort(seq: int) -> str:
+        return f"t/{seq}/abort"
+
+    @staticmethod
+    def step(seq: int, role: str) -> str:
+        return f"t/{seq}/step/{role}"
+
+    @staticmethod
+    def barrier(scope: str, name: str, generation: int) -> str:
+        return f"{scope}barrier/{name}/{generation}"
+
+    @staticmethod
+    def value(scope: str, role: str, name: str) -> str:
+        return f"{scope}value/{role}/{name}"
+
+
+_CONNECT_ERRORS = (dist.DistNetworkError, ConnectionError, OSError)
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUse(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick a free port "
+            f"(e.g. --rendezvous tcp://{host}:{port + 1}) or stop the process that holds it"
+        ) from exc
+    sock.listen(128)
+    return sock
+
+
+def open_store(rdv: Rendezvous, *, host: bool, timeout: float) -> tuple[dist.Store, int]:
+    """Open the run's store; return it and the TCP port it is on (0 for a FileStore).
+
+    :param host: p0 hosts the TCPStore, bound to exactly ``rdv.host`` (a port of 0 picks a free one).
+    :param timeout: seconds to keep trying to reach the host before :class:`RendezvousLost`.
+    """
+    if rdv.scheme == "file":
+        return dist.FileStore(rdv.path, -1), 0
+    if host:
+        sock = _listen_socket(rdv.host, rdv.port)
+        port = sock.getsockname()[1]
+        # TCPStore would listen on every interface; handing it our bound socket keeps it on rdv.host.
+        store = dist.TCPStore(
+            rdv.host, port, is_master=True, wait_for_workers=False,
+            timeout=timedelta(seconds=max(timeout, 1.0)), master_listen_fd=sock.detach(),
+        )
+        return store, port
+    try:
+        store = dist.TCPStore(
+            rdv.host, rdv.port, is_master=False, timeout=timedelta(seconds=max(timeout, 0.1))
+        )
+    except _CONNECT_ERRORS as exc:
+        raise RendezvousLost(
+            f"could not reach the rendezvous {rdv} within {timeout:.0f}s: is p0 (the leader) running "
+            f"and started with --rendezvous {rdv}? ({str(exc).splitlines()[0]})"
+        ) from None
+    return store, rdv.port
+
+
+def reconnect(rdv: Rendezvous, port: int, timeout: float) -> dist.Store:
+    """A second connection to the same store, for a thread that must not share the first one."""
+    if rdv.scheme == "file":
+        return dist.FileStore(rdv.path, -1)
+    host = rdv.host
+    return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=max(timeout, 1.0)))
+
+
+class Heartbeat:
+    """A daemon thread that bumps this role's heartbeat counter every ``interval`` seconds."""
+
+    def __init__(self, store: dist.Store, key: str, interval: float = 0.5) -> None:
+        self._store = store
+        self._key = key
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"kvtest-heartbeat-{key}", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._store.add(self._key, 1)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._store.add(self._key, 1)
+            except Exception:  # the store is gone; the waits in the main thread report it
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * self._interval + 1)
+
+
+class PeerWatch:
+    """Tells whether peers are alive: their heartbeat counters must keep moving.
+
+    ``exited`` (local mode) reports a child process that has ended, at once and with its exit code.
+    """
+
+    def __init__(
+        self,
+        store: dist.Store,
+        dead_after: float,
+        exited: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._store = store
+        self._dead_after = dead_after
+        self._exited = exited
+        self._seen: dict[str, tuple[int, float]] = {}
+        self._steps: Callable[[str], str | None] = lambda role: None
+
+    def describe_step_with(self, steps: Callable[[str], str | None]) -> None:
+        self._steps = steps
+
+    def _where(self, role: str) -> str:
+        step = self._steps(role)
+        return f" at step {step!r}" if step else ""
+
+    def check(self, roles: Iterable[str]) -> None:
+        now = time.monotonic()
+        for role in roles:
+            if self._exited is not None:
+                why = self._exited(role)
+                if why is not None:
+                    raise PeerDead(role, f"{why}{self._where(role)}")
+            key = keys.heartbeat(role)
+            beat = self._store.add(key, 0)
+            if beat == 0:  # not started yet: joining has its own deadline
+                continue
+            last = self._seen.get(role)
+            if last is None or last[0] != beat:
+                self._seen[role] = (beat, now)
+            elif now - last[1] > self._dead_after:
+                raise PeerDead(
+                    role, f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s)"
+                    f"{self._where(role)}"
+                )
+
+
+class RunStore:
+    """The run's store seen through its run-id prefix, with JSON values and deadline-bound waits."""
+
+    def __init__(self, raw: dist.Store, run_id: str, me: str, watch: PeerWatch | None = None) -> None:
+        self.raw = raw
+        self.run_id = run_id
+        self.me = me
+        self.prefix = keys.run_prefix(run_id)
+        self.watch = watch
+        self._poll = 0.01 if isinstance(raw, dist.FileStore) else 0.0
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def set(self, name: str, value: JSON) -> None:
+        self._call(lambda: self.raw.set(self.key(name), json.dumps(value)))
+
+    def set_if_absent(self, name: str, value: JSON) -> JSON:
+        """Set ``name`` unless another role set it first; return the value that stands."""
+        encoded = json.dumps(value)
+        stored = self._call(lambda: self.raw.compare_set(self.key(name), "", encoded))
+        return json.loads(stored)
+
+    def has(self, name: str) -> bool:
+        return bool(self._call(lambda: self.raw.check([self.key(name)])))
+
+    def get_now(self, name: str) -> JSON:
+        return json.loads(self._call(lambda: self.raw.get(self.key(name))))
+
+    def add(self, name: str, amount: int) -> int:
+        return int(self._call(lambda: self.raw.add(self.key(name), amount)))
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (dist.DistNetworkError, ConnectionError) as exc:
+            raise RendezvousLost(
+                f"{self.me} lost the rendezvous store (hosted by p0): the leader is gone "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
+
+    def wait(
+        self,
+        name: str,
+        *,
+        what: str,
+        timeout: float,
+        peers: Iterable[str] = (),
+        abort: Callable[[], None] | None = None,
+    ) -> JSON:
+        """Wait for ``name`` to appear and return its value.
+
+        Between short waits it checks ``peers``' liveness and calls ``abort`` (which raises when the
+        test has already failed elsewhere). On the deadline it raises :class:`RendezvousTimeout`.
+        """
+        peers = tuple(peers)
+        full = self.key(name)
+        start = time.monotonic()
+        deadline = start + timeout
+        slice_s = 0.2
+        while True:
+            if self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001))):
+                return json.loads(self._call(lambda: self.raw.get(full)))
+            if abort is not None:
+                abort()
+            if self.watch is not None and peers:
+                self._call(lambda: self.watch.check(peers) if self.watch else None)
+            if time.monotonic() >= deadline:
+                raise RendezvousTimeout(
+                    f"{self.me} timed out after {time.monotonic() - start:.1f}s waiting for {what} "
+                    f"(key {full!r}); raise --kv-timeout if the peers are just slow"
+                )
+
+    def _wait_slice(self, full: str, seconds: float) -> bool:
+        if self._poll:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if self._call(lambda: self.raw.check([full])):
+                    return True
+                time.sleep(self._poll)
+            return bool(self._call(lambda: self.raw.check([full])))
+        try:
+            self._call(lambda: self.raw.wait([full], timedelta(seconds=seconds)))
+            return True
+        except dist.DistStoreError:
+            return False

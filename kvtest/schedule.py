@@ -1,0 +1,188 @@
+"""The leader/follower protocol.
+
+p0 (the leader) runs pytest's own loop. Before each multi-role test it announces the test under the
+next sequence number; every follower waits for announcements, runs exactly the announced tests in
+that order and publishes each outcome. The leader merges them into its own report: a test passes
+only when every role passed.
+
+Session start is a handshake: each role publishes kvtest version, backend, topology, seed and a
+digest of its collection; p0 compares and publishes a verdict that every role obeys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from kvtest import __version__
+from kvtest.rendezvous import RendezvousError, RunStore, keys
+from kvtest.topology import Topology
+
+__all__ = ["Hello", "RoleResult", "collection_digest", "compare_hello", "merge_results"]
+
+#: a follower may wait this long for the next announcement (the leader's heartbeat catches a dead one)
+IDLE_LIMIT = 6 * 3600.0
+
+
+def collection_digest(nodeids: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for nodeid in sorted(nodeids):
+        digest.update(nodeid.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Hello:
+    """What a role says about itself at the handshake."""
+
+    role: str
+    version: str
+    backend: str
+    topology: str
+    seed: int
+    profile: str
+    digest: str
+    nodeids: tuple[str, ...]
+    host: str
+    pid: int
+
+    @classmethod
+    def make(
+        cls, role: str, backend: str, topology: Topology, seed: int, profile: str, nodeids: Sequence[str]
+    ) -> Hello:
+        return cls(
+            role, __version__, backend, str(topology), seed, profile, collection_digest(nodeids),
+            tuple(sorted(nodeids)), socket.gethostname(), os.getpid(),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "nodeids": list(self.nodeids)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Hello:
+        return cls(**{**data, "nodeids": tuple(data["nodeids"])})
+
+
+def _sample(ids: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def compare_hello(leader: Hello, other: Hello) -> list[str]:
+    """The differences that stop a run, each as a short phrase; empty when they agree."""
+    diffs = [
+        f"{name} {getattr(leader, name)!r} on {leader.role} but {getattr(other, name)!r} on {other.role}"
+        for name in ("version", "backend", "topology", "seed", "profile")
+        if getattr(leader, name) != getattr(other, name)
+    ]
+    if leader.digest != other.digest:
+        mine, theirs = set(leader.nodeids), set(other.nodeids)
+        only_leader = sorted(mine - theirs)
+        only_other = sorted(theirs - mine)
+        parts = []
+        if only_leader:
+            parts.append(f"{len(only_leader)} only on {leader.role} ({_sample(only_leader)})")
+        if only_other:
+            parts.append(f"{len(only_other)} only on {other.role} ({_sample(only_other)})")
+        diffs.append("collected tests differ: " + "; ".join(parts or ["same ids, different digest"]))
+    return diffs
+
+
+@dataclass(frozen=True)
+class RoleResult:
+    """One role's outcome of one phase of one test, as published to the leader."""
+
+    role: str
+    outcome: str  # passed | failed | skipped
+    step: str = ""
+    message: str = ""
+    details: str = ""
+    secondary: bool = False  # failed only because another role failed or died
+    duration: float = 0.0
+    transfers: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "transfers": list(self.transfers)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoleResult:
+        return cls(**{**data, "transfers": tuple(data.get("transfers", ()))})
+
+    @property
+    def headline(self) -> str:
+        return f"{self.role} failed at step {self.step!r}: {self.message}"
+
+
+def merge_results(results: Iterable[RoleResult], max_detail_lines: int = 40) -> str | None:
+    """The text a leader's report gets for its peers' failures; None when none failed.
+
+    Primary failures come first; one that only echoes another role's failure comes last.
+    """
+    failed = sorted((r for r in results if r.outcome == "failed"), key=lambda r: (r.secondary, r.role))
+    if not failed:
+        return None
+    lines = [r.headline for r in failed]
+    for result in failed:
+        if result.details and not result.secondary:
+            detail = result.details.rstrip().splitlines()
+            if len(detail) > max_detail_lines:
+                detail = [f"... ({len(detail) - max_detail_lines} lines above cut)"] + detail[-max_detail_lines:]
+            lines += ["", f"---- {result.role} ----", *detail]
+    return "\n".join(lines)
+
+
+class Handshake:
+    """Joining a run and agreeing on it; used by the leader and by the followers."""
+
+    def __init__(self, store: RunStore, me: Hello, roles: Sequence[str], timeout: float) -> None:
+        self.store = store
+        self.me = me
+        self.roles = tuple(roles)
+        self.timeout = timeout
+
+    def claim(self) -> None:
+        """Take this role's slot; a second process claiming the same role is refused."""
+        if self.store.add(keys.claim(self.me.role), 1) > 1:
+            raise pytest.UsageError(
+                f"kvtest: role {self.me.role} is already taken in run {self.store.run_id}: "
+                "start each role once (check --role/--rank on each host)"
+            )
+
+    def lead(self, exited: Any = None) -> None:
+        """p0: wait for every other role's hello, compare, publish the verdict; raise on a mismatch."""
+        self.store.set(keys.hello(self.me.role), self.me.to_json())
+        problems: list[str] = []
+        deadline = time.monotonic() + self.timeout
+        for role in self.roles:
+            if role == self.me.role:
+                continue
+            try:
+                other = Hello.from_json(self.store.wait(
+                    keys.hello(role), what=f"{role} to join", timeout=max(deadline - time.monotonic(), 0.01),
+                    peers=[role] if exited is not None else (),
+                ))
+            except RendezvousError as exc:
+                self._refuse(f"{role} did not join: {exc}")
+            problems += [f"{role}: {d}" for d in compare_hello(self.me, other)]
+        if problems:
+            self._refuse("roles disagree, refusing to start: " + "; ".join(problems))
+        self.store.set(keys.VERDICT, {"ok": True})
+
+    def _refuse(self, reason: str) -> None:
+        self.store.set(keys.VERDICT, {"ok": False, "reason": reason})
+        raise pytest.UsageError(f"kvtest: {reason}")
+
+    def follow(self) -> None:
+        """A follower: say hello, then obey p0's verdict."""
+        self.store.set(keys.hello(self.me.role), self.me.to_json())
+        verdict = self.store.wait(keys.VERDICT, what="p0's verdict on the handshake", timeout=self.timeout,
+                                  peers=["p0"])
+        if not verdict.get("ok"):
+            raise pytest.UsageError(f"kvtest: p0 refused the run: {verdict.get('reason')}")

@@ -1,0 +1,406 @@
+"""kvtest's settings: one frozen record, one resolver, one precedence rule.
+
+Each option is a command-line flag, an ini key and a ``KVTEST_*`` environment variable. The first that
+is set wins, in this order (high to low): test marker, command line, environment, ini file, default.
+Every value is checked where it is parsed; a bad one is a :class:`pytest.UsageError` naming the value,
+where it came from and the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import pytest
+
+from kvtest.topology import Topology, parse_topology
+
+__all__ = [
+    "OPTIONS",
+    "PRECEDENCE",
+    "PROFILES",
+    "Rendezvous",
+    "Settings",
+    "parse_rendezvous",
+    "resolve",
+    "usage_error",
+]
+
+T = TypeVar("T")
+
+PRECEDENCE = "marker > command line > environment (KVTEST_*) > ini file > default"
+PROFILES = ("smoke", "nightly", "stress")
+ROLES = ("p", "d")
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the processes of one run meet: a TCPStore hosted by p0, or a FileStore on a shared path."""
+
+    scheme: str  # "tcp" or "file"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    def __str__(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of this process (see :data:`PRECEDENCE`)."""
+
+    role: str | None = None  # None: local mode, this process leads and starts the others
+    rank: int = 0
+    topology: Topology | None = None  # None: local mode derives it from the collected tests
+    rendezvous: Rendezvous | None = None
+    run_id: str | None = None
+    backend: str = "auto"
+    device_ids: tuple[int, ...] = ()
+    local_host_ip: str | None = None
+    remote_host_ips: tuple[str, ...] = ()
+    timeout: float = 60.0
+    profile: str = "smoke"
+    results: Path | None = None
+    seed: int = 20260801
+    logs: Path = Path("kvtest-logs")
+    dead_after: float = 5.0
+    join_timeout: float = 120.0
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def local_mode(self) -> bool:
+        return self.role is None
+
+    @property
+    def role_name(self) -> str:
+        return f"{self.role or 'p'}{self.rank}"
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role_name == "p0"
+
+    def device_id(self) -> int | None:
+        """This process's device: the one id given, or the entry at this rank of a list."""
+        if not self.device_ids:
+            return None
+        if len(self.device_ids) == 1:
+            return self.device_ids[0]
+        return self.device_ids[self.rank]
+
+
+def usage_error(value: object, where: str, problem: str, fix: str) -> pytest.UsageError:
+    return pytest.UsageError(f"kvtest: {value!r} from {where} is invalid: {problem}; {fix}")
+
+
+# --- parsers: each takes the raw text and raises ValueError("problem; fix") -------------------------
+
+
+def parse_role(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ROLES:
+        raise ValueError("the role must be p (prefill) or d (decode); e.g. --role p")
+    return value
+
+
+def _parse_int(text: str, low: int, high: int, what: str) -> int:
+    try:
+        value = int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"{what} must be a whole number from {low} to {high}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be from {low} to {high}")
+    return value
+
+
+def parse_rank(text: str) -> int:
+    return _parse_int(text, 0, 15, "the rank")
+
+
+def parse_seed(text: str) -> int:
+    return _parse_int(text, 0, 2**63 - 1, "the seed")
+
+
+def _parse_seconds(text: str, low: float, high: float, what: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a number of seconds, e.g. 30") from None
+    if not low < value <= high:
+        raise ValueError(f"{what} must be more than {low:g} and at most {high:g} seconds")
+    return value
+
+
+def parse_timeout(text: str) -> float:
+    return _parse_seconds(text, 0, 3600, "the step timeout")
+
+
+def parse_dead_after(text: str) -> float:
+    return _parse_seconds(text, 0.5, 600, "the dead-peer delay")
+
+
+def parse_join_timeout(text: str) -> float:
+    return _parse_seconds(text, 0, 86400, "the join timeout")
+
+
+def parse_topology_option(text: str) -> Topology:
+    return parse_topology(text)
+
+
+def parse_backend(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("auto", "npu", "sim"):
+        raise ValueError("the backend must be auto, npu or sim")
+    return value
+
+
+def parse_profile(text: str) -> str:
+    value = text.strip().lower()
+    if value not in PROFILES:
+        raise ValueError(f"the profile must be one of {', '.join(PROFILES)}")
+    return value
+
+
+def parse_device_ids(text: str) -> tuple[int, ...]:
+    parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
+    if not parts:
+        raise ValueError("give one device id (e.g. 0) or one per rank (e.g. 0,1)")
+    ids = tuple(_parse_int(p, 0, 63, "a device id") for p in parts)
+    if len(set(ids)) != len(ids):
+        raise ValueError("a device id appears twice; give each rank its own device")
+    return ids
+
+
+def parse_ip(text: str) -> str:
+    value = text.strip()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("expected an IP address such as 192.0.2.10") from None
+
+
+def parse_ip_list(text: str) -> tuple[str, ...]:
+    parts = [p for p in re.split(r"[,;\s]+", text.strip()) if p]
+    if not parts:
+        raise ValueError("expected one IP address or a comma-separated list, e.g. 192.0.2.11")
+    ips = tuple(parse_ip(p) for p in parts)
+    if len(set(ips)) != len(ips):
+        dup = next(ip for ip in ips if ips.count(ip) > 1)
+        raise ValueError(f"{dup} is listed twice; list each peer host once")
+    return ips
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` with a port from 1 to 65535."""
+    value = text.strip()
+    match = re.match(r"^\[(?P<v6>[^\]]+)\]:(?P<p6>[^:]*)$|^(?P<host>[^:\[\]]+):(?P<port>[^:]*)$", value)
+    if not match:
+        raise ValueError("expected HOST:PORT, e.g. 192.0.2.10:29500")
+    host = match.group("v6") or match.group("host")
+    port_text = match.group("p6") if match.group("v6") else match.group("port")
+    port = _parse_int(port_text or "x", 1, 65535, "the port")
+    if not re.match(r"^[A-Za-z0-9.\-:]+$", host):
+        raise ValueError(f"{host!r} is not a host name or IP address")
+    return host, port
+
+
+def parse_rendezvous(text: str) -> Rendezvous:
+    value = text.strip()
+    parts = urlsplit(value)
+    if parts.scheme == "tcp":
+        host, port = parse_host_port(value[len("tcp://") :].rstrip("/"))
+        return Rendezvous("tcp", host=host, port=port)
+    if parts.scheme == "file":
+        path = Path(parts.path)
+        if not parts.path or not path.is_absolute():
+            raise ValueError("a FileStore needs an absolute path, e.g. file:///shared/kvtest/run1")
+        parent = path.parent
+        if not parent.is_dir():
+            raise ValueError(f"the directory {parent} does not exist; create it or pick another path")
+        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise ValueError(f"{path} is not writable; pick a path every role can write")
+        return Rendezvous("file", path=str(path))
+    raise ValueError("expected tcp://HOST:PORT (p0 hosts it) or file:///PATH (a shared file system)")
+
+
+def parse_run_id(text: str) -> str:
+    value = text.strip()
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", value):
+        raise ValueError("a run id is 1-64 letters, digits, '.', '_' or '-', e.g. nightly-42")
+    return value
+
+
+def parse_path(text: str) -> Path:
+    value = text.strip()
+    if not value:
+        raise ValueError("expected a file path")
+    return Path(value)
+
+
+def parse_results(text: str) -> Path:
+    path = parse_path(text)
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise ValueError(f"the directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"the directory {parent} is not writable")
+    return path
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One setting: its flag, ini key, environment variable, parser and help text."""
+
+    dest: str
+    flag: str
+    parse: Callable[[str], T]
+    default: T
+    help: str
+    metavar: str = "VALUE"
+
+    @property
+    def ini(self) -> str:
+        return "kv_" + self.dest
+
+    @property
+    def env(self) -> str:
+        return "KVTEST_" + self.dest.upper()
+
+    @property
+    def cli_dest(self) -> str:
+        return "kvtest_" + self.dest
+
+
+OPTIONS: tuple[Option[Any], ...] = (
+    Option("role", "--role", parse_role, None, "this process's role: p (prefill) or d (decode). "
+           "Unset: local mode, this process leads and starts every other role here.", "p|d"),
+    Option("rank", "--rank", parse_rank, 0, "this process's rank within its role (xPyD), from 0.", "N"),
+    Option("topology", "--topology", parse_topology_option, None, "how many p and d processes take "
+           "part: 1p1d, 2p1d, 1p2d, 2p2d, any XpYd (default: 1p1d; local mode: what the tests need).",
+           "XpYd"),
+    Option("rendezvous", "--rendezvous", parse_rendezvous, None, "where the processes meet: "
+           "tcp://HOST:PORT (hosted by p0) or file:///PATH (shared file system; needs --run-id).", "URL"),
+    Option("run_id", "--run-id", parse_run_id, None, "the run's id; every store key carries it "
+           "(default: p0 makes a fresh one).", "ID"),
+    Option("backend", "--backend", parse_backend, "auto", "auto, npu or sim. auto takes npu when "
+           "llm_datadist and torch_npu import and a device is visible, else sim. npu never falls back.",
+           "NAME"),
+    Option("device_ids", "--device-id", parse_device_ids, (), "the device id of this process, or "
+           "one per rank (0,1,...).", "ID[,ID]"),
+    Option("local_host_ip", "--local-host-ip", parse_ip, None, "this host's IP, as the samples "
+           "take it (default: derived from the rendezvous connection).", "IP"),
+    Option("remote_host_ips", "--remote-host-ip", parse_ip_list, (), "the peer hosts' IPs, as the "
+           "samples take them (default: what the peers report over the rendezvous).", "IP[,IP]"),
+    Option("timeout", "--kv-timeout", parse_timeout, 60.0, "seconds one step (barrier, fetch, "
+           "result) may wait for the peers before it fails.", "SECONDS"),
+    Option("profile", "--kv-profile", parse_profile, "smoke", "test sizes: smoke (CI), nightly, "
+           "stress.", "NAME"),
+    Option("results", "--kv-results", parse_results, None, "write the results JSON (outcomes, "
+           "transfers, fingerprint) to this file.", "PATH"),
+    Option("seed", "--kv-seed", parse_seed, 20260801, "seed of the KV contents (same on every "
+           "role).", "N"),
+    Option("logs", "--kv-logs", parse_path, Path("kvtest-logs"), "local mode: folder for the "
+           "other roles' logs.", "DIR"),
+    Option("dead_after", "--kv-dead-after", parse_dead_after, 5.0, "seconds of heartbeat silence "
+           "after which a peer is reported dead.", "SECONDS"),
+    Option("join_timeout", "--kv-join-timeout", parse_join_timeout, 120.0, "seconds to wait for the "
+           "rendezvous and for every role to join.", "SECONDS"),
+)
+
+OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
+
+
+def _where_cli(option: Option[Any]) -> str:
+    return f"the command line ({option.flag})"
+
+
+def _where_env(option: Option[Any]) -> str:
+    return f"the environment ({option.env})"
+
+
+def _where_ini(option: Option[Any], inifile: str) -> str:
+    return f"the ini file ({option.ini} in {inifile})"
+
+
+def parse_option(option: Option[T], raw: str, where: str) -> T:
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        problem, _, fix = str(exc).partition("; ")
+        raise usage_error(raw, where, problem, fix or f"see pytest --help, {option.flag}") from exc
+
+
+def resolve(
+    cli: Mapping[str, str | None],
+    env: Mapping[str, str],
+    ini: Mapping[str, str],
+    inifile: str = "pytest.ini",
+) -> Settings:
+    """Resolve every option (command line > environment > ini > default), then check combinations."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        candidates: Sequence[tuple[str | None, str]] = (
+            (cli.get(option.dest), _where_cli(option)),
+            (env.get(option.env), _where_env(option)),
+            (ini.get(option.ini), _where_ini(option, inifile)),
+        )
+        for raw, where in candidates:
+            if raw is not None and raw != "":
+                values[option.dest] = parse_option(option, raw, where)
+                sources[option.dest] = where
+                break
+        else:
+            values[option.dest] = option.default
+            sources[option.dest] = "default"
+    settings = Settings(**values, sources=sources)
+    check_combinations(settings)
+    return settings
+
+
+def check_combinations(s: Settings) -> None:
+    """The checks that involve more than one option, in one place."""
+
+    def where(dest: str) -> str:
+        return s.sources.get(dest, "default")
+
+    if s.role is None:
+        for dest in ("rank", "rendezvous"):
+            if where(dest) != "default":
+                flag = OPTIONS_BY_DEST[dest].flag
+                raise pytest.UsageError(
+                    f"kvtest: {flag} from {where(dest)} needs --role: give --role p or --role d on "
+                    f"each host, or drop {flag} to run every role locally"
+                )
+        return
+    topology = s.topology or Topology(1, 1)
+    if s.rank >= topology.count(s.role):
+        raise usage_error(
+            s.rank, where("rank"), f"rank {s.rank} is outside topology {topology}, which has "
+            f"{topology.count(s.role)} {s.role} process(es)", f"use --rank 0..{topology.count(s.role) - 1} "
+            "or a larger --topology",
+        )
+    if s.rendezvous is None and not s.is_leader:
+        raise pytest.UsageError(
+            f"kvtest: role {s.role_name} needs --rendezvous to find p0: e.g. --rendezvous "
+            "tcp://P0_HOST:29500 (the address p0 was started with)"
+        )
+    if s.rendezvous is not None and s.rendezvous.scheme == "file" and s.run_id is None:
+        raise pytest.UsageError(
+            f"kvtest: --rendezvous {s.rendezvous} from {where('rendezvous')} needs --run-id: a shared "
+            "file outlives a run, so every role must name the same run, e.g. --run-id nightly-$(date +%F)"
+        )
+    if len(s.device_ids) > 1 and len(s.device_ids) <= s.rank:
+        raise usage_error(
+            ",".join(map(str, s.device_ids)), where("device_ids"),
+            f"rank {s.rank} has no entry in the list", "give one device id per rank, or a single id",
+        )
