@@ -1,0 +1,94 @@
+"""The ``kvtest compare --plot`` picture: baseline vs current GB/s per test, as horizontal bars.
+
+Imported only when ``--plot`` is given; matplotlib (the ``plot`` extra) is imported on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kvtest.compare import Row
+
+__all__ = ["ChartUnavailable", "plot", "require"]
+
+_BASELINE = "#9e9e9e"
+_CURRENT = "#1f77b4"
+_REGRESSION = "#d62728"
+_LABEL_CHARS = 70
+
+
+class ChartUnavailable(Exception):
+    """matplotlib is missing; ``str()`` says how to install it."""
+
+
+def require() -> Any:
+    """The ``matplotlib.pyplot`` module on the Agg backend (no display needed)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ChartUnavailable("--plot needs matplotlib: pip install 'kvtest[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(row: Row) -> str:
+    path, sep, rest = row.label.partition("::")
+    text = path.rsplit("/", 1)[-1] + sep + rest
+    # the parametrization at the end of a node id tells rows apart, so cut from the front
+    return text if len(text) <= _LABEL_CHARS else "..." + text[-(_LABEL_CHARS - 3):]
+
+
+def _note(row: Row) -> str:
+    if row.regression:
+        return row.verdict
+    if row.current not in (None, "passed") or row.baseline is None or row.current is None:
+        return row.verdict
+    return ""
+
+
+def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> None:
+    """Write a PNG: one pair of bars per row (grey baseline, blue current, red for a regression).
+
+    Rows whose test did not pass on a side, or is missing there, get a text note at the bar.
+    """
+    plt = require()
+    n = max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.45 * n))
+    try:
+        height = 0.38
+        ys = list(range(len(rows)))
+        base = [r.baseline_gbps or 0.0 for r in rows]
+        cur = [r.current_gbps or 0.0 for r in rows]
+        ax.barh([y - height / 2 for y in ys], base, height, color=_BASELINE, label="baseline")
+        ax.barh([y + height / 2 for y in ys], cur, height,
+                color=[_REGRESSION if r.regression else _CURRENT for r in rows], label="current")
+        top = max([*base, *cur, 1e-9])
+        for y, r, b, c in zip(ys, rows, base, cur):
+            change = r.change
+            if change is not None:
+                ax.text(b + top * 0.01, y - height / 2, f"{change * 100:+.1f}%", va="center", fontsize=8,
+                        color=_REGRESSION if r.verdict == "DROP" else "black")
+            note = _note(r)
+            if note:
+                ax.text(c + top * 0.01 if c else top * 0.01, y + height / 2, note, va="center",
+                        fontsize=8, fontweight="bold", color=_REGRESSION if r.regression else "dimgray")
+        ax.set_yticks(ys)
+        ax.set_yticklabels([_label(r) for r in rows], fontsize=8)
+        for tick, r in zip(ax.get_yticklabels(), rows):
+            if r.regression:
+                tick.set_color(_REGRESSION)
+        ax.invert_yaxis()
+        ax.set_xlim(0, top * 1.18)
+        ax.set_xlabel("GB/s (higher is better)")
+        ax.set_title(title, fontsize=10, loc="left", pad=22)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=2, fontsize=8, frameon=False)
+        fig.tight_layout()
+        fig.savefig(os.fspath(path), format="png", dpi=110)
+    finally:
+        plt.close(fig)
