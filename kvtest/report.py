@@ -1,0 +1,47 @@
+"""Terminal-summary lines for the plugin's ``pytest_terminal_summary``: one line per test."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from kvtest.results import TestEntry
+
+__all__ = ["format_bytes", "role_text", "summary_lines"]
+
+
+def format_bytes(n: int) -> str:
+    """Binary units, as KV cache sizes are usually powers of two: ``64.0 MiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def role_text(name: str, outcome: str, step: str | None) -> str:
+    """``d0 failed at 'push'``, or ``p0 passed``."""
+    return f"{name} {outcome}" + (f" at {step!r}" if step and outcome != "passed" else "")
+
+
+def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
+    """One line per test: outcome, node id, each role's outcome, bytes moved and GB/s per API.
+
+    ``tests`` is :attr:`kvtest.results.Results.tests` (or the writer's ``tests``), in run order.
+    """
+    if not tests:
+        return []
+    width = max(len(e["outcome"]) for e in tests.values())
+    lines = []
+    for nodeid, entry in tests.items():
+        roles = ", ".join(role_text(name, r["outcome"], r["step"]) for name, r in entry["roles"].items())
+        summary = entry["summary"]
+        if summary:
+            moved = format_bytes(sum(s["bytes"] for s in summary.values()))
+            rates = ", ".join(f"{api} {s['gbps']:.2f} GB/s" for api, s in summary.items())
+            transfer = f"{moved}  {rates}"
+        else:
+            transfer = "no transfers timed"
+        parts = [entry["outcome"].upper().ljust(width), nodeid, roles or "no roles", transfer]
+        lines.append("  ".join(parts))
+    return lines
