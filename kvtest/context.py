@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
+
 from kvtest.rendezvous import PeerFailed, RunStore, keys
 from kvtest.topology import Topology, parse_role_name
 
@@ -69,13 +71,15 @@ class TestScope:
         if self.store.has(name):
             info = self.store.get_now(name)
             if info.get("role") != self.me:
+                if info.get("skipped"):
+                    pytest.skip(f"{info['role']} skipped: {info['message']}")
                 raise PeerFailed(info["role"], info["step"], info["message"])
 
-    def abort(self, message: str) -> None:
-        """Tell the other roles this role failed, so their waits end now instead of at a timeout."""
-        first_line = message.strip().splitlines()[-1] if message.strip() else "failed"
+    def abort(self, message: str, *, skipped: bool = False) -> None:
+        """Tell the other roles this role failed (or skipped), so their waits end now, not at a timeout."""
         self.store.set_if_absent(
-            keys.abort(self.seq), {"role": self.me, "step": self.current_step, "message": first_line}
+            keys.abort(self.seq),
+            {"role": self.me, "step": self.current_step, "message": message, "skipped": skipped},
         )
 
     def barrier(self, name: str, roles: Iterable[str] | None = None) -> None:
@@ -94,7 +98,9 @@ class TestScope:
             self.store.wait(
                 counter + "/done",
                 what=f"barrier {name!r} with {', '.join(m for m in members if m != self.me)}",
-                timeout=self.timeout, peers=[m for m in members if m != self.me], abort=self.check_abort,
+                timeout=self.timeout,
+                peers=[m for m in members if m != self.me],
+                abort=self.check_abort,
             )
         self.current_step = previous
 
@@ -105,6 +111,9 @@ class TestScope:
     def fetch(self, role: str, name: str) -> Any:
         """Wait for the value ``role`` published under ``name`` and return it."""
         return self.store.wait(
-            keys.value(self.prefix, role, name), what=f"{role}'s {name!r}", timeout=self.timeout,
-            peers=[role], abort=self.check_abort,
+            keys.value(self.prefix, role, name),
+            what=f"{role}'s {name!r}",
+            timeout=self.timeout,
+            peers=[role],
+            abort=self.check_abort,
         )

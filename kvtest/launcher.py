@@ -54,8 +54,13 @@ class LocalCluster:
             log = self.log(role).open("wb")
             self._logs[role] = log
             self.procs[role] = subprocess.Popen(
-                self._command(role), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self._env, cwd=self._cwd, start_new_session=True,
+                self._command(role),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env,
+                cwd=self._cwd,
+                start_new_session=True,
             )
 
     def exited(self, role: str) -> str | None:

@@ -9,7 +9,6 @@ and the test's abort flag, and says on timeout who waited for what, under which 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -160,8 +159,12 @@ def open_store(rdv: Rendezvous, *, host: bool, timeout: float) -> tuple[dist.Sto
         port = sock.getsockname()[1]
         # TCPStore would listen on every interface; handing it our bound socket keeps it on rdv.host.
         store = dist.TCPStore(
-            rdv.host, port, is_master=True, wait_for_workers=False,
-            timeout=timedelta(seconds=max(timeout, 1.0)), master_listen_fd=sock.detach(),
+            rdv.host,
+            port,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=timedelta(seconds=max(timeout, 1.0)),
+            master_listen_fd=sock.detach(),
         )
         return store, port
     try:
@@ -252,8 +255,8 @@ class PeerWatch:
                 self._seen[role] = (beat, now)
             elif now - last[1] > self._dead_after:
                 raise PeerDead(
-                    role, f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s)"
-                    f"{self._where(role)}"
+                    role,
+                    f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s){self._where(role)}",
                 )
 
 

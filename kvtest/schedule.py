@@ -58,8 +58,16 @@ class Hello:
         cls, role: str, backend: str, topology: Topology, seed: int, profile: str, nodeids: Sequence[str]
     ) -> Hello:
         return cls(
-            role, __version__, backend, str(topology), seed, profile, collection_digest(nodeids),
-            tuple(sorted(nodeids)), socket.gethostname(), os.getpid(),
+            role,
+            __version__,
+            backend,
+            str(topology),
+            seed,
+            profile,
+            collection_digest(nodeids),
+            tuple(sorted(nodeids)),
+            socket.gethostname(),
+            os.getpid(),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -133,7 +141,9 @@ def merge_results(results: Iterable[RoleResult], max_detail_lines: int = 40) -> 
         if result.details and not result.secondary:
             detail = result.details.rstrip().splitlines()
             if len(detail) > max_detail_lines:
-                detail = [f"... ({len(detail) - max_detail_lines} lines above cut)"] + detail[-max_detail_lines:]
+                detail = [f"... ({len(detail) - max_detail_lines} lines above cut)"] + detail[
+                    -max_detail_lines:
+                ]
             lines += ["", f"---- {result.role} ----", *detail]
     return "\n".join(lines)
 
@@ -164,10 +174,14 @@ class Handshake:
             if role == self.me.role:
                 continue
             try:
-                other = Hello.from_json(self.store.wait(
-                    keys.hello(role), what=f"{role} to join", timeout=max(deadline - time.monotonic(), 0.01),
-                    peers=[role] if exited is not None else (),
-                ))
+                other = Hello.from_json(
+                    self.store.wait(
+                        keys.hello(role),
+                        what=f"{role} to join",
+                        timeout=max(deadline - time.monotonic(), 0.01),
+                        peers=[role] if exited is not None else (),
+                    )
+                )
             except RendezvousError as exc:
                 self._refuse(f"{role} did not join: {exc}")
             problems += [f"{role}: {d}" for d in compare_hello(self.me, other)]
@@ -182,7 +196,8 @@ class Handshake:
     def follow(self) -> None:
         """A follower: say hello, then obey p0's verdict."""
         self.store.set(keys.hello(self.me.role), self.me.to_json())
-        verdict = self.store.wait(keys.VERDICT, what="p0's verdict on the handshake", timeout=self.timeout,
-                                  peers=["p0"])
+        verdict = self.store.wait(
+            keys.VERDICT, what="p0's verdict on the handshake", timeout=self.timeout, peers=["p0"]
+        )
         if not verdict.get("ok"):
             raise pytest.UsageError(f"kvtest: p0 refused the run: {verdict.get('reason')}")

@@ -281,39 +281,119 @@ class Option(Generic[T]):
 
 
 OPTIONS: tuple[Option[Any], ...] = (
-    Option("role", "--role", parse_role, None, "this process's role: p (prefill) or d (decode). "
-           "Unset: local mode, this process leads and starts every other role here.", "p|d"),
+    Option(
+        "role",
+        "--role",
+        parse_role,
+        None,
+        "this process's role: p (prefill) or d (decode). "
+        "Unset: local mode, this process leads and starts every other role here.",
+        "p|d",
+    ),
     Option("rank", "--rank", parse_rank, 0, "this process's rank within its role (xPyD), from 0.", "N"),
-    Option("topology", "--topology", parse_topology_option, None, "how many p and d processes take "
-           "part: 1p1d, 2p1d, 1p2d, 2p2d, any XpYd (default: 1p1d; local mode: what the tests need).",
-           "XpYd"),
-    Option("rendezvous", "--rendezvous", parse_rendezvous, None, "where the processes meet: "
-           "tcp://HOST:PORT (hosted by p0) or file:///PATH (shared file system; needs --run-id).", "URL"),
-    Option("run_id", "--run-id", parse_run_id, None, "the run's id; every store key carries it "
-           "(default: p0 makes a fresh one).", "ID"),
-    Option("backend", "--backend", parse_backend, "auto", "auto, npu or sim. auto takes npu when "
-           "llm_datadist and torch_npu import and a device is visible, else sim. npu never falls back.",
-           "NAME"),
-    Option("device_ids", "--device-id", parse_device_ids, (), "the device id of this process, or "
-           "one per rank (0,1,...).", "ID[,ID]"),
-    Option("local_host_ip", "--local-host-ip", parse_ip, None, "this host's IP, as the samples "
-           "take it (default: derived from the rendezvous connection).", "IP"),
-    Option("remote_host_ips", "--remote-host-ip", parse_ip_list, (), "the peer hosts' IPs, as the "
-           "samples take them (default: what the peers report over the rendezvous).", "IP[,IP]"),
-    Option("timeout", "--kv-timeout", parse_timeout, 60.0, "seconds one step (barrier, fetch, "
-           "result) may wait for the peers before it fails.", "SECONDS"),
-    Option("profile", "--kv-profile", parse_profile, "smoke", "test sizes: smoke (CI), nightly, "
-           "stress.", "NAME"),
-    Option("results", "--kv-results", parse_results, None, "write the results JSON (outcomes, "
-           "transfers, fingerprint) to this file.", "PATH"),
-    Option("seed", "--kv-seed", parse_seed, 20260801, "seed of the KV contents (same on every "
-           "role).", "N"),
-    Option("logs", "--kv-logs", parse_path, Path("kvtest-logs"), "local mode: folder for the "
-           "other roles' logs.", "DIR"),
-    Option("dead_after", "--kv-dead-after", parse_dead_after, 5.0, "seconds of heartbeat silence "
-           "after which a peer is reported dead.", "SECONDS"),
-    Option("join_timeout", "--kv-join-timeout", parse_join_timeout, 120.0, "seconds to wait for the "
-           "rendezvous and for every role to join.", "SECONDS"),
+    Option(
+        "topology",
+        "--topology",
+        parse_topology_option,
+        None,
+        "how many p and d processes take "
+        "part: 1p1d, 2p1d, 1p2d, 2p2d, any XpYd (default: 1p1d; local mode: what the tests need).",
+        "XpYd",
+    ),
+    Option(
+        "rendezvous",
+        "--rendezvous",
+        parse_rendezvous,
+        None,
+        "where the processes meet: "
+        "tcp://HOST:PORT (hosted by p0) or file:///PATH (shared file system; needs --run-id).",
+        "URL",
+    ),
+    Option(
+        "run_id",
+        "--run-id",
+        parse_run_id,
+        None,
+        "the run's id; every store key carries it (default: p0 makes a fresh one).",
+        "ID",
+    ),
+    Option(
+        "backend",
+        "--backend",
+        parse_backend,
+        "auto",
+        "auto, npu or sim. auto takes npu when "
+        "llm_datadist and torch_npu import and a device is visible, else sim. npu never falls back.",
+        "NAME",
+    ),
+    Option(
+        "device_ids",
+        "--device-id",
+        parse_device_ids,
+        (),
+        "the device id of this process, or one per rank (0,1,...).",
+        "ID[,ID]",
+    ),
+    Option(
+        "local_host_ip",
+        "--local-host-ip",
+        parse_ip,
+        None,
+        "this host's IP, as the samples take it (default: derived from the rendezvous connection).",
+        "IP",
+    ),
+    Option(
+        "remote_host_ips",
+        "--remote-host-ip",
+        parse_ip_list,
+        (),
+        "the peer hosts' IPs, as the samples take them (default: what the peers report over the rendezvous).",
+        "IP[,IP]",
+    ),
+    Option(
+        "timeout",
+        "--kv-timeout",
+        parse_timeout,
+        60.0,
+        "seconds one step (barrier, fetch, result) may wait for the peers before it fails.",
+        "SECONDS",
+    ),
+    Option(
+        "profile", "--kv-profile", parse_profile, "smoke", "test sizes: smoke (CI), nightly, stress.", "NAME"
+    ),
+    Option(
+        "results",
+        "--kv-results",
+        parse_results,
+        None,
+        "write the results JSON (outcomes, transfers, fingerprint) to this file.",
+        "PATH",
+    ),
+    Option("seed", "--kv-seed", parse_seed, 20260801, "seed of the KV contents (same on every role).", "N"),
+    Option(
+        "logs",
+        "--kv-logs",
+        parse_path,
+        Path("kvtest-logs"),
+        "local mode: folder for the other roles' logs.",
+        "DIR",
+    ),
+    Option(
+        "dead_after",
+        "--kv-dead-after",
+        parse_dead_after,
+        5.0,
+        "seconds of heartbeat silence after which a peer is reported dead.",
+        "SECONDS",
+    ),
+    Option(
+        "join_timeout",
+        "--kv-join-timeout",
+        parse_join_timeout,
+        120.0,
+        "seconds to wait for the rendezvous and for every role to join.",
+        "SECONDS",
+    ),
 )
 
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
@@ -385,9 +465,11 @@ def check_combinations(s: Settings) -> None:
     topology = s.topology or Topology(1, 1)
     if s.rank >= topology.count(s.role):
         raise usage_error(
-            s.rank, where("rank"), f"rank {s.rank} is outside topology {topology}, which has "
-            f"{topology.count(s.role)} {s.role} process(es)", f"use --rank 0..{topology.count(s.role) - 1} "
-            "or a larger --topology",
+            s.rank,
+            where("rank"),
+            f"rank {s.rank} is outside topology {topology}, which has "
+            f"{topology.count(s.role)} {s.role} process(es)",
+            f"use --rank 0..{topology.count(s.role) - 1} or a larger --topology",
         )
     if s.rendezvous is None and not s.is_leader:
         raise pytest.UsageError(
@@ -401,6 +483,8 @@ def check_combinations(s: Settings) -> None:
         )
     if len(s.device_ids) > 1 and len(s.device_ids) <= s.rank:
         raise usage_error(
-            ",".join(map(str, s.device_ids)), where("device_ids"),
-            f"rank {s.rank} has no entry in the list", "give one device id per rank, or a single id",
+            ",".join(map(str, s.device_ids)),
+            where("device_ids"),
+            f"rank {s.rank} has no entry in the list",
+            "give one device id per rank, or a single id",
         )

@@ -40,7 +40,9 @@ class Backend(Protocol):
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
         """A device copy of a host tensor (``.npu()`` on npu, a fresh contiguous CPU tensor on sim)."""
 
-    def tensors_at(self, shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]) -> list[torch.Tensor]:
+    def tensors_at(
+        self, shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]
+    ) -> list[torch.Tensor]:
         """Tensors viewing memory the backend owns (e.g. ``Cache.tensor_addrs`` of a pool cache)."""
 
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+# The kvtest plugin is loaded through its pytest11 entry point (pip install -e .); nothing else here.

@@ -1,0 +1,509 @@
+"""The session plugins: :class:`LeaderSession` in p0 and :class:`FollowerSession` in every other role.
+
+Lifecycle. The leader runs pytest's loop; when the collected tests need peers it opens the store (and
+in local mode starts every other role here), handshakes, announces each multi-role test before it
+runs and merges the peers' outcomes into its report, then announces the end and collects the
+followers' goodbyes. A follower replaces pytest's loop: it joins, handshakes, runs each announced
+test and publishes its outcome, and leaves when the leader announces the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvtest.context import TestScope
+from kvtest.launcher import LocalCluster
+from kvtest.rendezvous import (
+    Heartbeat,
+    PeerDead,
+    PeerFailed,
+    PeerWatch,
+    PortInUse,
+    RendezvousError,
+    RendezvousLost,
+    RunStore,
+    keys,
+    open_store,
+    reconnect,
+)
+from kvtest.schedule import IDLE_LIMIT, Handshake, Hello, RoleResult, merge_results
+from kvtest.settings import OPTIONS, Rendezvous, Settings
+from kvtest.topology import Topology
+
+__all__ = ["FollowerSession", "LeaderSession", "KV_ITEM", "item_topology", "item_timeout"]
+
+KV_FIXTURE = "kv"
+KV_ITEM = pytest.StashKey[Topology]()
+RESULT_PHASES = {"setup": "call", "call": "call", "teardown": "teardown"}
+
+
+def item_topology(item: pytest.Item) -> Topology:
+    return item.stash[KV_ITEM]
+
+
+def item_timeout(item: pytest.Item, default: float) -> float:
+    from kvtest.plugin import marker_settings
+
+    return float(marker_settings(item).get("timeout", default))
+
+
+def _failure_text(rep: pytest.TestReport) -> tuple[str, str]:
+    """(one-line message, full text) of a failed or skipped report."""
+    if rep.skipped and isinstance(rep.longrepr, tuple):
+        return str(rep.longrepr[2]), ""
+    crash = getattr(rep.longrepr, "reprcrash", None)
+    message = crash.message if crash is not None else str(rep.longrepr).strip().splitlines()[-1:]
+    return " ".join(str(message).split()) or "failed", rep.longreprtext
+
+
+class _Base:
+    """What both sides share: the store, the heartbeat, the current test scope."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.me = settings.role_name
+        self.store: RunStore | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.scope: TestScope | None = None
+        self.topology = settings.topology or Topology(1, 1)
+        self.all_ids: list[str] = []
+        self.collected: list[pytest.Item] = []
+        self.kv_items: dict[str, pytest.Item] = {}
+        self.backend_name = ""
+        self.backend_why = ""
+        self._scope_seq = -1
+
+    # -- collection -------------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # Runs before -k/-m deselection: the digest covers what was collected, not what was selected.
+        self.collected = list(items)
+        self.all_ids = [item.nodeid for item in items]
+        self.kv_items = {item.nodeid: item for item in items if KV_ITEM in item.stash}
+
+    # -- the store --------------------------------------------------------------------------------
+
+    def _start_heartbeat(self, rdv: Rendezvous, port: int) -> None:
+        assert self.store is not None
+        hb_store = reconnect(rdv, port, self.settings.join_timeout)
+        self.heartbeat = Heartbeat(hb_store, self.store.key(keys.heartbeat(self.me))).start()
+
+    def _hello(self) -> Hello:
+        return Hello.make(
+            self.me, self.backend_name, self.topology, self.settings.seed, self.settings.profile, self.all_ids
+        )
+
+    def _resolve_backend(self) -> None:
+        from kvtest.plugin import resolve_backend_name
+
+        self.backend_name, self.backend_why = resolve_backend_name(self.config)
+
+    def _write(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+
+    def new_scope(self, seq: int, item: pytest.Item, roles: list[str]) -> TestScope:
+        assert self.store is not None
+        scope = TestScope(
+            self.store, seq, self.me, roles, self.topology, item_timeout(item, self.settings.timeout)
+        )
+        self.scope = scope
+        self._scope_seq = seq
+        if self.store.watch is not None:
+            self.store.watch.describe_step_with(scope.peer_step)
+        return scope
+
+    # -- reports ----------------------------------------------------------------------------------
+
+    def _own_result(
+        self, item: pytest.Item, rep: pytest.TestReport, call: pytest.CallInfo[None]
+    ) -> RoleResult:
+        outcome = rep.outcome
+        message, details = _failure_text(rep) if outcome != "passed" else ("", "")
+        secondary = call.excinfo is not None and isinstance(call.excinfo.value, (PeerFailed, PeerDead))
+        step = self.scope.current_step if self.scope is not None else rep.when
+        from kvtest.plugin import item_transfers
+
+        return RoleResult(
+            self.me,
+            outcome,
+            step,
+            message,
+            details,
+            secondary,
+            rep.duration,
+            tuple(item_transfers(item, self.me)),
+        )
+
+    def _abort_on_failure(self, rep: pytest.TestReport, result: RoleResult) -> None:
+        if self.scope is None or rep.when == "teardown" or rep.passed:
+            return
+        try:
+            self.scope.abort(result.message, skipped=rep.skipped)
+        except RendezvousError:
+            pass
+
+
+class LeaderSession(_Base):
+    """p0: hosts the store, starts the local roles, announces tests, merges outcomes."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        super().__init__(config, settings)
+        self.cluster: LocalCluster | None = None
+        self.active = False
+        self.seq = 0
+        self.dead: dict[str, str] = {}
+        self.run_id = ""
+        self.byes: dict[str, Any] = {}
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        if self.kv_items and not session.config.option.collectonly:
+            self._start(session)
+        try:
+            return (yield)
+        finally:
+            self._finish()
+
+    def _session_topology(self, session: pytest.Session) -> Topology:
+        if self.settings.topology is not None or not self.settings.local_mode:
+            return self.topology
+        needed = Topology(1, 1)
+        for item in session.items:
+            if item.nodeid in self.kv_items:
+                needed = needed.union(item_topology(item))
+        return needed
+
+    def _start(self, session: pytest.Session) -> None:
+        s = self.settings
+        self.topology = self._session_topology(session)
+        self.run_id = s.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        rdv = s.rendezvous or Rendezvous("tcp", host="127.0.0.1", port=0)
+        try:
+            raw, port = open_store(rdv, host=True, timeout=s.join_timeout)
+        except PortInUse as exc:
+            raise pytest.UsageError(f"kvtest: --rendezvous {rdv}: {exc}") from None
+        self._resolve_backend()
+        if s.local_mode:
+            rdv = Rendezvous("tcp", host=rdv.host, port=port)
+            self.cluster = self._launch(rdv)
+        watch = PeerWatch(raw, s.dead_after, self.cluster.exited if self.cluster else None)
+        self.store = RunStore(raw, self.run_id, self.me, watch)
+        raw.set(keys.CURRENT_RUN, self.run_id)
+        self._start_heartbeat(rdv, port)
+        self.active = True
+        where = f"local mode, logs in {self.cluster.logdir}" if self.cluster else f"rendezvous {rdv}"
+        self._write(
+            f"kvtest: run {self.run_id}, topology {self.topology} ({where}), backend "
+            f"{self.backend_name} ({self.backend_why})"
+        )
+        handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
+        handshake.claim()
+        handshake.lead(exited=self.cluster.exited if self.cluster else None)
+
+    def _launch(self, rdv: Rendezvous) -> LocalCluster:
+        s = self.settings
+        logdir = (s.logs / self.run_id).resolve()
+        others = [r for r in self.topology.roles if r != self.me]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for option in OPTIONS:
+            env.pop(option.env, None)  # the command line below carries every resolved setting
+        cluster = LocalCluster(
+            logdir,
+            others,
+            lambda role: self._child_command(role, rdv, logdir),
+            env,
+            self.config.invocation_params.dir,
+        )
+        cluster.start()
+        return cluster
+
+    def _child_command(self, role: str, rdv: Rendezvous, logdir: Path) -> list[str]:
+        from kvtest.plugin import child_arguments
+
+        side, rank = role[0], role[1:]
+        return [
+            sys.executable,
+            "-m",
+            "pytest",
+            *child_arguments(self.config, self.settings),
+            "--role",
+            side,
+            "--rank",
+            rank,
+            "--topology",
+            str(self.topology),
+            "--rendezvous",
+            str(rdv),
+            "--run-id",
+            self.run_id,
+            "--basetemp",
+            str(logdir / f"{role}-tmp"),
+            "-p",
+            "no:cacheprovider",
+        ]
+
+    # -- per test ---------------------------------------------------------------------------------
+
+    def _next_for_roles(self, session: pytest.Session, index: int) -> dict[str, str | None]:
+        nxt: dict[str, str | None] = {}
+        for role in self.topology.roles:
+            nxt[role] = None
+            for later in session.items[index + 1 :]:
+                if later.nodeid in self.kv_items and role in item_topology(later).roles:
+                    nxt[role] = later.nodeid
+                    break
+        return nxt
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        if not self.active or item.nodeid not in self.kv_items or item.get_closest_marker("skip"):
+            return (yield)
+        assert self.store is not None
+        roles = item_topology(item).roles
+        seq = self.seq
+        self.seq += 1
+        index = item.session.items.index(item)
+        self.store.set(
+            keys.item(seq),
+            {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(item.session, index)},
+        )
+        self.new_scope(seq, item, roles)
+        try:
+            return (yield)
+        finally:
+            self.scope = None
+            if self.dead:
+                item.session.shouldstop = "kvtest: " + "; ".join(self.dead.values()) + ": stopping the run"
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        rep = yield
+        if self.scope is None or item.nodeid not in self.kv_items:
+            return rep
+        own = self._own_result(item, rep, call)
+        self._abort_on_failure(rep, own)
+        if call.excinfo is not None and isinstance(call.excinfo.value, PeerDead):
+            self.dead[call.excinfo.value.role] = str(call.excinfo.value)
+        if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+            self._merge(item, rep, "call", own)
+        elif rep.when == "teardown":
+            self._merge(item, rep, "teardown", own)
+        return rep
+
+    def _gather(self, phase: str) -> list[RoleResult]:
+        assert self.scope is not None and self.store is not None
+        scope = self.scope
+        results = []
+        for role in scope.peers:
+            if role in self.dead:
+                results.append(
+                    RoleResult(role, "failed", scope.peer_step(role) or "?", self.dead[role], secondary=True)
+                )
+                continue
+            try:
+                data = self.store.wait(
+                    keys.result(scope.seq, phase, role),
+                    what=f"{role}'s {phase} outcome",
+                    timeout=4 * scope.timeout,
+                    peers=[role],
+                )
+                results.append(RoleResult.from_json(data))
+            except PeerDead as exc:
+                self.dead[role] = str(exc)
+                results.append(RoleResult(role, "failed", scope.peer_step(role) or "?", str(exc)))
+            except RendezvousError as exc:
+                results.append(RoleResult(role, "failed", scope.peer_step(role) or "?", str(exc)))
+        return results
+
+    def _merge(self, item: pytest.Item, rep: pytest.TestReport, phase: str, own: RoleResult) -> None:
+        peers = self._gather(phase)
+        from kvtest.plugin import record_outcome
+
+        record_outcome(item, phase, [own, *peers])
+        text = merge_results(peers)
+        if text is None:
+            if rep.passed and any(p.outcome == "skipped" for p in peers):
+                skipped = next(p for p in peers if p.outcome == "skipped")
+                rep.outcome = "skipped"
+                rep.longrepr = (str(item.path), item.location[1] or 0, f"{skipped.role}: {skipped.message}")
+            return
+        if rep.failed and own.secondary is False:
+            rep.longrepr = f"{rep.longreprtext}\n\n---- kvtest: the other roles ----\n{text}"
+        elif rep.failed:
+            rep.longrepr = f"{text}\n\n---- {self.me} ----\n{rep.longreprtext}"
+        else:
+            rep.longrepr = text
+        rep.outcome = "failed"
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        if not self.active:
+            if self.cluster is not None:
+                self.cluster.stop(grace=5)
+            return
+        self.active = False
+        assert self.store is not None
+        try:
+            self.store.set(keys.item(self.seq), {"end": True})
+            for role in self.topology.roles:
+                if role != self.me and role not in self.dead:
+                    self.byes[role] = self.store.wait(
+                        keys.bye(role), what=f"{role} to leave", timeout=30, peers=[role]
+                    )
+        except RendezvousError as exc:
+            self._write(f"kvtest: {exc}")
+        if self.cluster is not None:
+            self.cluster.stop(grace=20)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.cluster is None:
+            return
+        codes = ", ".join(f"{r}: exit {c}" for r, c in self.cluster.returncodes().items())
+        terminalreporter.write_sep("-", "kvtest")
+        terminalreporter.write_line(f"kvtest: the other roles' logs are in {self.cluster.logdir} ({codes})")
+
+
+class FollowerSession(_Base):
+    """Every role but p0: joins the run, runs exactly the announced tests, reports each outcome."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        super().__init__(config, settings)
+        self.by_id: dict[str, pytest.Item] = {}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        if session.config.option.collectonly:
+            return True
+        self.by_id = {item.nodeid: item for item in self.collected}
+        self._join()
+        failed = 0
+        try:
+            failed = self._follow(session)
+        finally:
+            self._leave(failed)
+        return True
+
+    def _join(self) -> None:
+        s = self.settings
+        assert s.rendezvous is not None
+        self._resolve_backend()
+        try:
+            raw, port = open_store(s.rendezvous, host=False, timeout=s.join_timeout)
+            current = self._current_run(raw)
+        except RendezvousError as exc:
+            raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
+        if s.run_id is not None and current != s.run_id:
+            raise pytest.UsageError(
+                f"kvtest: {self.me}: the rendezvous {s.rendezvous} belongs to run {current!r}, not "
+                f"{s.run_id!r} (from {s.sources.get('run_id')}); give the leader's run id or none"
+            )
+        watch = PeerWatch(raw, s.dead_after)
+        self.store = RunStore(raw, current, self.me, watch)
+        self._start_heartbeat(s.rendezvous, port)
+        handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
+        try:
+            handshake.claim()
+            handshake.follow()
+        except RendezvousError as exc:
+            raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
+
+    def _current_run(self, raw: Any) -> str:
+        """The run p0 announced. On a shared file an older run's id may linger: wait for ours."""
+        s = self.settings
+        assert s.rendezvous is not None
+        deadline = time.monotonic() + s.join_timeout
+        while True:
+            try:
+                if raw.check([keys.CURRENT_RUN]):
+                    current = str(raw.get(keys.CURRENT_RUN).decode())
+                    if s.rendezvous.scheme == "tcp" or current == s.run_id:
+                        return current
+            except Exception as exc:
+                raise RendezvousLost(f"lost {s.rendezvous}: {str(exc).splitlines()[0]}") from None
+            if time.monotonic() > deadline:
+                raise RendezvousLost(
+                    f"no run {s.run_id or ''} was announced at {s.rendezvous} within {s.join_timeout:g}s: "
+                    "is p0 (the leader) running with the same --rendezvous?"
+                )
+            time.sleep(0.05)
+
+    def _follow(self, session: pytest.Session) -> int:
+        assert self.store is not None
+        seq = 0
+        while True:
+            announced = self.store.wait(
+                keys.item(seq), what="p0's next test", timeout=IDLE_LIMIT, peers=["p0"]
+            )
+            if announced.get("end"):
+                return session.testsfailed
+            if self.me in announced["roles"]:
+                self._run_announced(session, seq, announced)
+            seq += 1
+
+    def _run_announced(self, session: pytest.Session, seq: int, announced: dict[str, Any]) -> None:
+        assert self.store is not None
+        item = self.by_id.get(announced["nodeid"])
+        if item is None:
+            missing = RoleResult(
+                self.me,
+                "failed",
+                "collect",
+                f"{self.me} did not collect {announced['nodeid']} (different files or kvtest version)",
+            )
+            self.store.set(keys.result(seq, "call", self.me), missing.to_json())
+            self.store.set(keys.result(seq, "teardown", self.me), RoleResult(self.me, "passed").to_json())
+            return
+        next_id = announced["next"].get(self.me)
+        self.new_scope(seq, item, announced["roles"])
+        try:
+            item.ihook.pytest_runtest_protocol(
+                item=item, nextitem=self.by_id.get(next_id) if next_id else None
+            )
+        finally:
+            self.scope = None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        rep = yield
+        if self.scope is None:
+            return rep
+        own = self._own_result(item, rep, call)
+        self._abort_on_failure(rep, own)
+        if rep.when == "call" or (rep.when == "setup" and not rep.passed) or rep.when == "teardown":
+            try:
+                self.store.set(
+                    keys.result(self.scope.seq, RESULT_PHASES[rep.when], self.me), own.to_json()
+                ) if self.store else None
+            except RendezvousError:
+                pass
+        return rep
+
+    def _leave(self, failed: int) -> None:
+        if self.store is not None:
+            try:
+                self.store.set(keys.bye(self.me), {"failed": failed})
+            except RendezvousError:
+                pass
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
