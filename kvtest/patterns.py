@@ -91,25 +91,36 @@ def _tensor_key(seed: int, side: str, tensor_index: int) -> int:
     return _signed(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little"))
 
 
-def _generate(words: torch.Tensor, key: int, mask: int | None) -> None:
-    """Fill an int64 ``[rows, words]`` tensor: word ``j`` of row ``r`` is splitmix64 of its counter."""
-    nrows, nwords = words.shape
+def _generate(out: torch.Tensor, key: int, mask: int | None) -> None:
+    """Fill a uint8 ``[rows, row_bytes]`` tensor: word ``j`` of row ``r`` is splitmix64 of its counter.
+
+    Works chunk by chunk so every pass stays in cache and nothing as large as ``out`` is allocated.
+    """
+    nrows, row_bytes = out.shape
+    nwords = -(-row_bytes // 8)
+    direct = row_bytes % 8 == 0
     tmp = torch.empty(_CHUNK_WORDS, dtype=torch.int64)
-    row_keys = torch.arange(nrows, dtype=torch.int64).mul_(_ROW_STEP).add_(key)
-    _mix_(row_keys, torch.empty_like(row_keys))
+    buf = None if direct else torch.empty(_CHUNK_WORDS, dtype=torch.int64)
     counters = torch.arange(1, nwords + 1, dtype=torch.int64).mul_(_GOLDEN)
     if nwords >= _CHUNK_WORDS:
         spans = [(r, r + 1, a, min(nwords, a + _CHUNK_WORDS)) for r in range(nrows)
                  for a in range(0, nwords, _CHUNK_WORDS)]
     else:
-        step = max(1, _CHUNK_WORDS // max(nwords, 1))
+        step = _CHUNK_WORDS // nwords
         spans = [(r, min(nrows, r + step), 0, nwords) for r in range(0, nrows, step)]
     for r0, r1, a, b in spans:
-        z = words[r0:r1, a:b]
-        torch.add(counters[a:b].unsqueeze(0), row_keys[r0:r1].unsqueeze(1), out=z)
+        row_keys = torch.arange(r0, r1, dtype=torch.int64).mul_(_ROW_STEP).add_(key)
+        _mix_(row_keys, tmp[: r1 - r0])
+        if buf is None:
+            z = out[r0:r1].view(torch.int64)[:, a:b]
+        else:
+            z = buf[: (r1 - r0) * nwords].view(r1 - r0, nwords)
+        torch.add(counters[a:b].unsqueeze(0), row_keys.unsqueeze(1), out=z)
         _mix_(z, tmp[: z.numel()].view(z.shape))
         if mask is not None:
             z.bitwise_and_(mask)
+        if buf is not None:
+            out[r0:r1].copy_(z.view(torch.uint8)[:, :row_bytes])
 
 
 def _block_dim(ndim: int, block_dim: int) -> int:
@@ -142,13 +153,9 @@ def pattern(
     row_bytes = dtype.itemsize
     for size in moved[1:]:
         row_bytes *= int(size)
-    nwords = -(-row_bytes // 8)
-    words = torch.empty((nrows, nwords), dtype=torch.int64)
-    if words.numel():
-        _generate(words, _tensor_key(seed, side, tensor_index), _element_mask(dtype))
-    raw = words.view(torch.uint8)
-    if nwords * 8 != row_bytes:
-        raw = raw[:, :row_bytes].contiguous()
+    raw = torch.empty((nrows, row_bytes), dtype=torch.uint8)
+    if raw.numel():
+        _generate(raw, _tensor_key(seed, side, tensor_index), _element_mask(dtype))
     return raw.view(dtype).reshape(moved).movedim(0, dim)
 
 

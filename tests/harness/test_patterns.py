@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import torch
+
+from kvtest import patterns
+from kvtest.patterns import KVMismatch, check, check_all, compare, digest, fill, pattern, with_rows
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.int8]
+SHAPE = (4, 3, 8)  # 4 blocks of 24 elements
+
+
+def _rows(t: torch.Tensor, block_dim: int = 0) -> list[bytes]:
+    moved = t.movedim(block_dim, 0).contiguous()
+    return [bytes(r.view(torch.uint8).flatten().tolist()) for r in moved]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_block_row_is_distinct_across_tensors_layers_seeds_and_sides(dtype):
+    seen: dict[bytes, tuple[object, ...]] = {}
+    for seed in (0, 1, 2**63 + 5):
+        for side in ("p", "d"):
+            for tensor_index in range(4):  # two layers of K and V
+                t = pattern(SHAPE, dtype, seed=seed, tensor_index=tensor_index, side=side)
+                for block, row in enumerate(_rows(t)):
+                    where = (seed, side, tensor_index, block)
+                    assert row not in seen, f"{where} repeats {seen[row]}"
+                    seen[row] = where
+    assert len(seen) == 3 * 2 * 4 * SHAPE[0]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pattern_is_deterministic_and_fill_writes_it(dtype):
+    a = pattern(SHAPE, dtype, seed=7, tensor_index=1, side="d")
+    b = pattern(SHAPE, dtype, seed=7, tensor_index=1, side="d")
+    assert a.shape == SHAPE and a.dtype == dtype
+    assert digest(a) == digest(b)
+    target = torch.zeros(SHAPE, dtype=dtype)
+    fill(target, seed=7, tensor_index=1, side="d")
+    assert compare(a, target, name="t", tensor_index=1) is None
+
+
+@pytest.mark.parametrize(("shape", "dtype", "seed", "tensor_index", "side", "hex_bytes"), [
+    ((2, 8), torch.int8, 0, 0, "p", "c6259c17364cc2914241df1fa0061c5f"),
+    # seeds are taken modulo 2**64; the float16 mask clears bit 6 of every high byte
+    ((1, 4), torch.float16, 2**64 + 3, 5, "d", "3d2e0cb7870ffca1"),
+])
+def test_pattern_bytes_are_pinned(shape, dtype, seed, tensor_index, side, hex_bytes):
+    # p and d may run different builds on different hosts: the bytes must never drift silently
+    t = pattern(shape, dtype, seed=seed, tensor_index=tensor_index, side=side)
+    assert bytes(t.view(torch.uint8).flatten().tolist()).hex() == hex_bytes
+    assert t.equal(pattern(shape, dtype, seed=seed % 2**64, tensor_index=tensor_index, side=side))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_float_patterns_are_finite(dtype):
+    t = pattern((64, 1024), dtype, seed=3, tensor_index=0)
+    assert bool(torch.isfinite(t).all())
+
+
+def test_bool_pattern_holds_only_valid_bools():
+    t = pattern((8, 64), torch.bool, seed=3, tensor_index=0)
+    assert set(t.view(torch.uint8).flatten().tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("shape", [(5, 5), (3, 1), (2, 3, 7)])
+def test_rows_whose_size_is_not_a_multiple_of_eight(shape):
+    t = pattern(shape, torch.float16, seed=1, tensor_index=0)
+    assert t.shape == shape
+    assert len(set(_rows(t))) == shape[0]
+
+
+def test_block_dim_other_than_zero():
+    t = pattern((3, 5, 4), torch.float32, seed=1, tensor_index=0, block_dim=1)
+    assert t.shape == (3, 5, 4)
+    assert len(set(_rows(t, 1))) == 5
+    broken = t.clone()
+    broken[2, 3, 1] = 0.0
+    found = compare(t, broken, name="cache", tensor_index=0, block_dim=1)
+    assert found is not None and found.block == 3 and found.blocks == 5
+    # within block 3 (a 3x4 slice, row-major) element [2, 1] is element 9
+    assert found.element == 9 and found.offset_in_block == 36
+
+
+def test_flipped_byte_is_reported_with_tensor_layer_block_and_offset():
+    expected = pattern((4, 16), torch.float16, seed=11, tensor_index=3)
+    actual = expected.clone()
+    actual.view(torch.uint8)[2, 5] ^= 0x01
+    with pytest.raises(KVMismatch) as info:
+        check(expected, actual, name="d0 cache", tensor_index=3, tensors_per_layer=2)
+    text = str(info.value)
+    assert text.startswith("KV mismatch in d0 cache: tensor 3 (layer 1, tensors_per_layer=2), block 2 of 4")
+    assert "first difference: byte 5 of block 2 (byte 69 of the tensor; element 2 of the block" in text
+    assert "differing bytes: 1 of 32 in block 2, 1 of 128 in the tensor; 1 of 4 blocks differ: [2]" in text
+    window = expected.view(torch.uint8)[2, 0:16].tolist()
+    assert "    expected: " + " ".join(f"{b:02x}" for b in window) in text
+    flipped = window[:]
+    flipped[5] ^= 0x01
+    assert "    actual:   " + " ".join(f"{b:02x}" for b in flipped) in text
+    marker = next(line for line in text.splitlines() if "^^" in line)
+    assert marker.index("^^") == len("    actual:   ") + 5 * 3
+    assert "misplaced" not in text
+    mismatch = info.value.mismatches[0]
+    assert (mismatch.layer, mismatch.block, mismatch.offset, mismatch.differing_total) == (1, 2, 69, 1)
+
+
+def test_swapped_blocks_are_reported_as_misplaced():
+    expected = pattern((4, 3, 10), torch.float32, seed=5, tensor_index=0)
+    actual = expected.clone()
+    actual[1], actual[3] = expected[3].clone(), expected[1].clone()
+    found = compare(expected, actual, name="k", tensor_index=0)
+    assert found is not None
+    text = str(found)
+    assert "tensor 0 (layer 0, tensors_per_layer=2), block 1 of 4" in text
+    assert "2 of 4 blocks differ: [1, 3]" in text
+    assert "block 1 holds the bytes expected in block 3 (a misplaced block)" in text
+
+
+def test_write_past_the_asked_rows_is_caught():
+    before = pattern((4, 8), torch.bfloat16, seed=2, tensor_index=1, side="d")
+    source = pattern((4, 8), torch.bfloat16, seed=2, tensor_index=1, side="p")
+    expected = with_rows(before, source, src_rows=[0, 1], dst_rows=[0, 2])
+    # a transfer that also wrote block 3 (one block too many)
+    actual = with_rows(before, source, src_rows=[0, 1, 2], dst_rows=[0, 2, 3])
+    with pytest.raises(KVMismatch, match=r"block 3 of 4 .*\n.*\n.*1 of 4 blocks differ: \[3\]"):
+        check(expected, actual, name="d0 v", tensor_index=1)
+    assert compare(expected, with_rows(before, source, src_rows=[0, 1], dst_rows=[0, 2]),
+                   name="d0 v", tensor_index=1) is None
+
+
+def test_p_and_d_contents_differ_everywhere():
+    p = pattern((4, 64), torch.float16, seed=1, tensor_index=0, side="p")
+    d = pattern((4, 64), torch.float16, seed=1, tensor_index=0, side="d")
+    found = compare(p, d, name="x", tensor_index=0)
+    assert found is not None and found.differing_block_count == 4
+    assert found.differing_total > 0.9 * 4 * 128
+
+
+def test_check_all_reports_every_differing_tensor():
+    expected = [pattern((2, 8), torch.int8, seed=1, tensor_index=i) for i in range(4)]
+    actual = [t.clone() for t in expected]
+    actual[1][0, 0] += 1
+    actual[3][1, 7] += 1
+    with pytest.raises(KVMismatch) as info:
+        check_all(expected, actual, name="d0 cache", tensors_per_layer=2)
+    text = str(info.value)
+    assert text.splitlines()[0] == "2 of 4 tensors differ: [1, 3]"
+    assert "tensor 1 (layer 0, tensors_per_layer=2), block 0 of 2" in text
+    assert "tensor 3 (layer 1, tensors_per_layer=2), block 1 of 2" in text
+    assert [m.tensor_index for m in info.value.mismatches] == [1, 3]
+    check_all(expected, [t.clone() for t in expected], name="d0 cache")
+
+
+def test_mismatch_window_at_the_end_of_a_block():
+    expected = pattern((2, 40), torch.int8, seed=1, tensor_index=0)
+    actual = expected.clone()
+    actual[1, 39] += 1
+    found = compare(expected, actual, name="x", tensor_index=0)
+    assert found is not None
+    assert found.window_start == 24 and len(found.actual_window) == 16
+    assert "bytes 24..39 of block 1:" in str(found)
+
+
+def test_compare_refuses_different_shapes_and_dtypes():
+    a = pattern((2, 4), torch.float16, seed=1, tensor_index=0)
+    with pytest.raises(ValueError, match=r"d0 k: cannot compare torch.float16 \[2, 5\] with expected"):
+        compare(a, torch.zeros(2, 5, dtype=torch.float16), name="d0 k", tensor_index=0)
+    with pytest.raises(ValueError, match="cannot compare torch.float32"):
+        compare(a, a.float(), name="d0 k", tensor_index=0)
+    with pytest.raises(ValueError, match="block_dim 2 is out of range for a 2-dimensional tensor"):
+        pattern((2, 4), torch.float16, seed=1, tensor_index=0, block_dim=2)
+
+
+def test_with_rows_checks_its_lists():
+    a = pattern((2, 4), torch.float16, seed=1, tensor_index=0)
+    with pytest.raises(ValueError, match="src_rows has 1 entries but dst_rows has 2"):
+        with_rows(a, a, src_rows=[0], dst_rows=[0, 1])
+
+
+def test_digest():
+    a = pattern((4, 16), torch.float32, seed=1, tensor_index=0)
+    assert digest(a) == digest(a.clone())
+    assert re.fullmatch(r"[0-9a-f]{64}", digest(a))
+    b = a.clone()
+    b.view(torch.uint8)[3, 63] ^= 0x80
+    assert digest(a) != digest(b)
+    assert digest(a.t()) == digest(a.t().contiguous())
+    assert digest(torch.empty(0)) == digest(torch.empty(0, dtype=torch.int8))
+
+
+def test_fill_speed(capsys):
+    t = torch.empty(16 * 1024 * 1024, 2, dtype=torch.float16)  # 64 MiB, 4-byte rows
+    big = torch.empty(64, 512 * 1024, dtype=torch.float16)  # 64 MiB, 1 MiB rows
+    for tensor in (t, big):
+        fill(tensor, seed=1, tensor_index=0)  # first touch of the pages
+        start = time.perf_counter()
+        fill(tensor, seed=2, tensor_index=0)
+        seconds = time.perf_counter() - start
+        with capsys.disabled():
+            print(f"\nkvtest.patterns.fill {list(tensor.shape)}: {64 / seconds:.0f} MiB/s")
+    assert patterns.compare(big, big.clone(), name="x", tensor_index=0) is None
