@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from kvtest import __version__, results
+from kvtest.metrics import TransferLog
+from kvtest.report import format_bytes, summary_lines
+from kvtest.results import ResultsError, ResultsWriter, load_results, role_result, transfer_records
+
+FINGERPRINT = {"backend": "sim", "cann": "absent", "torch": "2.13.0"}
+PULL = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16]"
+PUSH = "tests/samples/test_push_cache.py::test_push_cache[fp32]"
+
+
+def _roles(d0="passed", step=None, message=None):
+    return {"p0": role_result("passed", duration_s=1.5),
+            "d0": role_result(d0, step=step, message=message, duration_s=2.0)}
+
+
+def _log():
+    log = TransferLog(role="d0")
+    log.add("pull_blocks", 8 << 20, 0.004)
+    log.add("pull_blocks", 8 << 20, 0.002)
+    return log
+
+
+def _writer(tmp_path):
+    return ResultsWriter(tmp_path / "out" / "kv.json", run_id="run-1", fingerprint=FINGERPRINT)
+
+
+def test_round_trip(tmp_path):
+    writer = _writer(tmp_path)
+    writer.add(PULL, "passed", _roles(), _log().records)
+    writer.add(PUSH, "failed", _roles("failed", "push", "d0 failed at step 'push': boom"))
+    loaded = load_results(writer.path)
+    assert (loaded.kvtest_version, loaded.run_id, loaded.fingerprint) == (__version__, "run-1", FINGERPRINT)
+    assert loaded.tests == writer.tests
+    assert list(loaded.tests) == [PULL, PUSH]
+    pull = loaded.tests[PULL]
+    assert pull["roles"]["d0"] == {"outcome": "passed", "step": None, "message": None, "duration_s": 2.0}
+    assert pull["transfers"][0] == {"role": "d0", "api": "pull_blocks", "bytes": 8 << 20, "seconds": 0.004,
+                                    "gbps": pytest.approx((8 << 20) / 0.004 / 1e9)}
+    assert pull["summary"]["pull_blocks"]["count"] == 2
+    assert pull["summary"]["pull_blocks"]["p50_ms"] == pytest.approx(3.0)
+    assert transfer_records(pull) == _log().records
+    assert loaded.tests[PUSH]["roles"]["d0"]["step"] == "push"
+    assert loaded.tests[PUSH]["transfers"] == [] and loaded.tests[PUSH]["summary"] == {}
+
+
+def test_file_is_valid_from_the_start_and_after_every_test(tmp_path):
+    writer = _writer(tmp_path)
+    assert load_results(writer.path).tests == {}
+    writer.add(PULL, "passed", _roles(), _log().records)
+    assert list(load_results(writer.path).tests) == [PULL]
+    writer.add(PUSH, "skipped", {})
+    assert list(load_results(writer.path).tests) == [PULL, PUSH]
+    # a rerun replaces the earlier entry and moves it to the end
+    writer.add(PULL, "failed", _roles("failed", "pull"))
+    assert list(load_results(writer.path).tests) == [PUSH, PULL]
+    assert load_results(writer.path).tests[PULL]["outcome"] == "failed"
+
+
+def test_rewrite_is_atomic(tmp_path, monkeypatch):
+    writer = _writer(tmp_path)
+    writer.add(PULL, "passed", _roles(), _log().records)
+    before = writer.path.read_bytes()
+
+    def crash(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results.os, "replace", crash)
+    with pytest.raises(OSError, match="No space left"):
+        writer.add(PUSH, "passed", _roles())
+    assert writer.path.read_bytes() == before
+    assert os.listdir(writer.path.parent) == ["kv.json"]  # no temporary file left behind
+
+
+def test_transfers_may_come_as_json_entries_from_peers(tmp_path):
+    writer = _writer(tmp_path)
+    entry = writer.add(PULL, "passed", _roles(),
+                       [{"role": "p0", "api": "push_blocks", "bytes": 1000, "seconds": 0.001, "gbps": 99.0}])
+    assert entry["transfers"][0]["gbps"] == pytest.approx(0.001)  # recomputed, not trusted
+    assert entry["summary"]["push_blocks"]["bytes"] == 1000
+
+
+def test_bad_outcomes_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="must be one of passed, failed, skipped, error, got 'xfail'"):
+        role_result("xfail")
+    with pytest.raises(ValueError, match=re.escape(f"{PULL}: outcome must be one of")):
+        _writer(tmp_path).add(PULL, "ok", {})
+
+
+def _valid_doc(tmp_path):
+    writer = _writer(tmp_path)
+    writer.add(PULL, "passed", _roles(), _log().records)
+    return json.loads(writer.path.read_text())
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.pop("kvtest_results"), "not a kvtest results file (no top-level 'kvtest_results' key)"),
+    (lambda d: d.update(kvtest_results=2),
+     f"results schema version 2 is not supported (this kvtest {__version__} reads version 1); "
+     "upgrade kvtest"),
+    (lambda d: d.update(kvtest_results="1"), "results schema version \"1\" is not supported"),
+    (lambda d: d.pop("run_id"), "the file lacks 'run_id'"),
+    (lambda d: d.update(fingerprint={"cann": 8}), "fingerprint['cann'] must be a string, got 8"),
+    (lambda d: d.update(tests=[]), "tests must be an object, got []"),
+    (lambda d: d["tests"][PULL].update(outcome="weird"),
+     f"tests['{PULL}'].outcome must be one of passed|failed|skipped|error, got 'weird'"),
+    (lambda d: d["tests"][PULL]["roles"]["d0"].pop("step"), f"tests['{PULL}'].roles['d0'] lacks 'step'"),
+    (lambda d: d["tests"][PULL]["transfers"][1].update(bytes="8M"),
+     f"tests['{PULL}'].transfers[1].bytes must be an integer, got \"8M\""),
+    (lambda d: d["tests"][PULL]["transfers"][0].update(seconds=-1.0),
+     f"tests['{PULL}'].transfers[0].seconds must be a finite number >= 0, got -1.0"),
+    (lambda d: d["tests"][PULL]["summary"]["pull_blocks"].update(count=True),
+     f"tests['{PULL}'].summary['pull_blocks'].count must be an integer, got true"),
+])
+def test_malformed_files_name_the_file_and_the_problem(tmp_path, change, message):
+    doc = _valid_doc(tmp_path)
+    change(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    with pytest.raises(ResultsError) as info:
+        load_results(bad)
+    assert str(info.value).startswith(f"{bad}: ")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such file"),
+    ("", "not JSON (Expecting value at line 1 column 1)"),
+    ('{"kvtest_results": 1,', "not JSON (Expecting property name enclosed in double quotes at line 1"),
+    (b"\xff\xfe\x00binary", "not JSON (not UTF-8 text)"),
+    ("[1, 2, 3]", "not a kvtest results file"),
+    ('{"testsuites": {}}', "not a kvtest results file"),
+])
+def test_unreadable_or_foreign_files(tmp_path, content, message):
+    path = tmp_path / "r.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ResultsError, match="^" + re.escape(f"{path}: ")) as info:
+        load_results(path)
+    assert message in str(info.value)
+
+
+def test_directory_is_not_a_results_file(tmp_path):
+    with pytest.raises(ResultsError, match="is a directory, not a results file"):
+        load_results(tmp_path)
+
+
+def test_terminal_summary_lines(tmp_path):
+    writer = _writer(tmp_path)
+    writer.add(PULL, "passed", _roles(), _log().records)
+    writer.add(PUSH, "failed", _roles("failed", "push", "boom"))
+    writer.add("t.py::test_skip", "skipped", {"p0": role_result("skipped"), "d0": role_result("skipped")})
+    lines = summary_lines(load_results(writer.path).tests)
+    assert lines == [
+        f"PASSED   {PULL}  p0 passed, d0 passed  16.0 MiB  pull_blocks 2.80 GB/s",
+        f"FAILED   {PUSH}  p0 passed, d0 failed at 'push'  no transfers timed",
+        "SKIPPED  t.py::test_skip  p0 skipped, d0 skipped  no transfers timed",
+    ]
+    assert summary_lines({}) == []
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"),
+                                          (3 << 20, "3.0 MiB"), (5 << 40, "5120.0 GiB")])
+def test_format_bytes(n, text):
+    assert format_bytes(n) == text
