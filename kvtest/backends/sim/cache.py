@@ -141,7 +141,9 @@ class CacheDesc:
 class Cache:
     """A cache known to this process; built by the CacheManager, never by users."""
 
-    def __init__(self, cache_id: int, cache_desc: CacheDesc, tensor_addrs: list[int], is_blocks: bool) -> None:
+    def __init__(
+        self, cache_id: int, cache_desc: CacheDesc, tensor_addrs: list[int], is_blocks: bool
+    ) -> None:
         self._cache_id = cache_id
         self._cache_desc = cache_desc
         self._tensor_addrs = list(tensor_addrs)

@@ -42,7 +42,7 @@ class LLMException(RuntimeError):
 
 
 def native_error(api: str, code: LLMStatusCode, details: str) -> LLMException:
-    """An exception worded like a failed native call: ``[api] failed, error code is LLMStatusCode.X, details.``"""
+    """An exception worded like a native failure: ``[api] failed, error code is LLMStatusCode.X, details.``"""
     details = details.rstrip(".")
     return LLMException(f"[{api}] failed, error code is {code}, {details}.", code)
 

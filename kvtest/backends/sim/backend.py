@@ -1,0 +1,77 @@
+"""The ``sim`` backend for the fixtures: the emulation module plus CPU versions of the device helpers."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from importlib import metadata
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from kvtest.backends.protocol import BackendUnavailable
+
+if TYPE_CHECKING:
+    import torch
+    from torch.distributed import Store
+
+INSTALL_HINT = "pip install 'kvtest[sim]'"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+class SimBackend:
+    """llm_datadist emulated on CPU memory; device tensors are plain contiguous CPU tensors."""
+
+    name = "sim"
+
+    def __init__(self, api: ModuleType) -> None:
+        self.api = api
+
+    def bind(self, store: Store, namespace: str, role: str) -> None:
+        self.api.configure(store, namespace, role)
+
+    def set_device(self, device_id: int) -> None:
+        """Nothing to select on CPU."""
+
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        return host.detach().clone().contiguous()
+
+    def tensors_at(
+        self, shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]
+    ) -> list[torch.Tensor]:
+        views: list[torch.Tensor] = self.api.create_tensors(list(shape), dtype, list(addrs))
+        return views
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.detach().clone()
+
+    def device_ip(self, device_id: int) -> str:
+        """A loopback address: sim's ranktable device ips are validated as JSON, never dialled."""
+        return "127.0.0.1"
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "backend": self.name,
+            "torch": _version("torch"),
+            "nixl": _version("nixl-cu12"),
+            "kvtest": _version("kvtest"),
+            "host": socket.gethostname(),
+        }
+
+
+def load() -> SimBackend:
+    """The sim backend; :class:`BackendUnavailable` with the fix when NIXL cannot be imported."""
+    try:
+        import nixl_cu12._api  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means the same fix
+        raise BackendUnavailable(
+            f"sim backend needs NIXL (nixl_cu12) but it cannot be imported ({exc}); fix: {INSTALL_HINT}"
+        ) from exc
+    from kvtest.backends import sim
+
+    return SimBackend(sim)

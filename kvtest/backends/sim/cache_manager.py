@@ -1,0 +1,828 @@
+"""``CacheManager`` (reached through ``LLMDataDist.cache_manager``): caches, keys and transfers.
+
+Control records (under the namespace, see :mod:`control`):
+``cache/<cluster>/<cache_id>`` the layout of an exported cache, ``key/<cluster>/<req>/<model>/<prefix>``
+a CacheKey's batch slot, ``bkey/<cluster>/<model>`` a BlocksCacheKey's cache id.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+from kvtest.backends.sim.async_transfer import (
+    CacheTask,
+    LayerSynchronizer,
+    TransferConfig,
+    TransferWithCacheKeyConfig,
+)
+from kvtest.backends.sim.cache import (
+    BlocksCacheKey,
+    Cache,
+    CacheDesc,
+    CacheKey,
+    CacheKeyByIdAndIndex,
+    Placement,
+)
+from kvtest.backends.sim.checks import INT64_MAX, UINT64_MAX, check_int, check_type
+from kvtest.backends.sim.layout import (
+    Span,
+    block_list,
+    block_spans,
+    check_in_range,
+    expand,
+    slot_to_blocks_spans,
+    tensor_pairs,
+)
+from kvtest.backends.sim.pool import MemoryPool
+from kvtest.backends.sim.status import LLMException, LLMStatusCode, native_error, raise_param_invalid
+from kvtest.backends.sim.transport import TransferError
+
+if TYPE_CHECKING:
+    from kvtest.backends.sim.datadist import LLMDataDist
+
+AnyCacheKey = Union[CacheKey, CacheKeyByIdAndIndex]
+
+
+@dataclass
+class _Entry:
+    cache: Cache
+    exported: bool
+    reg: int | None = None
+    pool: MemoryPool | None = None
+    keys: list[tuple[str, Any]] = field(default_factory=list)
+    bkey: tuple[str, Any] | None = None
+    deallocated: bool = False
+    addrs: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Remote:
+    """A peer's cache as its control record describes it."""
+
+    agent: str
+    addrs: list[int]
+    slot_bytes: int
+    batch: int
+    blocks: bool
+
+
+def _key_path(key: CacheKey) -> tuple[object, ...]:
+    return ("key", key.cluster_id, key.req_id, key.model_id, key.prefix_id)
+
+
+class CacheManager:
+    """Allocates, registers and transfers caches for one :class:`LLMDataDist`."""
+
+    def __init__(self, datadist: LLMDataDist) -> None:
+        self._dd = datadist
+        self._entries: dict[int, _Entry] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+
+    # -- common -------------------------------------------------------------------------------
+    def _begin(self, api: str) -> float:
+        if not self._dd._initialized:
+            raise RuntimeError("llm datadist is not initialized")
+        self._dd._fault_point(api)
+        return time.monotonic() + self._dd._sync_timeout_ms / 1000
+
+    def _entry(self, cache: Any, arg: str = "cache") -> _Entry:
+        check_type(arg, cache, Cache)
+        entry = self._entries.get(cache.cache_id)
+        if entry is None or entry.cache is not cache or not cache._valid:
+            raise_param_invalid(f"{arg} (cache_id {cache.cache_id}) is not a valid cache of this process.")
+        return entry
+
+    def _publish_cache(self, entry: _Entry) -> None:
+        plane, _ = self._dd._ctx()
+        cache = entry.cache
+        record = {
+            "addrs": cache.tensor_addrs,
+            "slot_bytes": cache.cache_desc.slot_bytes,
+            "batch": cache.cache_desc.batch_size,
+            "blocks": cache.is_blocks_cache,
+        }
+        plane.put(plane.key("cache", self._dd.cluster_id, cache.cache_id), record)
+
+    def _release_records(self, entry: _Entry) -> None:
+        plane, _ = self._dd._ctx()
+        if entry.exported:
+            key = plane.key("cache", self._dd.cluster_id, entry.cache.cache_id)
+            record = plane.fetch(key)
+            if record is not None:
+                plane.release(key, record)
+        if entry.bkey is not None:
+            plane.release(*entry.bkey)
+
+    def _sweep(self) -> None:
+        """Free deallocated pool caches whose keys are all released (pulled or removed)."""
+        plane, _ = self._dd._ctx()
+        for cache_id, entry in list(self._entries.items()):
+            if entry.deallocated and all(plane.fetch(k) is None for k, _ in entry.keys):
+                assert entry.pool is not None
+                for addr in entry.addrs:
+                    entry.pool.free(addr)
+                del self._entries[cache_id]
+
+    def _close(self) -> None:
+        with self._lock:
+            for entry in list(self._entries.values()):
+                self._release_records(entry)
+                for k, v in entry.keys:
+                    self._dd._ctx()[0].release(k, v)
+                entry.cache._invalidate()
+            self._entries.clear()
+
+    # -- pool caches --------------------------------------------------------------------------
+    def _allocate(self, api: str, cache_desc: CacheDesc, blocks: bool) -> _Entry:
+        check_type("cache_desc", cache_desc, CacheDesc)
+        pool = self._dd._pools.get(cache_desc.placement.name)
+        if pool is None:
+            option = "mem_pool_cfg" if cache_desc.placement == Placement.DEVICE else "host_mem_pool_cfg"
+            raise_param_invalid(f"you should config memory pool firstly, {option} is not set.")
+        addrs: list[int] = []
+        for _ in range(cache_desc.num_tensors):
+            addr = pool.allocate(cache_desc.size)
+            if addr is None:
+                for a in addrs:
+                    pool.free(a)
+                raise native_error(
+                    api,
+                    LLMStatusCode.LLM_OUT_OF_MEMORY,
+                    f"memory pool of {pool.size} bytes cannot hold {cache_desc.num_tensors} x "
+                    f"{cache_desc.size} bytes ({pool.bytes_in_use} in use)",
+                )
+            addrs.append(addr)
+        cache = Cache(next(self._ids), cache_desc, addrs, blocks)
+        entry = _Entry(cache, exported=True, pool=pool, addrs=addrs)
+        self._entries[cache.cache_id] = entry
+        self._publish_cache(entry)
+        return entry
+
+    def _bind_keys(self, api: str, entry: _Entry, cache_keys: Any) -> None:
+        check_type("cache_keys", cache_keys, list, tuple)
+        for key in cache_keys:
+            check_type("cache_keys item", key, CacheKey)
+        if len(cache_keys) > entry.cache.cache_desc.batch_size:
+            raise_param_invalid("cache_keys length should not be bigger than batch size.")
+        plane, _ = self._dd._ctx()
+        for index, key in enumerate(cache_keys):
+            if key.req_id == UINT64_MAX and key.prefix_id == UINT64_MAX:
+                continue
+            if key.cluster_id != self._dd.cluster_id:
+                raise_param_invalid(f"cache key {key} should use the local cluster id {self._dd.cluster_id}.")
+            path = plane.key(*_key_path(key))
+            if plane.fetch(path) is not None:
+                raise native_error(api, LLMStatusCode.LLM_PARAM_INVALID, f"cache key {key} already exists")
+            record = {"cache_id": entry.cache.cache_id, "batch_index": index}
+            plane.put(path, record)
+            entry.keys.append((path, record))
+
+    def allocate_cache(self, cache_desc: CacheDesc, cache_keys: Sequence[CacheKey] = ()) -> Cache:
+        """A cache from the memory pool; key *i* names batch slot *i* (req_id UINT64_MAX skips a slot)."""
+        self._begin("allocate_cache")
+        with self._lock:
+            self._sweep()
+            check_type("cache_keys", cache_keys, list, tuple)
+            entry = self._allocate("allocate_cache", cache_desc, blocks=False)
+            self._bind_keys("allocate_cache", entry, cache_keys)
+            return entry.cache
+
+    def allocate_blocks_cache(
+        self, cache_desc: CacheDesc, blocks_cache_key: BlocksCacheKey | None = None
+    ) -> Cache:
+        """A blocks cache from the memory pool, optionally published under ``blocks_cache_key``."""
+        self._begin("allocate_blocks_cache")
+        with self._lock:
+            self._sweep()
+            if blocks_cache_key is not None:
+                check_type("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
+            entry = self._allocate("allocate_blocks_cache", cache_desc, blocks=True)
+            if blocks_cache_key is not None:
+                self._bind_blocks_key("allocate_blocks_cache", entry, blocks_cache_key)
+            return entry.cache
+
+    def _deallocate(self, api: str, cache: Cache, blocks: bool) -> None:
+        self._begin(api)
+        with self._lock:
+            entry = self._entry(cache)
+            if entry.pool is None:
+                raise_param_invalid(f"{api} only supports caches from allocate, use unregister_cache.")
+            if entry.cache.is_blocks_cache != blocks:
+                raise_param_invalid(f"{api} does not support this cache type (is_blocks={not blocks}).")
+            self._release_records(entry)
+            entry.exported = False
+            entry.deallocated = True
+            entry.cache._invalidate()
+            self._sweep()
+
+    def deallocate_cache(self, cache: Cache) -> None:
+        """Free a pool cache; the memory returns to the pool once every key is released."""
+        self._deallocate("deallocate_cache", cache, blocks=False)
+
+    def deallocate_blocks_cache(self, cache: Cache) -> None:
+        self._deallocate("deallocate_blocks_cache", cache, blocks=True)
+
+    def remove_cache_key(self, cache_key: CacheKey) -> None:
+        """Drop a key so its slot can no longer be pulled; nothing happens if a pull consumed it."""
+        self._begin("remove_cache_key")
+        check_type("cache_key", cache_key, CacheKey)
+        with self._lock:
+            plane, _ = self._dd._ctx()
+            path = plane.key(*_key_path(cache_key))
+            record = plane.fetch(path)
+            if record is not None:
+                plane.release(path, record)
+            self._sweep()
+
+    # -- registered caches --------------------------------------------------------------------
+    def _register(
+        self, api: str, cache_desc: Any, addrs: Any, remote_accessible: Any, blocks: bool
+    ) -> _Entry:
+        check_type("cache_desc", cache_desc, CacheDesc)
+        check_type("addrs", addrs, list, tuple)
+        for addr in addrs:
+            check_int("addrs item", addr, 0, UINT64_MAX)
+        if remote_accessible is not None:
+            check_type("remote_accessible", remote_accessible, bool)
+        if len(addrs) != cache_desc.num_tensors:
+            raise_param_invalid("addrs length should be equal to num_tensors.")
+        if any(a == 0 for a in addrs):
+            raise_param_invalid("addrs should not contain 0.")
+        if remote_accessible and self._dd._linked:
+            raise_param_invalid("you can not register remote accessible cache after link.")
+        if remote_accessible is None:
+            remote_accessible = cache_desc.placement == Placement.DEVICE and not self._dd._linked
+        _, transport = self._dd._ctx()
+        try:
+            reg = transport.register([(a, cache_desc.size) for a in addrs])
+        except Exception as exc:
+            raise native_error(
+                api, LLMStatusCode.LLM_FAILED, f"nixl could not register memory: {exc!r}"
+            ) from exc
+        cache = Cache(next(self._ids), cache_desc, [int(a) for a in addrs], blocks)
+        entry = _Entry(cache, exported=bool(remote_accessible), reg=reg)
+        self._entries[cache.cache_id] = entry
+        self._dd._publish_agent()
+        if entry.exported:
+            self._publish_cache(entry)
+        return entry
+
+    def _bind_blocks_key(self, api: str, entry: _Entry, key: BlocksCacheKey) -> None:
+        if key.cluster_id != self._dd.cluster_id:
+            raise_param_invalid(
+                f"blocks cache key {key} should use the local cluster id {self._dd.cluster_id}."
+            )
+        plane, _ = self._dd._ctx()
+        path = plane.key("bkey", key.cluster_id, key.model_id)
+        if plane.fetch(path) is not None:
+            raise native_error(api, LLMStatusCode.LLM_PARAM_INVALID, f"blocks cache key {key} already exists")
+        record = {"cache_id": entry.cache.cache_id}
+        plane.put(path, record)
+        entry.bkey = (path, record)
+
+    def register_cache(
+        self,
+        cache_desc: CacheDesc,
+        addrs: Sequence[int],
+        cache_keys: Sequence[CacheKey] = (),
+        remote_accessible: bool | None = None,
+    ) -> Cache:
+        """Register memory the caller owns (e.g. ``tensor.data_ptr()``) as a cache."""
+        self._begin("register_cache")
+        with self._lock:
+            check_type("cache_keys", cache_keys, list, tuple)
+            entry = self._register("register_cache", cache_desc, addrs, remote_accessible, blocks=False)
+            self._bind_keys("register_cache", entry, cache_keys)
+            return entry.cache
+
+    def register_blocks_cache(
+        self,
+        cache_desc: CacheDesc,
+        addrs: Sequence[int],
+        blocks_cache_key: BlocksCacheKey | None = None,
+        remote_accessible: bool | None = None,
+    ) -> Cache:
+        """Register caller memory as a blocks cache, optionally published under ``blocks_cache_key``."""
+        self._begin("register_blocks_cache")
+        with self._lock:
+            if blocks_cache_key is not None:
+                check_type("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
+            entry = self._register("register_blocks_cache", cache_desc, addrs, remote_accessible, blocks=True)
+            if blocks_cache_key is not None:
+                self._bind_blocks_key("register_blocks_cache", entry, blocks_cache_key)
+            return entry.cache
+
+    def unregister_cache(self, cache_id: int) -> None:
+        """Forget a registered cache; peers can no longer reach it."""
+        self._begin("unregister_cache")
+        check_int("cache_id", cache_id, -(2**63), INT64_MAX)
+        with self._lock:
+            entry = self._entries.get(cache_id)
+            if entry is None or entry.reg is None:
+                raise native_error(
+                    "unregister_cache",
+                    LLMStatusCode.LLM_PARAM_INVALID,
+                    f"cache_id {cache_id} is not registered",
+                )
+            self._release_records(entry)
+            plane, transport = self._dd._ctx()
+            for k, v in entry.keys:
+                plane.release(k, v)
+            transport.deregister(entry.reg)
+            self._dd._publish_agent()
+            entry.cache._invalidate()
+            del self._entries[cache_id]
+
+    # -- remote lookups -----------------------------------------------------------------------
+    def _peer(self, api: str, cluster_id: int) -> str:
+        plane, _ = self._dd._ctx()
+        links, agent = plane.fetch_many(
+            [plane.key("links", self._dd.cluster_id), plane.key("agent", cluster_id)]
+        )
+        if not links or str(cluster_id) not in links:
+            raise native_error(api, LLMStatusCode.LLM_NOT_YET_LINK, f"cluster {cluster_id} is not linked")
+        if agent is None:
+            raise native_error(api, LLMStatusCode.LLM_NOT_YET_LINK, f"cluster {cluster_id} has finalized")
+        _, transport = self._dd._ctx()
+        from kvtest.backends.sim.control import decode_bytes
+
+        transport.load_peer(agent["agent"], decode_bytes(agent["meta"]), int(agent["version"]))
+        return str(agent["agent"])
+
+    def _remote_cache(self, api: str, agent: str, cluster_id: int, cache_id: int) -> _Remote:
+        plane, _ = self._dd._ctx()
+        record = plane.fetch(plane.key("cache", cluster_id, cache_id))
+        if record is None:
+            raise native_error(
+                api,
+                LLMStatusCode.LLM_KV_CACHE_NOT_EXIST,
+                f"cache {cache_id} does not exist on cluster {cluster_id}",
+            )
+        return _Remote(
+            agent, list(record["addrs"]), int(record["slot_bytes"]), int(record["batch"]), record["blocks"]
+        )
+
+    def _resolve(self, api: str, key: AnyCacheKey) -> tuple[_Remote, int, tuple[str, Any] | None]:
+        """The remote cache, batch index, and (for a CacheKey) the record a successful pull releases."""
+        agent = self._peer(api, key.cluster_id)
+        plane, _ = self._dd._ctx()
+        if isinstance(key, CacheKeyByIdAndIndex):
+            remote = self._remote_cache(api, agent, key.cluster_id, key.cache_id)
+            check_in_range("batch_index of cache_key", [key.batch_index], remote.batch)
+            return remote, key.batch_index, None
+        if (key.req_id == UINT64_MAX) == (key.prefix_id == UINT64_MAX):
+            raise_param_invalid("one and only one of req_id and prefix_id should be valid in cache_key.")
+        path = plane.key(*_key_path(key))
+        record = plane.fetch(path)
+        if record is None:
+            raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
+        remote = self._remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
+        return remote, int(record["batch_index"]), (path, record)
+
+    def _remote_blocks(self, api: str, key: BlocksCacheKey) -> _Remote:
+        agent = self._peer(api, key.cluster_id)
+        plane, _ = self._dd._ctx()
+        record = plane.fetch(plane.key("bkey", key.cluster_id, key.model_id))
+        if record is None:
+            raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
+        return self._remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
+
+    def _move(
+        self, api: str, op: str, agent: str, segments: list[tuple[int, int, int]], deadline: float
+    ) -> None:
+        """Run one NIXL transfer of (local, remote, bytes) segments, failing like the native call."""
+        _, transport = self._dd._ctx()
+        try:
+            transport.transfer(
+                op,
+                agent,
+                segments,
+                deadline,
+                flip=self._dd._fault_active("flip", api),
+                stall=self._dd._fault_active("stall", api),
+            )
+        except TransferError as exc:
+            if exc.code == LLMStatusCode.LLM_TIMEOUT:
+                details = f"{exc.details}: sync_kv_timeout is {self._dd._sync_timeout_ms} ms"
+            else:
+                details = exc.details
+            raise native_error(api, exc.code, details) from None
+
+    @staticmethod
+    def _same_block(local: int, remote: int, what: str) -> None:
+        if local != remote:
+            raise_param_invalid(f"{what} size differs: local {local} bytes, remote {remote} bytes.")
+
+    # -- pulls --------------------------------------------------------------------------------
+    def pull_cache(
+        self,
+        cache_key: AnyCacheKey,
+        cache: Cache,
+        batch_index: int = 0,
+        size: int = -1,
+        *,
+        src_layer_range: range | None = None,
+        dst_layer_range: range | None = None,
+        tensor_num_per_layer: int = 2,
+    ) -> None:
+        """Pull the remote batch slot ``cache_key`` names into ``cache[batch_index]`` (READ)."""
+        deadline = self._begin("pull_cache")
+        check_type("cache_key", cache_key, CacheKey, CacheKeyByIdAndIndex)
+        check_int("batch_index", batch_index, 0, UINT64_MAX)
+        check_int("size", size, -1, INT64_MAX)
+        if self._dd._remote_accessible and not isinstance(cache_key, CacheKeyByIdAndIndex):
+            raise_param_invalid(
+                "cache_key only support CacheKeyByIdAndIndex when enable_remote_cache_accessible is True."
+            )
+        if size == 0:
+            raise_param_invalid("size should be -1 or bigger than 0.")
+        entry = self._entry(cache)
+        desc = entry.cache.cache_desc
+        if entry.cache.is_blocks_cache:
+            raise_param_invalid("pull_cache does not support blocks cache, please use pull_blocks.")
+        check_in_range("batch_index", [batch_index], desc.batch_size)
+        remote, remote_index, claim = self._resolve("pull_cache", cache_key)
+        if size == -1:
+            self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
+            nbytes = desc.slot_bytes
+        else:
+            if size > min(desc.slot_bytes, remote.slot_bytes):
+                raise_param_invalid(f"size {size} is bigger than a batch slot ({desc.slot_bytes} bytes).")
+            nbytes = size
+        pairs = tensor_pairs(
+            len(remote.addrs), desc.num_tensors, src_layer_range, dst_layer_range, tensor_num_per_layer
+        )
+        spans = [(remote_index * remote.slot_bytes, batch_index * desc.slot_bytes, nbytes)]
+        moves = expand(pairs, remote.addrs, entry.cache.tensor_addrs, spans)
+        self._move("pull_cache", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
+        if claim is not None:
+            self._dd._ctx()[0].release(*claim)
+
+    def pull_blocks(
+        self,
+        src_cache_key: AnyCacheKey | BlocksCacheKey,
+        dst_cache: Cache,
+        src_blocks: Sequence[int] = (),
+        dst_blocks: Sequence[int] = (),
+        *,
+        src_layer_range: range | None = None,
+        dst_layer_range: range | None = None,
+        tensor_num_per_layer: int = 2,
+    ) -> None:
+        """Pull remote blocks (BlocksCacheKey) or a remote batch slot (cache keys) into local blocks."""
+        deadline = self._begin("pull_blocks")
+        check_type("src_cache_key", src_cache_key, CacheKey, CacheKeyByIdAndIndex, BlocksCacheKey)
+        src = block_list("src_blocks", src_blocks)
+        dst = block_list("dst_blocks", dst_blocks)
+        entry = self._entry(dst_cache, "dst_cache")
+        desc = entry.cache.cache_desc
+        if not entry.cache.is_blocks_cache:
+            raise_param_invalid("dst_cache should be blocks cache.")
+        if not dst:
+            raise_param_invalid("dst_blocks can not be empty.")
+        check_in_range("dst_blocks", dst, desc.batch_size)
+        claim = None
+        spans: list[Span]
+        if isinstance(src_cache_key, BlocksCacheKey):
+            if not src:
+                raise_param_invalid(
+                    "src_blocks can not be empty when src_cache_key is instance of BlocksCacheKey."
+                )
+            if len(src) != len(dst):
+                raise_param_invalid("src_blocks and dst_blocks should have the same length.")
+            remote = self._remote_blocks("pull_blocks", src_cache_key)
+            check_in_range("src_blocks", src, remote.batch)
+            self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
+            spans = block_spans(src, dst, desc.slot_bytes)
+        else:
+            if src:
+                raise_param_invalid(
+                    "src_blocks should be empty when src_cache_key is not instance of BlocksCacheKey."
+                )
+            remote, remote_index, claim = self._resolve("pull_blocks", src_cache_key)
+            spans = slot_to_blocks_spans(remote_index, remote.slot_bytes, dst, desc.slot_bytes)
+        pairs = tensor_pairs(
+            len(remote.addrs), desc.num_tensors, src_layer_range, dst_layer_range, tensor_num_per_layer
+        )
+        moves = expand(pairs, remote.addrs, entry.cache.tensor_addrs, spans)
+        self._move("pull_blocks", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
+        if claim is not None:
+            self._dd._ctx()[0].release(*claim)
+
+    # -- pushes -------------------------------------------------------------------------------
+    def _require_remote_mode(self, api: str) -> None:
+        if not self._dd._remote_accessible:
+            raise_param_invalid(f"{api} is only supported while enable_remote_cache_accessible is True")
+
+    def push_cache(
+        self,
+        dst_cache_key: CacheKeyByIdAndIndex,
+        src_cache: Cache,
+        src_batch_index: int = 0,
+        src_layer_range: range | None = None,
+        dst_layer_range: range | None = None,
+        size: int = -1,
+        tensor_num_per_layer: int = 2,
+    ) -> None:
+        """Write ``src_cache[src_batch_index]`` into the remote cache slot ``dst_cache_key`` names (WRITE)."""
+        deadline = self._begin("push_cache")
+        self._require_remote_mode("push_cache")
+        check_type("dst_cache_key", dst_cache_key, CacheKeyByIdAndIndex)
+        check_int("src_batch_index", src_batch_index, 0, UINT64_MAX)
+        check_int("size", size, -1, INT64_MAX)
+        if size != -1:
+            raise_param_invalid("size only support -1 in push_cache.")
+        entry = self._entry(src_cache, "src_cache")
+        desc = entry.cache.cache_desc
+        if entry.cache.is_blocks_cache:
+            raise_param_invalid("src_cache should not be blocks cache, please use push_blocks.")
+        check_in_range("src_batch_index", [src_batch_index], desc.batch_size)
+        remote, remote_index, _ = self._resolve("push_cache", dst_cache_key)
+        self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
+        pairs = tensor_pairs(
+            desc.num_tensors, len(remote.addrs), src_layer_range, dst_layer_range, tensor_num_per_layer
+        )
+        spans = [(src_batch_index * desc.slot_bytes, remote_index * remote.slot_bytes, desc.slot_bytes)]
+        moves = expand(pairs, entry.cache.tensor_addrs, remote.addrs, spans)
+        self._move("push_cache", "WRITE", remote.agent, moves, deadline)
+
+    def push_blocks(
+        self,
+        dst_cache_key: BlocksCacheKey,
+        src_cache: Cache,
+        src_blocks: Sequence[int] = (),
+        dst_blocks: Sequence[int] = (),
+        src_layer_range: range | None = None,
+        dst_layer_range: range | None = None,
+        tensor_num_per_layer: int = 2,
+    ) -> None:
+        """Write local block ``src_blocks[i]`` to remote block ``dst_blocks[i]`` (WRITE)."""
+        deadline = self._begin("push_blocks")
+        self._require_remote_mode("push_blocks")
+        check_type("dst_cache_key", dst_cache_key, BlocksCacheKey)
+        src = block_list("src_blocks", src_blocks)
+        dst = block_list("dst_blocks", dst_blocks)
+        entry = self._entry(src_cache, "src_cache")
+        desc = entry.cache.cache_desc
+        if not entry.cache.is_blocks_cache:
+            raise_param_invalid("src_cache should be blocks cache.")
+        if not dst:
+            raise_param_invalid("dst_blocks can not be empty.")
+        if len(src) != len(dst):
+            raise_param_invalid("src_blocks and dst_blocks should have the same length.")
+        check_in_range("src_blocks", src, desc.batch_size)
+        remote = self._remote_blocks("push_blocks", dst_cache_key)
+        check_in_range("dst_blocks", dst, remote.batch)
+        self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
+        pairs = tensor_pairs(
+            desc.num_tensors, len(remote.addrs), src_layer_range, dst_layer_range, tensor_num_per_layer
+        )
+        moves = expand(pairs, entry.cache.tensor_addrs, remote.addrs, block_spans(src, dst, desc.slot_bytes))
+        self._move("push_blocks", "WRITE", remote.agent, moves, deadline)
+
+    # -- asynchronous layer-by-layer push -----------------------------------------------------
+    def transfer_cache_async(
+        self,
+        src_cache: Cache,
+        layer_synchronizer: LayerSynchronizer,
+        transfer_configs: Sequence[TransferWithCacheKeyConfig | TransferConfig],
+        src_block_indices: Sequence[int] | None = None,
+        dst_block_indices: Sequence[int] | None = None,
+        dst_block_memory_size: int | None = None,
+    ) -> CacheTask:
+        """Push layer by layer on a worker thread as ``layer_synchronizer`` releases each layer."""
+        self._begin("transfer_cache_async")
+        api = "transfer_cache_async"
+        entry = self._entry(src_cache, "src_cache")
+        desc = entry.cache.cache_desc
+        check_type("layer_synchronizer", layer_synchronizer, LayerSynchronizer)
+        check_type("transfer_configs", transfer_configs, list, tuple)
+        wanted = TransferWithCacheKeyConfig if self._dd._remote_accessible else TransferConfig
+        for config in transfer_configs:
+            check_type("transfer_configs item", config, wanted)
+        if desc.placement == Placement.HOST:
+            raise_param_invalid("src_cache placement should not be HOST.")
+        if desc.num_tensors % 2:
+            raise_param_invalid("src_cache num_tensors should be even.")
+        src_idx = None if src_block_indices is None else block_list("src_block_indices", src_block_indices)
+        dst_idx = None if dst_block_indices is None else block_list("dst_block_indices", dst_block_indices)
+        if dst_block_memory_size is not None:
+            check_int("dst_block_memory_size", dst_block_memory_size, 1, INT64_MAX)
+        plans = [
+            self._plan_async(entry, config, src_idx, dst_idx, dst_block_memory_size)
+            for config in transfer_configs
+        ]
+        num_layers = desc.num_tensors // 2
+        results: list[LLMStatusCode | None] = [None] * len(plans)
+
+        def work() -> None:
+            for layer in range(num_layers):
+                try:
+                    ready = bool(layer_synchronizer.synchronize_layer(layer, None))
+                except Exception:  # noqa: BLE001 - a failing synchronizer fails its layer
+                    ready = False
+                for i, (config_range, dst_start, agent, remote_addrs, remote_tensors, spans) in enumerate(
+                    plans
+                ):
+                    if layer not in config_range or (results[i] not in (None, LLMStatusCode.LLM_SUCCESS)):
+                        continue
+                    if not ready:
+                        results[i] = LLMStatusCode.LLM_PARAM_INVALID
+                        continue
+                    dst_layer = dst_start + (layer - config_range.start)
+                    pairs = tensor_pairs(
+                        desc.num_tensors,
+                        remote_tensors,
+                        range(layer, layer + 1),
+                        range(dst_layer, dst_layer + 1),
+                        2,
+                    )
+                    deadline = time.monotonic() + self._dd._sync_timeout_ms / 1000
+                    try:
+                        self._move(
+                            api,
+                            "WRITE",
+                            agent,
+                            expand(pairs, entry.cache.tensor_addrs, remote_addrs, spans),
+                            deadline,
+                        )
+                        results[i] = LLMStatusCode.LLM_SUCCESS
+                    except LLMException as exc:
+                        results[i] = exc.status_code
+            for i, (config_range, *_rest) in enumerate(plans):
+                if results[i] is None and len(config_range) == 0:
+                    results[i] = LLMStatusCode.LLM_SUCCESS
+
+        thread = threading.Thread(target=work, name="kvtest-sim-transfer-cache-async", daemon=True)
+        thread.start()
+        return CacheTask(thread, results)
+
+    def _plan_async(
+        self,
+        entry: _Entry,
+        config: TransferWithCacheKeyConfig | TransferConfig,
+        src_idx: list[int] | None,
+        dst_idx: list[int] | None,
+        dst_block_memory_size: int | None,
+    ) -> tuple[range, int, str, list[int], int, list[Span]]:
+        """(source layer range, first destination layer, agent, remote addrs, remote tensor count, spans)."""
+        api = "transfer_cache_async"
+        desc = entry.cache.cache_desc
+        layers = desc.num_tensors // 2
+        if isinstance(config, TransferConfig):
+            agent = self._peer(api, config.dst_cluster_id)
+            src_range = config.src_layer_range or range(0, layers)
+            if len(config.dst_addrs) != len(src_range) * 2:
+                raise_param_invalid("dst_addrs length should be equal to the tensor num of src_layer_range.")
+            addrs = [0] * (src_range.start * 2) + list(config.dst_addrs)
+            spans = self._async_spans(
+                entry, config.src_batch_index, False, desc.slot_bytes, src_idx, dst_idx, dst_block_memory_size
+            )
+            return src_range, src_range.start, agent, addrs, len(addrs), spans
+        key = config.cache_key
+        if isinstance(key, BlocksCacheKey):
+            remote = self._remote_blocks(api, key)
+        else:
+            remote, index, _ = self._resolve(api, key)
+            if not remote.blocks:
+                if entry.cache.is_blocks_cache:
+                    raise_param_invalid("transfer from blocks to cache is not supported.")
+                self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
+                spans = [
+                    (config.src_batch_index * desc.slot_bytes, index * remote.slot_bytes, desc.slot_bytes)
+                ]
+                return (
+                    config.src_layer_range,
+                    config.dst_layer_range.start,
+                    remote.agent,
+                    remote.addrs,
+                    len(remote.addrs),
+                    spans,
+                )
+        spans = self._async_spans(
+            entry,
+            config.src_batch_index,
+            True,
+            remote.slot_bytes,
+            src_idx,
+            dst_idx,
+            dst_block_memory_size,
+            remote.batch,
+        )
+        return (
+            config.src_layer_range,
+            config.dst_layer_range.start,
+            remote.agent,
+            remote.addrs,
+            len(remote.addrs),
+            spans,
+        )
+
+    @staticmethod
+    def _async_spans(
+        entry: _Entry,
+        src_batch_index: int,
+        dst_blocks: bool,
+        dst_block_bytes: int,
+        src_idx: list[int] | None,
+        dst_idx: list[int] | None,
+        dst_block_memory_size: int | None,
+        dst_count: int | None = None,
+    ) -> list[Span]:
+        desc = entry.cache.cache_desc
+        if entry.cache.is_blocks_cache:
+            if src_idx is None and dst_idx is None:
+                src_idx = dst_idx = list(range(desc.batch_size))
+            if src_idx is None or dst_idx is None or len(src_idx) != len(dst_idx):
+                raise_param_invalid("src_block_indices and dst_block_indices should have the same length.")
+            check_in_range("src_block_indices", src_idx, desc.batch_size)
+            if dst_count is not None:
+                check_in_range("dst_block_indices", dst_idx, dst_count)
+            if desc.slot_bytes != dst_block_bytes:
+                raise_param_invalid("block size differs between src_cache and the destination.")
+            return block_spans(src_idx, dst_idx, desc.slot_bytes)
+        check_in_range("src_batch_index", [src_batch_index], desc.batch_size)
+        if not dst_blocks:
+            return [(src_batch_index * desc.slot_bytes, 0, desc.slot_bytes)]
+        if dst_idx is None or dst_block_memory_size is None:
+            raise_param_invalid(
+                "dst_block_indices and dst_block_memory_size are required from cache to blocks."
+            )
+        if dst_count is not None:
+            check_in_range("dst_block_indices", dst_idx, dst_count)
+        return slot_to_blocks_spans(src_batch_index, desc.slot_bytes, dst_idx, dst_block_bytes)
+
+    # -- local copies -------------------------------------------------------------------------
+    @staticmethod
+    def _local_cache(arg: str, cache: Any) -> Cache:
+        check_type(arg, cache, Cache)
+        if not cache._valid:
+            raise_param_invalid(f"{arg} is not a valid cache.")
+        return cache  # type: ignore[no-any-return]
+
+    def swap_blocks(self, src_cache: Cache, dst_cache: Cache, src_to_dst: dict[int, int]) -> None:
+        """Copy blocks between a HOST and a DEVICE blocks cache (swap-in or swap-out)."""
+        self._begin("swap_blocks")
+        src = self._local_cache("src_cache", src_cache)
+        dst = self._local_cache("dst_cache", dst_cache)
+        check_type("src_to_dst", src_to_dst, dict)
+        for s, d in src_to_dst.items():
+            check_int("src_to_dst key", s, 0, INT64_MAX)
+            check_int("src_to_dst value", d, 0, INT64_MAX)
+        sd, dd = src.cache_desc, dst.cache_desc
+        if not (src.is_blocks_cache and dst.is_blocks_cache):
+            raise_param_invalid("swap_blocks only support blocks cache.")
+        if sd.num_tensors != dd.num_tensors or sd.slot_bytes != dd.slot_bytes:
+            raise_param_invalid("src_cache and dst_cache should have the same num_tensors and block size.")
+        if {sd.placement, dd.placement} != {Placement.HOST, Placement.DEVICE}:
+            raise_param_invalid(
+                "swap_blocks only support swap in (HOST to DEVICE) and swap out (DEVICE to HOST)."
+            )
+        check_in_range("src block", list(src_to_dst), sd.batch_size)
+        check_in_range("dst block", list(src_to_dst.values()), dd.batch_size)
+        n = sd.slot_bytes
+        for s_addr, d_addr in zip(src.tensor_addrs, dst.tensor_addrs):
+            for s, d in src_to_dst.items():
+                ctypes.memmove(d_addr + d * n, s_addr + s * n, n)
+
+    def copy_cache(
+        self,
+        dst: Cache,
+        src: Cache,
+        dst_batch_index: int = 0,
+        src_batch_index: int = 0,
+        offset: int = 0,
+        size: int = -1,
+        req_id: int | None = None,
+    ) -> None:
+        """Copy one batch slot (from ``offset``, ``size`` bytes or the rest) of every tensor, locally."""
+        self._begin("copy_cache")
+        dst = self._local_cache("dst", dst)
+        src = self._local_cache("src", src)
+        for arg, value in (("dst_batch_index", dst_batch_index), ("src_batch_index", src_batch_index)):
+            check_int(arg, value, 0, UINT64_MAX)
+        check_int("offset", offset, 0, INT64_MAX)
+        check_int("size", size, -1, INT64_MAX)
+        if req_id is not None:
+            check_int("req_id", req_id, 0, UINT64_MAX)
+        sd, dd = src.cache_desc, dst.cache_desc
+        if sd.num_tensors != dd.num_tensors:
+            raise_param_invalid("src and dst should have the same num_tensors.")
+        check_in_range("src_batch_index", [src_batch_index], sd.batch_size)
+        check_in_range("dst_batch_index", [dst_batch_index], dd.batch_size)
+        nbytes = sd.slot_bytes - offset if size == -1 else size
+        if nbytes <= 0 or offset + nbytes > sd.slot_bytes or offset + nbytes > dd.slot_bytes:
+            raise_param_invalid(f"offset {offset} and size {size} are out of the batch slot.")
+        for s_addr, d_addr in zip(src.tensor_addrs, dst.tensor_addrs):
+            ctypes.memmove(
+                d_addr + dst_batch_index * dd.slot_bytes + offset,
+                s_addr + src_batch_index * sd.slot_bytes + offset,
+                nbytes,
+            )

@@ -1,0 +1,488 @@
+"""``LLMDataDist``: lifecycle, the two link models, and role switching.
+
+One initialized instance per process. Links are recorded in the control store as
+``links/<cluster>`` = ``{peer: [roles]}`` where a role is ``client`` / ``server`` (one-sided, one entry
+per direction, so two processes may each be the other's client) or ``comm`` (two-sided).
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kvtest.backends.sim import control
+from kvtest.backends.sim.cache import RegisterMemStatus
+from kvtest.backends.sim.checks import INT32_MAX, UINT64_MAX, check_int, check_type
+from kvtest.backends.sim.cluster import LLMClusterInfo, int_to_ip
+from kvtest.backends.sim.config import ROLE_OPTION, LLMRole, parse_listen_ip_info, pool_size
+from kvtest.backends.sim.faults import Fault, crash_now, fault_from_env
+from kvtest.backends.sim.listener import Listener, probe
+from kvtest.backends.sim.pool import MemoryPool
+from kvtest.backends.sim.status import LLMException, LLMStatusCode, native_error, raise_param_invalid
+from kvtest.backends.sim.transport import Transport
+
+if TYPE_CHECKING:
+    from kvtest.backends.sim.cache_manager import CacheManager
+
+DEFAULT_SYNC_KV_TIMEOUT_MS = 1000
+DEFAULT_COMM_LINK_TIMEOUT_MS = 30000
+MAX_CLUSTERS_PER_CALL = 16
+
+_live: LLMDataDist | None = None
+_live_lock = threading.Lock()
+_agent_seq = itertools.count(1)
+
+
+@dataclass
+class _CommLink:
+    name: str
+    members: dict[int, int]
+    deadline: float
+    status: RegisterMemStatus = RegisterMemStatus.PREPARING
+    peers: list[int] = field(default_factory=list)
+
+
+def _require_init(instance: LLMDataDist) -> None:
+    if not instance._initialized:
+        raise RuntimeError("llm datadist is not initialized")
+
+
+class LLMDataDist:
+    """A process's endpoint: ``init``, link, transfer through ``cache_manager``, ``finalize``."""
+
+    def __init__(self, role: LLMRole, cluster_id: int) -> None:
+        check_type("role", role, LLMRole)
+        self._role = role
+        self._cluster_id = check_int("cluster_id", cluster_id, 0, UINT64_MAX)
+        self._initialized = False
+        self._options: dict[str, str] = {}
+        self._cm_enabled = False
+        self._remote_accessible = False
+        self._sync_timeout_ms = DEFAULT_SYNC_KV_TIMEOUT_MS
+        self._link_timeout_ms = DEFAULT_COMM_LINK_TIMEOUT_MS
+        self._linked = False
+        self._plane: control.ControlPlane | None = None
+        self._transport: Transport | None = None
+        self._fault: Fault | None = None
+        self._listener: Listener | None = None
+        self._pools: dict[str, MemoryPool] = {}
+        self._pool_regs: list[int] = []
+        self._agent_version = 0
+        self._comm_links: dict[int, _CommLink] = {}
+        self._comm_ids = itertools.count(1)
+        self._cache_manager: CacheManager | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def init(self, options: dict[str, str]) -> None:
+        """Start the endpoint; a second call on the same object does nothing."""
+        global _live
+        if self._initialized:
+            return
+        check_type("options", options, dict)
+        for k, v in options.items():
+            check_type("options key", k, str)
+            check_type("options value", v, str)
+        with _live_lock:
+            if _live is not None:
+                raise LLMException("Cannot init multiple LLMDataDists", LLMStatusCode.LLM_FAILED)
+            self._start(dict(options))
+            _live = self
+        self._initialized = True
+        self._fault_point("init")
+
+    def _init_error(self, options: dict[str, str], why: str) -> LLMException:
+        return native_error(
+            "LLMDataDist.init",
+            LLMStatusCode.LLM_FAILED,
+            f"Failed to initialize llm datadist ({why}), options = {options}",
+        )
+
+    def _start(self, options: dict[str, str]) -> None:
+        plane = control.current()
+        if plane is None:
+            raise self._init_error(
+                options,
+                "the sim control plane is not configured: call "
+                "kvtest.backends.sim.configure(store, namespace, role) before LLMDataDist.init",
+            )
+        flow = options.get("ge.flowGraphMemMaxSize")
+        if flow is not None and not flow.isdigit():
+            raise_param_invalid("ge.flowGraphMemMaxSize should be a single digit str.")
+        cm = options.get("llm.EnableCacheManager") == "1" or "llm.LocalCommRes" in options
+        remote = options.get("llm.EnableRemoteCacheAccessible") == "1"
+        listen = options.get("llm.listenIpInfo")
+        if options.get("llm.TransferBackend") == "hixl" and not (cm and remote and listen):
+            raise_param_invalid(
+                "llm.TransferBackend hixl needs llm.EnableCacheManager, llm.EnableRemoteCacheAccessible "
+                "and llm.listenIpInfo."
+            )
+        timeout = options.get("llm.SyncKvCacheWaitTime")
+        if timeout is not None:
+            if not timeout.isdigit() or int(timeout) <= 0:
+                raise_param_invalid(f"llm.SyncKvCacheWaitTime should be a positive int, but got {timeout!r}.")
+            self._sync_timeout_ms = int(timeout)
+        link_time = options.get("llm.LinkTotalTime")
+        if link_time is not None and link_time.isdigit() and int(link_time) > 0:
+            self._link_timeout_ms = int(link_time)
+        pools = {}
+        for option, placement in (("llm.MemPoolConfig", "DEVICE"), ("llm.HostMemPoolConfig", "HOST")):
+            if option in options:
+                pools[placement] = MemoryPool(pool_size(option, options[option]))
+        self._fault = fault_from_env()
+        options["llm.Role"] = ROLE_OPTION[self._role]
+        listener = None
+        if listen is not None:
+            host, port = parse_listen_ip_info(listen)
+            try:
+                listener = Listener(host, port, self._cluster_id)
+            except Exception as exc:  # noqa: BLE001 - the native init reports any listen failure
+                raise self._init_error(options, f"cannot listen on {listen}: {exc}") from None
+        name = f"kvtest-sim/{plane.namespace}/{plane.role}/{os.getpid()}/{next(_agent_seq)}"
+        try:
+            transport = Transport(name)
+        except Exception as exc:
+            if listener is not None:
+                listener.close()
+            raise self._init_error(options, f"nixl agent failed: {exc!r}") from exc
+        self._plane, self._transport, self._listener = plane, transport, listener
+        self._options, self._cm_enabled, self._remote_accessible = options, cm, remote
+        self._pools = pools
+        self._pool_regs = [transport.register([(p.base, p.size)]) for p in pools.values()]
+        self._publish_agent()
+        from kvtest.backends.sim.cache_manager import CacheManager
+
+        self._cache_manager = CacheManager(self)
+
+    def finalize(self) -> None:
+        """Release everything; peers see this cluster as gone. A second call does nothing."""
+        global _live
+        if not self._initialized:
+            return
+        self._fault_point("finalize")
+        self._initialized = False
+        try:
+            if self._cache_manager is not None:
+                self._cache_manager._close()
+            if self._listener is not None:
+                self._listener.close()
+            plane = self._plane
+            if plane is not None:
+                record = plane.fetch(plane.key("agent", self._cluster_id))
+                if record is not None:
+                    plane.release(plane.key("agent", self._cluster_id), record)
+                plane.put(plane.key("links", self._cluster_id), {})
+            if self._transport is not None:
+                self._transport.close()
+        finally:
+            self._listener = None
+            self._transport = None
+            self._cache_manager = None
+            with _live_lock:
+                if _live is self:
+                    _live = None
+
+    @property
+    def cluster_id(self) -> int:
+        return self._cluster_id
+
+    @property
+    def cache_manager(self) -> CacheManager:
+        _require_init(self)
+        self._require_cm("cache_manager")
+        assert self._cache_manager is not None
+        return self._cache_manager
+
+    @property
+    def kv_cache_manager(self) -> Any:
+        _require_init(self)
+        raise_param_invalid("kv_cache_manager is not supported by the sim backend (v1 API).")
+
+    # -- internals shared with the cache manager ------------------------------------------------
+    def _require_cm(self, api: str) -> None:
+        if not self._cm_enabled:
+            raise_param_invalid(f"{api} is not supported when llm.EnableCacheManager is not configured.")
+
+    def _fault_point(self, api: str) -> None:
+        fault, plane = self._fault, self._plane
+        if (
+            fault is not None
+            and plane is not None
+            and fault.kind == "crash"
+            and fault.applies(api, plane.role)
+        ):
+            crash_now(fault, api, plane.role)
+
+    def _fault_active(self, kind: str, api: str) -> bool:
+        fault, plane = self._fault, self._plane
+        return (
+            fault is not None and plane is not None and fault.kind == kind and fault.applies(api, plane.role)
+        )
+
+    def _ctx(self) -> tuple[control.ControlPlane, Transport]:
+        assert self._plane is not None and self._transport is not None
+        return self._plane, self._transport
+
+    def _publish_agent(self) -> None:
+        plane, transport = self._ctx()
+        self._agent_version += 1
+        record = {
+            "agent": transport.name,
+            "meta": control.encode_bytes(transport.metadata()),
+            "version": self._agent_version,
+            "role": plane.role,
+            "pid": os.getpid(),
+        }
+        plane.put(plane.key("agent", self._cluster_id), record)
+
+    def _links(self) -> dict[str, list[str]]:
+        plane, _ = self._ctx()
+        links = plane.fetch(plane.key("links", self._cluster_id))
+        return dict(links) if links else {}
+
+    def _change_links(
+        self, owner: int, peer: int, add: str | None = None, remove: tuple[str, ...] = ()
+    ) -> None:
+        plane, _ = self._ctx()
+
+        def change(old: Any) -> dict[str, list[str]]:
+            table: dict[str, list[str]] = dict(old) if old else {}
+            roles = [r for r in table.get(str(peer), []) if r not in remove]
+            if add is not None and add not in roles:
+                roles.append(add)
+            if roles:
+                table[str(peer)] = sorted(roles)
+            else:
+                table.pop(str(peer), None)
+            return table
+
+        plane.update(plane.key("links", owner), change)
+
+    def _load_peer(self, cluster_id: int) -> bool:
+        plane, transport = self._ctx()
+        record = plane.fetch(plane.key("agent", cluster_id))
+        if record is None:
+            return False
+        transport.load_peer(record["agent"], control.decode_bytes(record["meta"]), int(record["version"]))
+        return True
+
+    # -- two-sided link (comm domain) -----------------------------------------------------------
+    def link(self, comm_name: str, cluster_rank_info: dict[int, int], rank_table: str) -> int:
+        """Join comm domain ``comm_name`` with every cluster in ``cluster_rank_info``; return its comm id.
+
+        Every member calls it at about the same time; poll :meth:`query_register_mem_status` until OK.
+        """
+        _require_init(self)
+        self._require_cm("link")
+        self._fault_point("link")
+        check_type("comm_name", comm_name, str)
+        check_type("cluster_rank_info", cluster_rank_info, dict)
+        check_type("rank_table", rank_table, str)
+        if not 0 < len(comm_name) < 128:
+            raise_param_invalid("comm_name length should be in range [1, 128).")
+        for cid, rank in cluster_rank_info.items():
+            check_int("cluster_rank_info key", cid, 0, UINT64_MAX)
+            check_int("cluster_rank_info value", rank, 0, INT32_MAX)
+        if len(cluster_rank_info) < 2:
+            raise_param_invalid("cluster num must be bigger than 1.")
+        if len(cluster_rank_info) > 4:
+            raise_param_invalid("cluster num must not be bigger than 4.")
+        ranks = list(cluster_rank_info.values())
+        if ranks != sorted(ranks) or len(set(ranks)) != len(ranks):
+            raise_param_invalid("rank ids in cluster_rank_info should be ascending.")
+        if self._cluster_id not in cluster_rank_info:
+            raise_param_invalid(f"cluster_rank_info should contain local cluster id {self._cluster_id}.")
+        try:
+            table = json.loads(rank_table)
+        except json.JSONDecodeError:
+            raise_param_invalid("rank_table should be a json str.")
+        if not isinstance(table, dict) or "version" not in table:
+            raise_param_invalid("rank_table should be a json object with a version.")
+        if self._fault_active("linkfail", "link"):
+            raise native_error("link", LLMStatusCode.LLM_LINK_FAILED, str(cluster_rank_info))
+        plane, transport = self._ctx()
+        members = {int(k): int(v) for k, v in cluster_rank_info.items()}
+        plane.put(
+            plane.key("comm", comm_name, self._cluster_id),
+            {"agent": transport.name, "ranks": {str(k): v for k, v in members.items()}},
+        )
+        comm_id = next(self._comm_ids)
+        deadline = time.monotonic() + self._link_timeout_ms / 1000
+        self._comm_links[comm_id] = _CommLink(comm_name, members, deadline)
+        self._linked = True
+        return comm_id
+
+    def query_register_mem_status(self, comm_id: int) -> RegisterMemStatus:
+        """PREPARING until every member has joined, then OK; FAILED past the link timeout or on a mismatch."""
+        _require_init(self)
+        self._require_cm("query_register_mem_status")
+        check_int("comm_id", comm_id, 0, UINT64_MAX)
+        comm = self._comm_links.get(comm_id)
+        if comm is None:
+            raise native_error(
+                "query_register_mem_status",
+                LLMStatusCode.LLM_PARAM_INVALID,
+                f"comm_id {comm_id} does not exist",
+            )
+        if comm.status != RegisterMemStatus.PREPARING:
+            return comm.status
+        plane, _ = self._ctx()
+        others = [cid for cid in comm.members if cid != self._cluster_id]
+        records = plane.fetch_many([plane.key("comm", comm.name, cid) for cid in others])
+        expected = {str(k): v for k, v in comm.members.items()}
+        if any(r is not None and r.get("ranks") != expected for r in records):
+            comm.status = RegisterMemStatus.FAILED
+        elif all(r is not None for r in records) and all(self._load_peer(cid) for cid in others):
+            for cid in others:
+                self._change_links(self._cluster_id, cid, add="comm")
+            comm.peers = others
+            comm.status = RegisterMemStatus.OK
+        elif time.monotonic() >= comm.deadline:
+            comm.status = RegisterMemStatus.FAILED
+        return comm.status
+
+    def unlink(self, comm_id: int) -> None:
+        """Leave the comm domain ``comm_id``."""
+        _require_init(self)
+        self._require_cm("unlink")
+        self._fault_point("unlink")
+        check_int("comm_id", comm_id, 0, UINT64_MAX)
+        comm = self._comm_links.pop(comm_id, None)
+        if comm is None:
+            raise native_error("unlink", LLMStatusCode.LLM_PARAM_INVALID, f"comm_id {comm_id} does not exist")
+        for cid in comm.peers:
+            self._change_links(self._cluster_id, cid, remove=("comm",))
+
+    # -- one-sided link (client / server) -------------------------------------------------------
+    def _check_clusters(self, clusters: Any, timeout: Any) -> int:
+        check_type("clusters", clusters, list, tuple)
+        for info in clusters:
+            check_type("clusters item", info, LLMClusterInfo)
+        return check_int("timeout", timeout, 1, INT32_MAX)
+
+    def link_clusters(
+        self, clusters: list[LLMClusterInfo] | tuple[LLMClusterInfo, ...], timeout: int = 3000
+    ) -> tuple[LLMStatusCode, list[LLMStatusCode]]:
+        """Connect to each cluster's listener as its client; never raises on link failure."""
+        _require_init(self)
+        self._require_cm("link_clusters")
+        self._fault_point("link_clusters")
+        timeout = self._check_clusters(clusters, timeout)
+        if len(clusters) > MAX_CLUSTERS_PER_CALL:
+            code = LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT
+            return code, [code] * len(clusters)
+        if not self._options.get("llm.LocalCommRes"):
+            for info in clusters:
+                if not info.local_ip_info_list:
+                    raise_param_invalid(
+                        "local_ip_info_list is empty, please set local ip info by append_local_ip_info."
+                    )
+        deadline = time.monotonic() + timeout / 1000
+        codes = [self._link_one(info, deadline) for info in clusters]
+        return _overall(codes), codes
+
+    def _link_one(self, info: LLMClusterInfo, deadline: float) -> LLMStatusCode:
+        peer = info.remote_cluster_id
+        if self._fault_active("linkfail", "link_clusters"):
+            return LLMStatusCode.LLM_LINK_FAILED
+        if not info.remote_ip_info_list or peer == self._cluster_id:
+            return LLMStatusCode.LLM_LINK_FAILED
+        if "client" in self._links().get(str(peer), []):
+            return LLMStatusCode.LLM_ALREADY_LINK
+        ip, port = info.remote_ip_info_list[0]
+        answered, _why = probe(int_to_ip(ip), port, deadline)
+        if answered != peer or not self._load_peer(peer):
+            return LLMStatusCode.LLM_LINK_FAILED
+        self._change_links(self._cluster_id, peer, add="client")
+        self._change_links(peer, self._cluster_id, add="server")
+        return LLMStatusCode.LLM_SUCCESS
+
+    def unlink_clusters(
+        self,
+        clusters: list[LLMClusterInfo] | tuple[LLMClusterInfo, ...],
+        timeout: int = 3000,
+        force: bool = False,
+    ) -> tuple[LLMStatusCode, list[LLMStatusCode]]:
+        """Tear links down: non-forced ends both sides of the link, forced only the local end."""
+        _require_init(self)
+        self._require_cm("unlink_clusters")
+        self._fault_point("unlink_clusters")
+        self._check_clusters(clusters, timeout)
+        check_type("force", force, bool)
+        codes = []
+        links = self._links()
+        for info in clusters:
+            peer = info.remote_cluster_id
+            roles = links.get(str(peer), [])
+            if not roles:
+                codes.append(LLMStatusCode.LLM_NOT_YET_LINK)
+                continue
+            if force:
+                self._change_links(self._cluster_id, peer, remove=("client", "server", "comm"))
+            else:
+                mine = "client" if "client" in roles else "server"
+                theirs = "server" if mine == "client" else "client"
+                self._change_links(self._cluster_id, peer, remove=(mine,))
+                self._change_links(peer, self._cluster_id, remove=(theirs,))
+            codes.append(LLMStatusCode.LLM_SUCCESS)
+            links = self._links()
+        return _overall(codes), codes
+
+    def switch_role(self, role: LLMRole, switch_options: dict[str, str] | None = None) -> None:
+        """Become ``role``; with ``llm.listenIpInfo`` a server on that ip:port, without it a client."""
+        _require_init(self)
+        self._require_cm("switch_role")
+        self._fault_point("switch_role")
+        check_type("role", role, LLMRole)
+        if switch_options is not None:
+            check_type("switch_options", switch_options, dict)
+        options = switch_options or {}
+        links = self._links()
+        if links:
+            raise native_error(
+                "switch_role",
+                LLMStatusCode.LLM_EXIST_LINK,
+                f"links to clusters {sorted(int(c) for c in links)} still exist, unlink them first",
+            )
+        listen = options.get("llm.listenIpInfo")
+        current = self._listener
+        if listen is None:
+            if current is not None:
+                current.close()
+            self._listener = None
+        else:
+            host, port = parse_listen_ip_info(listen)
+            if current is None or (current.host, current.port) != (host, port):
+                if current is not None:
+                    current.close()
+                self._listener = None
+                try:
+                    self._listener = Listener(host, port, self._cluster_id)
+                except Exception as exc:  # noqa: BLE001 - reported as the native failure
+                    raise native_error(
+                        "switch_role", LLMStatusCode.LLM_FAILED, f"cannot listen on {listen}: {exc}"
+                    ) from None
+            self._options["llm.listenIpInfo"] = listen
+        if listen is None:
+            self._options.pop("llm.listenIpInfo", None)
+        self._role = role
+        self._options["llm.Role"] = ROLE_OPTION[role]
+
+
+def _overall(codes: list[LLMStatusCode]) -> LLMStatusCode:
+    return next((c for c in codes if c != LLMStatusCode.LLM_SUCCESS), LLMStatusCode.LLM_SUCCESS)
+
+
+@atexit.register
+def _finalize_at_exit() -> None:
+    instance = _live
+    if instance is not None:
+        try:
+            instance.finalize()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass

@@ -1,0 +1,103 @@
+"""Fault injection from ``KVTEST_SIM_FAULT=<kind>[@<api>][:<role><rank>]`` (e.g. ``flip@pull_blocks:d0``).
+
+- ``flip``: one byte of the transferred data ends up wrong on the receiving side.
+- ``stall``: the transfer never completes; the call fails with LLM_TIMEOUT after sync_kv_timeout.
+- ``linkfail``: link attempts fail (LLM_LINK_FAILED per cluster, or raised by two-sided ``link``).
+- ``crash``: the process writes one line to stderr and exits with status 70 when it reaches the api.
+
+Without ``@api`` a fault applies to every api of its kind; without ``:role`` to every process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+ENV_VAR = "KVTEST_SIM_FAULT"
+CRASH_EXIT_CODE = 70
+
+TRANSFER_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "transfer_cache_async")
+LINK_APIS = ("link", "link_clusters")
+OTHER_APIS = (
+    "init",
+    "register_cache",
+    "register_blocks_cache",
+    "allocate_cache",
+    "query_register_mem_status",
+    "unlink",
+    "unlink_clusters",
+    "switch_role",
+    "swap_blocks",
+    "copy_cache",
+    "finalize",
+)
+KIND_APIS: dict[str, tuple[str, ...]] = {
+    "flip": TRANSFER_APIS,
+    "stall": TRANSFER_APIS,
+    "linkfail": LINK_APIS,
+    "crash": TRANSFER_APIS + LINK_APIS + OTHER_APIS,
+}
+#: apis a fault without ``@api`` applies to
+DEFAULT_APIS: dict[str, tuple[str, ...]] = {
+    "flip": TRANSFER_APIS,
+    "stall": TRANSFER_APIS,
+    "linkfail": LINK_APIS,
+    "crash": TRANSFER_APIS,
+}
+
+FORMS = (
+    "accepted: <kind>[@<api>][:<role><rank>], kind one of flip|stall|linkfail|crash, e.g. flip@pull_blocks:d0"
+)
+_PATTERN = re.compile(r"^(?P<kind>[a-z]+)(?:@(?P<api>[a-z_]+))?(?::(?P<role>[a-z]+[0-9]+))?$")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault: what goes wrong, at which api (None: every api of the kind), in which role."""
+
+    kind: str
+    api: str | None = None
+    role: str | None = None
+
+    def applies(self, api: str, role: str) -> bool:
+        if self.role is not None and self.role != role:
+            return False
+        if self.api is not None:
+            return self.api == api
+        return api in DEFAULT_APIS[self.kind]
+
+    def __str__(self) -> str:
+        text = self.kind
+        if self.api:
+            text += f"@{self.api}"
+        if self.role:
+            text += f":{self.role}"
+        return text
+
+
+def parse_fault(text: str) -> Fault:
+    """Parse a ``KVTEST_SIM_FAULT`` value; ValueError names the bad value and the accepted forms."""
+    match = _PATTERN.match(text.strip())
+    if match is None:
+        raise ValueError(f"invalid {ENV_VAR} value {text!r}; {FORMS}")
+    kind, api, role = match.group("kind"), match.group("api"), match.group("role")
+    if kind not in KIND_APIS:
+        raise ValueError(f"invalid {ENV_VAR} kind {kind!r} in {text!r}; {FORMS}")
+    if api is not None and api not in KIND_APIS[kind]:
+        allowed = "|".join(KIND_APIS[kind])
+        raise ValueError(f"invalid {ENV_VAR} api {api!r} for {kind} in {text!r}; accepted apis: {allowed}")
+    return Fault(kind, api, role)
+
+
+def fault_from_env() -> Fault | None:
+    text = os.environ.get(ENV_VAR, "")
+    return parse_fault(text) if text.strip() else None
+
+
+def crash_now(fault: Fault, api: str, role: str) -> None:
+    """Exit at once, as a killed process would, after one line that says why."""
+    sys.stderr.write(f"kvtest sim fault {fault}: crashing {role} (pid {os.getpid()}) at {api}\n")
+    sys.stderr.flush()
+    os._exit(CRASH_EXIT_CODE)

@@ -1,0 +1,48 @@
+"""The memory pool behind ``allocate_cache`` (``mem_pool_cfg``): one registered CPU buffer, first fit."""
+
+from __future__ import annotations
+
+import torch
+
+_ALIGN = 512
+
+
+class MemoryPool:
+    """``memory_size`` bytes of zeroed CPU memory handed out in aligned chunks."""
+
+    def __init__(self, memory_size: int) -> None:
+        self._buffer = torch.zeros(memory_size, dtype=torch.uint8)
+        self.base = int(self._buffer.data_ptr())
+        self.size = memory_size
+        self._free: list[tuple[int, int]] = [(0, memory_size)]
+        self._used: dict[int, int] = {}
+
+    def allocate(self, nbytes: int) -> int | None:
+        """The address of ``nbytes`` fresh bytes, or None when no free run is large enough."""
+        need = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
+        for i, (offset, length) in enumerate(self._free):
+            if length >= need:
+                if length == need:
+                    del self._free[i]
+                else:
+                    self._free[i] = (offset + need, length - need)
+                self._used[offset] = need
+                return self.base + offset
+        return None
+
+    def free(self, addr: int) -> None:
+        offset = addr - self.base
+        length = self._used.pop(offset)
+        self._free.append((offset, length))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for start, size in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + size)
+            else:
+                merged.append((start, size))
+        self._free = merged
+
+    @property
+    def bytes_in_use(self) -> int:
+        return sum(self._used.values())

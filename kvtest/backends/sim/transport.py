@@ -1,0 +1,198 @@
+"""The data plane: one NIXL agent (UCX) per LLMDataDist; pulls are READ, pushes are WRITE.
+
+UCX picks shared memory between processes on one host and TCP when ``UCX_TLS=tcp``. Bytes move
+only here, from registered memory to registered memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from kvtest.backends.sim.status import LLMStatusCode
+
+#: (local address, remote address, bytes)
+Segment = tuple[int, int, int]
+
+_MAX_CACHED_HANDLES = 64
+
+
+class TransferError(Exception):
+    """A transfer that failed; the cache manager rewords it as ``[api] failed, error code is ...``."""
+
+    def __init__(self, code: LLMStatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def merge_segments(segments: Sequence[Segment]) -> list[Segment]:
+    """Join neighbours that are contiguous on both sides, so whole runs of blocks go as one descriptor."""
+    merged: list[Segment] = []
+    for local, remote, size in segments:
+        if size <= 0:
+            continue
+        if merged:
+            last_local, last_remote, last_size = merged[-1]
+            if last_local + last_size == local and last_remote + last_size == remote:
+                merged[-1] = (last_local, last_remote, last_size + size)
+                continue
+        merged.append((local, remote, size))
+    return merged
+
+
+def _flip_byte(addr: int) -> int:
+    cell = ctypes.c_uint8.from_address(addr)
+    old = int(cell.value)
+    cell.value = old ^ 0xFF
+    return old
+
+
+class Transport:
+    """A NIXL agent, the memory it registered, the peers it loaded, and prepared transfer handles."""
+
+    def __init__(self, agent_name: str) -> None:
+        from nixl_cu12._api import nixl_agent, nixl_agent_config
+
+        self.name = agent_name
+        self._agent: Any = nixl_agent(agent_name, nixl_agent_config(backends=["UCX"]))
+        self._regs: dict[int, Any] = {}
+        self._next_reg = 1
+        self._peer_versions: dict[str, int] = {}
+        self._handles: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._abandoned: list[Any] = []
+        self._lock = threading.RLock()
+
+    # -- memory --------------------------------------------------------------------------------
+    def register(self, regions: Sequence[tuple[int, int]]) -> int:
+        """Register ``(addr, nbytes)`` regions as DRAM; return a token for :meth:`deregister`."""
+        with self._lock:
+            reg = self._agent.register_memory([(a, n, 0, "") for a, n in regions if n > 0], "DRAM")
+            token = self._next_reg
+            self._next_reg += 1
+            self._regs[token] = reg
+            self._drop_handles(None)
+            return token
+
+    def deregister(self, token: int) -> None:
+        with self._lock:
+            reg = self._regs.pop(token, None)
+            if reg is not None:
+                self._drop_handles(None)
+                self._agent.deregister_memory(reg)
+
+    def metadata(self) -> bytes:
+        with self._lock:
+            return bytes(self._agent.get_agent_metadata())
+
+    # -- peers ---------------------------------------------------------------------------------
+    def load_peer(self, agent_name: str, metadata: bytes, version: int) -> None:
+        """Load (or reload, when ``version`` changed) a peer's metadata: its registered memory."""
+        with self._lock:
+            if self._peer_versions.get(agent_name) == version:
+                return
+            if agent_name in self._peer_versions:
+                self._drop_handles(agent_name)
+                self._agent.remove_remote_agent(agent_name)
+                del self._peer_versions[agent_name]
+            self._agent.add_remote_agent(metadata)
+            self._peer_versions[agent_name] = version
+
+    def forget_peer(self, agent_name: str) -> None:
+        with self._lock:
+            if agent_name in self._peer_versions:
+                self._drop_handles(agent_name)
+                self._agent.remove_remote_agent(agent_name)
+                del self._peer_versions[agent_name]
+
+    # -- transfers -----------------------------------------------------------------------------
+    def _drop_handles(self, peer: str | None) -> None:
+        for key in [k for k in self._handles if peer is None or k[1] == peer]:
+            self._agent.release_xfer_handle(self._handles.pop(key))
+
+    def _handle(self, op: str, peer: str, segments: list[Segment]) -> Any:
+        key = (op, peer, tuple(segments))
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is not None:
+                self._handles.move_to_end(key)
+                return handle
+            local = self._agent.get_xfer_descs([(loc, n, 0) for loc, _, n in segments], "DRAM")
+            remote = self._agent.get_xfer_descs([(rem, n, 0) for _, rem, n in segments], "DRAM")
+            handle = self._agent.initialize_xfer(op, local, remote, peer)
+            self._handles[key] = handle
+            while len(self._handles) > _MAX_CACHED_HANDLES:
+                _, old = self._handles.popitem(last=False)
+                self._agent.release_xfer_handle(old)
+            return handle
+
+    def _abandon(self, op: str, peer: str, segments: list[Segment]) -> None:
+        # a handle still in flight must not be released or re-posted: park it until close
+        with self._lock:
+            handle = self._handles.pop((op, peer, tuple(segments)), None)
+            if handle is not None:
+                self._abandoned.append(handle)
+
+    def transfer(
+        self,
+        op: str,
+        peer: str,
+        segments: Sequence[Segment],
+        deadline: float,
+        *,
+        flip: bool = False,
+        stall: bool = False,
+    ) -> None:
+        """Move ``segments`` (READ: remote to local, WRITE: local to remote) and wait until ``deadline``.
+
+        :param flip: fault injection: one byte arrives wrong on the receiving side.
+        :param stall: fault injection: the transfer never completes (LLM_TIMEOUT at the deadline).
+        :raises TransferError: LLM_TIMEOUT past the deadline, LLM_FAILED when NIXL refuses or fails.
+        """
+        merged = merge_segments(segments)
+        if not merged:
+            return
+        if stall:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time (stall fault)")
+        try:
+            handle = self._handle(op, peer, merged)
+        except Exception as exc:
+            raise TransferError(
+                LLMStatusCode.LLM_FAILED, f"nixl could not prepare the transfer: {exc!r}"
+            ) from exc
+        restore: int | None = None
+        if flip and op == "WRITE":
+            restore = _flip_byte(merged[0][0])
+        try:
+            state = self._agent.transfer(handle)
+            while state == "PROC":
+                if time.monotonic() >= deadline:
+                    self._abandon(op, peer, merged)
+                    raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time")
+                state = self._agent.check_xfer_state(handle)
+        except TransferError:
+            raise
+        except Exception as exc:
+            self._abandon(op, peer, merged)
+            raise TransferError(LLMStatusCode.LLM_FAILED, f"nixl transfer failed: {exc!r}") from exc
+        finally:
+            if restore is not None:
+                ctypes.c_uint8.from_address(merged[0][0]).value = restore
+        if state != "DONE":
+            self._abandon(op, peer, merged)
+            raise TransferError(LLMStatusCode.LLM_FAILED, f"nixl transfer ended in state {state}")
+        if flip and op == "READ":
+            _flip_byte(merged[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_handles(None)
+            for name in list(self._peer_versions):
+                self.forget_peer(name)
+            for token in list(self._regs):
+                self.deregister(token)
