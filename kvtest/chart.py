@@ -64,9 +64,9 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> No
         ys = list(range(len(rows)))
         base = [r.baseline_gbps or 0.0 for r in rows]
         cur = [r.current_gbps or 0.0 for r in rows]
-        ax.barh([y - height / 2 for y in ys], base, height, color=_BASELINE, label="baseline")
+        ax.barh([y - height / 2 for y in ys], base, height, color=_BASELINE)
         ax.barh([y + height / 2 for y in ys], cur, height,
-                color=[_REGRESSION if r.regression else _CURRENT for r in rows], label="current")
+                color=[_REGRESSION if r.regression else _CURRENT for r in rows])
         top = max([*base, *cur, 1e-9])
         for y, r, b, c in zip(ys, rows, base, cur):
             change = r.change
@@ -87,7 +87,12 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> No
         ax.set_xlabel("GB/s (higher is better)")
         ax.set_title(title, fontsize=10, loc="left", pad=22)
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(loc="lower right", bbox_to_anchor=(1, 1), ncol=2, fontsize=8, frameon=False)
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=_BASELINE, label="baseline"), Patch(color=_CURRENT, label="current"),
+                   Patch(color=_REGRESSION, label="current, regression")]
+        ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1, 1), ncol=3, fontsize=8,
+                  frameon=False)
         fig.tight_layout()
         fig.savefig(os.fspath(path), format="png", dpi=110)
     finally:
