@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypedDict
+from typing import Any, TypedDict
 
-__all__ = ["ApiSummary", "TransferLog", "TransferRecord", "gbps", "summarize"]
+__all__ = ["ApiSummary", "TransferEntry", "TransferLog", "TransferRecord", "gbps", "summarize"]
 
 # A perf_counter interval can read 0 for a tiny transfer; never divide by it.
 _MIN_SECONDS = 1e-9
@@ -35,6 +35,16 @@ class ApiSummary(TypedDict):
     p99_ms: float | None
 
 
+class TransferEntry(TypedDict):
+    """A :class:`TransferRecord` as JSON (results file, messages between roles)."""
+
+    role: str
+    api: str
+    bytes: int
+    seconds: float
+    gbps: float
+
+
 @dataclass(frozen=True)
 class TransferRecord:
     """One timed transfer. ``role`` is the process that timed it (``"d0"``), empty when unknown."""
@@ -47,6 +57,16 @@ class TransferRecord:
     @property
     def gbps(self) -> float:
         return gbps(self.nbytes, self.seconds)
+
+    def to_json(self) -> TransferEntry:
+        return TransferEntry(role=self.role, api=self.api, bytes=self.nbytes, seconds=self.seconds,
+                             gbps=self.gbps)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TransferRecord:
+        """The inverse of :meth:`to_json`; ``gbps`` is recomputed, never trusted."""
+        return cls(api=str(data["api"]), nbytes=int(data["bytes"]), seconds=float(data["seconds"]),
+                   role=str(data.get("role", "")))
 
 
 def _percentile(ordered: list[float], q: float) -> float:

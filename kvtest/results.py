@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Union
 
 from kvtest import __version__
-from kvtest.metrics import ApiSummary, TransferRecord, gbps, summarize
+from kvtest.metrics import ApiSummary, TransferEntry, TransferRecord, summarize
 
 __all__ = [
     "OUTCOMES",
@@ -27,11 +27,11 @@ __all__ = [
     "ResultsError",
     "Results",
     "ResultsWriter",
-    "RoleResult",
+    "RoleEntry",
     "TestEntry",
     "TransferEntry",
     "load_results",
-    "role_result",
+    "role_entry",
     "transfer_records",
 ]
 
@@ -41,7 +41,7 @@ SCHEMA_VERSION = 1
 OUTCOMES = ("passed", "failed", "skipped", "error")
 
 
-class RoleResult(TypedDict):
+class RoleEntry(TypedDict):
     """One role's part of a test. ``step`` is where it stopped (``"push"``), None when it finished."""
 
     outcome: str
@@ -50,17 +50,9 @@ class RoleResult(TypedDict):
     duration_s: float
 
 
-class TransferEntry(TypedDict):
-    role: str
-    api: str
-    bytes: int
-    seconds: float
-    gbps: float
-
-
 class TestEntry(TypedDict):
     outcome: str
-    roles: dict[str, RoleResult]
+    roles: dict[str, RoleEntry]
     transfers: list[TransferEntry]
     summary: dict[str, ApiSummary]
 
@@ -69,28 +61,18 @@ class ResultsError(Exception):
     """A results file that cannot be used; ``str()`` is one line naming the file and the problem."""
 
 
-def role_result(outcome: str, *, step: str | None = None, message: str | None = None,
-                duration_s: float = 0.0) -> RoleResult:
-    """Build a :class:`RoleResult`, checking the outcome."""
+def role_entry(outcome: str, *, step: str | None = None, message: str | None = None,
+                duration_s: float = 0.0) -> RoleEntry:
+    """Build a :class:`RoleEntry`, checking the outcome; an empty step or message becomes None."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
-    return RoleResult(outcome=outcome, step=step, message=message, duration_s=float(duration_s))
-
-
-def _entry(t: TransferRecord | TransferEntry) -> TransferEntry:
-    if isinstance(t, TransferRecord):
-        return TransferEntry(role=t.role, api=t.api, bytes=t.nbytes, seconds=t.seconds, gbps=t.gbps)
-    return TransferEntry(role=t["role"], api=t["api"], bytes=t["bytes"], seconds=t["seconds"],
-                         gbps=gbps(t["bytes"], t["seconds"]))
-
-
-def _record(t: TransferEntry) -> TransferRecord:
-    return TransferRecord(api=t["api"], nbytes=t["bytes"], seconds=t["seconds"], role=t["role"])
+    return RoleEntry(outcome=outcome, step=step or None, message=message or None,
+                     duration_s=float(duration_s))
 
 
 def transfer_records(entry: TestEntry) -> list[TransferRecord]:
     """The transfers of a test entry as :class:`TransferRecord` objects."""
-    return [_record(t) for t in entry["transfers"]]
+    return [TransferRecord.from_json(t) for t in entry["transfers"]]
 
 
 def _now() -> str:
@@ -134,18 +116,23 @@ class ResultsWriter:
     def tests(self) -> Mapping[str, TestEntry]:
         return dict(self._doc["tests"])
 
-    def add(self, nodeid: str, outcome: str, roles: Mapping[str, RoleResult],
-            transfers: Iterable[TransferRecord | TransferEntry] = ()) -> TestEntry:
-        """Record one test (replacing an earlier entry for the same node id) and rewrite the file."""
+    def add(self, nodeid: str, outcome: str, roles: Mapping[str, RoleEntry],
+            transfers: Iterable[TransferRecord | Mapping[str, Any]] = ()) -> TestEntry:
+        """Record one test (replacing an earlier entry for the same node id) and rewrite the file.
+
+        :param roles: by role name; build entries with :func:`role_entry`.
+        :param transfers: records, or their JSON form (:meth:`TransferRecord.to_json`) as peers
+            publish them; GB/s is recomputed from bytes and seconds.
+        """
         if outcome not in OUTCOMES:
             raise ValueError(f"{nodeid}: outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
-        entries = [_entry(t) for t in transfers]
+        recs = [t if isinstance(t, TransferRecord) else TransferRecord.from_json(t) for t in transfers]
         entry = TestEntry(
             outcome=outcome,
-            roles={name: role_result(r["outcome"], step=r["step"], message=r["message"],
+            roles={name: role_entry(r["outcome"], step=r["step"], message=r["message"],
                                      duration_s=r["duration_s"]) for name, r in roles.items()},
-            transfers=entries,
-            summary=summarize(_record(t) for t in entries),
+            transfers=[r.to_json() for r in recs],
+            summary=summarize(recs),
         )
         tests: dict[str, TestEntry] = self._doc["tests"]
         tests.pop(nodeid, None)
@@ -213,13 +200,13 @@ def _keys(obj: dict[str, Any], required: Iterable[str], where: str) -> None:
         raise _Bad(f"{where} lacks {', '.join(repr(k) for k in missing)}")
 
 
-def _role(obj: Any, where: str) -> RoleResult:
+def _role(obj: Any, where: str) -> RoleEntry:
     _need(obj, dict, where, "an object")
     _keys(obj, ("outcome", "step", "message", "duration_s"), where)
     for key in ("step", "message"):
         if obj[key] is not None:
             _need(obj[key], str, f"{where}.{key}", "a string or null")
-    return RoleResult(outcome=_outcome(obj["outcome"], f"{where}.outcome"), step=obj["step"],
+    return RoleEntry(outcome=_outcome(obj["outcome"], f"{where}.outcome"), step=obj["step"],
                       message=obj["message"], duration_s=float(_number(obj["duration_s"],
                                                                         f"{where}.duration_s") or 0))
 

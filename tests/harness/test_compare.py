@@ -11,7 +11,7 @@ import pytest
 from kvtest import cli
 from kvtest.compare import parse_max_drop
 from kvtest.metrics import TransferLog
-from kvtest.results import ResultsWriter, role_result
+from kvtest.results import ResultsWriter, role_entry
 
 REPO = Path(__file__).resolve().parents[2]
 PULL = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16-2x4MiB]"
@@ -35,7 +35,7 @@ def _write(path: Path, *, cann="8.3.RC1", outcomes=None, slower=None, missing=()
         for _ in range(3):
             log.add(api, 8_000_000, seconds * slower.get(test, 1.0))
         step = None if outcome == "passed" else "pull"
-        writer.add(test, outcome, {"p0": role_result("passed"), "d0": role_result(outcome, step=step)},
+        writer.add(test, outcome, {"p0": role_entry("passed"), "d0": role_entry(outcome, step=step)},
                    log.records)
     return path
 

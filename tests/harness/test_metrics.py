@@ -70,3 +70,11 @@ def test_negative_figures_are_refused():
     message = r"pull_blocks: bytes and seconds must not be negative \(got -1, 0\.1\)"
     with pytest.raises(ValueError, match=message):
         TransferLog().add("pull_blocks", -1, 0.1)
+
+
+def test_records_travel_as_json():
+    record = TransferRecord("pull_blocks", 4_000_000, 0.002, role="d1")
+    entry = record.to_json()
+    assert entry == {"role": "d1", "api": "pull_blocks", "bytes": 4_000_000, "seconds": 0.002, "gbps": 2.0}
+    assert TransferRecord.from_json({**entry, "gbps": 123.0}) == record
+    assert TransferRecord.from_json({"api": "x", "bytes": 1, "seconds": 1}).role == ""

@@ -9,7 +9,7 @@ import pytest
 from kvtest import __version__, results
 from kvtest.metrics import TransferLog
 from kvtest.report import format_bytes, summary_lines
-from kvtest.results import ResultsError, ResultsWriter, load_results, role_result, transfer_records
+from kvtest.results import ResultsError, ResultsWriter, load_results, role_entry, transfer_records
 
 FINGERPRINT = {"backend": "sim", "cann": "absent", "torch": "2.13.0"}
 PULL = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16]"
@@ -17,8 +17,8 @@ PUSH = "tests/samples/test_push_cache.py::test_push_cache[fp32]"
 
 
 def _roles(d0="passed", step=None, message=None):
-    return {"p0": role_result("passed", duration_s=1.5),
-            "d0": role_result(d0, step=step, message=message, duration_s=2.0)}
+    return {"p0": role_entry("passed", duration_s=1.5),
+            "d0": role_entry(d0, step=step, message=message, duration_s=2.0)}
 
 
 def _log():
@@ -87,9 +87,14 @@ def test_transfers_may_come_as_json_entries_from_peers(tmp_path):
     assert entry["summary"]["push_blocks"]["bytes"] == 1000
 
 
+def test_empty_step_and_message_mean_none():
+    assert role_entry("passed", step="", message="") == {
+        "outcome": "passed", "step": None, "message": None, "duration_s": 0.0}
+
+
 def test_bad_outcomes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="must be one of passed, failed, skipped, error, got 'xfail'"):
-        role_result("xfail")
+        role_entry("xfail")
     with pytest.raises(ValueError, match=re.escape(f"{PULL}: outcome must be one of")):
         _writer(tmp_path).add(PULL, "ok", {})
 
@@ -159,7 +164,7 @@ def test_terminal_summary_lines(tmp_path):
     writer = _writer(tmp_path)
     writer.add(PULL, "passed", _roles(), _log().records)
     writer.add(PUSH, "failed", _roles("failed", "push", "boom"))
-    writer.add("t.py::test_skip", "skipped", {"p0": role_result("skipped"), "d0": role_result("skipped")})
+    writer.add("t.py::test_skip", "skipped", {"p0": role_entry("skipped"), "d0": role_entry("skipped")})
     lines = summary_lines(load_results(writer.path).tests)
     assert lines == [
         f"PASSED   {PULL}  p0 passed, d0 passed  16.0 MiB  pull_blocks 2.80 GB/s",
