@@ -230,6 +230,7 @@ class PeerWatch:
         self._dead_after = dead_after
         self._exited = exited
         self._seen: dict[str, tuple[int, float]] = {}
+        self.prefix = ""  # the run's key prefix; set by the RunStore that uses this watch
         self._steps: Callable[[str], str | None] = lambda role: None
 
     def describe_step_with(self, steps: Callable[[str], str | None]) -> None:
@@ -246,7 +247,7 @@ class PeerWatch:
                 why = self._exited(role)
                 if why is not None:
                     raise PeerDead(role, f"{why}{self._where(role)}")
-            key = keys.heartbeat(role)
+            key = self.prefix + keys.heartbeat(role)
             beat = self._store.add(key, 0)
             if beat == 0:  # not started yet: joining has its own deadline
                 continue
@@ -269,6 +270,8 @@ class RunStore:
         self.me = me
         self.prefix = keys.run_prefix(run_id)
         self.watch = watch
+        if watch is not None:
+            watch.prefix = self.prefix
         self._poll = 0.01 if isinstance(raw, dist.FileStore) else 0.0
 
     def key(self, name: str) -> str:

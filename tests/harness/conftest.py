@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Finished:
+    returncode: int
+    output: str
+    seconds: float
+
+
+class Proc:
+    """A pytest process of one role, started in a pytester directory, with a hard deadline."""
+
+    def __init__(self, cwd: Path, args: list[str], name: str, env: dict[str, str] | None = None) -> None:
+        self.log = cwd / f"{name}.out"
+        self.start = time.monotonic()
+        self._fh = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=cwd, stdout=self._fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+
+    def wait(self, timeout: float = 90) -> Finished:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"{self.log.name} did not end within {timeout}s (a hang):\n{self.log.read_text()}")
+        finally:
+            self._fh.close()
+        return Finished(self.proc.returncode, self.log.read_text(errors="replace"), time.monotonic() - self.start)
+
+
+@pytest.fixture
+def start_role(pytester: pytest.Pytester):
+    procs: list[Proc] = []
+
+    def start(name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(pytester.path, list(args), name, env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
