@@ -53,14 +53,16 @@ class FakeHccn:
         q = shlex.quote
         lines = [
             "#!/bin/bash",
-            f"echo \"$*\" >> {q(str(self.log))}",
+            f'echo "$*" >> {q(str(self.log))}',
             f"sleep {self.sleep}" if self.sleep else ":",
         ]
         if self.busy_first:
             counter = q(str(self.log) + ".busy")
             lines += [
                 f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}",
-                f"if [ \"$n\" -lt {self.busy_first} ]; then echo 'hccn_tool is busy, please try again'; exit 1; fi",
+                f'if [ "$n" -lt {self.busy_first} ]; then',
+                "  echo 'hccn_tool is busy, please try again'; exit 1",
+                "fi",
             ]
         lines += ['dev="$2"; op="$3"', 'case "$op" in', "-ip)", '  case "$dev" in']
         for dev, ip in self.ip.items():
@@ -72,18 +74,24 @@ class FakeHccn:
                 dev, f"dev_id:{dev}, tls switch[{on}](0:disable, 1:enable), tls alarm time threshold[60]days"
             )
             lines.append(f"  {dev}) printf '%s\\n' {q(body)};;")
-        lines += ["  *) echo 'dev_id is invalid' >&2; exit 2;;", "  esac;;", "-ping)", '  addr="$6"', '  case "$addr" in']
+        lines += [
+            "  *) echo 'dev_id is invalid' >&2; exit 2;;",
+            "  esac;;",
+            "-ping)",
+            '  addr="$6"',
+            '  case "$addr" in',
+        ]
         for addr, got in self.ping.items():
             rc = 0 if got else 1
             body = f"device $dev PING {addr}\n" + "".join(f"recv seq={i},time=0.05ms\n" for i in range(got))
             body += f"3 packets transmitted, {got} received, {100 * (3 - got) / 3:.2f}% packet loss"
             lines.append(f"  {q(addr)}) printf '%s\\n' \"{body}\"; exit {rc};;")
         lines += [
-            "  *) printf 'device %s PING %s\\n' \"$dev\" \"$addr\";"
-            " for i in 0 1 2; do echo \"recv seq=$i,time=0.05ms\"; done;"
+            '  *) printf \'device %s PING %s\\n\' "$dev" "$addr";'
+            ' for i in 0 1 2; do echo "recv seq=$i,time=0.05ms"; done;'
             " echo '3 packets transmitted, 3 received, 0.00% packet loss';;",
             "  esac;;",
-            "*) echo \"unknown option $op\" >&2; exit 2;;",
+            '*) echo "unknown option $op" >&2; exit 2;;',
             "esac",
         ]
         self.path.write_text("\n".join(lines) + "\n")

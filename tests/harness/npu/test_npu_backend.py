@@ -72,7 +72,8 @@ def test_tensors_at_without_torchair_says_so(fake_npu_stack, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchair", None)
     with pytest.raises(
         BackendUnavailable,
-        match=r"torchair's create_npu_tensors is not importable \(torch_npu\.dynamo\.torchair\.llm_datadist: .*; "
+        match=r"torchair's create_npu_tensors is not importable "
+        r"\(torch_npu\.dynamo\.torchair\.llm_datadist: .*; "
         r"torchair\.llm_datadist: .*\): install a torch_npu that bundles torchair",
     ):
         npu.load().tensors_at([1], torch.int8, [1])
@@ -100,7 +101,10 @@ def test_describe_runs_no_subprocess(fake_npu_stack, no_hccn):
 
 
 def test_llm_datadist_missing(no_npu_stack, ascend_root):
-    message = r"^llm_datadist is not importable: it ships with CANN, not PyPI; source .*/ascend-toolkit/set_env\.sh$"
+    message = (
+        r"^llm_datadist is not importable: it ships with CANN, not PyPI; "
+        r"source .*/ascend-toolkit/set_env\.sh$"
+    )
     with pytest.raises(BackendUnavailable, match=message):
         npu.load()
     ok, why = npu.probe()
@@ -119,7 +123,9 @@ def test_set_env_hint_names_the_installed_script(no_npu_stack, ascend_root):
 def test_torch_npu_missing(fake_npu_stack, monkeypatch):
     monkeypatch.delitem(sys.modules, "torch_npu")
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, p=None: None if n == "torch_npu" else real(n, p))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, p=None: None if n == "torch_npu" else real(n, p)
+    )
     version = importlib.metadata.version("torch")
     pin = re.escape(f"pip install torch-npu=={version.split('+')[0]} (the release matching torch {version})")
     with pytest.raises(BackendUnavailable, match=rf"^torch_npu is not installed: {pin}$"):
@@ -137,7 +143,8 @@ def test_torch_npu_without_cann(fake_npu_stack, tmp_path, monkeypatch, ascend_ro
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     with pytest.raises(
         BackendUnavailable,
-        match=r"^torch_npu failed to load: libhccl\.so: cannot open shared object file: No such file or directory: "
+        match=r"^torch_npu failed to load: "
+        r"libhccl\.so: cannot open shared object file: No such file or directory: "
         r"CANN is not installed or set_env\.sh not sourced \(source .*set_env\.sh\)$",
     ):
         npu.load()
@@ -149,7 +156,9 @@ def test_torch_npu_other_failure(fake_npu_stack, tmp_path, monkeypatch, autoload
         monkeypatch.delitem(sys.modules, name)
     _write_package(tmp_path / "site", "torch_npu", "raise RuntimeError('torch version mismatch')\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    with pytest.raises(BackendUnavailable, match=r"^torch_npu failed to load: torch version mismatch: check that"):
+    with pytest.raises(
+        BackendUnavailable, match=r"^torch_npu failed to load: torch version mismatch: check that"
+    ):
         npu.load()
 
 
@@ -194,7 +203,9 @@ def test_protect_torch_import_is_a_no_op_once_torch_is_imported(fake_npu_stack):
 def _broken_torch_npu_site(site: Path) -> None:
     """A torch_npu installed without CANN, registered for torch's device-backend autoload."""
     _write_package(
-        site, "torch_npu", "raise ImportError('libhccl.so: cannot open shared object file: No such file or directory')\n"
+        site,
+        "torch_npu",
+        "raise ImportError('libhccl.so: cannot open shared object file: No such file or directory')\n",
     )
     dist = site / "torch_npu-2.5.1.dist-info"
     dist.mkdir()
@@ -205,15 +216,20 @@ def _broken_torch_npu_site(site: Path) -> None:
 def test_broken_torch_npu_does_not_break_import_torch(tmp_path):
     site = tmp_path / "site"
     _broken_torch_npu_site(site)
-    env = {k: v for k, v in os.environ.items() if k not in ("TORCH_DEVICE_BACKEND_AUTOLOAD", "LD_LIBRARY_PATH")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TORCH_DEVICE_BACKEND_AUTOLOAD", "LD_LIBRARY_PATH")
+    }
     env["PYTHONPATH"] = f"{site}{os.pathsep}{ROOT}"
-    bare = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=120)
+    bare = subprocess.run(
+        [sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert bare.returncode != 0 and "TORCH_DEVICE_BACKEND_AUTOLOAD" in bare.stderr  # the pitfall is real
     guarded = subprocess.run(
         [
             sys.executable,
             "-c",
-            "from kvtest.backends import npu; print(npu.protect_torch_import()); import torch; print(npu.probe())",
+            "from kvtest.backends import npu; print(npu.protect_torch_import()); "
+            "import torch; print(npu.probe())",
         ],
         env=env,
         capture_output=True,

@@ -24,7 +24,10 @@ def test_physical_id_maps_through_visible_devices(env, logical, physical):
 
 
 def test_physical_id_rejects_hidden_and_malformed():
-    with pytest.raises(DeviceError, match=r"device 2 is not visible: ASCEND_RT_VISIBLE_DEVICES=4,5 exposes logical ids 0\.\.1"):
+    with pytest.raises(
+        DeviceError,
+        match=r"device 2 is not visible: ASCEND_RT_VISIBLE_DEVICES=4,5 exposes logical ids 0\.\.1",
+    ):
         devices.physical_id(2, {"ASCEND_RT_VISIBLE_DEVICES": "4,5"})
     with pytest.raises(DeviceError, match=r"ASCEND_RT_VISIBLE_DEVICES='0,x' is malformed"):
         devices.physical_id(0, {"ASCEND_RT_VISIBLE_DEVICES": "0,x"})
@@ -38,7 +41,11 @@ def test_device_ip_good(fake_hccn):
 
 
 def test_hccn_tool_missing(no_hccn):
-    with pytest.raises(DeviceError, match=r"hccn_tool not found on PATH nor at .*/driver/tools/hccn_tool: it ships with the Ascend driver"):
+    with pytest.raises(
+        DeviceError,
+        match=r"hccn_tool not found on PATH nor at .*/driver/tools/hccn_tool: "
+        r"it ships with the Ascend driver",
+    ):
         devices.device_ip(0)
 
 
@@ -55,7 +62,10 @@ def test_hccn_tool_found_under_driver_install(tmp_path, fake_hccn, ascend_root, 
 def test_malformed_output(fake_hccn):
     fake_hccn.raw_ip[0] = "something unexpected\nmore"
     fake_hccn.install()
-    with pytest.raises(DeviceError, match=r"hccn_tool -i 0 -ip -g printed no valid 'ipaddr:' line \(got 'something unexpected'\)"):
+    with pytest.raises(
+        DeviceError,
+        match=r"hccn_tool -i 0 -ip -g printed no valid 'ipaddr:' line \(got 'something unexpected'\)",
+    ):
         devices.device_ip(0)
 
 
@@ -75,7 +85,11 @@ def test_no_ip_configured(fake_hccn, raw, code):
     fake_hccn.raw_ip[1] = raw
     fake_hccn.ip_exit[1] = code
     fake_hccn.install()
-    with pytest.raises(DeviceError, match=r"device 1 has no IP configured \(hccn_tool -i 1 -ip -g\): configure one with hccn_tool -i 1 -ip -s address"):
+    with pytest.raises(
+        DeviceError,
+        match=r"device 1 has no IP configured \(hccn_tool -i 1 -ip -g\): "
+        r"configure one with hccn_tool -i 1 -ip -s address",
+    ):
         devices.device_ip(1)
 
 
@@ -110,7 +124,9 @@ def test_ping_ok_and_lost(fake_hccn):
 
 
 def test_ping_unreadable_output():
-    with pytest.raises(DeviceError, match=r"-ping -g address 1.2.3.4 printed no packet counts \(got 'weird'\)"):
+    with pytest.raises(
+        DeviceError, match=r"-ping -g address 1.2.3.4 printed no packet counts \(got 'weird'\)"
+    ):
         devices.parse_ping("weird", 0, "1.2.3.4")
     assert devices.parse_ping("recv seq=0,time=1ms\nrecv seq=1,time=1ms", 0, "x").received == 2
 
@@ -125,5 +141,8 @@ def test_tls_switch(fake_hccn, on):
 def test_tls_unreadable(fake_hccn):
     fake_hccn.raw_tls[0] = "no certificate found"
     fake_hccn.install()
-    with pytest.raises(DeviceError, match=r"hccn_tool -i 0 -tls -g printed no 'tls switch\[...\]' \(got 'no certificate found'\)"):
+    with pytest.raises(
+        DeviceError,
+        match=r"hccn_tool -i 0 -tls -g printed no 'tls switch\[...\]' \(got 'no certificate found'\)",
+    ):
         devices.tls_enabled(0)

@@ -54,7 +54,9 @@ def test_claims_are_distinct_in_one_process(tmp_path):
     pool = DevicePool([0, 1], tmp_path)
     first, second = pool.claim(timeout=0), pool.claim(timeout=0)
     assert {first.device_id, second.device_id} == {0, 1}
-    with pytest.raises(DevicePoolError, match=r"no free NPU among \[0, 1\] after 0.2s \(npu 0: pid \d+ on .*\)"):
+    with pytest.raises(
+        DevicePoolError, match=r"no free NPU among \[0, 1\] after 0.2s \(npu 0: pid \d+ on .*\)"
+    ):
         pool.claim(timeout=0.2)
     first.release()
     first.release()  # twice is harmless
@@ -125,7 +127,9 @@ def test_claim_many_is_all_or_none(tmp_path):
 
 
 def test_empty_pool(tmp_path):
-    with pytest.raises(DevicePoolError, match=r"no NPU to claim: the pool is empty \(no /dev/davinciN visible\)"):
+    with pytest.raises(
+        DevicePoolError, match=r"no NPU to claim: the pool is empty \(no /dev/davinciN visible\)"
+    ):
         DevicePool([], tmp_path).claim()
 
 

@@ -50,7 +50,9 @@ def test_this_machine_sim_usable_npu_not(capsys, no_npu_stack, ascend_root, quie
     assert checks["backend sim"]["status"] == "ok"
     assert checks["backend sim"]["detail"].startswith("nixl_cu12 ")
     assert checks["backend npu"]["status"] == "warn"
-    assert checks["backend npu"]["detail"].startswith("unusable: llm_datadist is not importable: it ships with CANN")
+    assert checks["backend npu"]["detail"].startswith(
+        "unusable: llm_datadist is not importable: it ships with CANN"
+    )
     assert checks["backend npu"]["fix"].startswith("source ")
     assert checks["peer"]["status"] == "skip"
     assert report["failed"] == 0
@@ -80,7 +82,12 @@ def test_npu_host_all_good(capsys, fake_npu_stack, fake_hccn, fake_dev, quiet_en
     assert code == 0, checks
     assert checks["backend npu"]["detail"] == "llm_datadist and torch_npu import, 2 NPU visible"
     assert checks["devices"]["detail"] == "using npu 1 (physical 1); visible: 0,1"
-    assert checks["device ip npu1"] == {"name": "device ip npu1", "status": "ok", "detail": "192.168.1.2", "fix": ""}
+    assert checks["device ip npu1"] == {
+        "name": "device ip npu1",
+        "status": "ok",
+        "detail": "192.168.1.2",
+        "fix": "",
+    }
     assert checks["tls"]["detail"] == "this host: off (npu 1)"
     assert report["facts"]["device_ips"] == {"1": "192.168.1.2"}
 
@@ -105,7 +112,9 @@ def test_all_visible_devices_and_mixed_tls(capsys, fake_npu_stack, fake_hccn, fa
         ("bad-tls", "tls", r"printed no 'tls switch\[...\]'"),
     ],
 )
-def test_device_failures_fail_the_run(capsys, fake_npu_stack, fake_hccn, fake_dev, quiet_env, monkeypatch, setup, name, detail):
+def test_device_failures_fail_the_run(
+    capsys, fake_npu_stack, fake_hccn, fake_dev, quiet_env, monkeypatch, setup, name, detail
+):
     import re
 
     if setup == "malformed":
@@ -131,7 +140,9 @@ def test_requested_device_not_visible(capsys, fake_npu_stack, fake_hccn, fake_de
     assert checks["devices"]["detail"] == "device 5 (physical 5) has no /dev/davinci5; visible: 0,1"
 
 
-def test_device_failures_are_warnings_when_npu_is_not_used(capsys, no_npu_stack, fake_hccn, fake_dev, quiet_env):
+def test_device_failures_are_warnings_when_npu_is_not_used(
+    capsys, no_npu_stack, fake_hccn, fake_dev, quiet_env
+):
     pytest.importorskip("nixl_cu12")
     fake_hccn.raw_ip[0] = "garbage"
     fake_hccn.install()

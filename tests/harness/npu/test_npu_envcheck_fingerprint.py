@@ -123,7 +123,16 @@ def test_fingerprint_version_cfg_fallback_and_new_layout(ascend_root):
 
 def test_fingerprint_absent_facts(ascend_root, no_npu_stack):
     facts = fingerprint.fingerprint("sim")
-    for key in ("cann", "cann_home", "driver", "firmware", "torch_npu", "llm_datadist", "device_ids", "device_ips"):
+    for key in (
+        "cann",
+        "cann_home",
+        "driver",
+        "firmware",
+        "torch_npu",
+        "llm_datadist",
+        "device_ids",
+        "device_ips",
+    ):
         assert facts[key] == "absent", key
     assert facts["kvtest"] and facts["python"] and facts["host"]
 

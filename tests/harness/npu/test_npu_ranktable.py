@@ -84,12 +84,24 @@ def test_four_members_on_two_hosts_group_by_host_in_rank_order():
     [
         (TWO_HOSTS[:1], r"a two-sided link takes 2 to 4 members, got 1"),
         ([("10.0.0.1", d, f"192.168.1.{d + 1}", d) for d in range(5)], r"takes 2 to 4 members, got 5"),
-        ([TWO_HOSTS[0], ("10.10.10.1", 0, "192.168.2.1", 0)], r"ranks must be 0\.\.1 with no gaps or repeats, got \[0, 0\]"),
+        (
+            [TWO_HOSTS[0], ("10.10.10.1", 0, "192.168.2.1", 0)],
+            r"ranks must be 0\.\.1 with no gaps or repeats, got \[0, 0\]",
+        ),
         ([TWO_HOSTS[0], ("10.10.10.1", 0, "192.168.2.1", 2)], r"got \[0, 2\]"),
-        ([TWO_HOSTS[0], ("10.10.10.1", 0, "192.168.2", 1)], r"rank 1: device_ip '192\.168\.2' is not an IPv4 address"),
+        (
+            [TWO_HOSTS[0], ("10.10.10.1", 0, "192.168.2", 1)],
+            r"rank 1: device_ip '192\.168\.2' is not an IPv4 address",
+        ),
         ([TWO_HOSTS[0], ("host-b", 0, "192.168.2.1", 1)], r"rank 1: host_ip 'host-b' is not an IPv4 address"),
-        ([ONE_HOST[0], ("10.0.0.5", 0, "192.168.1.2", 1)], r"ranks 0 and 1 both use device 0 on host 10\.0\.0\.5"),
-        ([TWO_HOSTS[0], ("10.10.10.1", 0, "192.168.2.1")], r"must be \(host_ip, device_id, device_ip, rank\)"),
+        (
+            [ONE_HOST[0], ("10.0.0.5", 0, "192.168.1.2", 1)],
+            r"ranks 0 and 1 both use device 0 on host 10\.0\.0\.5",
+        ),
+        (
+            [TWO_HOSTS[0], ("10.10.10.1", 0, "192.168.2.1")],
+            r"must be \(host_ip, device_id, device_ip, rank\)",
+        ),
     ],
 )
 def test_bad_members_are_refused(entries, message):
