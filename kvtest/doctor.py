@@ -269,10 +269,10 @@ def _tls_agreement(name: str, sides: dict[str, dict[int, bool]]) -> Check:
 
 def collect(args: argparse.Namespace) -> tuple[list[Check], Facts, bool]:
     """This side's checks and facts; the flag says whether device checks count as failures."""
-    from kvtest.fingerprint import _kvtest_version, cann_version
+    from kvtest.fingerprint import cann_version, kvtest_version
 
     backend_lines, npu_ok, npu_required = _backend_checks(args.backend)
-    facts = Facts(host=socket.gethostname(), kvtest=_kvtest_version(), cann=cann_version(), npu_usable=npu_ok)
+    facts = Facts(host=socket.gethostname(), kvtest=kvtest_version(), cann=cann_version(), npu_usable=npu_ok)
     checks = list(backend_lines)
     run_devices = npu_required or bool(devices.visible_devices())
     if not run_devices:

@@ -35,6 +35,7 @@ __all__ = [
     "driver_version",
     "fingerprint",
     "firmware_version",
+    "kvtest_version",
     "package_version",
 ]
 
@@ -136,7 +137,8 @@ def _llm_datadist_version(cann: str) -> str:
     return f"CANN {cann}" if cann != ABSENT else "unversioned"
 
 
-def _kvtest_version() -> str:
+def kvtest_version() -> str:
+    """The installed kvtest's version (package metadata, else ``kvtest.__version__``)."""
     version = package_version("kvtest")
     if version != ABSENT:
         return version
@@ -162,7 +164,7 @@ def fingerprint(
     home = cann_home()
     return {
         "backend": backend,
-        "kvtest": _kvtest_version(),
+        "kvtest": kvtest_version(),
         "python": platform.python_version(),
         "host": socket.gethostname() or ABSENT,
         "os": f"{platform.system()} {platform.release()} {platform.machine()}",
