@@ -221,3 +221,21 @@ def test_command_line(baseline, tmp_path):
     assert broken.returncode == 2
     assert broken.stdout == ""
     _one_line_error(broken.stderr, f"{corrupt}: not JSON")
+
+
+def test_rows_without_comparable_bandwidth(tmp_path):
+    from kvtest.compare import compare_results
+    from kvtest.results import load_results
+
+    def one(path, transfers):
+        writer = ResultsWriter(path, run_id="r", fingerprint={})
+        writer.add("t.py::test_a", "passed", {}, transfers)
+        return load_results(path)
+
+    log = TransferLog()
+    log.add("pull_blocks", 1000, 0.001)
+    none = one(tmp_path / "none.json", [])
+    some = one(tmp_path / "some.json", log.records)
+    assert [(r.api, r.verdict) for r in compare_results(none, none, 0.1)] == [(None, "ok")]
+    assert [(r.api, r.verdict) for r in compare_results(none, some, 0.1)] == [("pull_blocks", "new api")]
+    assert [(r.api, r.verdict) for r in compare_results(some, none, 0.1)] == [("pull_blocks", "no data")]
