@@ -159,13 +159,13 @@ def _backend_checks(requested: str) -> tuple[list[Check], bool, bool]:
     sim_ok, sim_why = _probe_sim()
     if note:
         sim_why = f"{sim_why}; {note}"
-    must = {"auto": not (npu_ok or sim_ok), "npu": False, "sim": False}
+    none_usable = not (npu_ok or sim_ok)
     checks = []
     for name, usable, why, fix in (
         ("sim", sim_ok, sim_why, _SIM_FIX),
         ("npu", npu_ok, npu_why, _fix_of(npu_why)),
     ):
-        required = requested == name or must["auto"] and requested == "auto"
+        required = requested == name or (requested == "auto" and none_usable)
         if usable:
             checks.append(Check(f"backend {name}", OK, why))
         else:
