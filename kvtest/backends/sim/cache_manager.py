@@ -353,7 +353,12 @@ class CacheManager:
         _, transport = self._dd._ctx()
         from kvtest.backends.sim.control import decode_bytes
 
-        transport.load_peer(agent["agent"], decode_bytes(agent["meta"]), int(agent["version"]))
+        try:
+            transport.load_peer(agent["agent"], decode_bytes(agent["meta"]), int(agent["version"]))
+        except Exception as exc:  # noqa: BLE001 - an unreachable peer is a failed call, not a crash
+            raise native_error(
+                api, LLMStatusCode.LLM_FAILED, f"cannot reach cluster {cluster_id}: {type(exc).__name__}"
+            ) from None
         return str(agent["agent"])
 
     def _remote_cache(self, api: str, agent: str, cluster_id: int, cache_id: int) -> _Remote:

@@ -268,7 +268,10 @@ class LLMDataDist:
         record = plane.fetch(plane.key("agent", cluster_id))
         if record is None:
             return False
-        transport.load_peer(record["agent"], control.decode_bytes(record["meta"]), int(record["version"]))
+        try:
+            transport.load_peer(record["agent"], control.decode_bytes(record["meta"]), int(record["version"]))
+        except Exception:  # noqa: BLE001 - an unreachable peer fails the link with a code
+            return False
         return True
 
     # -- two-sided link (comm domain) -----------------------------------------------------------

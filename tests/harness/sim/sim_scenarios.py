@@ -111,10 +111,11 @@ def cluster(remote_id: int, port: int) -> sim.LLMClusterInfo:
     return info
 
 
-def link_two_sided(dd: sim.LLMDataDist, ranks: dict[int, int]) -> int:
+def link_two_sided(ctx: Ctx, dd: sim.LLMDataDist, ranks: dict[int, int]) -> int:
     comm_id = dd.link("link", ranks, RANK_TABLE)
     deadline = time.monotonic() + WAIT_S
     while (status := dd.query_register_mem_status(comm_id)) != sim.RegisterMemStatus.OK:
+        ctx._check_peer("the two-sided link")
         if status == sim.RegisterMemStatus.FAILED or time.monotonic() > deadline:
             raise RuntimeError("link failed")
         time.sleep(0.01)
@@ -143,7 +144,7 @@ POOL = '{"memory_size": 1048576}'
 def pull_cache_p(ctx: Ctx) -> None:
     dd = start(sim.LLMRole.PROMPT, 1, enable_cache_manager=True, mem_pool_cfg=POOL)
     try:
-        comm = link_two_sided(dd, {1: 0, 2: 1})
+        comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         cm = dd.cache_manager
         keys = [sim.CacheKey(1, 0, 0), sim.CacheKey(1, 1, 0)]
         cache = cm.allocate_cache(sim.CacheDesc(**PC_DESC), keys)
@@ -162,7 +163,7 @@ def pull_cache_p(ctx: Ctx) -> None:
 def pull_cache_d(ctx: Ctx) -> None:
     dd = start(sim.LLMRole.DECODER, 2, enable_cache_manager=True, mem_pool_cfg=POOL)
     try:
-        comm = link_two_sided(dd, {1: 0, 2: 1})
+        comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         cm = dd.cache_manager
         cache = cm.allocate_cache(sim.CacheDesc(**PC_DESC))
         ctx.barrier("cache ready")
@@ -205,7 +206,7 @@ def pull_blocks_p(ctx: Ctx) -> None:
     try:
         desc = sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT)
         dd.cache_manager.register_blocks_cache(desc, [t.data_ptr() for t in tensors], sim.BlocksCacheKey(1, 0))
-        comm = link_two_sided(dd, {1: 0, 2: 1})
+        comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         ctx.barrier("ready")
         ctx.barrier("pulled")
         dd.unlink(comm)
@@ -220,7 +221,7 @@ def pull_blocks_d(ctx: Ctx) -> None:
         cm = dd.cache_manager
         desc = sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT)
         cache = cm.register_blocks_cache(desc, [t.data_ptr() for t in tensors])
-        comm = link_two_sided(dd, {1: 0, 2: 1})
+        comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         ctx.barrier("ready")
         cm.pull_blocks(sim.BlocksCacheKey(1, 0), cache, src_blocks=[0, 3], dst_blocks=[1, 2])
         for i, t in enumerate(tensors):
@@ -262,7 +263,7 @@ def pull_blocks_d(ctx: Ctx) -> None:
 def cache_to_blocks_p(ctx: Ctx) -> None:
     dd = start(sim.LLMRole.PROMPT, 1, enable_cache_manager=True, mem_pool_cfg=POOL)
     try:
-        comm = link_two_sided(dd, {1: 0, 2: 1})
+        comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         cm = dd.cache_manager
         key = sim.CacheKey(1, 7, 0)
         cache = cm.allocate_cache(sim.CacheDesc(4, [2, 1024], sim.DataType.DT_FLOAT16), [key])
@@ -284,7 +285,7 @@ def cache_to_blocks_d(ctx: Ctx) -> None:
         cm = dd.cache_manager
         desc = sim.CacheDesc(4, [4, 512], sim.DataType.DT_FLOAT16)
         cache = cm.register_blocks_cache(desc, [t.data_ptr() for t in tensors])
-        comm = link_two_sided(dd, {1: 0, 2: 1})
+        comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         ctx.barrier("ready")
         msg = expect_code(
             sim.LLMStatusCode.LLM_PARAM_INVALID,
@@ -587,7 +588,7 @@ def stall_d(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors])
-        comm = link_two_sided(dd, {1: 0, 2: 1})
+        comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         ctx.barrier("ready")
         began = time.monotonic()
         msg = expect_code(
