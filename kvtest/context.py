@@ -91,7 +91,7 @@ class TestScope:
         self._generations[name] = generation + 1
         counter = keys.barrier(self.prefix, name, generation)
         previous = self.current_step
-        self.step(f"barrier {name!r}")
+        self.step(f"barrier {name}")
         if self.store.add(counter, 1) >= len(members):
             self.store.set(counter + "/done", True)
         else:

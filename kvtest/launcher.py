@@ -71,9 +71,8 @@ class LocalCluster:
         code = proc.poll()
         if code is None:
             return None
-        how = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-        tail = log_tail(self.log(role), 3).replace("\n", " | ")
-        return f"its process (pid {proc.pid}) {how}; log {self.log(role)}" + (f": {tail}" if tail else "")
+        how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        return f"its process (pid {proc.pid}) {how} (log: {self.log(role)})"
 
     def returncodes(self) -> dict[str, int | None]:
         return {role: proc.poll() for role, proc in self.procs.items()}

@@ -54,9 +54,11 @@ class PortInUse(RendezvousError):
 
 
 class PeerDead(RendezvousError):
-    def __init__(self, role: str, detail: str) -> None:
-        super().__init__(f"peer {role} is dead: {detail}")
+    def __init__(self, role: str, detail: str, step: str | None = None) -> None:
+        where = f" at step {step!r}" if step else ""
+        super().__init__(f"peer {role} died{where}: {detail}")
         self.role = role
+        self.step = step
 
 
 class PeerFailed(RendezvousError):
@@ -236,17 +238,13 @@ class PeerWatch:
     def describe_step_with(self, steps: Callable[[str], str | None]) -> None:
         self._steps = steps
 
-    def _where(self, role: str) -> str:
-        step = self._steps(role)
-        return f" at step {step!r}" if step else ""
-
     def check(self, roles: Iterable[str]) -> None:
         now = time.monotonic()
         for role in roles:
             if self._exited is not None:
                 why = self._exited(role)
                 if why is not None:
-                    raise PeerDead(role, f"{why}{self._where(role)}")
+                    raise PeerDead(role, why, self._steps(role))
             key = self.prefix + keys.heartbeat(role)
             beat = self._store.add(key, 0)
             if beat == 0:  # not started yet: joining has its own deadline
@@ -257,7 +255,8 @@ class PeerWatch:
             elif now - last[1] > self._dead_after:
                 raise PeerDead(
                     role,
-                    f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s){self._where(role)}",
+                    f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s)",
+                    self._steps(role),
                 )
 
 

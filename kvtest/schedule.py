@@ -113,6 +113,7 @@ class RoleResult:
     message: str = ""
     details: str = ""
     secondary: bool = False  # failed only because another role failed or died
+    died: bool = False  # the role's process is gone; message says how
     duration: float = 0.0
     transfers: tuple[dict[str, Any], ...] = ()
 
@@ -125,6 +126,8 @@ class RoleResult:
 
     @property
     def headline(self) -> str:
+        if self.died:
+            return self.message
         return f"{self.role} failed at step {self.step!r}: {self.message}"
 
 
@@ -146,6 +149,53 @@ def merge_results(results: Iterable[RoleResult], max_detail_lines: int = 40) -> 
                 ]
             lines += ["", f"---- {result.role} ----", *detail]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Crash:
+    message: str
+    path: str
+    lineno: int
+
+
+class MergedRepr:
+    """A leader's failure report that carries the other roles' failures.
+
+    ``reprcrash.message`` is the primary failure's one line (what the short summary and JUnit show).
+    """
+
+    def __init__(
+        self, headline: str, path: str, lineno: int, own: Any, peers_text: str, own_first: bool
+    ) -> None:
+        self.reprcrash = _Crash(headline, path, lineno)
+        self._own = own
+        self._peers = peers_text
+        self._own_first = own_first
+
+    def _own_text(self) -> str:
+        return str(self._own) if self._own is not None else ""
+
+    def toterminal(self, tw: Any) -> None:
+        own = self._own_text()
+        blocks = [(None, own), ("kvtest: the other roles", self._peers)]
+        if not self._own_first:
+            blocks = [("kvtest: the other roles", self._peers), ("this role", own)]
+        for title, text in blocks:
+            if not text:
+                continue
+            if title:
+                tw.sep("-", title)
+            if title is None and hasattr(self._own, "toterminal"):
+                self._own.toterminal(tw)
+            else:
+                tw.line(text)
+
+    def __str__(self) -> str:
+        own = self._own_text()
+        if not own:
+            return self._peers
+        parts = [own, self._peers] if self._own_first else [self._peers, own]
+        return "\n\n".join(parts)
 
 
 class Handshake:

@@ -34,7 +34,7 @@ from kvtest.rendezvous import (
     open_store,
     reconnect,
 )
-from kvtest.schedule import IDLE_LIMIT, Handshake, Hello, RoleResult, merge_results
+from kvtest.schedule import IDLE_LIMIT, Handshake, Hello, MergedRepr, RoleResult, merge_results
 from kvtest.settings import OPTIONS, Rendezvous, Settings
 from kvtest.topology import Topology
 
@@ -132,6 +132,8 @@ class _Base:
         outcome = rep.outcome
         message, details = _failure_text(rep) if outcome != "passed" else ("", "")
         secondary = call.excinfo is not None and isinstance(call.excinfo.value, (PeerFailed, PeerDead))
+        if secondary and call.excinfo is not None:
+            message = str(call.excinfo.value)
         step = self.scope.current_step if self.scope is not None else rep.when
         from kvtest.plugin import item_transfers
 
@@ -141,9 +143,9 @@ class _Base:
             step,
             message,
             details,
-            secondary,
-            rep.duration,
-            tuple(item_transfers(item, self.me)),
+            secondary=secondary,
+            duration=rep.duration,
+            transfers=tuple(item_transfers(item, self.me)),
         )
 
     def _abort_on_failure(self, rep: pytest.TestReport, result: RoleResult) -> None:
@@ -287,7 +289,7 @@ class LeaderSession(_Base):
         finally:
             self.scope = None
             if self.dead:
-                item.session.shouldstop = "kvtest: " + "; ".join(self.dead.values()) + ": stopping the run"
+                item.session.shouldfail = "kvtest: " + "; ".join(self.dead.values()) + ": stopping the run"
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -299,7 +301,7 @@ class LeaderSession(_Base):
         own = self._own_result(item, rep, call)
         self._abort_on_failure(rep, own)
         if call.excinfo is not None and isinstance(call.excinfo.value, PeerDead):
-            self.dead[call.excinfo.value.role] = str(call.excinfo.value)
+            self.dead.setdefault(call.excinfo.value.role, str(call.excinfo.value))
         if rep.when == "call" or (rep.when == "setup" and not rep.passed):
             self._merge(item, rep, "call", own)
         elif rep.when == "teardown":
@@ -312,9 +314,8 @@ class LeaderSession(_Base):
         results = []
         for role in scope.peers:
             if role in self.dead:
-                results.append(
-                    RoleResult(role, "failed", scope.peer_step(role) or "?", self.dead[role], secondary=True)
-                )
+                if phase != "teardown":  # a death is reported once, with the call
+                    results.append(RoleResult(role, "failed", "", self.dead[role], secondary=True, died=True))
                 continue
             try:
                 data = self.store.wait(
@@ -326,7 +327,8 @@ class LeaderSession(_Base):
                 results.append(RoleResult.from_json(data))
             except PeerDead as exc:
                 self.dead[role] = str(exc)
-                results.append(RoleResult(role, "failed", scope.peer_step(role) or "?", str(exc)))
+                if phase != "teardown" or not scope.peer_step(role):
+                    results.append(RoleResult(role, "failed", exc.step or "", str(exc), died=True))
             except RendezvousError as exc:
                 results.append(RoleResult(role, "failed", scope.peer_step(role) or "?", str(exc)))
         return results
@@ -343,12 +345,16 @@ class LeaderSession(_Base):
                 rep.outcome = "skipped"
                 rep.longrepr = (str(item.path), item.location[1] or 0, f"{skipped.role}: {skipped.message}")
             return
-        if rep.failed and own.secondary is False:
-            rep.longrepr = f"{rep.longreprtext}\n\n---- kvtest: the other roles ----\n{text}"
-        elif rep.failed:
-            rep.longrepr = f"{text}\n\n---- {self.me} ----\n{rep.longreprtext}"
-        else:
-            rep.longrepr = text
+        primary = next(p for p in sorted(peers, key=lambda r: (r.secondary, r.role)) if p.outcome == "failed")
+        own_first = rep.failed and not own.secondary
+        headline = f"{self.me} failed at step {own.step!r}: {own.message}" if own_first else primary.headline
+        # A role that failed only because a peer did needs one line, not its traceback.
+        own_repr = (rep.longrepr if own_first else f"{self.me}: {own.message}") if rep.failed else None
+        if not own_first and own.message in text:
+            own_repr = None
+        rep.longrepr = MergedRepr(
+            headline, str(item.path), (item.location[1] or 0) + 1, own_repr, text, own_first
+        )  # type: ignore[assignment]
         rep.outcome = "failed"
 
     # -- the end ----------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ def test_follower_failure_fails_the_leader(pytester: pytest.Pytester):
         "*d0 failed at step 'push': AssertionError: d computed the wrong thing*",
         "*---- d0 ----*",
     ])
+    result.stdout.fnmatch_lines(["FAILED test_pair.py::test_follower_fails - d0 failed at step 'push'*"])
     assert "d0: exit 1" in result.stdout.str()  # the follower exits non-zero too
 
 
@@ -80,7 +81,8 @@ def test_leader_failure_is_primary_and_releases_the_follower(pytester: pytest.Py
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
     assert "RuntimeError: p could not register" in out
-    assert "d0 failed at step \"barrier 'registered'\": p0 failed at step 'register'" in out
+    assert "d0 failed at step 'barrier registered': p0 failed at step 'register'" in out
+    result.stdout.fnmatch_lines(["FAILED test_pair.py::test_leader_fails - p0 failed at step 'register'*"])
     # d0 was waiting at a barrier: the abort flag released it at once, not after the 60 s timeout
     assert junit_times(pytester.path / "j.xml")["test_leader_fails"] < 10
 
@@ -92,8 +94,9 @@ def test_killed_follower_is_reported_fast(pytester: pytest.Pytester):
     )
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
-    assert re.search(r"peer d0 is dead: its process \(pid \d+\) killed by signal SIGKILL", out), out
-    assert "at step 'push'" in out
+    assert re.search(r"peer d0 died at step 'push': its process \(pid \d+\) was killed by signal SIGKILL", out), out
+    result.stdout.fnmatch_lines(["FAILED test_pair.py::test_follower_killed - peer d0 died at step 'push'*"])
+    assert "ERROR" not in out  # the death is reported once, not again at teardown
     assert "stopping the run" in out  # a dead peer ends the session instead of failing test after test
     assert junit_times(pytester.path / "j.xml")["test_follower_killed"] < 10
 
@@ -129,7 +132,7 @@ def test_paired_mode_heartbeat_reports_dead_follower(pytester: pytest.Pytester, 
     p_out, d_out = p.wait(), d.wait()
     assert d_out.returncode == -9
     assert p_out.returncode == 1, p_out.output
-    assert re.search(r"peer d0 is dead: no heartbeat for \d+\.\ds \(limit 5s\) at step 'push'", p_out.output)
+    assert re.search(r"peer d0 died at step 'push': no heartbeat for \d+\.\ds \(limit 5s\)", p_out.output)
     assert junit_times(pytester.path / "j.xml")["test_follower_killed"] < 10
 
 

@@ -78,7 +78,7 @@ def test_silent_peer_is_dead_after_the_limit(tcp):
         store.wait("never", what="x", timeout=0.6, peers=["d0"])  # alive: an ordinary timeout
     beat.stop()
     start = time.monotonic()
-    with pytest.raises(PeerDead, match=r"peer d0 is dead: no heartbeat for 1\.\ds \(limit 1s\)"):
+    with pytest.raises(PeerDead, match=r"peer d0 died: no heartbeat for 1\.\ds \(limit 1s\)"):
         store.wait("never", what="x", timeout=30, peers=["d0"])
     assert time.monotonic() - start < 3
 
@@ -87,7 +87,7 @@ def test_exited_child_is_dead_at_once(tcp):
     raw, _ = tcp
     watch = PeerWatch(raw, dead_after=60, exited=lambda role: "its process exited with code 70")
     store = RunStore(raw, "r", "p0", watch)
-    with pytest.raises(PeerDead, match="peer d0 is dead: its process exited with code 70"):
+    with pytest.raises(PeerDead, match="peer d0 died: its process exited with code 70"):
         store.wait("never", what="x", timeout=30, peers=["d0"])
 
 
