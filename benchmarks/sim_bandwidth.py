@@ -15,7 +15,6 @@ import argparse
 import datetime
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -103,7 +102,9 @@ def best_rates(calls, nbytes: int, seconds: float = 0.6, min_rounds: int = 7) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tcp", action="store_true", help="force UCX_TLS=tcp in both processes")
-    parser.add_argument("--child", nargs=2, type=int, metavar=("STORE_PORT", "LISTEN_PORT"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=2, type=int, metavar=("STORE_PORT", "LISTEN_PORT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -113,7 +114,9 @@ def main() -> int:
         os.environ["UCX_TLS"] = "tcp"
     from kvtest.backends import sim
 
-    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=30))
+    store = TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=30)
+    )
     listen_port = free_port()
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", str(store.port), str(listen_port)],
@@ -162,9 +165,13 @@ def main() -> int:
             proc.kill()
     transport = "tcp (UCX_TLS=tcp)" if args.tcp else "shared memory (UCX default)"
     print(f"sim bandwidth, two processes, {transport}; {os.cpu_count()} cpus, torch {torch.__version__}")
-    print(f"{'size':>9} {'pull GB/s':>10} {'push GB/s':>10} {'copy_ GB/s':>11} {'pull/copy':>10} {'push/copy':>10}")
+    print(
+        f"{'size':>9} {'pull GB/s':>10} {'push GB/s':>10} {'copy_ GB/s':>11} {'pull/copy':>10} {'push/copy':>10}"
+    )
     for size, pull, push, copy in rows:
-        print(f"{size // MiB:>5} MiB {pull:>10.2f} {push:>10.2f} {copy:>11.2f} {pull / copy:>10.2f} {push / copy:>10.2f}")
+        print(
+            f"{size // MiB:>5} MiB {pull:>10.2f} {push:>10.2f} {copy:>11.2f} {pull / copy:>10.2f} {push / copy:>10.2f}"
+        )
     return 0
 
 

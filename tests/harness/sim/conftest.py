@@ -49,7 +49,14 @@ class Peer:
         self.env = env
         self.log = tmp / f"{self.root}.log"
         self._log = self.log.open("wb")
-        args = [sys.executable, str(HERE / "sim_peer.py"), "--port", str(self.store.port), "--root", self.root]
+        args = [
+            sys.executable,
+            str(HERE / "sim_peer.py"),
+            "--port",
+            str(self.store.port),
+            "--root",
+            self.root,
+        ]
         self.proc = subprocess.Popen(
             args + (["--once"] if once else []),
             stdout=self._log,
@@ -105,7 +112,9 @@ class Peer:
         if local_error is not None:
             raise local_error
         if result is None:
-            raise PeerFailed(f"peer d0 gave no result for {scenario} (rc={self.proc.poll()}):\n{self.output()[-3000:]}")
+            raise PeerFailed(
+                f"peer d0 gave no result for {scenario} (rc={self.proc.poll()}):\n{self.output()[-3000:]}"
+            )
 
     def _result(self, n: int) -> dict[str, Any] | None:
         key = f"{self.root}/result/{n}"

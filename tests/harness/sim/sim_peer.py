@@ -30,9 +30,8 @@ def main() -> int:
     parser.add_argument("--once", action="store_true")
     args = parser.parse_args()
 
-    from torch.distributed import TCPStore
-
     import sim_scenarios
+    from torch.distributed import TCPStore
 
     store = TCPStore("127.0.0.1", args.port, is_master=False, timeout=datetime.timedelta(seconds=30))
     store.set(f"{args.root}/ready", str(os.getpid()))

@@ -57,7 +57,9 @@ class Ctx:
 
     def _check_peer(self, waiting_for: str) -> None:
         if self.store.check([self._key("abort")]):
-            raise PeerGone(f"{self.role} waiting for {waiting_for}: {self.store.get(self._key('abort')).decode()}")
+            raise PeerGone(
+                f"{self.role} waiting for {waiting_for}: {self.store.get(self._key('abort')).decode()}"
+            )
         if self.peer_alive is not None and not self.peer_alive():
             raise PeerGone(f"{self.role} waiting for {waiting_for}: the peer process died")
 
@@ -91,7 +93,9 @@ def assert_bytes(actual: torch.Tensor, expected: torch.Tensor, what: str) -> Non
         )
 
 
-def start(role: sim.LLMRole, cluster_id: int, listen_port: int | None = None, **options: Any) -> sim.LLMDataDist:
+def start(
+    role: sim.LLMRole, cluster_id: int, listen_port: int | None = None, **options: Any
+) -> sim.LLMDataDist:
     config = sim.LLMConfig()
     config.device_id = 0
     for name, value in options.items():
@@ -176,12 +180,18 @@ def pull_cache_d(ctx: Ctx) -> None:
         msg = expect_code(
             sim.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, lambda: cm.pull_cache(sim.CacheKey(1, 0, 0), cache)
         )
-        assert msg.startswith("[pull_cache] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, "), msg
+        assert msg.startswith("[pull_cache] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, "), (
+            msg
+        )
         # by id and index, one layer of two tensors: P's layer 1 (tensors 2, 3) into D's layer 0
         for t in views:
             t.zero_()
         cm.pull_cache(
-            sim.CacheKeyByIdAndIndex(1, 1, 1), cache, 0, src_layer_range=range(1, 2), dst_layer_range=range(0, 1)
+            sim.CacheKeyByIdAndIndex(1, 1, 1),
+            cache,
+            0,
+            src_layer_range=range(1, 2),
+            dst_layer_range=range(0, 1),
         )
         assert_bytes(views[0][0], pattern([2, 64], 3)[1], "layer pull tensor 0")
         assert_bytes(views[1][0], pattern([2, 64], 4)[1], "layer pull tensor 1")
@@ -205,7 +215,9 @@ def pull_blocks_p(ctx: Ctx) -> None:
     tensors = [pattern(PB_SHAPE, 10 + i) for i in range(2)]
     try:
         desc = sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT)
-        dd.cache_manager.register_blocks_cache(desc, [t.data_ptr() for t in tensors], sim.BlocksCacheKey(1, 0))
+        dd.cache_manager.register_blocks_cache(
+            desc, [t.data_ptr() for t in tensors], sim.BlocksCacheKey(1, 0)
+        )
         comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         ctx.barrier("ready")
         ctx.barrier("pulled")
@@ -242,7 +254,8 @@ def pull_blocks_d(ctx: Ctx) -> None:
         assert_bytes(tensors[1][0], torch.zeros(256), "layer pull other tensor")
         host = [torch.rand(PB_SHAPE) for _ in range(2)]
         cpu = sim.Cache.create_cpu_cache(
-            sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT, sim.Placement.HOST), [t.data_ptr() for t in host]
+            sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT, sim.Placement.HOST),
+            [t.data_ptr() for t in host],
         )
         before = [t.clone() for t in tensors]
         cm.swap_blocks(cache, cpu, {1: 0, 2: 3})
@@ -298,7 +311,8 @@ def cache_to_blocks_d(ctx: Ctx) -> None:
             assert_bytes(t[3], slot[:512], f"tensor {i} first half")
             assert_bytes(t[1], slot[512:], f"tensor {i} second half")
         expect_code(
-            sim.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, lambda: cm.pull_blocks(sim.CacheKey(1, 7, 0), cache, [], [0, 2])
+            sim.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST,
+            lambda: cm.pull_blocks(sim.CacheKey(1, 7, 0), cache, [], [0, 2]),
         )
         ctx.barrier("pulled")
         dd.unlink(comm)
@@ -316,7 +330,9 @@ def push_blocks_p(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(0, 0)
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(0, 0),
         )
         ctx.barrier("register end")
         ctx.barrier("push end")
@@ -338,7 +354,9 @@ def push_blocks_d(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(1, 0)
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(1, 0),
         )
         ctx.barrier("register end")
         ok(dd.link_clusters([cluster(0, ctx.params["p_port"])], 5000), "link")
@@ -365,7 +383,9 @@ def push_cache_p(ctx: Ctx) -> None:
     tensors = [torch.zeros(BLK) for _ in range(2)]
     try:
         cm = dd.cache_manager
-        cache = cm.register_cache(sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors])
+        cache = cm.register_cache(
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors]
+        )
         assert cache.cache_id == 1, cache.cache_id
         ctx.barrier("register end")
         ctx.barrier("push end")
@@ -385,10 +405,14 @@ def push_cache_d(ctx: Ctx) -> None:
     tensors = [pattern(BLK, 30 + i) for i in range(2)]
     try:
         cm = dd.cache_manager
-        cache = cm.register_cache(sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors])
+        cache = cm.register_cache(
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors]
+        )
         ctx.barrier("register end")
         ok(dd.link_clusters([cluster(0, ctx.params["p_port"])], 5000), "link")
-        cm.push_cache(sim.CacheKeyByIdAndIndex(cluster_id=0, cache_id=1, batch_index=0), cache, src_batch_index=2)
+        cm.push_cache(
+            sim.CacheKeyByIdAndIndex(cluster_id=0, cache_id=1, batch_index=0), cache, src_batch_index=2
+        )
         ctx.barrier("push end")
         ok(dd.unlink_clusters([cluster(0, ctx.params["p_port"])], 5000), "unlink")
         ctx.barrier("wait unlink end")
@@ -405,7 +429,9 @@ def switch_role_p(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(0, 0)
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(0, 0),
         )
         ctx.barrier("b1")
         ctx.barrier("linked")
@@ -434,7 +460,9 @@ def switch_role_d(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(1, 0)
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(1, 0),
         )
         ctx.barrier("b1")
         ok(dd.link_clusters([cluster(0, port)], 5000), "link")
@@ -491,7 +519,9 @@ def async_p(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(4, ASYNC_SHAPE, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(0, 0)
+            sim.CacheDesc(4, ASYNC_SHAPE, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(0, 0),
         )
         ctx.barrier("registered")
         ok(dd.link_clusters([cluster(1, ctx.params["d_port"])], 5000), "link")
@@ -528,7 +558,9 @@ def async_d(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(4, ASYNC_SHAPE, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(1, 0)
+            sim.CacheDesc(4, ASYNC_SHAPE, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(1, 0),
         )
         ctx.barrier("registered")
         ctx.barrier("transfer end")
@@ -547,7 +579,9 @@ def hixl_p(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(0, 0)
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(0, 0),
         )
         ctx.barrier("b1")
         ok(dd.link_clusters([cluster(1, ctx.params["d_port"])], 5000), "link")
@@ -568,7 +602,9 @@ def hixl_d(ctx: Ctx) -> None:
     try:
         cm = dd.cache_manager
         cache = cm.register_blocks_cache(
-            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors], sim.BlocksCacheKey(1, 0)
+            sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT),
+            [t.data_ptr() for t in tensors],
+            sim.BlocksCacheKey(1, 0),
         )
         ctx.barrier("b1")
         ok(dd.link_clusters([cluster(0, ctx.params["p_port"])], 5000), "link")
@@ -587,7 +623,9 @@ def stall_d(ctx: Ctx) -> None:
     tensors = [torch.zeros(PB_SHAPE) for _ in range(2)]
     try:
         cm = dd.cache_manager
-        cache = cm.register_blocks_cache(sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors])
+        cache = cm.register_blocks_cache(
+            sim.CacheDesc(2, PB_SHAPE, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors]
+        )
         comm = link_two_sided(ctx, dd, {1: 0, 2: 1})
         ctx.barrier("ready")
         began = time.monotonic()

@@ -6,8 +6,8 @@ import time
 
 import pytest
 import sim_scenarios
-from conftest import Peer, PeerFailed
 
+from conftest import Peer, PeerFailed
 from kvtest.backends import sim
 from kvtest.backends.sim.faults import CRASH_EXIT_CODE, parse_fault
 
@@ -44,7 +44,9 @@ def test_stall_scenario_fails_without_the_fault(shm_peer, ports):
 
 
 def test_linkfail_one_sided_returns_link_failed_per_cluster(shm_peer, ports):
-    with pytest.raises(PeerFailed, match=r"link failed: \(<LLMStatusCode.LLM_LINK_FAILED: \d+>, \[<LLMStatusCode"):
+    with pytest.raises(
+        PeerFailed, match=r"link failed: \(<LLMStatusCode.LLM_LINK_FAILED: \d+>, \[<LLMStatusCode"
+    ):
         shm_peer.run("push_blocks", ports, peer_env={"KVTEST_SIM_FAULT": "linkfail@link_clusters:d0"})
 
 
@@ -59,7 +61,9 @@ def test_crash_exits_the_peer_and_the_survivor_fails_fast(tmp_path, ports, monke
     peer = Peer(tmp_path, {"KVTEST_SIM_FAULT": "crash@push_blocks:d0"}, once=True)
     try:
         began = time.monotonic()
-        with pytest.raises(sim_scenarios.PeerGone, match=r"p0 waiting for barrier 'push end': the peer process died"):
+        with pytest.raises(
+            sim_scenarios.PeerGone, match=r"p0 waiting for barrier 'push end': the peer process died"
+        ):
             peer.run("push_blocks", ports)
         assert time.monotonic() - began < 15
         assert peer.wait_exit() == CRASH_EXIT_CODE
@@ -81,13 +85,16 @@ def test_transfer_to_a_dead_peer_fails_with_a_code_not_a_hang(tmp_path, ports):
         )
         sim.configure(peer.store, ns, "p0")
         ctx = sim_scenarios.Ctx(peer.store, ns, "p0", ports, peer.alive)
-        dd = sim_scenarios.start(sim.LLMRole.PROMPT, 0, ports["p_port"], local_comm_res="", sync_kv_timeout=500)
+        dd = sim_scenarios.start(
+            sim.LLMRole.PROMPT, 0, ports["p_port"], local_comm_res="", sync_kv_timeout=500
+        )
         try:
             import torch
 
             tensors = [torch.ones(3, 10) for _ in range(2)]
             cache = dd.cache_manager.register_blocks_cache(
-                sim.CacheDesc(2, [3, 10], sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors],
+                sim.CacheDesc(2, [3, 10], sim.DataType.DT_FLOAT),
+                [t.data_ptr() for t in tensors],
                 sim.BlocksCacheKey(0, 0),
             )
             ctx.barrier("register end")
@@ -124,8 +131,14 @@ def test_parse_fault_accepts(text, kind, api, role):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("boom", r"invalid KVTEST_SIM_FAULT kind 'boom' in 'boom'; accepted: <kind>\[@<api>\]\[:<role><rank>\]"),
-        ("flip@link", r"invalid KVTEST_SIM_FAULT api 'link' for flip in 'flip@link'; accepted apis: pull_cache"),
+        (
+            "boom",
+            r"invalid KVTEST_SIM_FAULT kind 'boom' in 'boom'; accepted: <kind>\[@<api>\]\[:<role><rank>\]",
+        ),
+        (
+            "flip@link",
+            r"invalid KVTEST_SIM_FAULT api 'link' for flip in 'flip@link'; accepted apis: pull_cache",
+        ),
         ("flip:d", r"invalid KVTEST_SIM_FAULT value 'flip:d'; accepted: "),
         ("", r"invalid KVTEST_SIM_FAULT value ''"),
         ("stall@pull_blocks:d0:x", r"invalid KVTEST_SIM_FAULT value 'stall@pull_blocks:d0:x'"),

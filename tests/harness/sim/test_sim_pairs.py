@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-SCENARIOS = ["pull_cache", "pull_blocks", "cache_to_blocks", "push_blocks", "push_cache", "switch_role",
-             "transfer_cache_async", "hixl"]
+SCENARIOS = [
+    "pull_cache",
+    "pull_blocks",
+    "cache_to_blocks",
+    "push_blocks",
+    "push_cache",
+    "switch_role",
+    "transfer_cache_async",
+    "hixl",
+]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
