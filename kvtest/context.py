@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from kvtest.metrics import TransferLog
 from kvtest.rendezvous import PeerFailed, RunStore, keys
 from kvtest.topology import Topology, parse_role_name
 
@@ -38,6 +39,10 @@ class TestScope:
         self.prefix = keys.test(seq)
         self.current_step = "setup"
         self._generations: dict[str, int] = {}
+        #: the test's seed, the same on every role (see kvtest.fixtures.test_seed)
+        self.seed = 0
+        #: the transfers this role timed in this test
+        self.metrics = TransferLog(role=me)
 
     @property
     def role(self) -> str:

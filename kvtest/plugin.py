@@ -14,6 +14,7 @@ import pytest
 
 from kvtest.backends.protocol import Backend, BackendUnavailable
 from kvtest.context import TestScope
+from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are found by name in the plugin)
 from kvtest.session import KV_FIXTURE, KV_ITEM, FollowerSession, LeaderSession
 from kvtest.settings import OPTIONS, PRECEDENCE, Settings, parse_timeout, resolve
 from kvtest.topology import Topology, parse_topology
@@ -23,8 +24,6 @@ __all__ = ["SETTINGS", "marker_settings", "settings_of"]
 SETTINGS = pytest.StashKey[Settings]()
 BACKEND = pytest.StashKey[tuple[Backend, str]]()
 SESSION = pytest.StashKey[Union[LeaderSession, FollowerSession]]()
-OUTCOMES = pytest.StashKey[dict[str, list[Any]]]()
-TRANSFERS = pytest.StashKey[list[dict[str, Any]]]()
 
 MARKER_HELP = (
     "kv(topology='1p1d', timeout=SECONDS): a test run by several roles (p and d processes) together; "
@@ -164,6 +163,17 @@ def kv(request: pytest.FixtureRequest) -> TestScope:
     return scope
 
 
+BODY_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    rep = yield
+    if rep.when == "call" and rep.failed:
+        item.stash[BODY_FAILED] = True
+    return rep
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     settings = config.stash.get(SETTINGS, None)
     if settings is None:
@@ -230,11 +240,3 @@ def child_arguments(config: pytest.Config, settings: Settings) -> list[str]:
         text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
         out += [by_dest[dest].flag, text]
     return out + [str(a) for a in config.args]
-
-
-def item_transfers(item: pytest.Item, role: str) -> list[dict[str, Any]]:
-    return [{**record, "role": role} for record in item.stash.get(TRANSFERS, [])]
-
-
-def record_outcome(item: pytest.Item, phase: str, results: list[Any]) -> None:
-    item.stash.setdefault(OUTCOMES, {})[phase] = results

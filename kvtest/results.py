@@ -99,9 +99,10 @@ class ResultsWriter:
     test leaves a valid file naming the run and its fingerprint.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, run_id: str,
+    def __init__(self, path: str | os.PathLike[str] | None, *, run_id: str,
                  fingerprint: Mapping[str, str]) -> None:
-        self.path = Path(path)
+        """``path=None`` keeps the results in memory only (for the terminal summary)."""
+        self.path = Path(path) if path is not None else None
         self._doc: dict[str, Any] = {
             "kvtest_results": SCHEMA_VERSION,
             "kvtest_version": __version__,
@@ -141,6 +142,8 @@ class ResultsWriter:
         return entry
 
     def _write(self) -> None:
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self._doc, indent=2, allow_nan=False) + "\n"
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from kvtest.context import TestScope
+from kvtest.fixtures import test_seed
 from kvtest.launcher import LocalCluster
+from kvtest.recording import RunRecorder, transfer_properties
 from kvtest.rendezvous import (
     Heartbeat,
     PeerDead,
@@ -34,6 +36,7 @@ from kvtest.rendezvous import (
     open_store,
     reconnect,
 )
+from kvtest.report import summary_lines
 from kvtest.schedule import IDLE_LIMIT, Handshake, Hello, MergedRepr, RoleResult, merge_results
 from kvtest.settings import OPTIONS, Rendezvous, Settings
 from kvtest.topology import Topology
@@ -118,6 +121,7 @@ class _Base:
         scope = TestScope(
             self.store, seq, self.me, roles, self.topology, item_timeout(item, self.settings.timeout)
         )
+        scope.seed = test_seed(self.settings.seed, item.nodeid)
         self.scope = scope
         self._scope_seq = seq
         if self.store.watch is not None:
@@ -135,7 +139,7 @@ class _Base:
         if secondary and call.excinfo is not None:
             message = str(call.excinfo.value)
         step = self.scope.current_step if self.scope is not None else rep.when
-        from kvtest.plugin import item_transfers
+        records = self.scope.metrics.records if self.scope is not None else []
 
         return RoleResult(
             self.me,
@@ -145,7 +149,7 @@ class _Base:
             details,
             secondary=secondary,
             duration=rep.duration,
-            transfers=tuple(item_transfers(item, self.me)),
+            transfers=tuple(dict(r.to_json()) for r in records),
         )
 
     def _abort_on_failure(self, rep: pytest.TestReport, result: RoleResult) -> None:
@@ -168,6 +172,7 @@ class LeaderSession(_Base):
         self.dead: dict[str, str] = {}
         self.run_id = ""
         self.byes: dict[str, Any] = {}
+        self.recorder = RunRecorder(settings.results)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
@@ -296,17 +301,34 @@ class LeaderSession(_Base):
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         rep = yield
-        if self.scope is None or item.nodeid not in self.kv_items:
-            return rep
         own = self._own_result(item, rep, call)
-        self._abort_on_failure(rep, own)
-        if call.excinfo is not None and isinstance(call.excinfo.value, PeerDead):
-            self.dead.setdefault(call.excinfo.value.role, str(call.excinfo.value))
-        if rep.when == "call" or (rep.when == "setup" and not rep.passed):
-            self._merge(item, rep, "call", own)
-        elif rep.when == "teardown":
-            self._merge(item, rep, "teardown", own)
+        results = [own]
+        if self.scope is not None and item.nodeid in self.kv_items:
+            self._abort_on_failure(rep, own)
+            if call.excinfo is not None and isinstance(call.excinfo.value, PeerDead):
+                self.dead.setdefault(call.excinfo.value.role, str(call.excinfo.value))
+            if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+                results = self._merge(item, rep, "call", own)
+                props = transfer_properties(results)
+                rep.user_properties.extend(props)
+                item.user_properties.extend(props)
+            elif rep.when == "teardown":
+                results = self._merge(item, rep, "teardown", own)
+        self._record(item.nodeid, rep, results)
         return rep
+
+    def _record(self, nodeid: str, rep: pytest.TestReport, results: list[RoleResult]) -> None:
+        if self.recorder.writer is None:
+            from kvtest.fingerprint import fingerprint
+
+            run_id = self.run_id or time.strftime("local-%Y%m%d-%H%M%S")
+            self.recorder.open(
+                run_id,
+                fingerprint(
+                    self.backend_name or self.settings.backend, list(self.settings.device_ids) or None
+                ),
+            )
+        self.recorder.report(nodeid, rep, results)
 
     def _gather(self, phase: str) -> list[RoleResult]:
         assert self.scope is not None and self.store is not None
@@ -333,11 +355,17 @@ class LeaderSession(_Base):
                 results.append(RoleResult(role, "failed", scope.peer_step(role) or "?", str(exc)))
         return results
 
-    def _merge(self, item: pytest.Item, rep: pytest.TestReport, phase: str, own: RoleResult) -> None:
+    def _merge(
+        self, item: pytest.Item, rep: pytest.TestReport, phase: str, own: RoleResult
+    ) -> list[RoleResult]:
+        """Fold the peers' outcomes of ``phase`` into ``rep``; return every role's result."""
         peers = self._gather(phase)
-        from kvtest.plugin import record_outcome
+        self._fold(item, rep, own, peers)
+        return [own, *peers]
 
-        record_outcome(item, phase, [own, *peers])
+    def _fold(
+        self, item: pytest.Item, rep: pytest.TestReport, own: RoleResult, peers: list[RoleResult]
+    ) -> None:
         text = merge_results(peers)
         if text is None:
             if rep.passed and any(p.outcome == "skipped" for p in peers):
@@ -381,6 +409,14 @@ class LeaderSession(_Base):
             self.heartbeat.stop()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        writer = self.recorder.writer
+        if writer is not None and self.kv_items:
+            terminalreporter.write_sep("-", "kvtest: every role, bytes and GB/s")
+            tests = {k: v for k, v in writer.tests.items() if k in self.kv_items}
+            for line in summary_lines(tests):
+                terminalreporter.write_line(line)
+            if writer.path is not None:
+                terminalreporter.write_line(f"kvtest: results written to {writer.path}")
         if self.cluster is None:
             return
         codes = ", ".join(f"{r}: exit {c}" for r, c in self.cluster.returncodes().items())

@@ -1,0 +1,86 @@
+"""p0's record of the run: each test's outcome on every role, its transfers, JUnit properties.
+
+The results file (``--kv-results``) is rewritten after every test, so a run that dies keeps every
+test that finished before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvtest.metrics import TransferRecord, summarize
+from kvtest.results import ResultsWriter, RoleEntry, role_entry
+from kvtest.schedule import RoleResult
+
+__all__ = ["RunRecorder", "transfer_properties"]
+
+_RANK = {"passed": 0, "skipped": 1, "failed": 2}
+
+
+def transfer_properties(results: Iterable[RoleResult]) -> list[tuple[str, object]]:
+    """``kv.<role>.<api>.gbps`` and friends for every role's timed transfers."""
+    props: list[tuple[str, object]] = []
+    for result in results:
+        records = [TransferRecord.from_json(t) for t in result.transfers]
+        for api, s in summarize(records).items():
+            base = f"kv.{result.role}.{api}"
+            props += [(f"{base}.bytes", s["bytes"]), (f"{base}.gbps", round(s["gbps"], 4))]
+            if s.get("p50_ms") is not None:
+                props += [(f"{base}.p50_ms", s["p50_ms"]), (f"{base}.p99_ms", s["p99_ms"])]
+    return props
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.outcome: str | None = None
+        self.roles: dict[str, RoleEntry] = {}
+        self.transfers: list[dict[str, Any]] = []
+
+
+class RunRecorder:
+    """Collects each test's phases and writes one entry when its teardown is reported."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.writer: ResultsWriter | None = None
+        self._pending: dict[str, _Pending] = {}
+
+    def open(self, run_id: str, fingerprint: dict[str, str]) -> None:
+        if self.writer is None:
+            self.writer = ResultsWriter(self.path, run_id=run_id, fingerprint=fingerprint)
+
+    def report(self, nodeid: str, rep: pytest.TestReport, results: Sequence[RoleResult]) -> None:
+        pending = self._pending.setdefault(nodeid, _Pending())
+        if rep.when == "setup" and not rep.passed:
+            pending.outcome = "error" if rep.failed else "skipped"
+        elif rep.when == "call":
+            pending.outcome = rep.outcome
+        elif rep.when == "teardown" and rep.failed and pending.outcome in (None, "passed"):
+            pending.outcome = "error"
+        for result in results:
+            self._merge_role(pending, result)
+            if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+                pending.transfers += [{**t, "role": t.get("role") or result.role} for t in result.transfers]
+        if rep.when == "teardown":
+            del self._pending[nodeid]
+            if self.writer is not None:
+                self.writer.add(nodeid, pending.outcome or "passed", pending.roles, pending.transfers)
+
+    @staticmethod
+    def _merge_role(pending: _Pending, result: RoleResult) -> None:
+        old = pending.roles.get(result.role)
+        duration = result.duration + (old["duration_s"] if old else 0.0)
+        if old is None or _RANK.get(result.outcome, 2) > _RANK.get(old["outcome"], 2):
+            failed = result.outcome != "passed"
+            pending.roles[result.role] = role_entry(
+                result.outcome,
+                step=result.step if failed else None,
+                message=result.message if failed else None,
+                duration_s=duration,
+            )
+        else:
+            old["duration_s"] = duration
