@@ -7,6 +7,7 @@ the way a real peer publishes them, so even single-process tests move bytes thro
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -25,9 +26,16 @@ RANK_TABLE = json.dumps({"version": "1.2", "server_count": "1", "server_list": [
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A bindable port below the ephemeral range, so outgoing connections cannot take it meanwhile."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def port_open(port: int) -> bool:
