@@ -190,6 +190,7 @@ class Node:
         tensors_per_layer: int = 2,
     ) -> None:
         """Byte-for-byte: raise :class:`kvtest.patterns.KVMismatch` naming tensor, layer and block."""
+        self.kv.step(f"check {name}")
         patterns.check_all(
             list(expected),
             self.host(actual),

@@ -1,0 +1,73 @@
+"""push_blocks_sample: one-sided link, d pushes blocks of its blocks cache into p's.
+
+p (cluster 0) listens and registers its blocks cache under BlocksCacheKey(0, 0); d (cluster 1)
+registers its own under BlocksCacheKey(1, 0), links to p, pushes src blocks into p's dst blocks,
+then both unlink (forced, each side) and unregister. Afterwards p's dst blocks hold d's src blocks,
+every other block of p is as before, and d's cache is unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvtest.cases import BlocksCase
+from kvtest.patterns import with_rows
+
+P, D = 0, 1
+
+CASES = {
+    "smoke": [
+        BlocksCase("fp32", 2, 3, 10, (0, 1), (0, 2)),  # the sample's own: [3,10] fp32, K and V
+        BlocksCase("fp16", 4, 8, 1024, (0, 1, 5), (7, 2, 3)),
+        BlocksCase("bf16", 2, 4, 256, (3,), (0,)),
+        BlocksCase("int8", 2, 16, 4096, tuple(range(8)), tuple(range(8, 16))),
+    ],
+    "nightly": [
+        BlocksCase("fp16", 40, 32, 512 * 1024, tuple(range(0, 32, 2)), tuple(range(1, 32, 2)), "1MiB-blocks")
+    ],
+    "stress": [BlocksCase("bf16", 80, 256, 64 * 1024, tuple(range(256)), tuple(reversed(range(256))), "GiB")],
+}
+
+
+@pytest.mark.kv(topology="1p1d")
+def test_push_blocks(kv, datadist, case: BlocksCase):
+    if kv.role == "p":
+        node = datadist(P, listen=True, local_comm_res="")
+        api = node.api
+        desc = api.CacheDesc(
+            case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
+        )
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        cache = node.register_blocks_cache(desc, tensors, api.BlocksCacheKey(P, 0))
+        kv.barrier("register end")
+        kv.barrier("push end")
+        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        expected = [with_rows(b, s, src_rows=case.src, dst_rows=case.dst) for b, s in zip(before, pushed)]
+        node.check(expected, tensors, name="cache after push_blocks")
+        node.unlink_clusters(["d0"], force=True)
+        node.unregister(cache)
+        node.finalize()
+    else:
+        node = datadist(D, listen=True, local_comm_res="")
+        api = node.api
+        desc = api.CacheDesc(
+            case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
+        )
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        cache = node.register_blocks_cache(desc, tensors, api.BlocksCacheKey(D, 0))
+        kv.barrier("register end")
+        node.must_link_clusters(["p0"])
+        with node.measure("push_blocks", case.moved_bytes):
+            node.cm.push_blocks(
+                api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src), dst_blocks=list(case.dst)
+            )
+        kv.barrier("push end")
+        node.check(
+            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d"),
+            tensors,
+            name="source cache after push_blocks",
+        )
+        node.unlink_clusters(["p0"], force=True)
+        node.unregister(cache)
+        node.finalize()
