@@ -11,6 +11,7 @@ whatever the outcome.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import time
 import zlib
@@ -62,10 +63,18 @@ def _host_ip(settings: Settings) -> str:
 
 
 def _free_port(host: str) -> int:
+    """A port to listen on, below the kernel's ephemeral range so no outgoing connection takes it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000-32000 on {host}")
 
 
 def _device_id(settings: Settings, role: str, backend: Backend) -> int:
