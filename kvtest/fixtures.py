@@ -376,6 +376,51 @@ class Node:
         attempt("finalize()", self.finalize)
         return problems
 
+    # -- switch_role onto a fresh listen port (appended) ----------------------------------------
+
+    def switch_role(self, role: Any, *, listen: bool = False, key: str = "node after switch_role") -> None:
+        """``switch_role(role)`` as the switch_role sample calls it.
+
+        With ``listen`` the process becomes a server on a fresh free port (the options carry
+        ``llm.listenIpInfo``, built with ``LLMConfig`` as the sample does); without it a client whose
+        listen port closes. ``node.listen`` follows, and the node's addresses are re-published under
+        ``key`` (what it published under ``"node"`` at init stays as it was): peers link to the new address
+        with :meth:`link_clusters_to`.
+        """
+        options = None
+        address = None
+        if listen:
+            address = f"{self.host_ip}:{_free_port(self.host_ip)}"
+            config = self.api.LLMConfig()
+            config.listen_ip_info = address
+            options = config.generate_options()
+        self.kv.step("switch_role")
+        self.dd.switch_role(role, options)
+        self.listen = address
+        self.kv.publish(key, {**self._own_info(), "listen": self.listen})
+
+    def link_clusters_to(
+        self, roles: Sequence[str], *, key: str = "node after switch_role", timeout_ms: int = 5000
+    ) -> tuple[Any, list[Any]]:
+        """:meth:`link_clusters` to the addresses ``roles`` re-published under ``key``."""
+        clusters = []
+        for role in roles:
+            peer = self.kv.fetch(role, key)
+            if not peer["listen"]:
+                raise RuntimeError(f"{role} does not listen after switch_role")
+            host, port = peer["listen"].rsplit(":", 1)
+            info = self.api.LLMClusterInfo()
+            info.remote_cluster_id = peer["cluster_id"]
+            info.append_local_ip_info(self.host_ip, int(self.listen.rsplit(":", 1)[1]) if self.listen else 0)
+            info.append_remote_ip_info(host, int(port))
+            clusters.append(info)
+        self.kv.step("link_clusters")
+        ret, codes = self.dd.link_clusters(clusters, timeout_ms)
+        for info, code in zip(clusters, codes):
+            if code == self.api.LLMStatusCode.LLM_SUCCESS:
+                self.clusters[info.remote_cluster_id] = info
+        return ret, list(codes)
+
 
 def test_seed(run_seed: int, nodeid: str) -> int:  # not a test: see __test__ below
     """The per-test seed, the same on every role: the run seed mixed with the test id."""
