@@ -71,3 +71,113 @@ class BlocksCase:
         src, dst = ",".join(map(str, self.src)), ",".join(map(str, self.dst))
         size = f"-{self.label}" if self.label else ""
         return f"{self.dtype}-blocks({src})->({dst}){size}"
+
+
+@dataclass(frozen=True)
+class CacheCase:
+    """``num_tensors`` tensors of ``batch`` slots of ``row`` elements (a non-blocks cache, batch dim 0);
+    move slot ``src_batch`` of the source into slot ``dst_batch`` of the destination."""
+
+    dtype: str
+    num_tensors: int
+    batch: int
+    row: int
+    src_batch: int
+    dst_batch: int
+    label: str = ""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def shape(self) -> list[int]:
+        return [self.batch, self.row]
+
+    @property
+    def slot_bytes(self) -> int:
+        return self.row * self.torch_dtype.itemsize
+
+    @property
+    def moved_bytes(self) -> int:
+        return self.slot_bytes * self.num_tensors
+
+    def __str__(self) -> str:
+        size = f"-{self.label}" if self.label else ""
+        return f"{self.dtype}-{self.num_tensors}x{self.batch}x{self.row}-slot{self.src_batch}->{self.dst_batch}{size}"
+
+
+@dataclass(frozen=True)
+class LayersCase:
+    """A blocks cache of ``num_tensors`` tensors (``tensors_per_layer`` per layer) of ``blocks`` rows of
+    ``row`` elements; send source layers ``src_layers`` (start, stop) to ``dst_layers``.
+
+    ``src``/``dst`` are block lists where a flow also moves blocks (empty: every block, in place).
+    ``refuse_layer``: a layer the LayerSynchronizer refuses (returns False for), if any.
+    """
+
+    dtype: str
+    num_tensors: int
+    blocks: int
+    row: int
+    src_layers: tuple[int, int]
+    dst_layers: tuple[int, int]
+    tensors_per_layer: int = 2
+    src: tuple[int, ...] = ()
+    dst: tuple[int, ...] = ()
+    refuse_layer: int | None = None
+    label: str = ""
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def shape(self) -> list[int]:
+        return [self.blocks, self.row]
+
+    @property
+    def layers(self) -> int:
+        return self.num_tensors // self.tensors_per_layer
+
+    @property
+    def src_layer_range(self) -> range:
+        return range(*self.src_layers)
+
+    @property
+    def dst_layer_range(self) -> range:
+        return range(*self.dst_layers)
+
+    @property
+    def block_bytes(self) -> int:
+        return self.row * self.torch_dtype.itemsize
+
+    @property
+    def moved_bytes(self) -> int:
+        """Bytes the layer-ranged transfer moves (every block of every tensor of the source layers)."""
+        return self.blocks * self.block_bytes * len(self.src_layer_range) * self.tensors_per_layer
+
+    @property
+    def moved_block_bytes(self) -> int:
+        """Bytes a whole-cache transfer of the ``src`` blocks moves."""
+        return len(self.src) * self.block_bytes * self.num_tensors
+
+    def tensor_map(self, layers: Sequence[int] | None = None) -> dict[int, int]:
+        """Destination tensor index -> source tensor index, for the source layers in ``layers``
+        (default: every source layer of the range)."""
+        tpl = self.tensors_per_layer
+        out = {}
+        for s, d in zip(self.src_layer_range, self.dst_layer_range):
+            if layers is None or s in layers:
+                for k in range(tpl):
+                    out[d * tpl + k] = s * tpl + k
+        return out
+
+    def __str__(self) -> str:
+        (a, b), (c, d) = self.src_layers, self.dst_layers
+        text = f"{self.dtype}-L{self.layers}x{self.tensors_per_layer}-{self.blocks}x{self.row}-layers[{a}:{b}]->[{c}:{d}]"
+        if self.src:
+            text += f"-blocks({','.join(map(str, self.src))})->({','.join(map(str, self.dst))})"
+        if self.refuse_layer is not None:
+            text += f"-refuse{self.refuse_layer}"
+        return text + (f"-{self.label}" if self.label else "")
