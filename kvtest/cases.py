@@ -73,6 +73,47 @@ class BlocksCase:
         return f"{self.dtype}-blocks({src})->({dst}){size}"
 
 
+KiB = 1024
+MiB = 1024 * KiB
+SWEEP_BLOCK_BYTES = (4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB)
+SWEEP_COUNTS = (1, 4, 16, 64, 256)
+#: the largest total one sweep point moves, by backend
+SWEEP_CAP = {"sim": 256 * MiB, "npu": 4096 * MiB}
+
+
+def size_text(nbytes: int) -> str:
+    for unit, size in (("GiB", 1024 * MiB), ("MiB", MiB), ("KiB", KiB)):
+        if nbytes >= size and nbytes % size == 0:
+            return f"{nbytes // size}{unit}"
+    return f"{nbytes}B"
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One point of the bandwidth sweep: ``count`` blocks of ``block_bytes`` through ``api``."""
+
+    api: str  # "pull_blocks" or "push_blocks"
+    block_bytes: int
+    count: int
+
+    @property
+    def total(self) -> int:
+        return self.block_bytes * self.count
+
+    def __str__(self) -> str:
+        return f"{self.api}-{size_text(self.block_bytes)}x{self.count}"
+
+
+def sweep_points(cap: int) -> list[SweepPoint]:
+    return [
+        SweepPoint(api, size, count)
+        for api in ("pull_blocks", "push_blocks")
+        for size in SWEEP_BLOCK_BYTES
+        for count in SWEEP_COUNTS
+        if size * count <= cap
+    ]
+
+
 @dataclass(frozen=True)
 class CacheCase:
     """``num_tensors`` tensors of ``batch`` slots of ``row`` elements (a non-blocks cache, batch dim 0);

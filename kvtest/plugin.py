@@ -200,6 +200,8 @@ _PASS_WITH_VALUE = {
     "--import-mode",
     "-W",
     "--pythonwarnings",
+    "-m",
+    "-k",
 }
 _PASS_FLAGS = {"--noconftest", "-v", "--verbose", "-q", "--quiet"}
 _CHILD_SETTINGS = (

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+from kvtest.metrics import ApiSummary
 from kvtest.results import TestEntry
 
-__all__ = ["format_bytes", "role_text", "summary_lines"]
+__all__ = ["format_bytes", "role_text", "summary_lines", "sweep_table"]
 
 
 def format_bytes(n: int) -> str:
@@ -44,4 +45,20 @@ def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
             transfer = "no transfers timed"
         parts = [entry["outcome"].upper().ljust(width), nodeid, roles or "no roles", transfer]
         lines.append("  ".join(parts))
+    return lines
+
+
+def sweep_table(rows: Sequence[tuple[str, int, int, ApiSummary]]) -> list[str]:
+    """A bandwidth-sweep table in the style of nixlbench: (api, block bytes, count, summary) rows."""
+    head = (
+        f"{'api':<12} {'block size':>10} {'count':>6} {'total':>10} {'GB/s':>8} {'p50 ms':>9} {'p99 ms':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for api, block, count, s in rows:
+        p50 = f"{s['p50_ms']:.3f}" if s.get("p50_ms") is not None else "-"
+        p99 = f"{s['p99_ms']:.3f}" if s.get("p99_ms") is not None else "-"
+        lines.append(
+            f"{api:<12} {format_bytes(block):>10} {count:>6} {format_bytes(block * count):>10} "
+            f"{s['gbps']:>8.2f} {p50:>9} {p99:>9}"
+        )
     return lines

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from kvtest.cases import SweepPoint
 from kvtest.context import TestScope
 from kvtest.fixtures import test_seed
 from kvtest.launcher import LocalCluster
@@ -36,7 +37,7 @@ from kvtest.rendezvous import (
     open_store,
     reconnect,
 )
-from kvtest.report import summary_lines
+from kvtest.report import summary_lines, sweep_table
 from kvtest.schedule import IDLE_LIMIT, Handshake, Hello, MergedRepr, RoleResult, merge_results
 from kvtest.settings import OPTIONS, Rendezvous, Settings
 from kvtest.topology import Topology
@@ -408,6 +409,17 @@ class LeaderSession(_Base):
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
+    def _sweep_summary(self, terminalreporter: Any, tests: dict[str, Any]) -> None:
+        rows = []
+        for nodeid, entry in tests.items():
+            point = getattr(getattr(self.kv_items[nodeid], "callspec", None), "params", {}).get("point")
+            if isinstance(point, SweepPoint) and point.api in entry["summary"]:
+                rows.append((point.api, point.block_bytes, point.count, entry["summary"][point.api]))
+        if rows:
+            terminalreporter.write_sep("-", "kvtest: bandwidth sweep")
+            for line in sweep_table(rows):
+                terminalreporter.write_line(line)
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         writer = self.recorder.writer
         if writer is not None and self.kv_items:
@@ -415,6 +427,7 @@ class LeaderSession(_Base):
             tests = {k: v for k, v in writer.tests.items() if k in self.kv_items}
             for line in summary_lines(tests):
                 terminalreporter.write_line(line)
+            self._sweep_summary(terminalreporter, tests)
             if writer.path is not None:
                 terminalreporter.write_line(f"kvtest: results written to {writer.path}")
         if self.cluster is None:
@@ -430,6 +443,7 @@ class FollowerSession(_Base):
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
         super().__init__(config, settings)
         self.by_id: dict[str, pytest.Item] = {}
+        self.ran_any = False
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -515,6 +529,7 @@ class FollowerSession(_Base):
             self.store.set(keys.result(seq, "teardown", self.me), RoleResult(self.me, "passed").to_json())
             return
         next_id = announced["next"].get(self.me)
+        self.ran_any = True
         self.new_scope(seq, item, announced["roles"])
         try:
             item.ihook.pytest_runtest_protocol(
@@ -540,6 +555,12 @@ class FollowerSession(_Base):
             except RendezvousError:
                 pass
         return rep
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # The follower's own -m/-k may deselect what p0 announced; it ran p0's tests all the same.
+        if self.ran_any and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED if session.testsfailed else pytest.ExitCode.OK
 
     def _leave(self, failed: int) -> None:
         if self.store is not None:
