@@ -82,7 +82,11 @@ def _device_id(settings: Settings, role: str, backend: Backend) -> int:
     if chosen is not None:
         return chosen
     if backend.name == "sim":
-        return 0
+        # Each role its own emulated device, as a one-host rank table (two-sided link) requires.
+        from kvtest.topology import parse_role_name
+
+        side, rank = parse_role_name(role)
+        return 2 * rank + (side != "p")
     from kvtest.devices import visible_devices
     from kvtest.devpool import DevicePool
 

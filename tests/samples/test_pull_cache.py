@@ -1,0 +1,181 @@
+"""pull_cache_sample: two-sided link, pool-allocated caches, d pulls p's keyed batch slots.
+
+p (cluster 1) and d (cluster 2) both init with a memory pool and ``link``. p allocates a cache whose
+batch slot *i* is keyed ``CacheKey(1, req_id=i, 0)`` and fills its pool memory with the seeded
+pattern; d allocates a cache without keys (filled with its own pattern, so untouched slots are
+checked too) and pulls p's slots into its own batch indices, optionally only some layers. A
+successful pull releases the key: pulling it again is ``LLM_KV_CACHE_NOT_EXIST``. Then both unlink,
+p removes its keys (no-ops for the pulled ones) and both deallocate and finalize.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from kvtest import patterns
+from kvtest.cases import DTYPES
+
+P, D = 1, 2
+MIB = 1 << 20
+SAMPLE_POOL = 64 * MIB  # the sample's mem_pool_cfg
+
+
+@dataclass(frozen=True)
+class PullCacheCase:
+    """``num_tensors`` tensors of ``batch`` slots of ``row`` elements; d pulls (p slot, d batch_index).
+
+    ``layers`` = ((src start, src stop), (dst start, dst stop)) passes src/dst_layer_range
+    (``tensor_num_per_layer`` 2); ``None`` pulls every tensor.
+    """
+
+    dtype: str
+    num_tensors: int
+    batch: int
+    row: int
+    pulls: tuple[tuple[int, int], ...]
+    layers: tuple[tuple[int, int], tuple[int, int]] | None = None
+    label: str = ""
+
+    tensors_per_layer = 2
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def shape(self) -> list[int]:
+        return [self.batch, self.row]
+
+    @property
+    def slot_bytes(self) -> int:
+        return self.row * self.torch_dtype.itemsize
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """(p tensor, d tensor) moved by each pull."""
+        if self.layers is None:
+            return [(t, t) for t in range(self.num_tensors)]
+        (s0, s1), (d0, _) = self.layers
+        tpl = self.tensors_per_layer
+        return [((s0 + i) * tpl + k, (d0 + i) * tpl + k) for i in range(s1 - s0) for k in range(tpl)]
+
+    @property
+    def pull_bytes(self) -> int:
+        return self.slot_bytes * len(self.pairs)
+
+    @property
+    def pool(self) -> int:
+        """The sample's 64 MiB, or enough for the cache plus allocator slack."""
+        need = self.num_tensors * (self.batch * self.slot_bytes + 4096)
+        return max(SAMPLE_POOL, need + need // 8 + MIB)
+
+    def layer_kwargs(self) -> dict[str, range]:
+        if self.layers is None:
+            return {}
+        (s0, s1), (d0, d1) = self.layers
+        return {"src_layer_range": range(s0, s1), "dst_layer_range": range(d0, d1)}
+
+    def __str__(self) -> str:
+        if all(s == d for s, d in self.pulls):
+            slots = ",".join(str(s) for s, _ in self.pulls)
+        else:
+            slots = ",".join(f"{s}->{d}" for s, d in self.pulls)
+        text = f"{self.dtype}-slots({slots})"
+        if self.layers is not None:
+            (s0, s1), (d0, d1) = self.layers
+            text += f"-layers({s0}:{s1}->{d0}:{d1})"
+        return text + (f"-{self.label}" if self.label else "")
+
+
+CASES = {
+    "smoke": [
+        PullCacheCase("fp16", 4, 2, 16384, ((0, 0), (1, 1))),  # the sample's own: 4 x [2,16384] fp16
+        PullCacheCase("fp16", 4, 2, 16384, ((1, 1), (0, 0))),  # the other order
+        PullCacheCase("bf16", 2, 4, 1024, ((2, 0), (0, 3))),  # slots land at other batch indices
+        PullCacheCase("fp32", 6, 3, 256, ((1, 1),)),  # one slot; two keys never pulled, removed
+        PullCacheCase("int8", 4, 2, 4096, ((0, 0), (1, 1)), ((0, 1), (1, 2))),  # layer 0 -> layer 1
+    ],
+    "nightly": [
+        PullCacheCase("fp16", 64, 4, 1 << 20, ((0, 0), (3, 1), (1, 3)), label="2MiB-slots"),
+        PullCacheCase("bf16", 80, 2, 1 << 19, ((1, 0),), ((0, 20), (20, 40)), label="1MiB-slots"),
+    ],
+    "stress": [
+        PullCacheCase("bf16", 160, 8, 1 << 22, tuple((i, 7 - i) for i in range(8)), label="GiB"),
+    ],
+}
+
+
+def pool_tensors(node, cache, case: PullCacheCase, side: str) -> list[torch.Tensor]:
+    """Views of ``cache``'s pool memory (create_npu_tensors on npu), filled with ``side``'s pattern."""
+    views = node.backend.tensors_at(case.shape, case.torch_dtype, cache.tensor_addrs)
+    for i, view in enumerate(views):
+        patterns.fill(view, seed=node.kv.seed, tensor_index=i, side=side)
+    return views
+
+
+def expected_after_pulls(node, case: PullCacheCase) -> list[torch.Tensor]:
+    """d's cache after the pulls: p's slot rows in the pulled d tensors' batch indices, the rest d's."""
+    before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
+    source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+    expected = [t.clone() for t in before]
+    for src_tensor, dst_tensor in case.pairs:
+        for slot, index in case.pulls:
+            expected[dst_tensor][index].copy_(source[src_tensor][slot])
+    return expected
+
+
+@pytest.mark.kv(topology="1p1d")
+def test_pull_cache(kv, datadist, case: PullCacheCase):
+    if kv.role == "p":
+        node = datadist(P, mem_pool=case.pool)
+        api = node.api
+        comm_id = node.link(["d0"])
+        desc = api.CacheDesc(
+            case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
+        )
+        keys = [api.CacheKey(P, slot, 0) for slot in range(case.batch)]
+        cache = node.allocate_cache(desc, keys)
+        views = pool_tensors(node, cache, case, side="p")
+        kv.barrier("cache ready")
+        kv.barrier("decoder pull end")
+        node.check(
+            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p"),
+            views,
+            name="source cache after pull_cache",
+        )
+        node.unlink(comm_id)
+        kv.barrier("peer unlink end")
+        for key in keys:
+            node.cm.remove_cache_key(key)
+        node.deallocate(cache)
+        node.finalize()
+    else:
+        node = datadist(D, mem_pool=case.pool)
+        api = node.api
+        comm_id = node.link(["p0"])
+        desc = api.CacheDesc(
+            case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
+        )
+        cache = node.allocate_cache(desc)
+        views = pool_tensors(node, cache, case, side="d")
+        kv.barrier("cache ready")
+        for slot, index in case.pulls:
+            with node.measure("pull_cache", case.pull_bytes):
+                node.cm.pull_cache(api.CacheKey(P, slot, 0), cache, batch_index=index, **case.layer_kwargs())
+        node.check(expected_after_pulls(node, case), views, name="cache after pull_cache")
+        kv.step("pull_cache again")
+        slot, index = case.pulls[0]
+        message = "[pull_cache] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST"
+        with pytest.raises(api.LLMException, match=re.escape(message)) as raised:
+            node.cm.pull_cache(api.CacheKey(P, slot, 0), cache, batch_index=index, **case.layer_kwargs())
+        assert raised.value.status_code == api.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        node.check(expected_after_pulls(node, case), views, name="cache after a refused pull_cache")
+        kv.barrier("decoder pull end")
+        node.unlink(comm_id)
+        kv.barrier("peer unlink end")
+        node.deallocate(cache)
+        node.finalize()
