@@ -796,6 +796,9 @@ class CacheManager:
         for s_addr, d_addr in zip(src.tensor_addrs, dst.tensor_addrs):
             for s, d in src_to_dst.items():
                 ctypes.memmove(d_addr + d * n, s_addr + s * n, n)
+        if src_to_dst and n and self._dd._fault_active("flip", "swap_blocks"):
+            cell = ctypes.c_uint8.from_address(dst.tensor_addrs[0] + next(iter(src_to_dst.values())) * n)
+            cell.value ^= 0xFF
 
     def copy_cache(
         self,

@@ -1,6 +1,7 @@
 """Fault injection from ``KVTEST_SIM_FAULT=<kind>[@<api>][:<role><rank>]`` (e.g. ``flip@pull_blocks:d0``).
 
-- ``flip``: one byte of the transferred data ends up wrong on the receiving side.
+- ``flip``: one byte of the transferred data ends up wrong on the receiving side (``@swap_blocks``
+  too: the first destination block of the first tensor, only when named).
 - ``stall``: the transfer never completes; the call fails with LLM_TIMEOUT after sync_kv_timeout.
 - ``linkfail``: link attempts fail (LLM_LINK_FAILED per cluster, or raised by two-sided ``link``).
 - ``crash``: the process writes one line to stderr and exits with status 70 when it reaches the api.
@@ -34,7 +35,7 @@ OTHER_APIS = (
     "finalize",
 )
 KIND_APIS: dict[str, tuple[str, ...]] = {
-    "flip": TRANSFER_APIS,
+    "flip": TRANSFER_APIS + ("swap_blocks",),
     "stall": TRANSFER_APIS,
     "linkfail": LINK_APIS,
     "crash": TRANSFER_APIS + LINK_APIS + OTHER_APIS,
