@@ -1,0 +1,122 @@
+"""transfer_cache_async_sample: p pushes its blocks cache layer by layer, asynchronously, into d's.
+
+Listen ports are swapped compared with the other samples: d (cluster 1) is the server p links to.
+Both enable the cache manager and remote-cache access explicitly (no local_comm_res). p registers
+under BlocksCacheKey(0, 0), d under BlocksCacheKey(1, 0); p links to d and calls
+``transfer_cache_async(cache, LayerSynchronizer, [TransferWithCacheKeyConfig(BlocksCacheKey(1, 0),
+src layers, dst layers)])``, then ``synchronize()`` and ``get_results()``. Unlike the sample, the
+results are asserted: all LLM_SUCCESS, or LLM_PARAM_INVALID for the config whose layer the
+synchronizer refused (documented). d then holds p's source layers in its destination layers (every
+block), its other layers unchanged. Both unlink forced, unregister and finalize.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvtest.cases import LayersCase
+
+P, D = 0, 1
+
+CASES = {
+    "smoke": [
+        LayersCase("fp32", 2, 3, 10, (0, 1), (0, 1)),  # the sample's own: [3,10] fp32, 1 layer of K and V
+        LayersCase("fp16", 8, 4, 512, (0, 4), (0, 4)),
+        LayersCase("bf16", 12, 5, 256, (1, 4), (2, 5), label="partial"),
+        LayersCase("int8", 6, 8, 1024, (0, 3), (0, 3), refuse_layer=1),
+    ],
+    "nightly": [LayersCase("fp16", 80, 16, 512 * 1024, (0, 40), (0, 40), label="1MiB-blocks")],
+    "stress": [LayersCase("bf16", 320, 64, 32 * 1024, (0, 160), (0, 160), label="GiB")],
+}
+
+
+def _desc(node, case: LayersCase):
+    api = node.api
+    return api.CacheDesc(case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE)
+
+
+def _sent_layers(case: LayersCase) -> list[int]:
+    """Source layers sure to arrive: the whole range, or those before the refused layer."""
+    layers = list(case.src_layer_range)
+    if case.refuse_layer is None:
+        return layers
+    return [layer for layer in layers if layer < case.refuse_layer]
+
+
+def _unsure_tensors(case: LayersCase) -> set[int]:
+    """Destination tensors of source layers at or after a refused one: the API leaves their fate open."""
+    if case.refuse_layer is None:
+        return set()
+    later = [layer for layer in case.src_layer_range if layer >= case.refuse_layer]
+    return set(case.tensor_map(later))
+
+
+@pytest.mark.kv(topology="1p1d")
+def test_transfer_cache_async(kv, datadist, case: LayersCase):
+    if kv.role == "p":
+        node = datadist(P, listen=True, remote_cache_accessible=True)
+        api = node.api
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        cache = node.register_blocks_cache(_desc(node, case), tensors, api.BlocksCacheKey(P, 0))
+        kv.barrier("register end")
+        node.must_link_clusters(["d0"])
+
+        class LayerSynchronizerImpl(api.LayerSynchronizer):
+            def __init__(self) -> None:
+                self.asked: list[int] = []
+
+            def synchronize_layer(self, layer_index: int, timeout_in_millis) -> bool:
+                self.asked.append(layer_index)
+                return layer_index != case.refuse_layer
+
+        synchronizer = LayerSynchronizerImpl()
+        config = api.TransferWithCacheKeyConfig(
+            api.BlocksCacheKey(D, 0), case.src_layer_range, case.dst_layer_range
+        )
+        sent = case.blocks * case.block_bytes * case.tensors_per_layer * len(_sent_layers(case))
+        with node.measure("transfer_cache_async", sent):
+            task = node.cm.transfer_cache_async(cache, synchronizer, [config])
+            status = task.synchronize()
+        results = task.get_results()
+        want = (
+            api.LLMStatusCode.LLM_SUCCESS
+            if case.refuse_layer is None
+            else api.LLMStatusCode.LLM_PARAM_INVALID
+        )
+        assert results == [want], f"transfer_cache_async results {results}, expected [{want}]"
+        assert status == want, f"CacheTask.synchronize() returned {status}, expected {want}"
+        assert synchronizer.asked == sorted(synchronizer.asked), (
+            f"layers asked out of order: {synchronizer.asked}"
+        )
+        missing = set(_sent_layers(case)) - set(synchronizer.asked)
+        assert not missing, f"synchronize_layer never asked for layers {sorted(missing)}"
+        kv.barrier("transfer end")
+        node.check(
+            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p"),
+            tensors,
+            name="source cache after transfer_cache_async",
+        )
+        node.unlink_clusters(["d0"], force=True)
+        node.unregister(cache)
+        node.finalize()
+    else:
+        node = datadist(D, listen=True, remote_cache_accessible=True)
+        api = node.api
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        cache = node.register_blocks_cache(_desc(node, case), tensors, api.BlocksCacheKey(D, 0))
+        kv.barrier("register end")
+        kv.barrier("transfer end")
+        expected = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        for dst_t, src_t in case.tensor_map(_sent_layers(case)).items():
+            expected[dst_t] = pushed[src_t]
+        unsure = _unsure_tensors(case)
+        keep = [i for i in range(case.num_tensors) if i not in unsure]
+        node.check(
+            [expected[i] for i in keep],
+            [tensors[i] for i in keep],
+            name="cache after transfer_cache_async" + (f" (tensors {keep})" if unsure else ""),
+        )
+        node.unlink_clusters(["p0"], force=True)
+        node.unregister(cache)
+        node.finalize()
