@@ -104,7 +104,7 @@ CASES = {
         PullCacheCase("bf16", 80, 2, 1 << 19, ((1, 0),), ((0, 20), (20, 40)), label="1MiB-slots"),
     ],
     "stress": [
-        PullCacheCase("bf16", 160, 8, 1 << 22, tuple((i, 7 - i) for i in range(8)), label="GiB"),
+        PullCacheCase("bf16", 160, 8, 1 << 20, tuple((i, 7 - i) for i in range(8)), label="GiB"),
     ],
 }
 

@@ -69,6 +69,9 @@ class CacheToBlocksCase:
 
     def __str__(self) -> str:
         dst = ",".join(map(str, self.dst))
+        step = self.dst[1] - self.dst[0] if len(self.dst) > 8 else 0
+        if step and all(b - a == step for a, b in zip(self.dst, self.dst[1:])):
+            dst = f"{self.dst[0]},{self.dst[1]},..,{self.dst[-1]}"  # a long progression, shortened
         size = f"-{self.label}" if self.label else ""
         return f"{self.dtype}-slot{self.slot}->blocks({dst}){size}"
 
