@@ -234,9 +234,18 @@ class PeerWatch:
         self._seen: dict[str, tuple[int, float]] = {}
         self.prefix = ""  # the run's key prefix; set by the RunStore that uses this watch
         self._steps: Callable[[str], str | None] = lambda role: None
+        #: each watched peer's step as last read, kept for when the store (and p0 with it) is gone
+        self.last_steps: dict[str, str] = {}
 
     def describe_step_with(self, steps: Callable[[str], str | None]) -> None:
         self._steps = steps
+
+    def note_steps(self, roles: Iterable[str]) -> None:
+        """Remember the step each of ``roles`` has reached (see :attr:`last_steps`)."""
+        for role in roles:
+            step = self._steps(role)
+            if step:
+                self.last_steps[role] = step
 
     def check(self, roles: Iterable[str]) -> None:
         now = time.monotonic()
@@ -249,6 +258,7 @@ class PeerWatch:
             beat = self._store.add(key, 0)
             if beat == 0:  # not started yet: joining has its own deadline
                 continue
+            self.note_steps([role])
             last = self._seen.get(role)
             if last is None or last[0] != beat:
                 self._seen[role] = (beat, now)
@@ -298,8 +308,10 @@ class RunStore:
         try:
             return fn()
         except (dist.DistNetworkError, ConnectionError) as exc:
+            seen = self.watch.last_steps.get("p0") if self.watch is not None else None
+            where = f"; p0 was last seen at step {seen!r}" if seen else ""
             raise RendezvousLost(
-                f"{self.me} lost the rendezvous store (hosted by p0): the leader is gone "
+                f"{self.me} lost the rendezvous store (hosted by p0): the leader is gone{where} "
                 f"({str(exc).splitlines()[0]})"
             ) from None
 
@@ -322,6 +334,8 @@ class RunStore:
         start = time.monotonic()
         deadline = start + timeout
         slice_s = 0.2
+        if self.watch is not None and peers:  # the peers' steps, for when p0 (and the store) vanish
+            self._call(lambda: self.watch.note_steps(peers) if self.watch else None)
         while True:
             if self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001))):
                 return json.loads(self._call(lambda: self.raw.get(full)))

@@ -444,6 +444,7 @@ class FollowerSession(_Base):
         super().__init__(config, settings)
         self.by_id: dict[str, pytest.Item] = {}
         self.ran_any = False
+        self._last_step = ""
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
@@ -454,6 +455,10 @@ class FollowerSession(_Base):
         failed = 0
         try:
             failed = self._follow(session)
+        except RendezvousLost as exc:
+            # p0 hosts the store: without it there is nobody to follow. One line, non-zero exit.
+            step = f" ({self.me}'s last step: {self._last_step})" if self._last_step else ""
+            pytest.exit(f"kvtest: {exc}{step}: stopping", returncode=pytest.ExitCode.TESTS_FAILED)
         finally:
             self._leave(failed)
         return True
@@ -530,12 +535,13 @@ class FollowerSession(_Base):
             return
         next_id = announced["next"].get(self.me)
         self.ran_any = True
-        self.new_scope(seq, item, announced["roles"])
+        scope = self.new_scope(seq, item, announced["roles"])
         try:
             item.ihook.pytest_runtest_protocol(
                 item=item, nextitem=self.by_id.get(next_id) if next_id else None
             )
         finally:
+            self._last_step = f"{scope.current_step!r} in {item.nodeid}"
             self.scope = None
 
     @pytest.hookimpl(wrapper=True)
