@@ -145,7 +145,8 @@ class CacheCase:
 
     def __str__(self) -> str:
         size = f"-{self.label}" if self.label else ""
-        return f"{self.dtype}-{self.num_tensors}x{self.batch}x{self.row}-slot{self.src_batch}->{self.dst_batch}{size}"
+        shape = f"{self.num_tensors}x{self.batch}x{self.row}"
+        return f"{self.dtype}-{shape}-slot{self.src_batch}->{self.dst_batch}{size}"
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,8 @@ class LayersCase:
 
     def __str__(self) -> str:
         (a, b), (c, d) = self.src_layers, self.dst_layers
-        text = f"{self.dtype}-L{self.layers}x{self.tensors_per_layer}-{self.blocks}x{self.row}-layers[{a}:{b}]->[{c}:{d}]"
+        shape = f"L{self.layers}x{self.tensors_per_layer}-{self.blocks}x{self.row}"
+        text = f"{self.dtype}-{shape}-layers[{a}:{b}]->[{c}:{d}]"
         if self.src:
             text += f"-blocks({','.join(map(str, self.src))})->({','.join(map(str, self.dst))})"
         if self.refuse_layer is not None:
