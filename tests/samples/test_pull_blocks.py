@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import pytest
 
-from kvtest import patterns
 from kvtest.cases import BlocksCase
 from kvtest.patterns import with_rows
 
@@ -42,25 +41,23 @@ def test_pull_blocks(kv, datadist, case: BlocksCase):
     if kv.role == "p":
         node = datadist(P)
         api = node.api
-        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        tensors = [node.backend.to_device(t) for t in source]
         node.register_blocks_cache(
             blocks_desc(node, case, api.Placement.DEVICE), tensors, api.BlocksCacheKey(P, 0)
         )
         comm_id = node.link(["d0"])
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
-        node.check(
-            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p"),
-            tensors,
-            name="source cache after pull_blocks",
-        )
+        node.check(source, tensors, name="source cache after pull_blocks")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         node.finalize()
     else:
         node = datadist(D)
         api = node.api
-        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        tensors = [node.backend.to_device(t) for t in before]
         cache = node.register_blocks_cache(blocks_desc(node, case, api.Placement.DEVICE), tensors)
         comm_id = node.link(["p0"])
         kv.barrier("cache ready")
@@ -68,9 +65,9 @@ def test_pull_blocks(kv, datadist, case: BlocksCase):
             node.cm.pull_blocks(
                 api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src), dst_blocks=list(case.dst)
             )
-        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
         pulled = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
         expected = [with_rows(b, s, src_rows=case.src, dst_rows=case.dst) for b, s in zip(before, pulled)]
+        del before, pulled
         node.check(expected, tensors, name="cache after pull_blocks")
 
         # swap-out device -> host and swap-in host -> device, every block to the same index (as the sample)
@@ -85,8 +82,8 @@ def test_pull_blocks(kv, datadist, case: BlocksCase):
         with node.measure("swap_blocks", all_bytes):
             node.cm.swap_blocks(cache, cpu_cache, mapping)
         node.check(expected, host, name="host cache after swap_blocks out")
-        for i, tensor in enumerate(tensors):
-            patterns.fill(tensor, seed=kv.seed, tensor_index=i, side="overwritten")
+        for tensor in tensors:
+            tensor.zero_()  # overwritten: only the swap-in can bring the bytes back
         with node.measure("swap_blocks", all_bytes):
             node.cm.swap_blocks(cpu_cache, cache, mapping)
         node.check(expected, tensors, name="cache after swap_blocks in")

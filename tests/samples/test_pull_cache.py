@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kvtest import patterns
 from kvtest.cases import DTYPES
 
 P, D = 1, 2
@@ -109,23 +108,21 @@ CASES = {
 }
 
 
-def pool_tensors(node, cache, case: PullCacheCase, side: str) -> list[torch.Tensor]:
-    """Views of ``cache``'s pool memory (create_npu_tensors on npu), filled with ``side``'s pattern."""
+def pool_tensors(node, cache, case: PullCacheCase, contents: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``cache``'s pool memory (create_npu_tensors on npu), holding ``contents``."""
     views = node.backend.tensors_at(case.shape, case.torch_dtype, cache.tensor_addrs)
-    for i, view in enumerate(views):
-        patterns.fill(view, seed=node.kv.seed, tensor_index=i, side=side)
+    with torch.no_grad():
+        for view, host in zip(views, contents):
+            view.copy_(host)
     return views
 
 
-def expected_after_pulls(node, case: PullCacheCase) -> list[torch.Tensor]:
-    """d's cache after the pulls: p's slot rows in the pulled d tensors' batch indices, the rest d's."""
-    before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-    source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-    expected = [t.clone() for t in before]
+def pulled(case: PullCacheCase, before: list[torch.Tensor], source: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d's cache after the pulls (``before`` updated in place): p's slots at the pulled batch indices."""
     for src_tensor, dst_tensor in case.pairs:
         for slot, index in case.pulls:
-            expected[dst_tensor][index].copy_(source[src_tensor][slot])
-    return expected
+            before[dst_tensor][index].copy_(source[src_tensor][slot])
+    return before
 
 
 @pytest.mark.kv(topology="1p1d")
@@ -139,14 +136,11 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
         )
         keys = [api.CacheKey(P, slot, 0) for slot in range(case.batch)]
         cache = node.allocate_cache(desc, keys)
-        views = pool_tensors(node, cache, case, side="p")
+        source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        views = pool_tensors(node, cache, case, source)
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
-        node.check(
-            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p"),
-            views,
-            name="source cache after pull_cache",
-        )
+        node.check(source, views, name="source cache after pull_cache")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         for key in keys:
@@ -161,19 +155,23 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
             case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
         )
         cache = node.allocate_cache(desc)
-        views = pool_tensors(node, cache, case, side="d")
+        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        views = pool_tensors(node, cache, case, before)
         kv.barrier("cache ready")
         for slot, index in case.pulls:
             with node.measure("pull_cache", case.pull_bytes):
                 node.cm.pull_cache(api.CacheKey(P, slot, 0), cache, batch_index=index, **case.layer_kwargs())
-        node.check(expected_after_pulls(node, case), views, name="cache after pull_cache")
+        source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        expected = pulled(case, before, source)
+        del source
+        node.check(expected, views, name="cache after pull_cache")
         kv.step("pull_cache again")
         slot, index = case.pulls[0]
         message = "[pull_cache] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST"
         with pytest.raises(api.LLMException, match=re.escape(message)) as raised:
             node.cm.pull_cache(api.CacheKey(P, slot, 0), cache, batch_index=index, **case.layer_kwargs())
         assert raised.value.status_code == api.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
-        node.check(expected_after_pulls(node, case), views, name="cache after a refused pull_cache")
+        node.check(expected, views, name="cache after a refused pull_cache")
         kv.barrier("decoder pull end")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")

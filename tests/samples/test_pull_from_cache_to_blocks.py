@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kvtest import patterns
 from kvtest.cases import DTYPES
 from kvtest.patterns import with_rows
 
@@ -93,18 +92,19 @@ CASES = {
 }
 
 
-def pool_tensors(node, cache, case: CacheToBlocksCase, side: str) -> list[torch.Tensor]:
-    """Views of ``cache``'s pool memory (create_npu_tensors on npu), filled with ``side``'s pattern."""
+def pool_tensors(node, cache, case: CacheToBlocksCase, contents: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``cache``'s pool memory (create_npu_tensors on npu), holding ``contents``."""
     views = node.backend.tensors_at(case.slot_shape, case.torch_dtype, cache.tensor_addrs)
-    for i, view in enumerate(views):
-        patterns.fill(view, seed=node.kv.seed, tensor_index=i, side=side)
+    with torch.no_grad():
+        for view, host in zip(views, contents):
+            view.copy_(host)
     return views
 
 
-def expected_blocks(node, case: CacheToBlocksCase) -> list[torch.Tensor]:
+def expected_blocks(
+    case: CacheToBlocksCase, before: list[torch.Tensor], source: list[torch.Tensor]
+) -> list[torch.Tensor]:
     """d's blocks after the pull: block ``dst[j]`` holds the j-th block-sized piece of p's slot."""
-    before = node.expected(case.num_tensors, case.blocks_shape, case.torch_dtype, side="d")
-    source = node.expected(case.num_tensors, case.slot_shape, case.torch_dtype, side="p")
     pieces = range(len(case.dst))
     return [
         with_rows(b, s[case.slot].reshape(len(case.dst), case.block_row), src_rows=pieces, dst_rows=case.dst)
@@ -123,14 +123,11 @@ def test_pull_from_cache_to_blocks(kv, datadist, case: CacheToBlocksCase):
         )
         keys = [api.CacheKey(P, slot, 0) for slot in range(case.slot + 1)]  # the sample keys slot 0 only
         cache = node.allocate_cache(desc, keys)
-        views = pool_tensors(node, cache, case, side="p")
+        source = node.expected(case.num_tensors, case.slot_shape, case.torch_dtype, side="p")
+        views = pool_tensors(node, cache, case, source)
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
-        node.check(
-            node.expected(case.num_tensors, case.slot_shape, case.torch_dtype, side="p"),
-            views,
-            name="source cache after pull_blocks",
-        )
+        node.check(source, views, name="source cache after pull_blocks")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         for key in keys:
@@ -143,14 +140,18 @@ def test_pull_from_cache_to_blocks(kv, datadist, case: CacheToBlocksCase):
         desc = api.CacheDesc(
             case.num_tensors, case.blocks_shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
         )
-        tensors = node.tensors(case.num_tensors, case.blocks_shape, case.torch_dtype, side="d")
+        before = node.expected(case.num_tensors, case.blocks_shape, case.torch_dtype, side="d")
+        tensors = [node.backend.to_device(t) for t in before]
         cache = node.register_blocks_cache(desc, tensors)
         comm_id = node.link(["p0"])
         kv.barrier("cache ready")
         key = api.CacheKey(P, case.slot, 0)
         with node.measure("pull_blocks", case.moved_bytes):
             node.cm.pull_blocks(key, cache, src_blocks=[], dst_blocks=list(case.dst))
-        node.check(expected_blocks(node, case), tensors, name="blocks after pull_blocks from a cache")
+        source = node.expected(case.num_tensors, case.slot_shape, case.torch_dtype, side="p")
+        expected = expected_blocks(case, before, source)
+        del before, source
+        node.check(expected, tensors, name="blocks after pull_blocks from a cache")
         kv.step("pull_blocks again")
         message = "[pull_blocks] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST"
         with pytest.raises(api.LLMException, match=re.escape(message)) as raised:
