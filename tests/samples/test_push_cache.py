@@ -24,7 +24,7 @@ CASES = {
         CacheCase("int8", 6, 8, 4096, 2, 7),
     ],
     "nightly": [CacheCase("fp16", 40, 8, 1024 * 1024, 5, 2, "2MiB-slots")],
-    "stress": [CacheCase("bf16", 160, 4, 4 * 1024 * 1024, 3, 0, "GiB")],
+    "stress": [CacheCase("bf16", 160, 4, 1024 * 1024, 3, 0, "GiB")],
 }
 
 

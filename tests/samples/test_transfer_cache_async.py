@@ -26,7 +26,7 @@ CASES = {
         LayersCase("int8", 6, 8, 1024, (0, 3), (0, 3), refuse_layer=1),
     ],
     "nightly": [LayersCase("fp16", 80, 16, 512 * 1024, (0, 40), (0, 40), label="1MiB-blocks")],
-    "stress": [LayersCase("bf16", 320, 64, 32 * 1024, (0, 160), (0, 160), label="GiB")],
+    "stress": [LayersCase("bf16", 160, 128, 32 * 1024, (0, 80), (0, 80), label="GiB")],
 }
 
 
