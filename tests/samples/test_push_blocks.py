@@ -31,32 +31,21 @@ CASES = {
 
 @pytest.mark.kv(topology="1p1d")
 def test_push_blocks(kv, datadist, case: BlocksCase):
+    me, side = (P, "p") if kv.role == "p" else (D, "d")
+    node = datadist(me, listen=True, local_comm_res="")
+    api = node.api
+    desc = api.CacheDesc(case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE)
+    tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side=side)
+    cache = node.register_blocks_cache(desc, tensors, api.BlocksCacheKey(me, 0))
+    kv.barrier("register end")
     if kv.role == "p":
-        node = datadist(P, listen=True, local_comm_res="")
-        api = node.api
-        desc = api.CacheDesc(
-            case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
-        )
-        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        cache = node.register_blocks_cache(desc, tensors, api.BlocksCacheKey(P, 0))
-        kv.barrier("register end")
         kv.barrier("push end")
         before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
         pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
         expected = [with_rows(b, s, src_rows=case.src, dst_rows=case.dst) for b, s in zip(before, pushed)]
         node.check(expected, tensors, name="cache after push_blocks")
         node.unlink_clusters(["d0"], force=True)
-        node.unregister(cache)
-        node.finalize()
     else:
-        node = datadist(D, listen=True, local_comm_res="")
-        api = node.api
-        desc = api.CacheDesc(
-            case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
-        )
-        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        cache = node.register_blocks_cache(desc, tensors, api.BlocksCacheKey(D, 0))
-        kv.barrier("register end")
         node.must_link_clusters(["p0"])
         with node.measure("push_blocks", case.moved_bytes):
             node.cm.push_blocks(
@@ -69,5 +58,5 @@ def test_push_blocks(kv, datadist, case: BlocksCase):
             name="source cache after push_blocks",
         )
         node.unlink_clusters(["p0"], force=True)
-        node.unregister(cache)
-        node.finalize()
+    node.unregister(cache)
+    node.finalize()
