@@ -223,6 +223,7 @@ class Node:
     def register_cache(
         self, desc: Any, tensors: Sequence[torch.Tensor], keys: Sequence[Any] = (), **kwargs: Any
     ) -> Any:
+        self.kv.step("register_cache")
         cache = self.cm.register_cache(desc, [t.data_ptr() for t in tensors], list(keys), **kwargs)
         self.registered.append(cache)
         return cache
@@ -230,6 +231,7 @@ class Node:
     def register_blocks_cache(
         self, desc: Any, tensors: Sequence[torch.Tensor], key: Any = None, **kwargs: Any
     ) -> Any:
+        self.kv.step("register_blocks_cache")
         cache = self.cm.register_blocks_cache(desc, [t.data_ptr() for t in tensors], key, **kwargs)
         self.registered.append(cache)
         return cache
@@ -349,7 +351,10 @@ class Node:
     def finalize(self) -> None:
         if self.dd is not None and not self.finalized:
             self.finalized = True
-            self.dd.finalize()
+            try:
+                self.kv.step("finalize")
+            finally:
+                self.dd.finalize()
 
     def release(self) -> list[str]:
         """Release what the body left, in the samples' order; return what failed."""

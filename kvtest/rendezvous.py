@@ -293,13 +293,24 @@ class RunStore:
         """Set ``name`` unless another role set it first; return the value that stands."""
         encoded = json.dumps(value)
         stored = self._call(lambda: self.raw.compare_set(self.key(name), "", encoded))
-        return json.loads(stored)
+        return self._decode(self.key(name), stored)
 
     def has(self, name: str) -> bool:
         return bool(self._call(lambda: self.raw.check([self.key(name)])))
 
     def get_now(self, name: str) -> JSON:
-        return json.loads(self._call(lambda: self.raw.get(self.key(name))))
+        return self._decode(self.key(name), self._call(lambda: self.raw.get(self.key(name))))
+
+    def _decode(self, full: str, raw: bytes) -> JSON:
+        """JSON only: anything else under a run key is refused as an error, never unpickled or run."""
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            shown = bytes(raw[:32])
+            raise RendezvousError(
+                f"{self.me} read a value that is not JSON under {full!r} ({len(raw)} bytes, "
+                f"starting {shown!r}): refusing it; is a stranger writing to this rendezvous?"
+            ) from None
 
     def add(self, name: str, amount: int) -> int:
         return int(self._call(lambda: self.raw.add(self.key(name), amount)))
@@ -338,7 +349,7 @@ class RunStore:
             self._call(lambda: self.watch.note_steps(peers) if self.watch else None)
         while True:
             if self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001))):
-                return json.loads(self._call(lambda: self.raw.get(full)))
+                return self._decode(full, self._call(lambda: self.raw.get(full)))
             if abort is not None:
                 abort()
             if self.watch is not None and peers:

@@ -212,7 +212,8 @@ class Handshake:
         if self.store.add(keys.claim(self.me.role), 1) > 1:
             raise pytest.UsageError(
                 f"kvtest: role {self.me.role} is already taken in run {self.store.run_id}: "
-                "start each role once (check --role/--rank on each host)"
+                "start each role once (check --role/--rank on each host); with a file rendezvous, "
+                "an earlier run may have used this --run-id: give a new one"
             )
 
     def lead(self, exited: Any = None) -> None:

@@ -455,8 +455,8 @@ class FollowerSession(_Base):
         failed = 0
         try:
             failed = self._follow(session)
-        except RendezvousLost as exc:
-            # p0 hosts the store: without it there is nobody to follow. One line, non-zero exit.
+        except RendezvousError as exc:
+            # p0 hosts the store: without it (or with garbage in it) there is nobody to follow.
             step = f" ({self.me}'s last step: {self._last_step})" if self._last_step else ""
             pytest.exit(f"kvtest: {exc}{step}: stopping", returncode=pytest.ExitCode.TESTS_FAILED)
         finally:
