@@ -12,7 +12,7 @@ import torch
 
 from kvtest.settings import PROFILES
 
-__all__ = ["DTYPES", "BlocksCase", "cases_for", "parametrize_cases"]
+__all__ = ["DTYPES", "BlocksCase", "cases_for", "index_list", "parametrize_cases"]
 
 
 def cases_for(cases: Mapping[str, Sequence[Any]], profile: str) -> list[Any]:
@@ -37,6 +37,14 @@ def parametrize_cases(metafunc: pytest.Metafunc) -> None:
 
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "int8": torch.int8}
+
+
+def index_list(values: Sequence[int]) -> str:
+    """``0,1,2`` for a short list; ``0,2,..,254`` for a long even progression, to keep test ids short."""
+    step = values[1] - values[0] if len(values) > 8 else 0
+    if step and all(b - a == step for a, b in zip(values, values[1:])):
+        return f"{values[0]},{values[1]},..,{values[-1]}"
+    return ",".join(map(str, values))
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,8 @@ class BlocksCase:
         return len(self.src) * self.block_bytes * self.num_tensors
 
     def __str__(self) -> str:
-        src, dst = ",".join(map(str, self.src)), ",".join(map(str, self.dst))
         size = f"-{self.label}" if self.label else ""
-        return f"{self.dtype}-blocks({src})->({dst}){size}"
+        return f"{self.dtype}-blocks({index_list(self.src)})->({index_list(self.dst)}){size}"
 
 
 KiB = 1024
@@ -220,7 +227,7 @@ class LayersCase:
         shape = f"L{self.layers}x{self.tensors_per_layer}-{self.blocks}x{self.row}"
         text = f"{self.dtype}-{shape}-layers[{a}:{b}]->[{c}:{d}]"
         if self.src:
-            text += f"-blocks({','.join(map(str, self.src))})->({','.join(map(str, self.dst))})"
+            text += f"-blocks({index_list(self.src)})->({index_list(self.dst)})"
         if self.refuse_layer is not None:
             text += f"-refuse{self.refuse_layer}"
         return text + (f"-{self.label}" if self.label else "")

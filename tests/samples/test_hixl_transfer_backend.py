@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from kvtest.cases import DTYPES
+from kvtest.cases import DTYPES, index_list
 from kvtest.patterns import with_rows
 
 P, D = 0, 1
@@ -49,9 +49,7 @@ class HixlCase:
         return len(blocks) * self.row * self.torch_dtype.itemsize * self.num_tensors
 
     def __str__(self) -> str:
-        def j(xs: tuple[int, ...]) -> str:
-            return ",".join(map(str, xs))
-
+        j = index_list
         size = f"-{self.label}" if self.label else ""
         return (
             f"{self.dtype}-pull({j(self.pull_src)})->({j(self.pull_dst)})"

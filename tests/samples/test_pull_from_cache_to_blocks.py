@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kvtest.cases import DTYPES
+from kvtest.cases import DTYPES, index_list
 from kvtest.patterns import with_rows
 
 P, D = 1, 2
@@ -67,10 +67,7 @@ class CacheToBlocksCase:
         return max(SAMPLE_POOL, need + need // 8 + MIB)
 
     def __str__(self) -> str:
-        dst = ",".join(map(str, self.dst))
-        step = self.dst[1] - self.dst[0] if len(self.dst) > 8 else 0
-        if step and all(b - a == step for a, b in zip(self.dst, self.dst[1:])):
-            dst = f"{self.dst[0]},{self.dst[1]},..,{self.dst[-1]}"  # a long progression, shortened
+        dst = index_list(self.dst)
         size = f"-{self.label}" if self.label else ""
         return f"{self.dtype}-slot{self.slot}->blocks({dst}){size}"
 
