@@ -80,6 +80,13 @@ class TestScope:
                     pytest.skip(f"{info['role']} skipped: {info['message']}")
                 raise PeerFailed(info["role"], info["step"], info["message"])
 
+    def check_peers(self) -> None:
+        """Raise now when another role has failed this test or died; for loops that poll the API."""
+        self.check_abort()
+        watch = self.store.watch
+        if watch is not None and self.peers:
+            self.store._call(lambda: watch.check(self.peers))
+
     def abort(self, message: str, *, skipped: bool = False) -> None:
         """Tell the other roles this role failed (or skipped), so their waits end now, not at a timeout."""
         self.store.set_if_absent(

@@ -323,10 +323,14 @@ class Node:
         self.comm_ids.append(comm_id)
         deadline = time.monotonic() + self.kv.timeout
         status = self.api.RegisterMemStatus
+        checked = time.monotonic()
         while True:
             state = self.dd.query_register_mem_status(comm_id)
             if state == status.OK:
                 return int(comm_id)
+            if time.monotonic() - checked > 0.2:  # a peer that failed or died: stop polling now
+                checked = time.monotonic()
+                self.kv.check_peers()
             if state == status.FAILED:
                 raise RuntimeError("link failed")  # as the samples say
             if time.monotonic() > deadline:
