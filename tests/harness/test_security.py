@@ -1,0 +1,167 @@
+"""Joining rules and strangers: late or missing roles, stale file stores, wrong run ids, taken roles,
+addresses the rendezvous binds, and values in the store that are not JSON."""
+
+from __future__ import annotations
+
+import pickle
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from kvtest.rendezvous import keys, open_store
+from kvtest.settings import Rendezvous
+
+PAIR = """
+import time
+
+
+def test_pair(kv):
+    kv.step("exchange")
+    kv.publish("hello", kv.me)
+    for peer in kv.peers:
+        assert kv.fetch(peer, "hello") == peer
+    kv.barrier("end")
+
+
+def test_slow_pair(kv):
+    kv.barrier("start")
+    time.sleep(2)
+    kv.barrier("end")
+"""
+
+
+class Evil:
+    """Unpickling this creates a file: proof that a value was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_follower_without_leader_is_a_usage_error(pytester: pytest.Pytester, port: int):
+    pytester.makepyfile(test_pair=PAIR)
+    start = time.monotonic()
+    result = pytester.runpytest_subprocess(
+        "--role", "d", "--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-join-timeout", "2"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            f"ERROR: kvtest: d0: could not reach the rendezvous tcp://127.0.0.1:{port} within 2s: "
+            "is p0 (the leader) running*"
+        ]
+    )
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+    assert time.monotonic() - start < 60
+
+
+def test_leader_without_follower_names_the_missing_role(pytester: pytest.Pytester, port: int):
+    """A follower started 'an hour late' meets a leader that gave up after --kv-join-timeout."""
+    pytester.makepyfile(test_pair=PAIR)
+    result = pytester.runpytest_subprocess(
+        "--role", "p", "--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-join-timeout", "3"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: kvtest: d0 did not join: *timed out after *s waiting for d0 to join*"]
+    )
+    # (a follower started with different file args: test_local_mode's collection-mismatch test)
+
+
+def test_two_local_runs_at_once_do_not_talk(pytester: pytest.Pytester, start_role):
+    for name in ("one", "two"):
+        (pytester.path / name).mkdir()
+        (pytester.path / name / "test_pair.py").write_text(PAIR)
+    one = start_role("one", "--rootdir", "one", "one", "-p", "no:randomly")
+    two = start_role("two", "--rootdir", "two", "two", "-p", "no:randomly")
+    outs = [one.wait(120), two.wait(120)]
+    runs = set()
+    for out in outs:
+        assert out.returncode == 0, out.output
+        assert "2 passed" in out.output and "d0: exit 0" in out.output
+        runs.add(out.output.split("kvtest: run ", 1)[1].split(",", 1)[0])
+    assert len(runs) == 2
+
+
+def _pair(start_role, tag: str, *args: str, d_first: bool = False):
+    p_args = ("--role", "p", *args)
+    d_args = ("--role", "d", *args)
+    if d_first:
+        d = start_role(f"d-{tag}", *d_args)
+        time.sleep(1)
+        p = start_role(f"p-{tag}", *p_args)
+    else:
+        p, d = start_role(f"p-{tag}", *p_args), start_role(f"d-{tag}", *d_args)
+    return p.wait(), d.wait()
+
+
+def test_file_store_left_over_is_never_read(pytester: pytest.Pytester, start_role):
+    pytester.makepyfile(test_pair=PAIR)
+    store = pytester.path / "store"
+    rdv = ["--rendezvous", f"file://{store}", "-k", "not slow", "--kv-join-timeout", "60"]
+    for run_id, d_first in (("r1", False), ("r2", False), ("r3", True)):
+        # r3: d0 comes first, finds r2's keys (and r2 as the current run) and must wait for r3's
+        p_out, d_out = _pair(start_role, run_id, *rdv, "--run-id", run_id, d_first=d_first)
+        assert p_out.returncode == 0 and "1 passed" in p_out.output, p_out.output
+        assert d_out.returncode == 0 and "1 passed" in d_out.output, d_out.output
+        assert store.exists()  # the file keeps every earlier run's keys
+    # the same run id again on that file: refused on both sides, never run on r3's old data
+    p_out, d_out = _pair(start_role, "again", *rdv, "--run-id", "r3")
+    for out, role in ((p_out, "p0"), (d_out, "d0")):
+        assert out.returncode == pytest.ExitCode.USAGE_ERROR, out.output
+        assert f"role {role} is already taken in run r3" in out.output
+        assert "an earlier run may have used this --run-id" in out.output
+        assert "passed" not in out.output
+
+
+def test_binds_only_the_address_asked():
+    raw, port = open_store(Rendezvous("tcp", host="127.0.0.1", port=0), host=True, timeout=5)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        with pytest.raises(OSError):  # another local address of this host: nobody listens there
+            socket.create_connection(("127.0.0.2", port), timeout=2).close()
+    finally:
+        del raw
+
+
+def test_strangers_are_refused_and_the_pair_passes(pytester: pytest.Pytester, start_role, port: int):
+    pytester.makepyfile(test_pair=PAIR)
+    rdv = ["--rendezvous", f"tcp://127.0.0.1:{port}", "--run-id", "good", "-p", "no:randomly"]
+    p = start_role("p", "--role", "p", *rdv)
+    d = start_role("d", "--role", "d", *rdv)
+    time.sleep(3)
+    wrong = start_role("wrong", "--role", "d", *rdv[:2], "--run-id", "bad", "--kv-join-timeout", "30")
+    twin = start_role("twin", "--role", "d", *rdv[:2], "--kv-join-timeout", "30")
+    wrong_out, twin_out = wrong.wait(), twin.wait()
+    p_out, d_out = p.wait(), d.wait()
+    assert p_out.returncode == 0 and "2 passed" in p_out.output, p_out.output
+    assert d_out.returncode == 0, d_out.output
+    assert wrong_out.returncode == pytest.ExitCode.USAGE_ERROR, wrong_out.output
+    assert "belongs to run 'good', not 'bad'" in wrong_out.output
+    assert twin_out.returncode == pytest.ExitCode.USAGE_ERROR, twin_out.output
+    assert "role d0 is already taken in run good" in twin_out.output
+
+
+@pytest.mark.parametrize("payload", ["pickle", "text"])
+def test_values_that_are_not_json_are_refused_not_run(
+    pytester: pytest.Pytester, start_role, port: int, payload: str
+):
+    """A fake leader plants a pickle (or plain text) where the follower reads p0's verdict."""
+    pytester.makepyfile(test_pair=PAIR)
+    marker = pytester.path / "executed"
+    raw, _ = open_store(Rendezvous("tcp", host="127.0.0.1", port=port), host=True, timeout=30)
+    raw.set(keys.CURRENT_RUN, "r")
+    value = pickle.dumps(Evil(marker)) if payload == "pickle" else b"ok"
+    raw.set(keys.run_prefix("r") + keys.VERDICT, value)
+    d = start_role("d", "--role", "d", "--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-join-timeout", "30")
+    out = d.wait()
+    del raw
+    assert out.returncode == pytest.ExitCode.USAGE_ERROR, out.output
+    assert "d0 read a value that is not JSON under 'kvtest/r/verdict'" in out.output
+    assert "refusing it" in out.output and "Traceback" not in out.output
+    assert not marker.exists()
