@@ -264,15 +264,16 @@ class LeaderSession(_Base):
 
     # -- per test ---------------------------------------------------------------------------------
 
-    def _next_for_roles(self, session: pytest.Session, index: int) -> dict[str, str | None]:
-        nxt: dict[str, str | None] = {}
-        for role in self.topology.roles:
-            nxt[role] = None
-            for later in session.items[index + 1 :]:
-                if later.nodeid in self.kv_items and role in item_topology(later).roles:
-                    nxt[role] = later.nodeid
-                    break
-        return nxt
+    def _next_for_roles(self, nextitem: pytest.Item | None) -> dict[str, str | None]:
+        """What each role runs next, so its fixtures of wider scope survive between tests.
+
+        Only pytest's own ``nextitem`` is certain (under xdist a worker runs a subset of the items);
+        a role with no next test here tears everything down.
+        """
+        if nextitem is None or nextitem.nodeid not in self.kv_items:
+            return {role: None for role in self.topology.roles}
+        involved = item_topology(nextitem).roles
+        return {role: nextitem.nodeid if role in involved else None for role in self.topology.roles}
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_protocol(
@@ -284,10 +285,8 @@ class LeaderSession(_Base):
         roles = item_topology(item).roles
         seq = self.seq
         self.seq += 1
-        index = item.session.items.index(item)
         self.store.set(
-            keys.item(seq),
-            {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(item.session, index)},
+            keys.item(seq), {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(nextitem)}
         )
         self.new_scope(seq, item, roles)
         try:

@@ -159,3 +159,25 @@ def test_taken_port_is_a_usage_error(pytester: pytest.Pytester):
         result = pytester.runpytest_subprocess("--role", "p", "--rendezvous", f"tcp://127.0.0.1:{taken}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"ERROR: kvtest: --rendezvous tcp://127.0.0.1:{taken}: cannot listen on 127.0.0.1:{taken}*"])
+
+
+MODULE_SCOPED = """
+import pytest
+
+@pytest.fixture(scope="module")
+def shared():
+    return object()
+
+@pytest.mark.parametrize("i", range(3))
+def test_each(kv, shared, i):
+    kv.barrier(f"b{i}")
+"""
+
+
+def test_xdist_lanes_each_lead_their_own_roles(pytester: pytest.Pytester):
+    # each xdist worker is a leader with its own followers; a worker runs a subset of the items, so
+    # the followers must not keep module fixtures for an item their leader will not run next
+    pytester.makepyfile(test_a=MODULE_SCOPED, test_b=MODULE_SCOPED, test_c=TWO_ROLE)
+    result = pytester.runpytest_subprocess("-n", "2", "-k", "test_each or test_pass")
+    result.assert_outcomes(passed=7)
+    assert len(list((pytester.path / "kvtest-logs").glob("*/d0.log"))) == 2
