@@ -238,7 +238,9 @@ class PeerWatch:
         self.last_steps: dict[str, str] = {}
 
     def describe_step_with(self, steps: Callable[[str], str | None]) -> None:
+        """Read the peers' steps with ``steps`` (a new test's); forget the steps of the last one."""
         self._steps = steps
+        self.last_steps = {}
 
     def note_steps(self, roles: Iterable[str]) -> None:
         """Remember the step each of ``roles`` has reached (see :attr:`last_steps`)."""
