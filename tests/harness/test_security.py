@@ -14,6 +14,7 @@ from kvtest.rendezvous import keys, open_store
 from kvtest.settings import Rendezvous
 
 PAIR = """
+import os
 import time
 
 
@@ -27,7 +28,10 @@ def test_pair(kv):
 
 def test_slow_pair(kv):
     kv.barrier("start")
-    time.sleep(2)
+    gate = os.environ.get("KVTEST_HARNESS_GATE")  # the harness opens it when it has seen what it needs
+    deadline = time.monotonic() + (50 if gate else 2)
+    while time.monotonic() < deadline and not (gate and os.path.exists(gate)):
+        time.sleep(0.05)
     kv.barrier("end")
 """
 
@@ -132,12 +136,16 @@ def test_binds_only_the_address_asked():
 def test_strangers_are_refused_and_the_pair_passes(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=PAIR)
     rdv = ["--rendezvous", f"tcp://127.0.0.1:{port}", "--run-id", "good", "-p", "no:randomly"]
-    p = start_role("p", "--role", "p", *rdv)
-    d = start_role("d", "--role", "d", *rdv)
+    gate = pytester.path / "gate"
+    env = {"KVTEST_HARNESS_GATE": str(gate)}
+    # the pair holds its second test open until the strangers are done, so they meet a live run
+    p = start_role("p", "--role", "p", *rdv, env=env)
+    d = start_role("d", "--role", "d", *rdv, env=env)
     time.sleep(3)
     wrong = start_role("wrong", "--role", "d", *rdv[:2], "--run-id", "bad", "--kv-join-timeout", "30")
     twin = start_role("twin", "--role", "d", *rdv[:2], "--kv-join-timeout", "30")
     wrong_out, twin_out = wrong.wait(), twin.wait()
+    gate.touch()
     p_out, d_out = p.wait(), d.wait()
     assert p_out.returncode == 0 and "2 passed" in p_out.output, p_out.output
     assert d_out.returncode == 0, d_out.output

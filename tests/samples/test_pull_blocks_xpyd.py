@@ -12,14 +12,11 @@ unregister and finalize: they never unlink.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from kvtest.cases import BlocksCase
-from kvtest.fixtures import Node, _free_port
 from kvtest.patterns import with_rows
-from kvtest.plugin import BODY_FAILED, settings_of
 
 CASES = {
     "smoke": [
@@ -38,41 +35,9 @@ def xpyd_cluster_id(ip: str, port: int) -> int:
     return (int(ipaddress.IPv4Address(ip)) << 16) | port
 
 
-@pytest.fixture
-def xpyd_node(kv, kv_backend, request) -> Iterator[Callable[[], Node]]:
-    """An initialized LLMDataDist whose cluster id comes from its own ip:port, as the sample makes it.
-
-    A p listens on that ip:port (``local_comm_res=""``, as the sample); a d only takes its id from it.
-    Released at teardown like the ``datadist`` fixture's nodes.
-    """
-    settings = settings_of(request.config)
-    nodes: list[Node] = []
-
-    def make() -> Node:
-        api = kv_backend.api
-        node = Node(kv, kv_backend, settings, 0)
-        port = _free_port(node.host_ip)
-        node.cluster_id = xpyd_cluster_id(node.host_ip, port)
-        config = api.LLMConfig()
-        config.device_id = node.device_id
-        config.local_comm_res = ""
-        if kv.role == "p":
-            node.listen = f"{node.host_ip}:{port}"
-            config.listen_ip_info = node.listen
-        role = api.LLMRole.PROMPT if kv.role == "p" else api.LLMRole.DECODER
-        nodes.append(node)
-        kv.step("init")
-        node.init(config.generate_options(), role)
-        return node
-
-    yield make
-    problems = [p for node in nodes for p in node.release()]
-    if problems and not request.node.stash.get(BODY_FAILED, False):
-        pytest.fail("teardown could not release: " + "; ".join(problems), pytrace=False)
-
-
-def _flow(kv, make: Callable[[], Node], case: BlocksCase) -> None:
-    node = make()
+def _flow(kv, datadist, case: BlocksCase) -> None:
+    # as the sample: a p listens on the ip:port its cluster id is made from, a d only takes its id from it
+    node = datadist(xpyd_cluster_id, listen=kv.role == "p", local_comm_res="")
     api = node.api
     desc = api.CacheDesc(case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE)
     tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side=kv.me)
@@ -105,15 +70,15 @@ def _flow(kv, make: Callable[[], Node], case: BlocksCase) -> None:
 
 
 @pytest.mark.kv(topology="2p1d")
-def test_pull_blocks_2p1d(kv, xpyd_node, case: BlocksCase):
-    _flow(kv, xpyd_node, case)
+def test_pull_blocks_2p1d(kv, datadist, case: BlocksCase):
+    _flow(kv, datadist, case)
 
 
 @pytest.mark.kv(topology="1p2d")
-def test_pull_blocks_1p2d(kv, xpyd_node, case: BlocksCase):
-    _flow(kv, xpyd_node, case)
+def test_pull_blocks_1p2d(kv, datadist, case: BlocksCase):
+    _flow(kv, datadist, case)
 
 
 @pytest.mark.kv(topology="2p2d")
-def test_pull_blocks_2p2d(kv, xpyd_node, case: BlocksCase):
-    _flow(kv, xpyd_node, case)
+def test_pull_blocks_2p2d(kv, datadist, case: BlocksCase):
+    _flow(kv, datadist, case)

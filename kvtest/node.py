@@ -1,0 +1,388 @@
+"""One LLMDataDist of one role, as the sample tests drive it: :class:`Node`.
+
+A Node publishes its addresses to the peers, builds links from what the peers published (nobody
+edits IP lists), records what the test registers and links, and releases what the body left in the
+samples' order (unlink, unregister or deallocate, finalize), whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from kvtest import patterns
+from kvtest.backends.protocol import Backend
+from kvtest.context import TestScope
+from kvtest.ranktable import cluster_rank_info, rank_table_json
+from kvtest.settings import Settings
+
+__all__ = ["TORCH_TO_DATATYPE", "Node", "free_port", "host_ip"]
+
+#: torch dtype -> llm_datadist DataType member name
+TORCH_TO_DATATYPE = {
+    torch.float16: "DT_FLOAT16",
+    torch.bfloat16: "DT_BF16",
+    torch.float32: "DT_FLOAT",
+    torch.int8: "DT_INT8",
+    torch.int32: "DT_INT32",
+    torch.int64: "DT_INT64",
+    torch.uint8: "DT_UINT8",
+}
+
+
+def host_ip(settings: Settings) -> str:
+    """This host's address as the peers should dial it."""
+    if settings.local_host_ip:
+        return settings.local_host_ip
+    rdv = settings.rendezvous
+    if rdv is None or rdv.scheme != "tcp":
+        return "127.0.0.1"
+    # The address this host uses to reach the rendezvous is one the peers can reach it on.
+    family = socket.AF_INET6 if ":" in rdv.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.connect((rdv.host, rdv.port))
+        return str(sock.getsockname()[0])
+
+
+def free_port(host: str) -> int:
+    """A port to listen on, below the kernel's ephemeral range so no outgoing connection takes it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in 20000-32000 on {host}")
+
+
+class Node:
+    """One initialized LLMDataDist of this role, with what it registered and linked."""
+
+    def __init__(
+        self, kv: TestScope, backend: Backend, settings: Settings, cluster_id: int, device_id: int = 0
+    ) -> None:
+        self.kv = kv
+        self.backend = backend
+        self.api = backend.api
+        self.settings = settings
+        self.cluster_id = cluster_id
+        self.device_id = device_id
+        self.host_ip = host_ip(settings)
+        self.listen: str | None = None
+        self.dd: Any = None
+        self.registered: list[Any] = []
+        self.allocated: list[Any] = []
+        self.comm_ids: list[int] = []
+        self.clusters: dict[int, Any] = {}
+        self.finalized = False
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def init(self, options: dict[str, str], role: Any) -> None:
+        self.dd = self.api.LLMDataDist(role, self.cluster_id)
+        self.dd.init(options)
+        self.kv.publish(
+            "node",
+            {
+                "cluster_id": self.cluster_id,
+                "listen": self.listen,
+                "host_ip": self.host_ip,
+                "device_id": self.device_id,
+                "device_ip": self.backend.device_ip(self.device_id),
+            },
+        )
+
+    @property
+    def cm(self) -> Any:
+        """The CacheManager."""
+        return self.dd.cache_manager
+
+    def peer(self, role: str) -> dict[str, Any]:
+        """What ``role``'s node published: cluster_id, listen, host_ip, device_id, device_ip."""
+        info: dict[str, Any] = self.kv.fetch(role, "node")
+        return info
+
+    # -- tensors ----------------------------------------------------------------------------------
+
+    def datatype(self, dtype: torch.dtype) -> Any:
+        return getattr(self.api.DataType, TORCH_TO_DATATYPE[dtype])
+
+    def tensors(
+        self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int = 0
+    ) -> list[torch.Tensor]:
+        """``count`` device tensors: the seeded pattern of ``side`` (``None``: zeros)."""
+        out = []
+        for i in range(count):
+            host = (
+                torch.zeros(list(shape), dtype=dtype)
+                if side is None
+                else patterns.pattern(
+                    shape, dtype, seed=self.kv.seed, tensor_index=first_index + i, side=side
+                )
+            )
+            out.append(self.backend.to_device(host))
+        return out
+
+    def expected(
+        self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int = 0
+    ) -> list[torch.Tensor]:
+        """The host tensors :meth:`tensors` fills, for building expected states."""
+        if side is None:
+            return [torch.zeros(list(shape), dtype=dtype) for _ in range(count)]
+        return [
+            patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=first_index + i, side=side)
+            for i in range(count)
+        ]
+
+    def host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [self.backend.to_host(t) for t in tensors]
+
+    def check(
+        self,
+        expected: Sequence[torch.Tensor],
+        actual: Sequence[torch.Tensor],
+        *,
+        name: str,
+        tensors_per_layer: int = 2,
+    ) -> None:
+        """Byte-for-byte: raise :class:`kvtest.patterns.KVMismatch` naming tensor, layer and block."""
+        self.kv.step(f"check {name}")
+        patterns.check_all(
+            list(expected),
+            self.host(actual),
+            name=f"{self.kv.me} {name}",
+            tensors_per_layer=tensors_per_layer,
+        )
+
+    @contextmanager
+    def measure(self, api: str, nbytes: int) -> Iterator[None]:
+        """Time one transfer call; the figure goes to JUnit properties and the results file."""
+        self.kv.step(api)
+        with self.kv.metrics.measure(api, nbytes):
+            yield
+
+    # -- caches -----------------------------------------------------------------------------------
+
+    def register_cache(
+        self, desc: Any, tensors: Sequence[torch.Tensor], keys: Sequence[Any] = (), **kwargs: Any
+    ) -> Any:
+        self.kv.step("register_cache")
+        cache = self.cm.register_cache(desc, [t.data_ptr() for t in tensors], list(keys), **kwargs)
+        self.registered.append(cache)
+        return cache
+
+    def register_blocks_cache(
+        self, desc: Any, tensors: Sequence[torch.Tensor], key: Any = None, **kwargs: Any
+    ) -> Any:
+        self.kv.step("register_blocks_cache")
+        cache = self.cm.register_blocks_cache(desc, [t.data_ptr() for t in tensors], key, **kwargs)
+        self.registered.append(cache)
+        return cache
+
+    def allocate_cache(self, desc: Any, keys: Sequence[Any] = ()) -> Any:
+        cache = self.cm.allocate_cache(desc, list(keys))
+        self.allocated.append(cache)
+        return cache
+
+    def unregister(self, cache: Any) -> None:
+        self.registered.remove(cache)
+        self.cm.unregister_cache(cache.cache_id)
+
+    def deallocate(self, cache: Any) -> None:
+        self.allocated.remove(cache)
+        self.cm.deallocate_cache(cache)
+
+    # -- links ------------------------------------------------------------------------------------
+
+    def cluster_info(self, role: str, *, local_port: int | None = None) -> Any:
+        """The LLMClusterInfo that reaches ``role``'s listener, as the samples build it."""
+        peer = self.peer(role)
+        if not peer["listen"]:
+            raise RuntimeError(f"{role} does not listen (its datadist was made without listen=True)")
+        host, port = peer["listen"].rsplit(":", 1)
+        info = self.api.LLMClusterInfo()
+        info.remote_cluster_id = peer["cluster_id"]
+        own_port = (
+            local_port if local_port is not None else int(self.listen.rsplit(":", 1)[1]) if self.listen else 0
+        )
+        info.append_local_ip_info(self.host_ip, own_port)
+        info.append_remote_ip_info(host, int(port))
+        return info
+
+    def link_clusters(self, roles: Sequence[str], timeout_ms: int = 5000) -> tuple[Any, list[Any]]:
+        """One-sided link to every role in ``roles``; return (code, per-cluster codes) as the API does."""
+        clusters = [self.cluster_info(role) for role in roles]
+        self.kv.step("link_clusters")
+        ret, codes = self.dd.link_clusters(clusters, timeout_ms)
+        for info, code in zip(clusters, codes):
+            if code == self.api.LLMStatusCode.LLM_SUCCESS:
+                self.clusters[info.remote_cluster_id] = info
+        return ret, list(codes)
+
+    def must_link_clusters(self, roles: Sequence[str], timeout_ms: int = 5000) -> None:
+        ret, codes = self.link_clusters(roles, timeout_ms)
+        if ret != self.api.LLMStatusCode.LLM_SUCCESS:
+            raise AssertionError(f"link_clusters to {', '.join(roles)} failed: {ret}, per cluster {codes}")
+
+    def unlink_clusters(self, roles: Sequence[str], *, force: bool = False, timeout_ms: int = 5000) -> None:
+        """Tear down the links to ``roles``; non-success raises, as the samples' ``unlink failed``."""
+        ids = [self.peer(role)["cluster_id"] for role in roles]
+        infos = [self.clusters.pop(i, None) or self._bare_info(i, role) for i, role in zip(ids, roles)]
+        self.kv.step("unlink_clusters")
+        ret, codes = self.dd.unlink_clusters(infos, timeout_ms, force=force)
+        if ret != self.api.LLMStatusCode.LLM_SUCCESS:
+            raise AssertionError(
+                f"unlink_clusters from {', '.join(roles)} failed: {ret}, per cluster {codes}"
+            )
+
+    def _bare_info(self, cluster_id: int, role: str) -> Any:
+        info = self.api.LLMClusterInfo()
+        info.remote_cluster_id = cluster_id
+        listen = self.peer(role).get("listen")
+        if listen:
+            host, port = listen.rsplit(":", 1)
+            info.append_remote_ip_info(host, int(port))
+        return info
+
+    def forget_links_to(self, roles: Sequence[str]) -> None:
+        """The peer tore the link down (a non-forced unlink from the client): nothing left to unlink."""
+        for role in roles:
+            self.clusters.pop(self.peer(role)["cluster_id"], None)
+
+    def link(self, roles: Sequence[str], comm_name: str | None = None) -> int:
+        """Two-sided link (``link`` + poll ``query_register_mem_status``) with every role in ``roles``.
+
+        Every member calls it; the rank table comes from what each node published.
+        """
+        members = sorted({self.kv.me, *roles}, key=lambda r: (r[0] != "p", r))
+        infos = [self.peer(r) if r != self.kv.me else self._own_info() for r in members]
+        table = rank_table_json(
+            [(i["host_ip"], i["device_id"], i["device_ip"], rank) for rank, i in enumerate(infos)]
+        )
+        rank_info = cluster_rank_info([i["cluster_id"] for i in infos])
+        name = comm_name or f"kvtest-{self.kv.seq}-{'-'.join(members)}"
+        self.kv.step("link")
+        comm_id = self.dd.link(name, rank_info, table)
+        self.comm_ids.append(comm_id)
+        deadline = time.monotonic() + self.kv.timeout
+        status = self.api.RegisterMemStatus
+        checked = time.monotonic()
+        while True:
+            state = self.dd.query_register_mem_status(comm_id)
+            if state == status.OK:
+                return int(comm_id)
+            if time.monotonic() - checked > 0.2:  # a peer that failed or died: stop polling now
+                checked = time.monotonic()
+                self.kv.check_peers()
+            if state == status.FAILED:
+                raise RuntimeError("link failed")  # as the samples say
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"query_register_mem_status({comm_id}) not OK after {self.kv.timeout:g}s")
+            time.sleep(0.01)
+
+    def unlink(self, comm_id: int) -> None:
+        self.comm_ids.remove(comm_id)
+        self.kv.step("unlink")
+        self.dd.unlink(comm_id)
+
+    def _own_info(self) -> dict[str, Any]:
+        return {
+            "cluster_id": self.cluster_id,
+            "host_ip": self.host_ip,
+            "device_id": self.device_id,
+            "device_ip": self.backend.device_ip(self.device_id),
+        }
+
+    # -- teardown ---------------------------------------------------------------------------------
+
+    def finalize(self) -> None:
+        if self.dd is not None and not self.finalized:
+            self.finalized = True
+            try:
+                self.kv.step("finalize")
+            finally:
+                self.dd.finalize()
+
+    def release(self) -> list[str]:
+        """Release what the body left, in the samples' order; return what failed."""
+        problems: list[str] = []
+
+        def attempt(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as exc:  # each step runs even when an earlier one failed
+                problems.append(f"{what}: {type(exc).__name__}: {exc}")
+
+        if self.dd is None or self.finalized:
+            return problems
+        for comm_id in list(self.comm_ids):
+            attempt(f"unlink({comm_id})", self.dd.unlink, comm_id)
+        if self.clusters:
+            attempt(
+                "unlink_clusters(force=True)",
+                self.dd.unlink_clusters,
+                list(self.clusters.values()),
+                1000,
+                force=True,
+            )
+        for cache in list(self.registered):
+            attempt(f"unregister_cache({cache.cache_id})", self.cm.unregister_cache, cache.cache_id)
+        for cache in list(self.allocated):
+            attempt(f"deallocate_cache({cache.cache_id})", self.cm.deallocate_cache, cache)
+        attempt("finalize()", self.finalize)
+        return problems
+
+    # -- switch_role onto a fresh listen port (appended) ----------------------------------------
+
+    def switch_role(self, role: Any, *, listen: bool = False, key: str = "node after switch_role") -> None:
+        """``switch_role(role)`` as the switch_role sample calls it.
+
+        With ``listen`` the process becomes a server on a fresh free port (the options carry
+        ``llm.listenIpInfo``, built with ``LLMConfig`` as the sample does); without it a client whose
+        listen port closes. ``node.listen`` follows, and the node's addresses are re-published under
+        ``key`` (what it published under ``"node"`` at init stays as it was): peers link to the new address
+        with :meth:`link_clusters_to`.
+        """
+        options = None
+        address = None
+        if listen:
+            address = f"{self.host_ip}:{free_port(self.host_ip)}"
+            config = self.api.LLMConfig()
+            config.listen_ip_info = address
+            options = config.generate_options()
+        self.kv.step("switch_role")
+        self.dd.switch_role(role, options)
+        self.listen = address
+        self.kv.publish(key, {**self._own_info(), "listen": self.listen})
+
+    def link_clusters_to(
+        self, roles: Sequence[str], *, key: str = "node after switch_role", timeout_ms: int = 5000
+    ) -> tuple[Any, list[Any]]:
+        """:meth:`link_clusters` to the addresses ``roles`` re-published under ``key``."""
+        clusters = []
+        for role in roles:
+            peer = self.kv.fetch(role, key)
+            if not peer["listen"]:
+                raise RuntimeError(f"{role} does not listen after switch_role")
+            host, port = peer["listen"].rsplit(":", 1)
+            info = self.api.LLMClusterInfo()
+            info.remote_cluster_id = peer["cluster_id"]
+            info.append_local_ip_info(self.host_ip, int(self.listen.rsplit(":", 1)[1]) if self.listen else 0)
+            info.append_remote_ip_info(host, int(port))
+            clusters.append(info)
+        self.kv.step("link_clusters")
+        ret, codes = self.dd.link_clusters(clusters, timeout_ms)
+        for info, code in zip(clusters, codes):
+            if code == self.api.LLMStatusCode.LLM_SUCCESS:
+                self.clusters[info.remote_cluster_id] = info
+        return ret, list(codes)
