@@ -12,7 +12,7 @@ import torch
 
 from kvtest.settings import PROFILES
 
-__all__ = ["DTYPES", "BlocksCase", "cases_for", "index_list", "parametrize_cases"]
+__all__ = ["DTYPES", "BlocksCase", "RowsCase", "cases_for", "index_list", "parametrize_cases"]
 
 
 def cases_for(cases: Mapping[str, Sequence[Any]], profile: str) -> list[Any]:
@@ -47,8 +47,23 @@ def index_list(values: Sequence[int]) -> str:
     return ",".join(map(str, values))
 
 
+class RowsCase:
+    """What every case type shares: a dtype by name, and ``row`` elements per block or batch slot."""
+
+    dtype: str
+    row: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def row_bytes(self) -> int:
+        return self.row * self.torch_dtype.itemsize
+
+
 @dataclass(frozen=True)
-class BlocksCase:
+class BlocksCase(RowsCase):
     """``num_tensors`` tensors of ``blocks`` rows of ``row`` elements; copy rows src -> dst."""
 
     dtype: str
@@ -60,16 +75,12 @@ class BlocksCase:
     label: str = ""
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
     def shape(self) -> list[int]:
         return [self.blocks, self.row]
 
     @property
     def block_bytes(self) -> int:
-        return self.row * self.torch_dtype.itemsize
+        return self.row_bytes
 
     @property
     def moved_bytes(self) -> int:
@@ -122,7 +133,7 @@ def sweep_points(cap: int) -> list[SweepPoint]:
 
 
 @dataclass(frozen=True)
-class CacheCase:
+class CacheCase(RowsCase):
     """``num_tensors`` tensors of ``batch`` slots of ``row`` elements (a non-blocks cache, batch dim 0);
     move slot ``src_batch`` of the source into slot ``dst_batch`` of the destination."""
 
@@ -135,16 +146,12 @@ class CacheCase:
     label: str = ""
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
     def shape(self) -> list[int]:
         return [self.batch, self.row]
 
     @property
     def slot_bytes(self) -> int:
-        return self.row * self.torch_dtype.itemsize
+        return self.row_bytes
 
     @property
     def moved_bytes(self) -> int:
@@ -157,7 +164,7 @@ class CacheCase:
 
 
 @dataclass(frozen=True)
-class LayersCase:
+class LayersCase(RowsCase):
     """A blocks cache of ``num_tensors`` tensors (``tensors_per_layer`` per layer) of ``blocks`` rows of
     ``row`` elements; send source layers ``src_layers`` (start, stop) to ``dst_layers``.
 
@@ -178,10 +185,6 @@ class LayersCase:
     label: str = ""
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
     def shape(self) -> list[int]:
         return [self.blocks, self.row]
 
@@ -199,7 +202,7 @@ class LayersCase:
 
     @property
     def block_bytes(self) -> int:
-        return self.row * self.torch_dtype.itemsize
+        return self.row_bytes
 
     @property
     def moved_bytes(self) -> int:

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from kvtest.cases import DTYPES, index_list
+from kvtest.cases import RowsCase, index_list
 from kvtest.patterns import with_rows
 
 P, D = 0, 1
 
 
 @dataclass(frozen=True)
-class HixlCase:
+class HixlCase(RowsCase):
     dtype: str
     num_tensors: int
     blocks: int
@@ -38,15 +38,11 @@ class HixlCase:
             raise ValueError(f"{self}: pull and push write the same blocks of p; the result would be racy")
 
     @property
-    def torch_dtype(self):
-        return DTYPES[self.dtype]
-
-    @property
     def shape(self) -> list[int]:
         return [self.blocks, self.row]
 
     def moved(self, blocks: tuple[int, ...]) -> int:
-        return len(blocks) * self.row * self.torch_dtype.itemsize * self.num_tensors
+        return len(blocks) * self.row_bytes * self.num_tensors
 
     def __str__(self) -> str:
         j = index_list

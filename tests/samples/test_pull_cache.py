@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kvtest.cases import DTYPES
+from kvtest.cases import RowsCase
 
 P, D = 1, 2
 MIB = 1 << 20
@@ -24,7 +24,7 @@ SAMPLE_POOL = 64 * MIB  # the sample's mem_pool_cfg
 
 
 @dataclass(frozen=True)
-class PullCacheCase:
+class PullCacheCase(RowsCase):
     """``num_tensors`` tensors of ``batch`` slots of ``row`` elements; d pulls (p slot, d batch_index).
 
     ``layers`` = ((src start, src stop), (dst start, dst stop)) passes src/dst_layer_range
@@ -42,16 +42,12 @@ class PullCacheCase:
     tensors_per_layer = 2
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    @property
     def shape(self) -> list[int]:
         return [self.batch, self.row]
 
     @property
     def slot_bytes(self) -> int:
-        return self.row * self.torch_dtype.itemsize
+        return self.row_bytes
 
     @property
     def pairs(self) -> list[tuple[int, int]]:
