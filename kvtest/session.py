@@ -84,7 +84,6 @@ class _Base:
         self.kv_items: dict[str, pytest.Item] = {}
         self.backend_name = ""
         self.backend_why = ""
-        self._scope_seq = -1
 
     # -- collection -------------------------------------------------------------------------------
 
@@ -124,7 +123,6 @@ class _Base:
         )
         scope.seed = test_seed(self.settings.seed, item.nodeid)
         self.scope = scope
-        self._scope_seq = seq
         if self.store.watch is not None:
             self.store.watch.describe_step_with(scope.peer_step)
         return scope
@@ -172,7 +170,6 @@ class LeaderSession(_Base):
         self.seq = 0
         self.dead: dict[str, str] = {}
         self.run_id = ""
-        self.byes: dict[str, Any] = {}
         self.recorder = RunRecorder(settings.results)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -398,9 +395,7 @@ class LeaderSession(_Base):
             self.store.set(keys.item(self.seq), {"end": True})
             for role in self.topology.roles:
                 if role != self.me and role not in self.dead:
-                    self.byes[role] = self.store.wait(
-                        keys.bye(role), what=f"{role} to leave", timeout=30, peers=[role]
-                    )
+                    self.store.wait(keys.bye(role), what=f"{role} to leave", timeout=30, peers=[role])
         except RendezvousError as exc:
             self._write(f"kvtest: {exc}")
         if self.cluster is not None:
