@@ -107,9 +107,26 @@ class Node:
         """The CacheManager."""
         return self.dd.cache_manager
 
-    def peer(self, role: str) -> dict[str, Any]:
-        """What ``role``'s node published: cluster_id, listen, host_ip, device_id, device_ip."""
-        info: dict[str, Any] = self.kv.fetch(role, "node")
+    def peer(self, role: str, key: str = "node") -> dict[str, Any]:
+        """What ``role``'s node published: cluster_id, listen, host_ip, device_id, device_ip.
+
+        ``--remote-host-ip`` overrides the address a peer reports, as the samples' flag does: with one
+        IP every peer is dialled there; with several, the peer's own address must be one of them.
+        """
+        info: dict[str, Any] = dict(self.kv.fetch(role, key))
+        remote = self.settings.remote_host_ips
+        if not remote or info.get("host_ip") is None:
+            return info
+        if len(remote) > 1:
+            if info["host_ip"] not in remote:
+                raise RuntimeError(
+                    f"{role} reports host {info['host_ip']}, which is not in --remote-host-ip "
+                    f"{','.join(remote)}: list every peer host, or drop the option"
+                )
+            return info
+        info["host_ip"] = remote[0]
+        if info.get("listen"):
+            info["listen"] = f"{remote[0]}:{info['listen'].rsplit(':', 1)[1]}"
         return info
 
     # -- tensors ----------------------------------------------------------------------------------
@@ -371,7 +388,7 @@ class Node:
         """:meth:`link_clusters` to the addresses ``roles`` re-published under ``key``."""
         clusters = []
         for role in roles:
-            peer = self.kv.fetch(role, key)
+            peer = self.peer(role, key)
             if not peer["listen"]:
                 raise RuntimeError(f"{role} does not listen after switch_role")
             host, port = peer["listen"].rsplit(":", 1)

@@ -21,8 +21,22 @@ class Listener:
     def __init__(self, host: str, port: int, cluster_id: int) -> None:
         self.host = host
         self.port = port
+        # Bound to exactly host:port, as a real server is: TCPStore alone would listen on every address.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
         self._server: TCPStore | None = TCPStore(
-            host, port, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=5)
+            host,
+            port,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=datetime.timedelta(seconds=5),
+            master_listen_fd=sock.detach(),
         )
         self._server.set(IDENTITY_KEY, str(cluster_id))
 
