@@ -471,7 +471,12 @@ def check_combinations(s: Settings) -> None:
             f"{topology.count(s.role)} {s.role} process(es)",
             f"use --rank 0..{topology.count(s.role) - 1} or a larger --topology",
         )
-    if s.rendezvous is None and not s.is_leader:
+    if s.rendezvous is None and s.is_leader:
+        raise pytest.UsageError(
+            "kvtest: role p0 needs --rendezvous: the address it hosts the run on, which every other role "
+            "is given too, e.g. --rendezvous tcp://THIS_HOST:29500 (or drop --role to run every role here)"
+        )
+    if s.rendezvous is None:
         raise pytest.UsageError(
             f"kvtest: role {s.role_name} needs --rendezvous to find p0: e.g. --rendezvous "
             "tcp://P0_HOST:29500 (the address p0 was started with)"

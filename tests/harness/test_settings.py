@@ -70,6 +70,7 @@ BAD_CLI = [
     ({"seed": "-3"}, r"the seed must be from 0"),
     ({"run_id": "bad id!"}, r"a run id is 1-64 letters"),
     ({"role": "d"}, r"role d0 needs --rendezvous to find p0"),
+    ({"role": "p"}, r"role p0 needs --rendezvous: the address it hosts the run on"),
     ({"role": "p", "rendezvous": "file:///tmp/kvtest-store"}, r"needs --run-id: a shared file outlives a run"),
     ({"rank": "1"}, r"--rank from the command line \(--rank\) needs --role"),
     ({"role": "p", "rank": "1", "topology": "2p1d", "rendezvous": "tcp://127.0.0.1:5", "device_ids": "0,1,2"}, None),
