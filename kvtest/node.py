@@ -161,6 +161,14 @@ class Node:
             for i in range(count)
         ]
 
+    def pool_views(self, cache: Any, contents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Views of a pool-allocated cache's memory (create_npu_tensors on npu), filled with ``contents``."""
+        views = self.backend.tensors_at(list(contents[0].shape), contents[0].dtype, cache.tensor_addrs)
+        with torch.no_grad():
+            for view, host in zip(views, contents):
+                view.copy_(host)
+        return views
+
     def host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [self.backend.to_host(t) for t in tensors]
 

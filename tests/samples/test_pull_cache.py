@@ -104,15 +104,6 @@ CASES = {
 }
 
 
-def pool_tensors(node, cache, case: PullCacheCase, contents: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Views of ``cache``'s pool memory (create_npu_tensors on npu), holding ``contents``."""
-    views = node.backend.tensors_at(case.shape, case.torch_dtype, cache.tensor_addrs)
-    with torch.no_grad():
-        for view, host in zip(views, contents):
-            view.copy_(host)
-    return views
-
-
 def pulled(case: PullCacheCase, before: list[torch.Tensor], source: list[torch.Tensor]) -> list[torch.Tensor]:
     """d's cache after the pulls (``before`` updated in place): p's slots at the pulled batch indices."""
     for src_tensor, dst_tensor in case.pairs:
@@ -133,7 +124,7 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
         keys = [api.CacheKey(P, slot, 0) for slot in range(case.batch)]
         cache = node.allocate_cache(desc, keys)
         source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        views = pool_tensors(node, cache, case, source)
+        views = node.pool_views(cache, source)
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
         node.check(source, views, name="source cache after pull_cache")
@@ -152,7 +143,7 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
         )
         cache = node.allocate_cache(desc)
         before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        views = pool_tensors(node, cache, case, before)
+        views = node.pool_views(cache, before)
         kv.barrier("cache ready")
         for slot, index in case.pulls:
             with node.measure("pull_cache", case.pull_bytes):

@@ -89,15 +89,6 @@ CASES = {
 }
 
 
-def pool_tensors(node, cache, case: CacheToBlocksCase, contents: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Views of ``cache``'s pool memory (create_npu_tensors on npu), holding ``contents``."""
-    views = node.backend.tensors_at(case.slot_shape, case.torch_dtype, cache.tensor_addrs)
-    with torch.no_grad():
-        for view, host in zip(views, contents):
-            view.copy_(host)
-    return views
-
-
 def expected_blocks(
     case: CacheToBlocksCase, before: list[torch.Tensor], source: list[torch.Tensor]
 ) -> list[torch.Tensor]:
@@ -121,7 +112,7 @@ def test_pull_from_cache_to_blocks(kv, datadist, case: CacheToBlocksCase):
         keys = [api.CacheKey(P, slot, 0) for slot in range(case.slot + 1)]  # the sample keys slot 0 only
         cache = node.allocate_cache(desc, keys)
         source = node.expected(case.num_tensors, case.slot_shape, case.torch_dtype, side="p")
-        views = pool_tensors(node, cache, case, source)
+        views = node.pool_views(cache, source)
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
         node.check(source, views, name="source cache after pull_blocks")
