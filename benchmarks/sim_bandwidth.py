@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -23,24 +21,13 @@ import time
 import torch
 from torch.distributed import TCPStore
 
+from kvtest.node import free_port
+
 MiB = 1 << 20
 SIZES = [1 * MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB]
 BLOCK_BYTES = 256 * 1024
 NUM_TENSORS = 2
 WAIT_S = 120.0
-
-
-def free_port() -> int:
-    """A bindable port below the ephemeral range, so outgoing connections cannot take it meanwhile."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
 
 
 def blocks_for(total: int) -> int:
@@ -125,7 +112,7 @@ def main() -> int:
     store = TCPStore(
         "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=30)
     )
-    listen_port = free_port()
+    listen_port = free_port("127.0.0.1")
     proc = subprocess.Popen(
         [sys.executable, __file__, "--child", str(store.port), str(listen_port)],
         env=os.environ.copy(),

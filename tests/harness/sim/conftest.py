@@ -4,8 +4,6 @@ import datetime
 import itertools
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -24,22 +22,10 @@ import sim_scenarios  # noqa: E402
 
 from kvtest.backends import sim  # noqa: E402
 from kvtest.backends.sim import datadist  # noqa: E402
+from kvtest.node import free_port  # noqa: E402
 
 START_S = 60.0
 RESULT_S = 45.0
-
-
-def free_port() -> int:
-    """A bindable port below the ephemeral range, so outgoing connections cannot take it meanwhile."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
 
 
 class PeerFailed(AssertionError):
@@ -164,7 +150,7 @@ def peer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture
 def ports() -> dict[str, int]:
-    return {"p_port": free_port(), "d_port": free_port()}
+    return {"p_port": free_port("127.0.0.1"), "d_port": free_port("127.0.0.1")}
 
 
 @pytest.fixture

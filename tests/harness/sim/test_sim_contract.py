@@ -7,7 +7,6 @@ the way a real peer publishes them, so even single-process tests move bytes thro
 from __future__ import annotations
 
 import json
-import random
 import socket
 import threading
 import time
@@ -20,22 +19,10 @@ from kvtest.backends import sim
 from kvtest.backends.sim import control
 from kvtest.backends.sim.listener import Listener
 from kvtest.backends.sim.transport import Transport
+from kvtest.node import free_port
 
 S = sim.LLMStatusCode
 RANK_TABLE = json.dumps({"version": "1.2", "server_count": "1", "server_list": []})
-
-
-def free_port() -> int:
-    """A bindable port below the ephemeral range, so outgoing connections cannot take it meanwhile."""
-    for _ in range(200):
-        port = random.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 20000-32000")
 
 
 def port_open(port: int) -> bool:
@@ -244,7 +231,7 @@ def test_config_generates_documented_options():
 
 
 def test_init_with_a_taken_listen_port_fails(plane):
-    port = free_port()
+    port = free_port("127.0.0.1")
     holder = Listener("127.0.0.1", port, 99)
     try:
         with pytest.raises(
@@ -566,7 +553,7 @@ def test_switch_role_refused_while_linked(dd, fake_peer):
 
 
 def test_switch_role_opens_and_closes_the_listen_port(dd):
-    port = free_port()
+    port = free_port("127.0.0.1")
     dd.switch_role(sim.LLMRole.PROMPT, {"llm.listenIpInfo": f"127.0.0.1:{port}"})
     assert port_open(port)
     dd.switch_role(sim.LLMRole.DECODER)
@@ -576,7 +563,7 @@ def test_switch_role_opens_and_closes_the_listen_port(dd):
 
 
 def test_link_clusters_reports_codes_instead_of_raising(dd):
-    closed = free_port()
+    closed = free_port("127.0.0.1")
     info = sim.LLMClusterInfo()
     info.remote_cluster_id = 5
     info.append_local_ip_info("127.0.0.1", 0)
@@ -584,7 +571,7 @@ def test_link_clusters_reports_codes_instead_of_raising(dd):
     began = time.monotonic()
     assert dd.link_clusters([info], 2000) == (S.LLM_LINK_FAILED, [S.LLM_LINK_FAILED])
     assert time.monotonic() - began < 2.5
-    other = free_port()
+    other = free_port("127.0.0.1")
     impostor = Listener("127.0.0.1", other, 77)  # answers with cluster id 77, not 5
     try:
         info2 = sim.LLMClusterInfo()
@@ -608,7 +595,7 @@ def test_link_clusters_reports_codes_instead_of_raising(dd):
 
 
 def test_one_sided_link_to_a_listening_fake_peer(dd, fake_peer):
-    port = free_port()
+    port = free_port("127.0.0.1")
     server = Listener("127.0.0.1", port, 9)
     try:
         info = sim.LLMClusterInfo()
