@@ -89,7 +89,6 @@ class keys:
         return f"hello/{role}"
 
     VERDICT = "verdict"
-    END = "end"
 
     @staticmethod
     def heartbeat(role: str) -> str:

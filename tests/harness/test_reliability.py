@@ -193,11 +193,11 @@ def test_flows_pass_without_faults(pytester: pytest.Pytester):
 
 
 @pytest.mark.parametrize("api", apis_for("d"))
-def test_dead_follower_at_every_api(pytester: pytest.Pytester, api: str):
+def test_dead_follower_at_every_api(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, api: str):
     """d0 dies at ``api``: p0 names it and the step within 10 s, the run fails, earlier results stay."""
     write_suite(pytester.path)
     flow = flow_id(api, "d")
-    pytester._monkeypatch.setenv("KVTEST_SIM_FAULT", f"crash@{api}:d0")
+    monkeypatch.setenv("KVTEST_SIM_FAULT", f"crash@{api}:d0")
     result = pytester.runpytest_subprocess(
         "-p",
         "no:randomly",
@@ -277,9 +277,11 @@ def test_dead_leader_at_every_api(pytester: pytest.Pytester, start_role, port: i
     assert outcomes(pytester.path / "r.json") == dict.fromkeys(BEFORE_IDS, "passed")
 
 
-def test_stalled_transfer_times_out_and_the_run_goes_on(pytester: pytest.Pytester):
+def test_stalled_transfer_times_out_and_the_run_goes_on(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
     write_suite(pytester.path)
-    pytester._monkeypatch.setenv("KVTEST_SIM_FAULT", "stall@push_blocks:d0")
+    monkeypatch.setenv("KVTEST_SIM_FAULT", "stall@push_blocks:d0")
     result = pytester.runpytest_subprocess(
         "-p",
         "no:randomly",
@@ -302,9 +304,11 @@ def test_stalled_transfer_times_out_and_the_run_goes_on(pytester: pytest.Pyteste
     assert "ERROR" not in result.stdout.str()
 
 
-def test_link_failure_reports_per_cluster_codes_and_tears_down(pytester: pytest.Pytester):
+def test_link_failure_reports_per_cluster_codes_and_tears_down(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+):
     write_suite(pytester.path)
-    pytester._monkeypatch.setenv("KVTEST_SIM_FAULT", "linkfail:d0")
+    monkeypatch.setenv("KVTEST_SIM_FAULT", "linkfail:d0")
     result = pytester.runpytest_subprocess(
         "-p",
         "no:randomly",
