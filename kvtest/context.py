@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 
 from kvtest.metrics import TransferLog
-from kvtest.rendezvous import PeerFailed, RunStore, keys
+from kvtest.rendezvous import PeerFailed, RunStore, Shape, keys
 from kvtest.topology import Topology, parse_role_name
 
 __all__ = ["TestScope"]
+
+#: what a role writes when it fails or skips a test, so the others stop waiting for it
+ABORT_SHAPE: Shape = {"role": str, "step": str, "message": str, "skipped": bool}
 
 
 class TestScope:
@@ -74,8 +77,8 @@ class TestScope:
         """Raise :class:`PeerFailed` when another role has already failed this test."""
         name = keys.abort(self.seq)
         if self.store.has(name):
-            info = self.store.get_now(name)
-            if info.get("role") != self.me:
+            info = self.store.get_now(name, shape=ABORT_SHAPE)
+            if info["role"] != self.me:
                 if info.get("skipped"):
                     pytest.skip(f"{info['role']} skipped: {info['message']}")
                 raise PeerFailed(info["role"], info["step"], info["message"])

@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -30,11 +30,50 @@ __all__ = [
     "RendezvousTimeout",
     "RunStore",
     "PortInUse",
+    "Shape",
+    "check_shape",
     "keys",
     "open_store",
 ]
 
 JSON = Any
+#: the members a stored object must have, with their types; more members are allowed
+Shape = Mapping[str, "type | tuple[type, ...]"]
+_JSON_NAMES = {
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _json_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(_JSON_NAMES.get(k, k.__name__) for k in kinds))
+
+
+def check_shape(value: JSON, shape: Shape, full: str, me: str) -> dict[str, Any]:
+    """``value`` as an object with every member of ``shape``; else a one-line RendezvousError."""
+    problem = None
+    if not isinstance(value, dict):
+        problem = f"{_json_name(type(value))} where an object belongs"
+    else:
+        for name, kind in shape.items():
+            if name not in value:
+                problem = f"no {name!r} member"
+            elif not isinstance(value[name], kind):
+                problem = f"{name!r} is {_json_name(type(value[name]))}, not {_json_name(kind)}"
+            if problem:
+                break
+    if problem is None and isinstance(value, dict):
+        return value
+    raise RendezvousError(
+        f"{me} read a value of the wrong shape under {full!r} ({problem}): refusing it; is a stranger, "
+        "or another kvtest version, writing to this rendezvous?"
+    )
 
 
 class RendezvousError(Exception):
@@ -299,19 +338,21 @@ class RunStore:
     def has(self, name: str) -> bool:
         return bool(self._call(lambda: self.raw.check([self.key(name)])))
 
-    def get_now(self, name: str) -> JSON:
-        return self._decode(self.key(name), self._call(lambda: self.raw.get(self.key(name))))
+    def get_now(self, name: str, *, shape: Shape | None = None) -> JSON:
+        return self._decode(self.key(name), self._call(lambda: self.raw.get(self.key(name))), shape)
 
-    def _decode(self, full: str, raw: bytes) -> JSON:
-        """JSON only: anything else under a run key is refused as an error, never unpickled or run."""
+    def _decode(self, full: str, raw: bytes, shape: Shape | None = None) -> JSON:
+        """JSON only: anything else under a run key is refused as an error, never unpickled or run.
+        With ``shape``, an object missing a member (or holding one of the wrong type) is refused too."""
         try:
-            return json.loads(raw)
+            value = json.loads(raw)
         except (UnicodeDecodeError, ValueError):
             shown = bytes(raw[:32])
             raise RendezvousError(
                 f"{self.me} read a value that is not JSON under {full!r} ({len(raw)} bytes, "
                 f"starting {shown!r}): refusing it; is a stranger writing to this rendezvous?"
             ) from None
+        return value if shape is None else check_shape(value, shape, full, self.me)
 
     def add(self, name: str, amount: int) -> int:
         return int(self._call(lambda: self.raw.add(self.key(name), amount)))
@@ -335,6 +376,7 @@ class RunStore:
         timeout: float,
         peers: Iterable[str] = (),
         abort: Callable[[], None] | None = None,
+        shape: Shape | None = None,
     ) -> JSON:
         """Wait for ``name`` to appear and return its value.
 
@@ -350,7 +392,7 @@ class RunStore:
             self._call(lambda: self.watch.note_steps(peers) if self.watch else None)
         while True:
             if self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001))):
-                return self._decode(full, self._call(lambda: self.raw.get(full)))
+                return self._decode(full, self._call(lambda: self.raw.get(full)), shape)
             if abort is not None:
                 abort()
             if self.watch is not None and peers:

@@ -22,10 +22,19 @@ from typing import Any
 import pytest
 
 from kvtest import __version__
-from kvtest.rendezvous import RendezvousError, RunStore, keys
+from kvtest.rendezvous import RendezvousError, RunStore, Shape, keys
 from kvtest.topology import Topology
 
-__all__ = ["Hello", "RoleResult", "collection_digest", "compare_hello", "merge_results"]
+__all__ = [
+    "HELLO_SHAPE",
+    "RESULT_SHAPE",
+    "VERDICT_SHAPE",
+    "Hello",
+    "RoleResult",
+    "collection_digest",
+    "compare_hello",
+    "merge_results",
+]
 
 #: a follower may wait this long for the next announcement (the leader's heartbeat catches a dead one)
 IDLE_LIMIT = 6 * 3600.0
@@ -75,7 +84,23 @@ class Hello:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Hello:
-        return cls(**{**data, "nodeids": tuple(data["nodeids"])})
+        return cls(**{**{name: data[name] for name in HELLO_SHAPE}, "nodeids": tuple(data["nodeids"])})
+
+
+#: what a hello must hold to be read (see :func:`kvtest.rendezvous.check_shape`)
+HELLO_SHAPE: Shape = {
+    "role": str,
+    "version": str,
+    "backend": str,
+    "topology": str,
+    "seed": int,
+    "profile": str,
+    "digest": str,
+    "nodeids": list,
+    "host": str,
+    "pid": int,
+}
+VERDICT_SHAPE: Shape = {"ok": bool}
 
 
 def _sample(ids: Sequence[str], limit: int = 3) -> str:
@@ -122,13 +147,26 @@ class RoleResult:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoleResult:
-        return cls(**{**data, "transfers": tuple(data.get("transfers", ()))})
+        return cls(**{**{name: data[name] for name in RESULT_SHAPE}, "transfers": tuple(data["transfers"])})
 
     @property
     def headline(self) -> str:
         if self.died:
             return self.message
         return f"{self.role} failed at step {self.step!r}: {self.message}"
+
+
+RESULT_SHAPE: Shape = {
+    "role": str,
+    "outcome": str,
+    "step": str,
+    "message": str,
+    "details": str,
+    "secondary": bool,
+    "died": bool,
+    "duration": (int, float),
+    "transfers": list,
+}
 
 
 def merge_results(results: Iterable[RoleResult], max_detail_lines: int = 40) -> str | None:
@@ -231,6 +269,7 @@ class Handshake:
                         what=f"{role} to join",
                         timeout=max(deadline - time.monotonic(), 0.01),
                         peers=[role] if exited is not None else (),
+                        shape=HELLO_SHAPE,
                     )
                 )
             except RendezvousError as exc:
@@ -248,7 +287,11 @@ class Handshake:
         """A follower: say hello, then obey p0's verdict."""
         self.store.set(keys.hello(self.me.role), self.me.to_json())
         verdict = self.store.wait(
-            keys.VERDICT, what="p0's verdict on the handshake", timeout=self.timeout, peers=["p0"]
+            keys.VERDICT,
+            what="p0's verdict on the handshake",
+            timeout=self.timeout,
+            peers=["p0"],
+            shape=VERDICT_SHAPE,
         )
         if not verdict.get("ok"):
             raise pytest.UsageError(f"kvtest: p0 refused the run: {verdict.get('reason')}")

@@ -33,12 +33,22 @@ from kvtest.rendezvous import (
     RendezvousError,
     RendezvousLost,
     RunStore,
+    Shape,
+    check_shape,
     keys,
     open_store,
     reconnect,
 )
 from kvtest.report import summary_lines, sweep_table
-from kvtest.schedule import IDLE_LIMIT, Handshake, Hello, MergedRepr, RoleResult, merge_results
+from kvtest.schedule import (
+    IDLE_LIMIT,
+    RESULT_SHAPE,
+    Handshake,
+    Hello,
+    MergedRepr,
+    RoleResult,
+    merge_results,
+)
 from kvtest.settings import OPTIONS, Rendezvous, Settings
 from kvtest.topology import Topology
 
@@ -47,6 +57,8 @@ __all__ = ["FollowerSession", "LeaderSession", "KV_ITEM", "item_topology", "item
 KV_FIXTURE = "kv"
 KV_ITEM = pytest.StashKey[Topology]()
 RESULT_PHASES = {"setup": "call", "call": "call", "teardown": "teardown"}
+#: what p0's announcement of a test must hold for a follower to run it
+ITEM_SHAPE: Shape = {"nodeid": str, "roles": list, "next": dict}
 
 
 def item_topology(item: pytest.Item) -> Topology:
@@ -342,6 +354,7 @@ class LeaderSession(_Base):
                     what=f"{role}'s {phase} outcome",
                     timeout=4 * scope.timeout,
                     peers=[role],
+                    shape=RESULT_SHAPE,
                 )
                 results.append(RoleResult.from_json(data))
             except PeerDead as exc:
@@ -506,10 +519,11 @@ class FollowerSession(_Base):
         seq = 0
         while True:
             announced = self.store.wait(
-                keys.item(seq), what="p0's next test", timeout=IDLE_LIMIT, peers=["p0"]
+                keys.item(seq), what="p0's next test", timeout=IDLE_LIMIT, peers=["p0"], shape={}
             )
-            if announced.get("end"):
+            if announced.get("end") is True:
                 return session.testsfailed
+            check_shape(announced, ITEM_SHAPE, self.store.key(keys.item(seq)), self.me)
             if self.me in announced["roles"]:
                 self._run_announced(session, seq, announced)
             seq += 1

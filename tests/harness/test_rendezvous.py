@@ -15,12 +15,15 @@ from kvtest.rendezvous import (
     PeerDead,
     PeerFailed,
     PeerWatch,
+    RendezvousError,
     RendezvousLost,
     RendezvousTimeout,
     RunStore,
+    check_shape,
     keys,
     open_store,
 )
+from kvtest.schedule import HELLO_SHAPE, RESULT_SHAPE, Handshake, Hello, RoleResult
 from kvtest.settings import Rendezvous
 from kvtest.topology import Topology
 
@@ -49,6 +52,52 @@ def test_values_are_json_not_pickle(tcp):
     store = RunStore(raw, "r", "p0")
     store.set("v", {"a": [1, 2]})
     assert raw.get("kvtest/r/v") == b'{"a": [1, 2]}'
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ([1, 2], "an array where an object belongs"),
+        (None, "null where an object belongs"),
+        ("ok", "a string where an object belongs"),
+        ({}, "no 'ok' member"),
+        ({"ok": 1}, "'ok' is a number, not true/false"),
+        ({"ok": "yes"}, "'ok' is a string, not true/false"),
+    ],
+)
+def test_values_of_the_wrong_shape_are_refused_in_one_line(tcp, value, problem):
+    raw, _ = tcp
+    store = RunStore(raw, "r", "d0")
+    store.set("verdict", value)
+    message = (
+        f"d0 read a value of the wrong shape under 'kvtest/r/verdict' ({problem}): refusing it; "
+        "is a stranger, or another kvtest version, writing to this rendezvous?"
+    )
+    with pytest.raises(RendezvousError) as wait_error:
+        store.wait("verdict", what="p0's verdict", timeout=1, shape={"ok": bool})
+    with pytest.raises(RendezvousError) as get_error:
+        store.get_now("verdict", shape={"ok": bool})
+    assert str(wait_error.value) == str(get_error.value) == message
+    assert store.get_now("verdict") == value  # without a shape, any JSON is returned as it is
+
+
+def test_values_of_the_right_shape_pass_and_extra_members_are_ignored():
+    assert check_shape({"ok": True, "reason": "x"}, {"ok": bool}, "k", "d0") == {"ok": True, "reason": "x"}
+    assert check_shape({"n": 1.5}, {"n": (int, float)}, "k", "d0") == {"n": 1.5}
+    result = RoleResult("d0", "passed", transfers=({"api": "pull_blocks"},))
+    assert RoleResult.from_json(check_shape({**result.to_json(), "new": 1}, RESULT_SHAPE, "k", "p0")) == result
+    hello = Hello.make("d0", "sim", Topology(1, 1), 7, "smoke", ["t::a"])
+    assert Hello.from_json(check_shape({**hello.to_json(), "new": 1}, HELLO_SHAPE, "k", "p0")) == hello
+
+
+def test_leader_refuses_a_hello_of_the_wrong_shape(tcp):
+    raw, port = tcp
+    RunStore(client(port), "r", "d0").set(keys.hello("d0"), {"role": "d0", "version": 2})
+    me = Hello.make("p0", "sim", Topology(1, 1), 7, "smoke", ["t::a"])
+    handshake = Handshake(RunStore(raw, "r", "p0"), me, ["p0", "d0"], timeout=2)
+    with pytest.raises(pytest.UsageError, match=r"kvtest: d0 did not join: p0 read a value of the wrong shape "
+                       r"under 'kvtest/r/hello/d0' \('version' is a number, not a string\)"):
+        handshake.lead()
 
 
 def test_timeout_message_names_role_key_and_seconds(tcp):

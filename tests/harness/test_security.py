@@ -3,6 +3,7 @@ addresses the rendezvous binds, and values in the store that are not JSON."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import socket
 import time
@@ -173,3 +174,23 @@ def test_values_that_are_not_json_are_refused_not_run(
     assert "d0 read a value that is not JSON under 'kvtest/r/verdict'" in out.output
     assert "refusing it" in out.output and "Traceback" not in out.output
     assert not marker.exists()
+
+
+def test_an_announcement_of_the_wrong_shape_stops_the_follower_in_one_line(
+    pytester: pytest.Pytester, start_role, port: int
+):
+    """A fake leader agrees to the run, then announces a test as a number where its id belongs."""
+    pytester.makepyfile(test_pair=PAIR)
+    raw, _ = open_store(Rendezvous("tcp", host="127.0.0.1", port=port), host=True, timeout=30)
+    raw.set(keys.CURRENT_RUN, "r")
+    raw.set(keys.run_prefix("r") + keys.VERDICT, json.dumps({"ok": True}))
+    raw.set(keys.run_prefix("r") + keys.item(0), json.dumps({"nodeid": 7, "roles": ["d0"], "next": {}}))
+    d = start_role("d", "--role", "d", "--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-join-timeout", "30")
+    out = d.wait()
+    del raw
+    assert out.returncode == pytest.ExitCode.TESTS_FAILED, out.output
+    assert (
+        "kvtest: d0 read a value of the wrong shape under 'kvtest/r/item/0' ('nodeid' is a number, not a string)"
+        in out.output
+    )
+    assert "Traceback" not in out.output and "INTERNALERROR" not in out.output
