@@ -108,6 +108,23 @@ def test_two_sided(kv, datadist):
 
 @pytest.mark.kv(topology="1p1d")
 @pytest.mark.parametrize("actor", ["d", "p"])
+def test_switch(kv, datadist, actor):
+    node = datadist(ID[kv.role], local_comm_res="")  # a client until the actor switches
+    api, other = node.api, other_of(kv)
+    kv.barrier("created")
+    if kv.role == actor:
+        node.switch_role(api.LLMRole.PROMPT, listen=True)
+    kv.barrier("switched")
+    if kv.role != actor:
+        ret, codes = node.link_clusters_to([other])
+        assert ret == api.LLMStatusCode.LLM_SUCCESS, (ret, codes)
+    kv.barrier("linked")
+    node.unlink_clusters([other], force=True)
+    node.finalize()
+
+
+@pytest.mark.kv(topology="1p1d")
+@pytest.mark.parametrize("actor", ["d", "p"])
 def test_async(kv, datadist, actor):
     node = datadist(ID[kv.role], listen=True, cache_manager=True, remote_cache_accessible=True)
     api, other = node.api, other_of(kv)
@@ -145,6 +162,7 @@ API_FLOW = {
     "transfer_cache_async": "test_async[{actor}]",
     "unlink_clusters": "test_blocks[{actor}]",
     "unlink": "test_two_sided",
+    "switch_role": "test_switch[{actor}]",
     "finalize": "test_blocks[{actor}]",
 }
 #: apis whose crash runs by default (one of each kind, both roles); the rest with KVTEST_HARNESS_FULL=1
@@ -189,7 +207,7 @@ def test_flows_pass_without_faults(pytester: pytest.Pytester):
     """The flows themselves are sound: every fault test below fails because of its fault alone."""
     write_suite(pytester.path)
     result = pytester.runpytest_subprocess("-p", "no:randomly", "test_a_before.py", "test_flows.py")
-    result.assert_outcomes(passed=9)
+    result.assert_outcomes(passed=11)
 
 
 @pytest.mark.parametrize("api", apis_for("d"))
