@@ -25,6 +25,7 @@ __all__ = [
     "OPTIONS",
     "PRECEDENCE",
     "PROFILES",
+    "PROFILE_TIMEOUTS",
     "Rendezvous",
     "Settings",
     "parse_rendezvous",
@@ -138,6 +139,10 @@ def _parse_seconds(text: str, low: float, high: float, what: str) -> float:
     if not low < value <= high:
         raise ValueError(f"{what} must be more than {low:g} and at most {high:g} seconds")
     return value
+
+
+#: the step timeout when none is given: nightly and stress cases move and check GiB in one step
+PROFILE_TIMEOUTS = {"smoke": 60.0, "nightly": 600.0, "stress": 1800.0}
 
 
 def parse_timeout(text: str) -> float:
@@ -355,7 +360,8 @@ OPTIONS: tuple[Option[Any], ...] = (
         "--kv-timeout",
         parse_timeout,
         60.0,
-        "seconds one step (barrier, fetch, result) may wait for the peers before it fails.",
+        "seconds one step (barrier, fetch, result) may wait for the peers before it fails "
+        "(default: 60 for smoke, 600 for nightly, 1800 for stress).",
         "SECONDS",
     ),
     Option(
@@ -442,6 +448,8 @@ def resolve(
         else:
             values[option.dest] = option.default
             sources[option.dest] = "default"
+    if sources["timeout"] == "default":
+        values["timeout"] = PROFILE_TIMEOUTS[values["profile"]]
     settings = Settings(**values, sources=sources)
     check_combinations(settings)
     return settings

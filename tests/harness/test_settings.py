@@ -30,6 +30,20 @@ def test_precedence_cli_over_env_over_ini():
     assert s.sources["backend"] == "the ini file (kv_backend in pytest.ini)"
 
 
+@pytest.mark.parametrize(
+    ("given", "timeout"),
+    [
+        ({}, 60.0),
+        ({"profile": "nightly"}, 600.0),
+        ({"profile": "stress"}, 1800.0),
+        ({"profile": "nightly", "timeout": "90"}, 90.0),  # a timeout given anywhere wins
+    ],
+)
+def test_step_timeout_follows_the_profile_unless_given(given, timeout):
+    assert res(given).timeout == timeout
+    assert res({}, {"KVTEST_PROFILE": "stress", "KVTEST_TIMEOUT": "5"}).timeout == 5.0
+
+
 def test_paired_settings_parse():
     s = res({"role": "d", "rank": "1", "topology": "2p2d", "rendezvous": "tcp://192.0.2.1:29500",
              "device_ids": "4,5", "remote_host_ips": "192.0.2.1", "local_host_ip": "192.0.2.2"})
