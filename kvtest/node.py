@@ -229,11 +229,13 @@ class Node:
 
     # -- links ------------------------------------------------------------------------------------
 
-    def cluster_info(self, role: str, *, local_port: int | None = None) -> Any:
-        """The LLMClusterInfo that reaches ``role``'s listener, as the samples build it."""
-        peer = self.peer(role)
+    def cluster_info(self, role: str, *, local_port: int | None = None, key: str = "node") -> Any:
+        """The LLMClusterInfo that reaches ``role``'s listener (as published under ``key``), as the
+        samples build it."""
+        peer = self.peer(role, key)
         if not peer["listen"]:
-            raise RuntimeError(f"{role} does not listen (its datadist was made without listen=True)")
+            why = "its datadist was made without listen=True" if key == "node" else f"as of {key!r}"
+            raise RuntimeError(f"{role} does not listen ({why})")
         host, port = peer["listen"].rsplit(":", 1)
         info = self.api.LLMClusterInfo()
         info.remote_cluster_id = peer["cluster_id"]
@@ -244,9 +246,12 @@ class Node:
         info.append_remote_ip_info(host, int(port))
         return info
 
-    def link_clusters(self, roles: Sequence[str], timeout_ms: int = 5000) -> tuple[Any, list[Any]]:
-        """One-sided link to every role in ``roles``; return (code, per-cluster codes) as the API does."""
-        clusters = [self.cluster_info(role) for role in roles]
+    def link_clusters(
+        self, roles: Sequence[str], timeout_ms: int = 5000, *, key: str = "node"
+    ) -> tuple[Any, list[Any]]:
+        """One-sided link to every role in ``roles``, at the addresses they published under ``key``;
+        return (code, per-cluster codes) as the API does."""
+        clusters = [self.cluster_info(role, key=key) for role in roles]
         self.kv.step("link_clusters")
         ret, codes = self.dd.link_clusters(clusters, timeout_ms)
         for info, code in zip(clusters, codes):
@@ -394,20 +399,4 @@ class Node:
         self, roles: Sequence[str], *, key: str = "node after switch_role", timeout_ms: int = 5000
     ) -> tuple[Any, list[Any]]:
         """:meth:`link_clusters` to the addresses ``roles`` re-published under ``key``."""
-        clusters = []
-        for role in roles:
-            peer = self.peer(role, key)
-            if not peer["listen"]:
-                raise RuntimeError(f"{role} does not listen after switch_role")
-            host, port = peer["listen"].rsplit(":", 1)
-            info = self.api.LLMClusterInfo()
-            info.remote_cluster_id = peer["cluster_id"]
-            info.append_local_ip_info(self.host_ip, int(self.listen.rsplit(":", 1)[1]) if self.listen else 0)
-            info.append_remote_ip_info(host, int(port))
-            clusters.append(info)
-        self.kv.step("link_clusters")
-        ret, codes = self.dd.link_clusters(clusters, timeout_ms)
-        for info, code in zip(clusters, codes):
-            if code == self.api.LLMStatusCode.LLM_SUCCESS:
-                self.clusters[info.remote_cluster_id] = info
-        return ret, list(codes)
+        return self.link_clusters(roles, timeout_ms, key=key)
