@@ -194,6 +194,14 @@ def flow_id(api: str, side: str) -> str:
     return "test_flows.py::" + API_FLOW[api].format(actor=side)
 
 
+def run_faulted(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """Run the suite in local mode, in file order, with a long step timeout (a fault, not a slow
+    step, must end each test) and JUnit times in j.xml."""
+    return pytester.runpytest_subprocess(
+        "-p", "no:randomly", *args, "--kv-timeout", "120", "--junitxml=j.xml"
+    )
+
+
 def junit_times(path: Path) -> dict[str, float]:
     root = ET.parse(path).getroot()
     return {case.get("name"): float(case.get("time")) for case in root.iter("testcase")}
@@ -216,16 +224,7 @@ def test_dead_follower_at_every_api(pytester: pytest.Pytester, monkeypatch: pyte
     write_suite(pytester.path)
     flow = flow_id(api, "d")
     monkeypatch.setenv("KVTEST_SIM_FAULT", f"crash@{api}:d0")
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        *BEFORE_IDS,
-        flow,
-        "--kv-timeout",
-        "120",
-        "--junitxml=j.xml",
-        "--kv-results=r.json",
-    )
+    result = run_faulted(pytester, *BEFORE_IDS, flow, "--kv-results=r.json")
     out = result.stdout.str()
     assert result.ret == pytest.ExitCode.TESTS_FAILED, out
     assert re.search(rf"peer d0 died at step '{api}': its process \(pid \d+\) exited with code 70", out), out
@@ -307,15 +306,7 @@ def test_stalled_transfer_times_out_and_the_run_goes_on(
 ):
     write_suite(pytester.path)
     monkeypatch.setenv("KVTEST_SIM_FAULT", "stall@push_blocks:d0")
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        "test_flows.py::test_blocks[d]",
-        "test_flows.py::test_two_sided",
-        "--kv-timeout",
-        "120",
-        "--junitxml=j.xml",
-    )
+    result = run_faulted(pytester, "test_flows.py::test_blocks[d]", "test_flows.py::test_two_sided")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -334,15 +325,8 @@ def test_link_failure_reports_per_cluster_codes_and_tears_down(
 ):
     write_suite(pytester.path)
     monkeypatch.setenv("KVTEST_SIM_FAULT", "linkfail:d0")
-    result = pytester.runpytest_subprocess(
-        "-p",
-        "no:randomly",
-        "test_flows.py::test_blocks[d]",
-        "test_flows.py::test_two_sided",
-        *BEFORE_IDS,
-        "--kv-timeout",
-        "120",
-        "--junitxml=j.xml",
+    result = run_faulted(
+        pytester, "test_flows.py::test_blocks[d]", "test_flows.py::test_two_sided", *BEFORE_IDS
     )
     result.assert_outcomes(passed=2, failed=2)
     out = result.stdout.str()
