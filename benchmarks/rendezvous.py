@@ -2,7 +2,7 @@
 
     python benchmarks/rendezvous.py [--rounds 2000] [--file]
 
-Each round both processes enter the same barrier (kvtest.context.TestScope.barrier, the call the
+Each round both processes enter the same barrier (kvtest.run.scope.TestScope.barrier, the call the
 sample tests use); the leader times entry to release. --file uses a FileStore instead of the TCPStore.
 """
 
@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvtest.context import TestScope
-from kvtest.rendezvous import PeerWatch, RunStore, open_store
+from kvtest.run.rendezvous import PeerWatch, RunStore, open_store
+from kvtest.run.scope import TestScope
+from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous
-from kvtest.topology import Topology
 
 
 def scope(rdv: Rendezvous, me: str, host: bool) -> TestScope:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kvtest.settings import PROFILES
+from kvtest.state import settings_of
 
 __all__ = ["DTYPES", "BlocksCase", "RowsCase", "cases_for", "index_list", "parametrize_cases"]
 
@@ -27,8 +28,6 @@ def parametrize_cases(metafunc: pytest.Metafunc) -> None:
     """Parametrize the ``case`` argument from the test module's ``CASES`` for the run's profile."""
     if "case" not in metafunc.fixturenames:
         return
-    from kvtest.plugin import settings_of
-
     cases = getattr(metafunc.module, "CASES", None)
     if cases is None:
         raise pytest.UsageError(f"kvtest: {metafunc.module.__name__} takes 'case' but defines no CASES")

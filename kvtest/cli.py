@@ -11,7 +11,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kvtest", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from kvtest import compare, doctor
+    from kvtest import doctor
+    from kvtest.results import compare
 
     doctor.add_arguments(sub.add_parser("doctor", help=doctor.HELP, description=doctor.HELP))
     compare.add_arguments(sub.add_parser("compare", help=compare.HELP, description=compare.HELP))

@@ -1,6 +1,6 @@
 """``kvtest doctor``: a preflight table for one host, and for its peer when given one.
 
-Each line is a :class:`~kvtest.envcheck.Check` (ok / warn / fail / skip) with a fix for every
+Each line is a :class:`~kvtest.host.envcheck.Check` (ok / warn / fail / skip) with a fix for every
 failure; the exit code is 1 when any line failed. With ``--listen PORT`` on one host and
 ``--peer HOST:PORT`` on the other, the two doctors swap their facts as JSON through a
 ``torch.distributed.TCPStore`` (the listener hosts it) and check what only the pair can: device
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from kvtest import devices
 from kvtest.backends import BACKEND_CHOICES
-from kvtest.envcheck import FAIL, OK, SKIP, WARN, Check, env_checks
+from kvtest.host import devices
+from kvtest.host.envcheck import FAIL, OK, SKIP, WARN, Check, env_checks
 
 __all__ = ["HELP", "Facts", "add_arguments", "collect", "exchange", "peer_checks", "render", "run"]
 
@@ -137,7 +137,7 @@ def _probe_sim() -> tuple[bool, str]:
         importlib.import_module("nixl_cu12")
     except Exception as exc:
         return False, f"nixl_cu12 does not import: {' '.join(str(exc).split()) or type(exc).__name__}"
-    from kvtest.fingerprint import package_version
+    from kvtest.host.fingerprint import package_version
 
     version = package_version("nixl-cu12", "nixl_cu12", "nixl")
     return True, f"nixl_cu12 {version} imports"
@@ -269,7 +269,7 @@ def _tls_agreement(name: str, sides: dict[str, dict[int, bool]]) -> Check:
 
 def collect(args: argparse.Namespace) -> tuple[list[Check], Facts, bool]:
     """This side's checks and facts; the flag says whether device checks count as failures."""
-    from kvtest.fingerprint import cann_version, kvtest_version
+    from kvtest.host.fingerprint import cann_version, kvtest_version
 
     backend_lines, npu_ok, npu_required = _backend_checks(args.backend)
     facts = Facts(host=socket.gethostname(), kvtest=kvtest_version(), cann=cann_version(), npu_usable=npu_ok)

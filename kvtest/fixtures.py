@@ -8,72 +8,54 @@ returns a :class:`kvtest.node.Node`; whatever the body leaves is released at tea
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, Union
 
 import pytest
 
 from kvtest.backends.protocol import Backend
-from kvtest.context import TestScope
 from kvtest.node import Node, free_port
+from kvtest.run.scope import TestScope
 from kvtest.settings import Settings
+from kvtest.state import BODY_FAILED, chosen_backend, devices_of, settings_of
 
-__all__ = ["datadist", "kv_backend", "test_seed"]
+__all__ = ["datadist", "kv_backend"]
 
 #: a cluster id, or a function of this node's (host ip, port) giving one (the xPyD sample's ids)
 ClusterId = Union[int, Callable[[str, int], int]]
 
 
-def _settings(config: pytest.Config) -> Settings:
-    from kvtest.plugin import settings_of
-
-    return settings_of(config)
-
-
-def _device_id(settings: Settings, role: str, backend: Backend) -> int:
+def _device_id(settings: Settings, role: str, backend: Backend, claims: list[Any]) -> int:
     chosen = settings.device_id()
     if chosen is not None:
         return chosen
     if backend.name == "sim":
         # Each role its own emulated device, as a one-host rank table (two-sided link) requires.
-        from kvtest.topology import parse_role_name
+        from kvtest.run.topology import parse_role_name
 
         side, rank = parse_role_name(role)
         return 2 * rank + (side != "p")
-    from kvtest.devices import visible_devices
-    from kvtest.devpool import DevicePool
+    from kvtest.host.devices import visible_devices
+    from kvtest.host.devpool import DevicePool
 
     claim = DevicePool(visible_devices()).claim(timeout=settings.join_timeout)
-    _CLAIMS.append(claim)  # held for the whole session; the OS releases it if the process dies
+    claims.append(claim)  # held for the whole session; the OS releases it if the process dies
     return int(claim.device_id)
-
-
-_CLAIMS: list[Any] = []
-_DEVICE: dict[str, int] = {}
 
 
 @pytest.fixture
 def kv_backend(kv: TestScope, request: pytest.FixtureRequest) -> Backend:
     """The run's backend, bound to this test's rendezvous, with this role's device selected."""
-    from kvtest.plugin import BACKEND, resolve_backend_name
-
-    resolve_backend_name(request.config)
-    backend, _ = request.config.stash[BACKEND]
+    backend, _ = chosen_backend(request.config)
     backend.bind(kv.store.raw, f"{kv.store.prefix}{kv.prefix}backend/", kv.me)
-    settings = _settings(request.config)
-    if kv.me not in _DEVICE:
-        _DEVICE[kv.me] = _device_id(settings, kv.me, backend)
-        backend.set_device(_DEVICE[kv.me])
+    settings = settings_of(request.config)
+    devices = devices_of(request.config)
+    if kv.me not in devices.by_role:
+        devices.by_role[kv.me] = _device_id(settings, kv.me, backend, devices.claims)
+        backend.set_device(devices.by_role[kv.me])
     return backend
 
 
-def test_seed(run_seed: int, nodeid: str) -> int:  # not a test: see __test__ below
-    """The per-test seed, the same on every role: the run seed mixed with the test id."""
-    return (run_seed * 1_000_003 + zlib.crc32(nodeid.encode())) % (2**63)
-
-
-test_seed.__test__ = False  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -87,7 +69,7 @@ def datadist(
     Builds the options as the samples do (``LLMConfig``), inits an LLMDataDist for this role and
     publishes the node's addresses. One per process at a time, as the API requires.
     """
-    settings = _settings(request.config)
+    settings = settings_of(request.config)
     nodes: list[Node] = []
 
     def make(
@@ -103,7 +85,7 @@ def datadist(
         role: Any = None,
     ) -> Node:
         api = kv_backend.api
-        node = Node(kv, kv_backend, settings, 0, _DEVICE.get(kv.me, 0))
+        node = Node(kv, kv_backend, settings, 0, devices_of(request.config).by_role.get(kv.me, 0))
         port = free_port(node.host_ip) if listen or callable(cluster_id) else 0
         node.cluster_id = cluster_id(node.host_ip, port) if callable(cluster_id) else cluster_id
         config = api.LLMConfig()
@@ -132,7 +114,5 @@ def datadist(
 
     yield make
     problems = [p for node in nodes for p in node.release()]
-    from kvtest.plugin import BODY_FAILED
-
     if problems and not request.node.stash.get(BODY_FAILED, False):
         pytest.fail("teardown could not release: " + "; ".join(problems), pytrace=False)

@@ -18,8 +18,8 @@ import torch
 
 from kvtest import patterns
 from kvtest.backends.protocol import Backend
-from kvtest.context import TestScope
-from kvtest.ranktable import cluster_rank_info, rank_table_json
+from kvtest.host.ranktable import cluster_rank_info, rank_table_json
+from kvtest.run.scope import TestScope
 from kvtest.settings import Settings
 
 __all__ = ["TORCH_TO_DATATYPE", "Node", "free_port", "host_ip"]

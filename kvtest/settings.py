@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from kvtest.topology import Topology, parse_topology
+from kvtest.run.topology import Topology, parse_topology
 
 __all__ = [
     "OPTIONS",

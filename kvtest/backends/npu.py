@@ -16,14 +16,14 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from kvtest import devices
 from kvtest.backends.protocol import BackendUnavailable
+from kvtest.host import devices
+from kvtest.host.torchenv import AUTOLOAD_VAR, protect_torch_import
+from kvtest.host.torchenv import installed as _installed
 
 if TYPE_CHECKING:
     import torch
@@ -33,17 +33,6 @@ __all__ = ["NpuBackend", "load", "probe", "protect_torch_import", "set_env_hint"
 
 #: where torchair's ``create_npu_tensors`` lives: inside torch_npu, or the standalone torchair
 TORCHAIR_MODULES = ("torch_npu.dynamo.torchair.llm_datadist", "torchair.llm_datadist")
-AUTOLOAD_VAR = "TORCH_DEVICE_BACKEND_AUTOLOAD"
-
-
-def _installed(name: str) -> bool:
-    """Whether ``name`` can be found, without importing it."""
-    if name in sys.modules:
-        return sys.modules[name] is not None
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _one_line(exc: BaseException) -> str:
@@ -66,30 +55,6 @@ def set_env_hint(env: Mapping[str, str] | None = None) -> str:
         if script.is_file():
             return f"source {script}"
     return f"source {candidates[0]}"
-
-
-def _cann_libs_on_path(env: Mapping[str, str]) -> bool:
-    """Whether ``libhccl.so`` is on ``LD_LIBRARY_PATH``, as CANN's ``set_env.sh`` arranges."""
-    for entry in env.get("LD_LIBRARY_PATH", "").split(os.pathsep):
-        if entry and (Path(entry) / "libhccl.so").exists():
-            return True
-    return False
-
-
-def protect_torch_import(env: dict[str, str] | os._Environ[str] | None = None) -> str | None:
-    """Keep a broken ``torch_npu`` from breaking ``import torch``; call before torch is imported.
-
-    When torch is not imported yet, ``torch_npu`` is installed and CANN's libraries are not on
-    ``LD_LIBRARY_PATH``, sets ``TORCH_DEVICE_BACKEND_AUTOLOAD=0`` (unless the user set it) and
-    returns why; otherwise changes nothing and returns None.
-    """
-    env = os.environ if env is None else env
-    if "torch" in sys.modules or AUTOLOAD_VAR in env or not _installed("torch_npu"):
-        return None
-    if _cann_libs_on_path(env):
-        return None
-    env[AUTOLOAD_VAR] = "0"
-    return f"{AUTOLOAD_VAR}=0: torch_npu is installed but CANN's libhccl.so is not on LD_LIBRARY_PATH"
 
 
 def _torch_pin() -> str:
@@ -226,7 +191,7 @@ class NpuBackend:
         return self._device_ips[device_id]
 
     def describe(self) -> dict[str, str]:
-        from kvtest.fingerprint import fingerprint
+        from kvtest.host.fingerprint import fingerprint
 
         ids = [self._device_id] if self._device_id is not None else sorted(self._device_ips)
         ips = [self._device_ips[i] for i in ids if i in self._device_ips]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from kvtest import cli
-from kvtest.compare import parse_max_drop
-from kvtest.metrics import TransferLog
-from kvtest.results import ResultsWriter, role_entry
+from kvtest.results.compare import parse_max_drop
+from kvtest.results.metrics import TransferLog
+from kvtest.results.results import ResultsWriter, role_entry
 
 REPO = Path(__file__).resolve().parents[2]
 PULL = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16-2x4MiB]"
@@ -224,8 +224,8 @@ def test_command_line(baseline, tmp_path):
 
 
 def test_rows_without_comparable_bandwidth(tmp_path):
-    from kvtest.compare import compare_results
-    from kvtest.results import load_results
+    from kvtest.results.compare import compare_results
+    from kvtest.results.results import load_results
 
     def one(path, transfers):
         writer = ResultsWriter(path, run_id="r", fingerprint={})

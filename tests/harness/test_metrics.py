@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from kvtest.metrics import TransferLog, TransferRecord, gbps, summarize
+from kvtest.results.metrics import TransferLog, TransferRecord, gbps, summarize
 
 
 def test_measure_records_bytes_seconds_and_role():

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from kvtest.context import TestScope
-from kvtest.rendezvous import (
+from kvtest.run.messages import HELLO_SHAPE, RESULT_SHAPE, Handshake, Hello, RoleResult
+from kvtest.run.rendezvous import (
     Heartbeat,
     PeerDead,
     PeerFailed,
@@ -23,9 +23,9 @@ from kvtest.rendezvous import (
     keys,
     open_store,
 )
-from kvtest.schedule import HELLO_SHAPE, RESULT_SHAPE, Handshake, Hello, RoleResult
+from kvtest.run.scope import TestScope
+from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous
-from kvtest.topology import Topology
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ import re
 
 import pytest
 
-from kvtest import __version__, results
-from kvtest.metrics import TransferLog
-from kvtest.report import format_bytes, summary_lines
-from kvtest.results import ResultsError, ResultsWriter, load_results, role_entry, transfer_records
+from kvtest import __version__
+from kvtest.results import results
+from kvtest.results.metrics import TransferLog
+from kvtest.results.report import format_bytes, summary_lines
+from kvtest.results.results import ResultsError, ResultsWriter, load_results, role_entry, transfer_records
 
 FINGERPRINT = {"backend": "sim", "cann": "absent", "torch": "2.13.0"}
 PULL = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16]"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvtest.rendezvous import keys, open_store
+from kvtest.run.rendezvous import keys, open_store
 from kvtest.settings import Rendezvous
 
 PAIR = """

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous, resolve
-from kvtest.topology import Topology
 
 
 def res(cli=None, env=None, ini=None):

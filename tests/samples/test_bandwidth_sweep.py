@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kvtest.cases import SWEEP_CAP, SweepPoint, sweep_points
-from kvtest.plugin import resolve_backend_name
+from kvtest.state import chosen_backend
 
 P, D = 0, 1
 REPEATS = 5
@@ -19,8 +19,8 @@ REPEATS = 5
 
 def pytest_generate_tests(metafunc):
     if "point" in metafunc.fixturenames:
-        backend, _ = resolve_backend_name(metafunc.config)
-        points = sweep_points(SWEEP_CAP.get(backend, SWEEP_CAP["sim"]))
+        backend, _ = chosen_backend(metafunc.config)
+        points = sweep_points(SWEEP_CAP.get(backend.name, SWEEP_CAP["sim"]))
         metafunc.parametrize("point", points, ids=[str(p) for p in points])
 
 

@@ -42,10 +42,9 @@ def lone(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Callable[..., An
     """
     from torch.distributed import HashStore
 
-    from kvtest.plugin import BACKEND, resolve_backend_name, settings_of
+    from kvtest.state import chosen_backend, settings_of
 
-    resolve_backend_name(request.config)
-    backend, _ = request.config.stash[BACKEND]
+    backend, _ = chosen_backend(request.config)
     backend.bind(HashStore(), f"kvtest-lone/{os.getpid()}/{next(_lone_seq)}/", "p0")
     device_id = settings_of(request.config).device_id() or 0
     backend.set_device(device_id)

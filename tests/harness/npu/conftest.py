@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kvtest import devices
+from kvtest.host import devices
 
 GOOD_IPS = {0: "192.168.1.1", 1: "192.168.1.2"}
 

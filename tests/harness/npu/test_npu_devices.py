@@ -1,11 +1,11 @@
-"""kvtest.devices against fake hccn_tool executables and a fake /dev."""
+"""kvtest.host.devices against fake hccn_tool executables and a fake /dev."""
 
 from __future__ import annotations
 
 import pytest
 
-from kvtest import devices
-from kvtest.devices import DeviceError
+from kvtest.host import devices
+from kvtest.host.devices import DeviceError
 
 
 def test_visible_devices_lists_davinci_nodes_only(fake_dev):

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from kvtest.devpool import DevicePool, DevicePoolError, default_pool_dir
+from kvtest.host.devpool import DevicePool, DevicePoolError, default_pool_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from kvtest.devpool import DevicePool
+    from kvtest.host.devpool import DevicePool
     claim = DevicePool([0, 1], sys.argv[1]).claim(timeout=5)
     print(claim.device_id, flush=True)
     time.sleep(60)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from kvtest import envcheck, fingerprint
-from kvtest.envcheck import FAIL, OK, WARN
+from kvtest.host import envcheck, fingerprint
+from kvtest.host.envcheck import FAIL, OK, WARN
 
 IFACES = ["lo", "eth0", "enp189s0f0"]
 

@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from kvtest.ranktable import RankEntry, RankTableError, build_rank_table, cluster_rank_info, rank_table_json
+from kvtest.host.ranktable import (
+    RankEntry,
+    RankTableError,
+    build_rank_table,
+    cluster_rank_info,
+    rank_table_json,
+)
 
 # The samples' two-machine table (pull_sample_common._build_distributed_rank_table, device 0), written
 # out by hand from the reference flow: P on PROMPT_HOST_IP, D on DECODER_HOST_IP.

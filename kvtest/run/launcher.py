@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["LocalCluster"]
+import pytest
+
+from kvtest.run.topology import Topology
+from kvtest.settings import OPTIONS, Rendezvous, Settings
+
+__all__ = ["LocalCluster", "child_arguments", "child_command", "start_roles"]
 
 
 class LocalCluster:
@@ -87,3 +93,106 @@ class LocalCluster:
         for log in self._logs.values():
             log.close()
         return self.returncodes()
+
+
+_PASS_WITH_VALUE = {
+    "-p",
+    "-o",
+    "--override-ini",
+    "-c",
+    "--config-file",
+    "--rootdir",
+    "--confcutdir",
+    "--import-mode",
+    "-W",
+    "--pythonwarnings",
+    "-m",
+    "-k",
+}
+_PASS_FLAGS = {"--noconftest", "-v", "--verbose", "-q", "--quiet"}
+_CHILD_SETTINGS = (
+    "backend",
+    "profile",
+    "seed",
+    "timeout",
+    "dead_after",
+    "join_timeout",
+    "device_ids",
+    "local_host_ip",
+    "remote_host_ips",
+)
+
+
+def child_arguments(config: pytest.Config, settings: Settings) -> list[str]:
+    """The arguments a local child role needs to collect what p0 collected with p0's settings."""
+    out: list[str] = []
+    args = list(config.invocation_params.args)
+    i = 0
+    while i < len(args):
+        arg = str(args[i])
+        name = arg.split("=", 1)[0]
+        if name in _PASS_WITH_VALUE:
+            if "=" in arg or i + 1 >= len(args):
+                out.append(arg)
+            else:
+                out += [arg, str(args[i + 1])]
+                i += 1
+        elif arg in _PASS_FLAGS or (arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--")):
+            out.append(arg)
+        i += 1
+    by_dest = {o.dest: o for o in OPTIONS}
+    for dest in _CHILD_SETTINGS:
+        value = getattr(settings, dest)
+        if value in (None, ()):
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        out += [by_dest[dest].flag, text]
+    return out + [str(a) for a in config.args]
+
+
+def child_command(
+    config: pytest.Config, settings: Settings, role: str, topology: Topology, rdv: Rendezvous, run_id: str,
+    logdir: Path,
+) -> list[str]:
+    """The command line that starts ``role`` as a follower of this run on this host."""
+    side, rank = role[0], role[1:]
+    return [
+        sys.executable,
+        "-m",
+        "pytest",
+        *child_arguments(config, settings),
+        "--role",
+        side,
+        "--rank",
+        rank,
+        "--topology",
+        str(topology),
+        "--rendezvous",
+        str(rdv),
+        "--run-id",
+        run_id,
+        "--basetemp",
+        str(logdir / f"{role}-tmp"),
+        "-p",
+        "no:cacheprovider",
+    ]
+
+
+def start_roles(
+    config: pytest.Config, settings: Settings, me: str, topology: Topology, rdv: Rendezvous, run_id: str
+) -> LocalCluster:
+    """Start every role of ``topology`` but ``me`` on this host, logging into ``<logs>/<run_id>``."""
+    logdir = (settings.logs / run_id).resolve()
+    others = [r for r in topology.roles if r != me]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for option in OPTIONS:
+        env.pop(option.env, None)  # the command line carries every resolved setting
+    cluster = LocalCluster(
+        logdir,
+        others,
+        lambda role: child_command(config, settings, role, topology, rdv, run_id, logdir),
+        env,
+        config.invocation_params.dir,
+    )
+    cluster.start()
+    return cluster

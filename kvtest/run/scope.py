@@ -6,16 +6,17 @@ number in the run, so two tests (or two runs) never read each other's values.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
-from kvtest.metrics import TransferLog
-from kvtest.rendezvous import PeerFailed, RunStore, Shape, keys
-from kvtest.topology import Topology, parse_role_name
+from kvtest.results.metrics import TransferLog
+from kvtest.run.rendezvous import PeerFailed, RunStore, Shape, keys
+from kvtest.run.topology import Topology, parse_role_name
 
-__all__ = ["TestScope"]
+__all__ = ["TestScope", "test_seed"]
 
 #: what a role writes when it fails or skips a test, so the others stop waiting for it
 ABORT_SHAPE: Shape = {"role": str, "step": str, "message": str, "skipped": bool}
@@ -42,7 +43,7 @@ class TestScope:
         self.prefix = keys.test(seq)
         self.current_step = "setup"
         self._generations: dict[str, int] = {}
-        #: the test's seed, the same on every role (see kvtest.fixtures.test_seed)
+        #: the test's seed, the same on every role (see test_seed)
         self.seed = 0
         #: the transfers this role timed in this test
         self.metrics = TransferLog(role=me)
@@ -132,3 +133,11 @@ class TestScope:
             peers=[role],
             abort=self.check_abort,
         )
+
+
+def test_seed(run_seed: int, nodeid: str) -> int:  # not a test: see __test__ below
+    """The per-test seed, the same on every role: the run seed mixed with the test id."""
+    return (run_seed * 1_000_003 + zlib.crc32(nodeid.encode())) % (2**63)
+
+
+test_seed.__test__ = False  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvtest.results import Results, ResultsError, load_results
+from kvtest.results.results import Results, ResultsError, load_results
 
 __all__ = [
     "HELP",
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _error(str(exc))
     if args.plot:
-        from kvtest import chart
+        from kvtest.results import chart
 
         try:
             chart.require()
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         out.append(f"result: no regression ({len(rows)} rows compared)")
     if args.plot:
-        from kvtest import chart
+        from kvtest.results import chart
 
         try:
             chart.plot(rows, args.plot, title=_title(baseline, current))

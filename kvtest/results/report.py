@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
-from kvtest.metrics import ApiSummary
-from kvtest.results import TestEntry
+from kvtest.results.metrics import ApiSummary
+from kvtest.results.results import TestEntry
 
-__all__ = ["format_bytes", "role_text", "summary_lines", "sweep_table"]
+__all__ = ["format_bytes", "role_text", "summary_lines", "sweep_table", "write_summary"]
 
 
 def format_bytes(n: int) -> str:
@@ -28,7 +30,7 @@ def role_text(name: str, outcome: str, step: str | None) -> str:
 def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
     """One line per test: outcome, node id, each role's outcome, bytes moved and GB/s per API.
 
-    ``tests`` is :attr:`kvtest.results.Results.tests` (or the writer's ``tests``), in run order.
+    ``tests`` is :attr:`kvtest.results.results.Results.tests` (or the writer's ``tests``), in run order.
     """
     if not tests:
         return []
@@ -62,3 +64,35 @@ def sweep_table(rows: Sequence[tuple[str, int, int, ApiSummary]]) -> list[str]:
             f"{s['gbps']:>8.2f} {p50:>9} {p99:>9}"
         )
     return lines
+
+
+class _SweepPoint(Protocol):
+    api: str
+    block_bytes: int
+    count: int
+
+
+def write_summary(
+    reporter: Any, tests: Mapping[str, TestEntry], points: Mapping[str, object], path: Path | None
+) -> None:
+    """p0's end-of-run section: a line per test, the sweep table when the run swept, the results file.
+
+    ``points`` maps a node id to its ``point`` parameter (a :class:`kvtest.cases.SweepPoint` for sweep
+    tests).
+    """
+    reporter.write_sep("-", "kvtest: every role, bytes and GB/s")
+    for line in summary_lines(tests):
+        reporter.write_line(line)
+    rows = []
+    for nodeid, entry in tests.items():
+        point = points.get(nodeid)
+        if all(hasattr(point, a) for a in ("api", "block_bytes", "count")):
+            sweep: _SweepPoint = point  # type: ignore[assignment]
+            if sweep.api in entry["summary"]:
+                rows.append((sweep.api, sweep.block_bytes, sweep.count, entry["summary"][sweep.api]))
+    if rows:
+        reporter.write_sep("-", "kvtest: bandwidth sweep")
+        for line in sweep_table(rows):
+            reporter.write_line(line)
+    if path is not None:
+        reporter.write_line(f"kvtest: results written to {path}")

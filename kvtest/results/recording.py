@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from kvtest.metrics import TransferRecord, summarize
-from kvtest.results import ResultsWriter, RoleEntry, role_entry
-from kvtest.schedule import RoleResult
+from kvtest.results.metrics import TransferRecord, summarize
+from kvtest.results.results import ResultsWriter, RoleEntry, role_entry
+from kvtest.run.messages import RoleResult
 
 __all__ = ["RunRecorder", "transfer_properties"]
 

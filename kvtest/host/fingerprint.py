@@ -26,7 +26,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from kvtest.devices import ascend_root
+from kvtest.host.devices import ascend_root
 
 __all__ = [
     "ABSENT",
@@ -138,13 +138,8 @@ def _llm_datadist_version(cann: str) -> str:
 
 
 def kvtest_version() -> str:
-    """The installed kvtest's version (package metadata, else ``kvtest.__version__``)."""
-    version = package_version("kvtest")
-    if version != ABSENT:
-        return version
-    from kvtest import __version__
-
-    return __version__
+    """The installed kvtest's version (package metadata; ``kvtest.__version__`` reads the same)."""
+    return package_version("kvtest")
 
 
 def _joined(values: Sequence[object] | None) -> str:

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from kvtest.devices import DeviceError, parse_visible_devices
+from kvtest.host.devices import DeviceError, parse_visible_devices
 
 __all__ = [
     "FAIL",

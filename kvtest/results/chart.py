@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvtest.compare import Row
+    from kvtest.results.compare import Row
 
 __all__ = ["ChartUnavailable", "plot", "require"]
 

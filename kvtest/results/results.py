@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Union
 
 from kvtest import __version__
-from kvtest.metrics import ApiSummary, TransferEntry, TransferRecord, summarize
+from kvtest.results.metrics import ApiSummary, TransferEntry, TransferRecord, summarize
 
 __all__ = [
     "OUTCOMES",

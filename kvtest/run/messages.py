@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from kvtest import __version__
-from kvtest.rendezvous import RendezvousError, RunStore, Shape, keys
-from kvtest.topology import Topology
+from kvtest.run.rendezvous import RendezvousError, RunStore, Shape, keys
+from kvtest.run.topology import Topology
 
 __all__ = [
     "HELLO_SHAPE",
@@ -33,7 +33,6 @@ __all__ = [
     "RoleResult",
     "collection_digest",
     "compare_hello",
-    "merge_results",
 ]
 
 #: a follower may wait this long for the next announcement (the leader's heartbeat catches a dead one)
@@ -87,7 +86,7 @@ class Hello:
         return cls(**{**{name: data[name] for name in HELLO_SHAPE}, "nodeids": tuple(data["nodeids"])})
 
 
-#: what a hello must hold to be read (see :func:`kvtest.rendezvous.check_shape`)
+#: what a hello must hold to be read (see :func:`kvtest.run.rendezvous.check_shape`)
 HELLO_SHAPE: Shape = {
     "role": str,
     "version": str,
@@ -167,73 +166,6 @@ RESULT_SHAPE: Shape = {
     "duration": (int, float),
     "transfers": list,
 }
-
-
-def merge_results(results: Iterable[RoleResult], max_detail_lines: int = 40) -> str | None:
-    """The text a leader's report gets for its peers' failures; None when none failed.
-
-    Primary failures come first; one that only echoes another role's failure comes last.
-    """
-    failed = sorted((r for r in results if r.outcome == "failed"), key=lambda r: (r.secondary, r.role))
-    if not failed:
-        return None
-    lines = [r.headline for r in failed]
-    for result in failed:
-        if result.details and not result.secondary:
-            detail = result.details.rstrip().splitlines()
-            if len(detail) > max_detail_lines:
-                detail = [f"... ({len(detail) - max_detail_lines} lines above cut)"] + detail[
-                    -max_detail_lines:
-                ]
-            lines += ["", f"---- {result.role} ----", *detail]
-    return "\n".join(lines)
-
-
-@dataclass(frozen=True)
-class _Crash:
-    message: str
-    path: str
-    lineno: int
-
-
-class MergedRepr:
-    """A leader's failure report that carries the other roles' failures.
-
-    ``reprcrash.message`` is the primary failure's one line (what the short summary and JUnit show).
-    """
-
-    def __init__(
-        self, headline: str, path: str, lineno: int, own: Any, peers_text: str, own_first: bool
-    ) -> None:
-        self.reprcrash = _Crash(headline, path, lineno)
-        self._own = own
-        self._peers = peers_text
-        self._own_first = own_first
-
-    def _own_text(self) -> str:
-        return str(self._own) if self._own is not None else ""
-
-    def toterminal(self, tw: Any) -> None:
-        own = self._own_text()
-        blocks = [(None, own), ("kvtest: the other roles", self._peers)]
-        if not self._own_first:
-            blocks = [("kvtest: the other roles", self._peers), ("this role", own)]
-        for title, text in blocks:
-            if not text:
-                continue
-            if title:
-                tw.sep("-", title)
-            if title is None and hasattr(self._own, "toterminal"):
-                self._own.toterminal(tw)
-            else:
-                tw.line(text)
-
-    def __str__(self) -> str:
-        own = self._own_text()
-        if not own:
-            return self._peers
-        parts = [own, self._peers] if self._own_first else [self._peers, own]
-        return "\n\n".join(parts)
 
 
 class Handshake:

@@ -9,22 +9,25 @@ test and publishes its outcome, and leaves when the leader announces the end.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 import uuid
 from collections.abc import Generator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kvtest.cases import SweepPoint
-from kvtest.context import TestScope
-from kvtest.fixtures import test_seed
-from kvtest.launcher import LocalCluster
-from kvtest.recording import RunRecorder, transfer_properties
-from kvtest.rendezvous import (
+from kvtest.results.recording import RunRecorder, transfer_properties
+from kvtest.results.report import write_summary
+from kvtest.run.launcher import LocalCluster, start_roles
+from kvtest.run.merge import MergedRepr, fold
+from kvtest.run.messages import (
+    IDLE_LIMIT,
+    RESULT_SHAPE,
+    Handshake,
+    Hello,
+    RoleResult,
+)
+from kvtest.run.rendezvous import (
     Heartbeat,
     PeerDead,
     PeerFailed,
@@ -39,18 +42,10 @@ from kvtest.rendezvous import (
     open_store,
     reconnect,
 )
-from kvtest.report import summary_lines, sweep_table
-from kvtest.schedule import (
-    IDLE_LIMIT,
-    RESULT_SHAPE,
-    Handshake,
-    Hello,
-    MergedRepr,
-    RoleResult,
-    merge_results,
-)
-from kvtest.settings import OPTIONS, Rendezvous, Settings
-from kvtest.topology import Topology
+from kvtest.run.scope import TestScope, test_seed
+from kvtest.run.topology import Topology
+from kvtest.settings import Rendezvous, Settings
+from kvtest.state import chosen_backend, marker_settings
 
 __all__ = ["FollowerSession", "LeaderSession", "KV_ITEM", "item_topology", "item_timeout"]
 
@@ -66,8 +61,6 @@ def item_topology(item: pytest.Item) -> Topology:
 
 
 def item_timeout(item: pytest.Item, default: float) -> float:
-    from kvtest.plugin import marker_settings
-
     return float(marker_settings(item).get("timeout", default))
 
 
@@ -119,9 +112,8 @@ class _Base:
         )
 
     def _resolve_backend(self) -> None:
-        from kvtest.plugin import resolve_backend_name
-
-        self.backend_name, self.backend_why = resolve_backend_name(self.config)
+        backend, self.backend_why = chosen_backend(self.config)
+        self.backend_name = backend.name
 
     def _write(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -214,7 +206,7 @@ class LeaderSession(_Base):
         self._resolve_backend()
         if s.local_mode:
             rdv = Rendezvous("tcp", host=rdv.host, port=port)
-            self.cluster = self._launch(rdv)
+            self.cluster = start_roles(self.config, s, self.me, self.topology, rdv, self.run_id)
         watch = PeerWatch(raw, s.dead_after, self.cluster.exited if self.cluster else None)
         self.store = RunStore(raw, self.run_id, self.me, watch)
         raw.set(keys.CURRENT_RUN, self.run_id)
@@ -228,48 +220,6 @@ class LeaderSession(_Base):
         handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
         handshake.claim()
         handshake.lead(exited=self.cluster.exited if self.cluster else None)
-
-    def _launch(self, rdv: Rendezvous) -> LocalCluster:
-        s = self.settings
-        logdir = (s.logs / self.run_id).resolve()
-        others = [r for r in self.topology.roles if r != self.me]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for option in OPTIONS:
-            env.pop(option.env, None)  # the command line below carries every resolved setting
-        cluster = LocalCluster(
-            logdir,
-            others,
-            lambda role: self._child_command(role, rdv, logdir),
-            env,
-            self.config.invocation_params.dir,
-        )
-        cluster.start()
-        return cluster
-
-    def _child_command(self, role: str, rdv: Rendezvous, logdir: Path) -> list[str]:
-        from kvtest.plugin import child_arguments
-
-        side, rank = role[0], role[1:]
-        return [
-            sys.executable,
-            "-m",
-            "pytest",
-            *child_arguments(self.config, self.settings),
-            "--role",
-            side,
-            "--rank",
-            rank,
-            "--topology",
-            str(self.topology),
-            "--rendezvous",
-            str(rdv),
-            "--run-id",
-            self.run_id,
-            "--basetemp",
-            str(logdir / f"{role}-tmp"),
-            "-p",
-            "no:cacheprovider",
-        ]
 
     # -- per test ---------------------------------------------------------------------------------
 
@@ -328,7 +278,7 @@ class LeaderSession(_Base):
 
     def _record(self, nodeid: str, rep: pytest.TestReport, results: list[RoleResult]) -> None:
         if self.recorder.writer is None:
-            from kvtest.fingerprint import fingerprint
+            from kvtest.host.fingerprint import fingerprint
 
             run_id = self.run_id or time.strftime("local-%Y%m%d-%H%M%S")
             self.recorder.open(
@@ -376,22 +326,17 @@ class LeaderSession(_Base):
     def _fold(
         self, item: pytest.Item, rep: pytest.TestReport, own: RoleResult, peers: list[RoleResult]
     ) -> None:
-        text = merge_results(peers)
-        if text is None:
-            if rep.passed and any(p.outcome == "skipped" for p in peers):
-                skipped = next(p for p in peers if p.outcome == "skipped")
-                rep.outcome = "skipped"
-                rep.longrepr = (str(item.path), item.location[1] or 0, f"{skipped.role}: {skipped.message}")
+        folded = fold(self.me, own, rep.outcome, peers)
+        if folded is None:
             return
-        primary = next(p for p in sorted(peers, key=lambda r: (r.secondary, r.role)) if p.outcome == "failed")
-        own_first = rep.failed and not own.secondary
-        headline = f"{self.me} failed at step {own.step!r}: {own.message}" if own_first else primary.headline
-        # A role that failed only because a peer did needs one line, not its traceback.
-        own_repr = (rep.longrepr if own_first else f"{self.me}: {own.message}") if rep.failed else None
-        if not own_first and own.message in text:
-            own_repr = None
+        path, lineno = str(item.path), item.location[1] or 0
+        if folded.outcome == "skipped":
+            rep.outcome = "skipped"
+            rep.longrepr = (path, lineno, folded.headline)
+            return
+        own_repr = (rep.longrepr if folded.own_first else folded.own_line) if folded.show_own else None
         rep.longrepr = MergedRepr(
-            headline, str(item.path), (item.location[1] or 0) + 1, own_repr, text, own_first
+            folded.headline, path, lineno + 1, own_repr, folded.peers_text, folded.own_first
         )  # type: ignore[assignment]
         rep.outcome = "failed"
 
@@ -416,27 +361,15 @@ class LeaderSession(_Base):
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
-    def _sweep_summary(self, terminalreporter: Any, tests: dict[str, Any]) -> None:
-        rows = []
-        for nodeid, entry in tests.items():
-            point = getattr(getattr(self.kv_items[nodeid], "callspec", None), "params", {}).get("point")
-            if isinstance(point, SweepPoint) and point.api in entry["summary"]:
-                rows.append((point.api, point.block_bytes, point.count, entry["summary"][point.api]))
-        if rows:
-            terminalreporter.write_sep("-", "kvtest: bandwidth sweep")
-            for line in sweep_table(rows):
-                terminalreporter.write_line(line)
-
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         writer = self.recorder.writer
         if writer is not None and self.kv_items:
-            terminalreporter.write_sep("-", "kvtest: every role, bytes and GB/s")
             tests = {k: v for k, v in writer.tests.items() if k in self.kv_items}
-            for line in summary_lines(tests):
-                terminalreporter.write_line(line)
-            self._sweep_summary(terminalreporter, tests)
-            if writer.path is not None:
-                terminalreporter.write_line(f"kvtest: results written to {writer.path}")
+            points = {
+                nodeid: getattr(getattr(item, "callspec", None), "params", {}).get("point")
+                for nodeid, item in self.kv_items.items()
+            }
+            write_summary(terminalreporter, tests, points, writer.path)
         if self.cluster is None:
             return
         codes = ", ".join(f"{r}: exit {c}" for r, c in self.cluster.returncodes().items())
