@@ -16,7 +16,7 @@ from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are fo
 from kvtest.run.scope import TestScope
 from kvtest.run.session import KV_FIXTURE, KV_ITEM, FollowerSession, LeaderSession
 from kvtest.run.topology import Topology
-from kvtest.settings import OPTIONS, PRECEDENCE, resolve
+from kvtest.settings import OPTIONS, PRECEDENCE, resolve, unknown_names
 from kvtest.state import BODY_FAILED, SETTINGS, chosen_backend, marker_settings, settings_of
 
 SESSION = pytest.StashKey[Union[LeaderSession, FollowerSession]]()
@@ -47,6 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
     inifile = str(config.inipath) if config.inipath else "the ini file"
     settings = resolve(cli, os.environ, ini, inifile)
     config.stash[SETTINGS] = settings
+    for problem in unknown_names(os.environ, _ini_keys(config)):
+        config.issue_config_time_warning(pytest.PytestConfigWarning(problem), stacklevel=2)
     _check_fault_spec()
     if settings.backend == "npu":
         chosen_backend(config)  # a missing npu stack is a usage error now, not at the first test
@@ -64,6 +66,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[SESSION] = session
     config.pluginmanager.register(session, "kvtest-session")
+
+
+def _ini_keys(config: pytest.Config) -> list[str]:
+    # pytest 9 deprecates Config.inicfg (a warning on access) in favour of its private _inicfg.
+    inicfg = getattr(config, "_inicfg", None)
+    return list(inicfg if inicfg is not None else config.inicfg)
 
 
 def _check_fault_spec() -> None:

@@ -28,8 +28,10 @@ __all__ = [
     "PROFILE_TIMEOUTS",
     "Rendezvous",
     "Settings",
+    "OTHER_ENV",
     "parse_rendezvous",
     "resolve",
+    "unknown_names",
     "usage_error",
 ]
 
@@ -501,3 +503,35 @@ def check_combinations(s: Settings) -> None:
             f"rank {s.rank} has no entry in the list",
             "give one device id per rank, or a single id",
         )
+
+
+#: ``KVTEST_*`` variables that are not options: read by the sim, the device pool, the doctor, CI
+OTHER_ENV = (
+    "KVTEST_SIM_FAULT",
+    "KVTEST_DEVICE_POOL_DIR",
+    "KVTEST_ASCEND_ROOT",
+    "KVTEST_HARNESS_FULL",
+    "KVTEST_HARNESS_GATE",
+    "KVTEST_CI_VENV",
+)
+
+
+def unknown_names(env: Mapping[str, str], ini_keys: Sequence[str]) -> list[str]:
+    """One warning per ``KVTEST_*`` variable or ``kv_*`` ini key kvtest does not know, naming the closest.
+
+    A typo (``KVTEST_PROFLE=nightly``) is otherwise silently ignored.
+    """
+    import difflib
+
+    known_env = [o.env for o in OPTIONS] + list(OTHER_ENV)
+    known_ini = [o.ini for o in OPTIONS]
+    found = [("environment variable", name, known_env) for name in sorted(env) if name.startswith("KVTEST_")]
+    found += [("ini key", name, known_ini) for name in sorted(ini_keys) if name.startswith("kv_")]
+    out = []
+    for kind, name, known in found:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"kvtest's are {', '.join(known)}"
+        out.append(f"kvtest ignores the unknown {kind} {name}: {hint}")
+    return out

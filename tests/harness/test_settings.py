@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,41 @@ def test_help_lists_options_and_precedence(pytester: pytest.Pytester):
                  "--kv-seed", "KVTEST_ROLE", "kv_role"):
         assert flag in out, flag
     assert "marker > command line > environment (KVTEST_*) > ini file > default" in " ".join(out.split())
+
+
+def _readme_options() -> dict[str, tuple[str, str]]:
+    """The README's option table: flag -> (env, ini)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `(--[a-z-]+)[^`]*` \| `(KVTEST_[A-Z_]+)` / `(kv_[a-z_]+)` \|", readme, flags=re.M)
+    return {flag: (env, ini) for flag, env, ini in rows}
+
+
+def test_readme_option_table_is_the_option_table():
+    """The README's table names exactly the flags, variables and ini keys the code reads."""
+    from kvtest.settings import OPTIONS
+
+    assert _readme_options() == {o.flag: (o.env, o.ini) for o in OPTIONS}
+
+
+@pytest.mark.parametrize(
+    "env, ini, expected",
+    [
+        ({"KVTEST_PROFLE": "nightly"}, [], ["environment variable KVTEST_PROFLE: did you mean KVTEST_PROFILE?"]),
+        ({"KVTEST_DEVICE_ID": "0"}, [], ["environment variable KVTEST_DEVICE_ID: did you mean KVTEST_DEVICE_IDS?"]),
+        ({}, ["kv_seeed", "testpaths"], ["ini key kv_seeed: did you mean kv_seed?"]),
+        ({"KVTEST_PROFILE": "nightly", "KVTEST_SIM_FAULT": "flip", "OTHER": "1"}, ["kv_seed"], []),
+    ],
+)
+def test_unknown_kvtest_names_are_named_with_the_closest(env, ini, expected):
+    from kvtest.settings import unknown_names
+
+    found = unknown_names(env, ini)
+    assert [f.split("unknown ", 1)[1] for f in found] == expected
+
+
+def test_a_misspelt_variable_warns_in_a_run(pytester, monkeypatch):
+    monkeypatch.setenv("KVTEST_PROFLE", "nightly")
+    pytester.makepyfile(test_a="def test_a(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*kvtest ignores the unknown environment variable KVTEST_PROFLE: did you mean KVTEST_PROFILE?*"])
