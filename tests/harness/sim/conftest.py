@@ -19,6 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import sim_scenarios  # noqa: E402
+from sim_scenarios import PeerFailed  # noqa: E402
 
 from kvtest.backends import sim  # noqa: E402
 from kvtest.backends.sim import datadist  # noqa: E402
@@ -26,10 +27,6 @@ from kvtest.node import free_port  # noqa: E402
 
 START_S = 60.0
 RESULT_S = 45.0
-
-
-class PeerFailed(AssertionError):
-    """The peer process's role failed; the message carries its traceback."""
 
 
 class Peer:
@@ -99,7 +96,7 @@ class Peer:
                 else:
                     os.environ[k] = v
         result = self._result(n)
-        if local_error is not None and not isinstance(local_error, sim_scenarios.PeerGone):
+        if local_error is not None and not isinstance(local_error, PeerFailed):
             raise local_error
         if result is not None and not result["ok"]:
             raise PeerFailed(f"peer d0 failed in {scenario}:\n{result['error']}")
@@ -137,12 +134,13 @@ class Peer:
         self._log.close()
 
 
-TRANSPORTS = {"shm": {}, "tcp": {"UCX_TLS": "tcp"}}
+# The sample suite runs every flow over shared memory (one host); these pairs add UCX over TCP.
+TRANSPORTS = {"tcp": {"UCX_TLS": "tcp"}}
 
 
 @pytest.fixture(scope="module", params=list(TRANSPORTS), ids=list(TRANSPORTS))
 def peer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
-    """One peer process per transport (shared memory, TCP) for a module's two-process tests."""
+    """One peer process per transport for a module's two-process tests."""
     p = Peer(tmp_path_factory.mktemp("sim-peer"), TRANSPORTS[request.param])
     yield p
     p.close()

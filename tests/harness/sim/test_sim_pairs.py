@@ -1,21 +1,13 @@
-"""Two processes, every transfer API, over shared memory and over TCP (UCX_TLS=tcp), bytes checked."""
+"""Two processes, every transfer API, over TCP (UCX_TLS=tcp), bytes checked (shared memory: tests/samples)."""
 
 from __future__ import annotations
 
 import pytest
+from sim_scenarios import SCENARIOS
 
-SCENARIOS = [
-    "pull_cache",
-    "pull_blocks",
-    "cache_to_blocks",
-    "push_blocks",
-    "push_cache",
-    "switch_role",
-    "transfer_cache_async",
-    "hixl",
-]
+TRANSFERS = [name for name in SCENARIOS if name != "stall"]  # stall is a fault flow (test_sim_faults)
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("scenario", TRANSFERS)
 def test_pair(peer, ports, scenario):
     peer.run(scenario, ports)
