@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -175,43 +174,31 @@ def _backend_checks(requested: str) -> tuple[list[Check], bool, bool]:
 
 
 def _targets(device_id: int | None) -> tuple[list[int], Check]:
-    """The physical devices this side will use, and the 'devices' line."""
+    """The physical devices this side will use, and the 'devices' line.
+
+    ``device_id`` is logical (as ``--device-id`` everywhere); ``hccn_tool`` gets the physical ids.
+    """
     nodes = devices.visible_devices()
     shown = ",".join(map(str, nodes)) or "none"
-    if device_id is not None:
-        try:
-            phys = devices.physical_id(device_id)
-        except devices.DeviceError as exc:
-            return [], Check("devices", FAIL, str(exc), "pick a visible device with --device-id")
-        if phys not in nodes:
-            return [], Check(
-                "devices",
-                FAIL,
-                f"device {device_id} (physical {phys}) has no /dev/davinci{phys}; visible: {shown}",
-                "pick a visible device with --device-id, or check the driver (npu-smi info)",
-            )
-        return [phys], Check("devices", OK, f"using npu {device_id} (physical {phys}); visible: {shown}")
     if not nodes:
+        missing = "no /dev/davinciN visible"
+        if device_id is not None:
+            missing = f"device {device_id}: {missing}"
         return [], Check(
-            "devices",
-            FAIL,
-            "no /dev/davinciN visible",
-            "check the driver (npu-smi info) and the container's --device",
+            "devices", FAIL, missing, "check the driver (npu-smi info) and the container's --device"
         )
     try:
-        value = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
-        env_ids = devices.parse_visible_devices(value) if value else nodes
+        mapping = devices.device_map()
+        if device_id is not None:
+            phys = devices.physical_id(device_id)
     except devices.DeviceError as exc:
-        return [], Check("devices", FAIL, str(exc), "fix or unset ASCEND_RT_VISIBLE_DEVICES")
-    targets = [d for d in env_ids if d in nodes]
-    if not targets:
-        return [], Check(
-            "devices",
-            FAIL,
-            f"ASCEND_RT_VISIBLE_DEVICES={value} names none of the visible devices ({shown})",
-            "list devices that have a /dev/davinciN node, or unset ASCEND_RT_VISIBLE_DEVICES",
-        )
-    return targets, Check("devices", OK, f"using npu {','.join(map(str, targets))}; visible: {shown}")
+        fix = "pick a visible device with --device-id, or fix ASCEND_RT_VISIBLE_DEVICES"
+        return [], Check("devices", FAIL, str(exc), fix)
+    if device_id is not None:
+        return [phys], Check("devices", OK, f"using npu {device_id} (physical {phys}); visible: {shown}")
+    targets = list(mapping.values())
+    used = ", ".join(f"{n} (physical {p})" if p != n else str(p) for n, p in mapping.items())
+    return targets, Check("devices", OK, f"using npu {used}; visible: {shown}")
 
 
 def _device_checks(targets: list[int], timeout: float, facts: Facts) -> list[Check]:

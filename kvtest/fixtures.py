@@ -35,12 +35,12 @@ def _device_id(settings: Settings, role: str, backend: Backend, claims: list[Any
 
         side, rank = parse_role_name(role)
         return 2 * rank + (side != "p")
-    from kvtest.host.devices import visible_devices
-    from kvtest.host.devpool import DevicePool
+    from kvtest.host.devpool import claim_visible
 
-    claim = DevicePool(visible_devices()).claim(timeout=settings.join_timeout)
+    # a logical id (what set_device takes); the claim locks the physical device host-wide
+    device_id, claim = claim_visible(timeout=settings.join_timeout)
     claims.append(claim)  # held for the whole session; the OS releases it if the process dies
-    return int(claim.device_id)
+    return device_id
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ samples' order (unlink, unregister or deallocate, finalize), whatever the outcom
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import torch
 
 from kvtest import patterns
@@ -22,7 +24,10 @@ from kvtest.host.ranktable import cluster_rank_info, rank_table_json
 from kvtest.run.scope import TestScope
 from kvtest.settings import Settings
 
-__all__ = ["TORCH_TO_DATATYPE", "Node", "free_port", "host_ip"]
+__all__ = ["RANK_DEVICE", "TORCH_TO_DATATYPE", "Node", "free_port", "host_ip"]
+
+#: the key a member of a two-sided link publishes its physical device id and device IP under
+RANK_DEVICE = "rank device"
 
 #: torch dtype -> llm_datadist DataType member name
 TORCH_TO_DATATYPE = {
@@ -48,6 +53,13 @@ def host_ip(settings: Settings) -> str:
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect((rdv.host, rdv.port))
         return str(sock.getsockname()[0])
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str) -> int:
@@ -91,16 +103,9 @@ class Node:
     def init(self, options: dict[str, str], role: Any) -> None:
         self.dd = self.api.LLMDataDist(role, self.cluster_id)
         self.dd.init(options)
-        self.kv.publish(
-            "node",
-            {
-                "cluster_id": self.cluster_id,
-                "listen": self.listen,
-                "host_ip": self.host_ip,
-                "device_id": self.device_id,
-                "device_ip": self.backend.device_ip(self.device_id),
-            },
-        )
+        # No device IP here: only a rank table needs one (:meth:`link`), so hosts without hccn_tool
+        # or device IPs still run the one-sided samples, as the vendor samples do.
+        self.kv.publish("node", {**self._own_info(), "listen": self.listen})
 
     @property
     def cm(self) -> Any:
@@ -108,7 +113,7 @@ class Node:
         return self.dd.cache_manager
 
     def peer(self, role: str, key: str = "node") -> dict[str, Any]:
-        """What ``role``'s node published: cluster_id, listen, host_ip, device_id, device_ip.
+        """What ``role``'s node published: cluster_id, listen, host_ip, device_id (logical).
 
         ``--remote-host-ip`` overrides the address a peer reports, as the samples' flag does: with one
         IP every peer is dialled there; with several, the peer's own address must be one of them.
@@ -292,10 +297,27 @@ class Node:
     def link(self, roles: Sequence[str], comm_name: str | None = None) -> int:
         """Two-sided link (``link`` + poll ``query_register_mem_status``) with every role in ``roles``.
 
-        Every member calls it; the rank table comes from what each node published.
+        Every member calls it; the rank table comes from what each member published: its host IP
+        (``"node"``), and here its *physical* device id and device IP (``hccn_tool``), looked up only
+        now because only a rank table needs them.
         """
         members = sorted({self.kv.me, *roles}, key=lambda r: (r[0] != "p", r))
-        infos = [self.peer(r) if r != self.kv.me else self._own_info() for r in members]
+        self.kv.step("rank table")
+        self._refuse_loopback(self.host_ip, self._host_ip_source())
+        own = {
+            "device_id": self.backend.physical_id(self.device_id),
+            "device_ip": self.backend.device_ip(self.device_id),
+        }
+        self.kv.publish(RANK_DEVICE, own)
+        infos = []
+        for member in members:
+            if member == self.kv.me:
+                infos.append({**self._own_info(), **own})
+                continue
+            info = {**self.peer(member), **self.kv.fetch(member, RANK_DEVICE)}
+            if self.settings.remote_host_ips:
+                self._refuse_loopback(info["host_ip"], f"--remote-host-ip for {member}")
+            infos.append(info)
         table = rank_table_json(
             [(i["host_ip"], i["device_id"], i["device_ip"], rank) for rank, i in enumerate(infos)]
         )
@@ -326,12 +348,25 @@ class Node:
         self.dd.unlink(comm_id)
 
     def _own_info(self) -> dict[str, Any]:
-        return {
-            "cluster_id": self.cluster_id,
-            "host_ip": self.host_ip,
-            "device_id": self.device_id,
-            "device_ip": self.backend.device_ip(self.device_id),
-        }
+        return {"cluster_id": self.cluster_id, "host_ip": self.host_ip, "device_id": self.device_id}
+
+    def _host_ip_source(self) -> str:
+        if self.settings.local_host_ip:
+            return f"--local-host-ip (from {self.settings.sources.get('local_host_ip', 'the command line')})"
+        rdv = self.settings.rendezvous
+        if rdv is not None and rdv.scheme == "tcp":
+            return f"the address this host reaches the rendezvous {rdv} from"
+        return "the default, as there is no TCP rendezvous to take it from"
+
+    def _refuse_loopback(self, address: str, source: str) -> None:
+        """On npu a rank table names hosts by a NIC address, as every sample's does; never loopback."""
+        if self.backend.name != "npu" or not _is_loopback(address):
+            return
+        raise pytest.UsageError(
+            f"kvtest: host IP {address} from {source} is a loopback address, which cannot go into the "
+            "rank table of a two-sided link on npu (the samples always give a NIC address): pass "
+            "--local-host-ip <this host's NIC address> (and --remote-host-ip, if any, with NIC addresses)"
+        )
 
     # -- teardown ---------------------------------------------------------------------------------
 

@@ -93,12 +93,38 @@ class Settings:
         return self.role_name == "p0"
 
     def device_id(self) -> int | None:
-        """This process's device: the one id given, or the entry at this rank of a list."""
+        """This process's (logical) device: the one id given, or the entry at this rank of a list.
+
+        In local mode this process is p0, the first role, so the list's first entry is also right
+        there; the other local roles are given their own id by :meth:`local_device_ids`.
+        """
         if not self.device_ids:
             return None
         if len(self.device_ids) == 1:
             return self.device_ids[0]
         return self.device_ids[self.rank]
+
+    def local_device_ids(self, roles: Sequence[str]) -> dict[str, int]:
+        """Local mode: each role's device. One id is every role's; a list has one id per role, in
+        the order of ``roles`` (the topology's: p0, p1, .., d0, d1, ..). No ids: an empty dict.
+
+        :raises pytest.UsageError: when a list's length is not the number of roles.
+        """
+        ids = self.device_ids
+        if not ids:
+            return {}
+        if len(ids) == 1:
+            return {role: ids[0] for role in roles}
+        if len(ids) != len(roles):
+            raise usage_error(
+                ",".join(map(str, ids)),
+                self.sources.get("device_ids", "the command line"),
+                f"local mode runs {len(roles)} roles ({', '.join(roles)}) on this host and a list gives "
+                f"one id per role in that order, but it has {len(ids)}",
+                f"give {len(roles)} ids (e.g. --device-id {','.join(map(str, range(len(roles))))}), or one "
+                "id for every role",
+            )
+        return dict(zip(roles, ids))
 
 
 def usage_error(value: object, where: str, problem: str, fix: str) -> pytest.UsageError:
@@ -338,7 +364,9 @@ OPTIONS: tuple[Option[Any], ...] = (
         "--device-id",
         parse_device_ids,
         (),
-        "the device id of this process, or one per rank (0,1,...).",
+        "logical NPU id (as torch.npu.set_device takes it). Local mode: one id for every role, or "
+        "one per role in the order p0,p1..,d0,d1.. (1p1d: --device-id 0,1 gives p0 0 and d0 1). "
+        "With --role: one id, or one per rank of that role. Default: a free NPU from the host's pool.",
         "ID[,ID]",
     ),
     Option(

@@ -145,6 +145,7 @@ class NpuBackend:
         return npu
 
     def set_device(self, device_id: int) -> None:
+        """``torch.npu.set_device`` with the *logical* id, as every sample passes ``--device_id``."""
         self._npu().set_device(device_id)
         self._device_id = device_id
 
@@ -184,10 +185,14 @@ class NpuBackend:
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.cpu()
 
+    def physical_id(self, device_id: int) -> int:
+        """The physical id of logical ``device_id`` (see :mod:`kvtest.host.devices`)."""
+        return devices.physical_id(device_id)
+
     def device_ip(self, device_id: int) -> str:
-        """The device IP of *logical* device ``device_id`` (mapped through ``ASCEND_RT_VISIBLE_DEVICES``)."""
+        """The device IP of *logical* device ``device_id``: ``hccn_tool -i <physical id> -ip -g``."""
         if device_id not in self._device_ips:
-            self._device_ips[device_id] = devices.device_ip(devices.physical_id(device_id))
+            self._device_ips[device_id] = devices.device_ip(self.physical_id(device_id))
         return self._device_ips[device_id]
 
     def describe(self) -> dict[str, str]:

@@ -35,7 +35,10 @@ class Backend(Protocol):
         """
 
     def set_device(self, device_id: int) -> None:
-        """Select the device this process works on (``torch.npu.set_device`` on npu)."""
+        """Select the device this process works on (``torch.npu.set_device`` on npu).
+
+        ``device_id`` is *logical*, as ``torch.npu.set_device`` and ``LLMConfig.device_id`` take it.
+        """
 
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
         """A device copy of a host tensor (``.npu()`` on npu, a fresh contiguous CPU tensor on sim)."""
@@ -48,8 +51,14 @@ class Backend(Protocol):
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         """A host (CPU) copy of a device tensor, for byte comparison."""
 
+    def physical_id(self, device_id: int) -> int:
+        """The physical id of logical device ``device_id``, as the rank table's ``device_id`` names it."""
+
     def device_ip(self, device_id: int) -> str:
-        """The device's IP as the two-sided link's rank table needs it."""
+        """The IP of logical device ``device_id`` as the two-sided link's rank table needs it.
+
+        Asked only where a rank table is built (``hccn_tool`` on npu), never at init.
+        """
 
     def describe(self) -> dict[str, str]:
         """Versions and facts for the environment fingerprint (backend name included)."""

@@ -3,9 +3,25 @@
 Every ``hccn_tool`` call runs with a timeout, and every failure becomes a :class:`DeviceError`
 whose message is one line naming the command, what went wrong and how to fix it.
 
-Device ids: ``hccn_tool -i N`` and ``/dev/davinciN`` use *physical* ids, while
-``torch.npu.set_device`` and ``LLMConfig.device_id`` use *logical* ids, which
-``ASCEND_RT_VISIBLE_DEVICES`` remaps. :func:`physical_id` converts one to the other.
+Device ids. kvtest's ids (``--device-id``, the device pool, ``torch.npu.set_device``,
+``LLMConfig.device_id``) are *logical*: an index into the devices this process can see (CANN's
+pages call it the "user device id"). The rank table's ``device_id`` and ``hccn_tool -i N`` take
+*physical* ids, and so does the device pool's host-wide lock. :func:`physical_id` converts, in the
+runtime's two steps (CANN's ``aclrtGetPhyDevIdByLogicDevId`` page, "user / logical / physical
+device ID"):
+
+1. ``ASCEND_RT_VISIBLE_DEVICES=4,5`` makes logical id 0 the runtime's device 4 and 1 its device 5
+   (unset: logical id *i* is device *i*);
+2. the runtime's device *n* is the *n*-th ``/dev/davinciN`` node in ascending order: on a host that
+   has ``davinci0..N`` this is the identity, in a container that was given ``davinci4`` and
+   ``davinci5`` it maps 0 to 4 and 1 to 5.
+
+This is how real llm_datadist does it (hicann/hixl ``src/llm_datadist/llm_datadist_v2.cc``:
+``aclrtSetDevice(device_id)`` with ``LLMConfig.device_id``; ``src/llm_datadist/common/
+rank_table_generator_v1.cc``: ``aclrtGetPhyDevIdByLogicDevId`` before a rank table's ``device_id``
+and ``hixl::GetDeviceIp``), and what the samples' single-host rank table assumes
+(``examples/python/llm_datadist/pull_cache_sample.py``: processes ``--device_id 0`` and ``1``, rank
+table ``device_id`` = the first two ``/dev/davinciN``, their IPs from ``hccn_tool -i N``).
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ __all__ = [
     "DEFAULT_ASCEND_ROOT",
     "DeviceError",
     "PingResult",
+    "device_map",
     "ascend_root",
     "device_ip",
     "find_hccn_tool",
@@ -86,7 +103,7 @@ def visible_devices(dev_dir: str | os.PathLike[str] | None = None) -> list[int]:
 
 
 def parse_visible_devices(value: str) -> list[int]:
-    """Parse ``ASCEND_RT_VISIBLE_DEVICES`` (comma-separated physical ids).
+    """Parse ``ASCEND_RT_VISIBLE_DEVICES`` (the runtime's device ids, comma-separated).
 
     :raises DeviceError: on anything but non-negative integers separated by commas.
     """
@@ -102,22 +119,57 @@ def parse_visible_devices(value: str) -> list[int]:
     return ids
 
 
-def physical_id(device_id: int, env: Mapping[str, str] | None = None) -> int:
-    """The physical id of logical device ``device_id`` under ``ASCEND_RT_VISIBLE_DEVICES``.
+def device_map(
+    env: Mapping[str, str] | None = None, dev_dir: str | os.PathLike[str] | None = None
+) -> dict[int, int]:
+    """``{logical id: physical id}`` for every device this process can use, logical ids from 0.
 
-    :raises DeviceError: when the variable is malformed or hides ``device_id``.
+    The logical id is what ``torch.npu.set_device`` and ``LLMConfig.device_id`` take; the physical id is
+    what ``hccn_tool -i``, the rank table and ``/dev/davinciN`` name (see the module docstring).
+    Without ``/dev/davinciN`` nodes (nothing to map through) the runtime's ids are taken as physical.
+
+    :raises DeviceError: when ``ASCEND_RT_VISIBLE_DEVICES`` is malformed or names a device this
+        host (or container) does not have.
     """
     env = os.environ if env is None else env
+    nodes = visible_devices(dev_dir)
     value = env.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
-    if not value:
-        return device_id
-    ids = parse_visible_devices(value)
-    if not 0 <= device_id < len(ids):
+    runtime_ids = parse_visible_devices(value) if value else list(range(len(nodes)))
+    if not nodes:
+        return dict(enumerate(runtime_ids))
+    missing = [n for n in runtime_ids if n >= len(nodes)]
+    if missing:
+        shown = ",".join(f"davinci{n}" for n in nodes)
+        raise DeviceError(
+            f"ASCEND_RT_VISIBLE_DEVICES={value} names device {missing[0]}, but this host has "
+            f"{len(nodes)} NPU(s) ({shown}), i.e. devices 0..{len(nodes) - 1}: list devices below "
+            f"{len(nodes)} (in a container, its devices count from 0) or unset the variable"
+        )
+    return {index: nodes[n] for index, n in enumerate(runtime_ids)}
+
+
+def physical_id(device_id: int, env: Mapping[str, str] | None = None) -> int:
+    """The physical id of logical device ``device_id`` (the id ``torch.npu.set_device`` takes).
+
+    :raises DeviceError: when ``ASCEND_RT_VISIBLE_DEVICES`` is malformed or hides ``device_id``.
+    """
+    env = os.environ if env is None else env
+    mapping = device_map(env)
+    if device_id in mapping:
+        return mapping[device_id]
+    value = env.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
+    if value:
         raise DeviceError(
             f"device {device_id} is not visible: ASCEND_RT_VISIBLE_DEVICES={value} exposes logical ids "
-            f"0..{len(ids) - 1}; pick one of those or unset the variable"
+            f"0..{len(mapping) - 1}; pick one of those or unset the variable"
         )
-    return ids[device_id]
+    if not mapping:  # no /dev/davinciN to check against
+        return device_id
+    nodes = ",".join(f"davinci{p}" for p in mapping.values())
+    raise DeviceError(
+        f"device {device_id} is not visible: this host has {len(mapping)} NPU(s), logical ids "
+        f"0..{len(mapping) - 1} (/dev: {nodes}); pick one of those"
+    )
 
 
 def find_hccn_tool(env: Mapping[str, str] | None = None) -> str:

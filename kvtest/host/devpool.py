@@ -5,6 +5,10 @@ the pool directory (``KVTEST_DEVICE_POOL_DIR``, else ``<tmp>/kvtest-devices``). 
 pairs and pytest-xdist lanes on an 8-NPU host never share a device, and a holder that crashes
 releases its claim with its file descriptors: nothing is left to clean up by hand.
 
+Claims are keyed by *physical* id, the one name a device has for every process of the host whatever
+its ``ASCEND_RT_VISIBLE_DEVICES``; :func:`claim_visible` hands the claimer the *logical* id it passes
+to ``torch.npu.set_device`` (see :mod:`kvtest.host.devices`).
+
 A side file ``npu-<id>.owner`` records who holds the claim (pid, host, since) for error messages
 only; a stale one left by a crash is never trusted.
 """
@@ -21,7 +25,16 @@ from types import TracebackType
 
 import filelock
 
-__all__ = ["DEFAULT_TIMEOUT", "DeviceClaim", "DevicePool", "DevicePoolError", "default_pool_dir"]
+from kvtest.host import devices
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DeviceClaim",
+    "DevicePool",
+    "DevicePoolError",
+    "claim_visible",
+    "default_pool_dir",
+]
 
 DEFAULT_TIMEOUT = 60.0
 
@@ -78,7 +91,7 @@ class DeviceClaim:
 class DevicePool:
     """The devices ``device_ids`` of this host, claimed through lock files in ``directory``.
 
-    :param device_ids: the physical ids this pool hands out, tried in this order.
+    :param device_ids: the physical ids this pool locks, tried in this order.
     :param directory: the lock directory shared by every process of the host (created if missing).
     """
 
@@ -178,3 +191,23 @@ class DevicePool:
             if claim is not None:
                 claim.release()
         return result
+
+
+def claim_visible(
+    timeout: float = DEFAULT_TIMEOUT, directory: str | os.PathLike[str] | None = None
+) -> tuple[int, DeviceClaim]:
+    """Claim one of the NPUs this process can use; return its *logical* id and the claim.
+
+    The lock is the physical device's, so processes with different ``ASCEND_RT_VISIBLE_DEVICES``
+    still never share a device.
+
+    :raises DevicePoolError: when no device is visible, ``ASCEND_RT_VISIBLE_DEVICES`` is wrong, or
+        every visible device stays held past ``timeout``.
+    """
+    try:
+        mapping = devices.device_map()
+    except devices.DeviceError as exc:
+        raise DevicePoolError(str(exc)) from None
+    claim = DevicePool(mapping.values(), directory).claim(timeout=timeout)
+    logical = next(n for n, physical in mapping.items() if physical == claim.device_id)
+    return logical, claim

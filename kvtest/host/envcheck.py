@@ -11,7 +11,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from kvtest.host.devices import DeviceError, parse_visible_devices
+from kvtest.host.devices import DeviceError, parse_visible_devices, physical_id
 
 __all__ = [
     "FAIL",
@@ -109,11 +109,11 @@ def check_visible_devices(device_id: int | None, env: Mapping[str, str] | None =
     value = env.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
     name = "ASCEND_RT_VISIBLE_DEVICES"
     if not value:
-        return Check(name, OK, "unset: every device visible, logical id = physical id")
+        return Check(name, OK, "unset: every device visible, logical id n = the n-th /dev/davinciN")
     try:
         ids = parse_visible_devices(value)
     except DeviceError as exc:
-        return Check(name, FAIL, str(exc), "export ASCEND_RT_VISIBLE_DEVICES=0,1 (physical ids) or unset it")
+        return Check(name, FAIL, str(exc), "export ASCEND_RT_VISIBLE_DEVICES=0,1 (ids, commas) or unset it")
     if device_id is None:
         return Check(name, OK, f"{value}: logical ids 0..{len(ids) - 1}")
     if not 0 <= device_id < len(ids):
@@ -123,7 +123,11 @@ def check_visible_devices(device_id: int | None, env: Mapping[str, str] | None =
             f"{value} exposes logical ids 0..{len(ids) - 1}, device {device_id} is not among them",
             f"use --device-id 0..{len(ids) - 1}, or add the device to ASCEND_RT_VISIBLE_DEVICES",
         )
-    return Check(name, OK, f"{value}: logical device {device_id} is physical device {ids[device_id]}")
+    try:
+        physical = physical_id(device_id, env)
+    except DeviceError as exc:
+        return Check(name, FAIL, str(exc), "list devices this host has, or unset ASCEND_RT_VISIBLE_DEVICES")
+    return Check(name, OK, f"{value}: logical device {device_id} is physical device {physical}")
 
 
 def env_checks(

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
@@ -178,19 +179,30 @@ def child_command(
     ]
 
 
+def _own_device(settings: Settings, device_of: dict[str, int], role: str) -> Settings:
+    """``settings`` with ``role``'s own device only: the child runs with --role, where a list would be
+    one id per rank of that role instead of one per role of the local topology."""
+    if role not in device_of:
+        return settings
+    return replace(settings, device_ids=(device_of[role],))
+
+
 def start_roles(
     config: pytest.Config, settings: Settings, me: str, topology: Topology, rdv: Rendezvous, run_id: str
 ) -> LocalCluster:
     """Start every role of ``topology`` but ``me`` on this host, logging into ``<logs>/<run_id>``."""
     logdir = (settings.logs / run_id).resolve()
     others = [r for r in topology.roles if r != me]
+    device_of = settings.local_device_ids(topology.roles)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for option in OPTIONS:
         env.pop(option.env, None)  # the command line carries every resolved setting
     cluster = LocalCluster(
         logdir,
         others,
-        lambda role: child_command(config, settings, role, topology, rdv, run_id, logdir),
+        lambda role: child_command(
+            config, _own_device(settings, device_of, role), role, topology, rdv, run_id, logdir
+        ),
         env,
         config.invocation_params.dir,
     )

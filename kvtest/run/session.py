@@ -197,6 +197,8 @@ class LeaderSession(_Base):
     def _start(self, session: pytest.Session) -> None:
         s = self.settings
         self.topology = self._session_topology(session)
+        if s.local_mode:  # a --device-id list that does not fit the roles: refused before anything starts
+            s.local_device_ids(self.topology.roles)
         self.run_id = s.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         rdv = s.rendezvous or Rendezvous("tcp", host="127.0.0.1", port=0)
         try:

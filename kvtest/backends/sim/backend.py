@@ -50,6 +50,10 @@ class SimBackend:
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.detach().clone()
 
+    def physical_id(self, device_id: int) -> int:
+        """Emulated devices have no physical numbering of their own."""
+        return device_id
+
     def device_ip(self, device_id: int) -> str:
         """A loopback address: sim's ranktable device ips are validated as JSON, never dialled."""
         return "127.0.0.1"

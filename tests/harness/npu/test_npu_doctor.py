@@ -137,7 +137,9 @@ def test_requested_device_not_visible(capsys, fake_npu_stack, fake_hccn, fake_de
     fake_hccn.install()
     code, checks, _ = run_json(capsys, "--device-id", "5")
     assert code == 1
-    assert checks["devices"]["detail"] == "device 5 (physical 5) has no /dev/davinci5; visible: 0,1"
+    assert checks["devices"]["detail"] == (
+        "device 5 is not visible: this host has 2 NPU(s), logical ids 0..1 (/dev: davinci0,davinci1); pick one of those"
+    )
 
 
 def test_device_failures_are_warnings_when_npu_is_not_used(
