@@ -4,12 +4,16 @@
   answers ``-ip -g``, ``-tls -g`` and ``-ping -g address IP`` from a per-test table and logs its
   arguments.
 - ``fake_npu_stack``: fake ``llm_datadist``, ``torch_npu`` (with torchair's ``create_npu_tensors``)
-  and ``torch.npu`` inserted with monkeypatch; every call is recorded.
+  and ``torch.npu`` inserted with monkeypatch; every call is recorded. Like the real runtime, it
+  counts and accepts *logical* ids only: ``ASCEND_RT_VISIBLE_DEVICES`` narrows the host's
+  ``device_count`` devices, and ``set_device`` / ``LLMDataDist.init`` refuse an id outside them.
+  ``hccn_tool`` (``fake_hccn``) takes physical ids and ignores the variable, as the real one does.
 - ``fake_dev``: a directory with ``davinciN`` nodes standing in for ``/dev``.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import shlex
 import stat
@@ -140,9 +144,31 @@ def fake_dev(tmp_path, monkeypatch):
 @dataclass
 class FakeNpuStack:
     calls: list[tuple[object, ...]] = field(default_factory=list)
+    #: NPUs the runtime sees before ASCEND_RT_VISIBLE_DEVICES narrows them
     device_count: int = 2
     llm_datadist: types.ModuleType | None = None
     torch_npu: types.ModuleType | None = None
+
+    def visible_count(self) -> int:
+        """The runtime's device count: the variable's ids up to the first one the host lacks
+        (CANN's ASCEND_RT_VISIBLE_DEVICES page: ids after an invalid one are ignored)."""
+        value = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "").strip()
+        if not value:
+            return self.device_count
+        count = 0
+        for part in value.split(","):
+            if not part.strip().isdigit() or int(part) >= self.device_count:
+                break
+            count += 1
+        return count
+
+    def open_device(self, device_id: int) -> None:
+        """aclrtSetDevice: a logical id below the visible count, else the runtime's 107001."""
+        if not 0 <= device_id < self.visible_count():
+            raise RuntimeError(
+                f"NPU function error: c10_npu::SetDevice(device_id_), error code is 107001: invalid "
+                f"device={device_id}, input visible devices:{self.visible_count()}"
+            )
 
 
 def _module(name: str) -> types.ModuleType:
@@ -158,16 +184,46 @@ def fake_npu_stack(monkeypatch):
 
     llm = _module("llm_datadist")
 
+    class RegisterMemStatus(enum.Enum):  # v2/llm_types.py
+        OK = 0
+        PREPARING = 1
+        FAILED = 2
+
     class LLMDataDist:
+        """Records its calls; ``init`` opens ``ge.exec.deviceId`` as llm_datadist_v2.cc's
+        ``aclrtSetDevice`` does; ``link`` succeeds at once."""
+
         def __init__(self, role: object, cluster_id: int) -> None:
             stack.calls.append(("LLMDataDist", role, cluster_id))
 
-    llm.LLMDataDist = LLMDataDist  # type: ignore[attr-defined]
+        def init(self, options: dict[str, str]) -> None:
+            stack.open_device(int(options.get("ge.exec.deviceId", "0")))
+            stack.calls.append(("init", dict(options)))
 
-    npu = types.SimpleNamespace(
-        set_device=lambda device_id: stack.calls.append(("set_device", device_id)),
-        device_count=lambda: stack.device_count,
-    )
+        def link(self, comm_name: str, cluster_rank_info: dict[int, int], rank_table: str) -> int:
+            stack.calls.append(("link", comm_name, dict(cluster_rank_info), rank_table))
+            return 1
+
+        def query_register_mem_status(self, comm_id: int) -> RegisterMemStatus:
+            return RegisterMemStatus.OK
+
+        def unlink(self, comm_id: int) -> None:
+            stack.calls.append(("unlink", comm_id))
+
+        def switch_role(self, role: object, options: dict[str, str] | None = None) -> None:
+            stack.calls.append(("switch_role", role, options))
+
+        def finalize(self) -> None:
+            stack.calls.append(("finalize",))
+
+    llm.LLMDataDist = LLMDataDist  # type: ignore[attr-defined]
+    llm.RegisterMemStatus = RegisterMemStatus  # type: ignore[attr-defined]
+
+    def set_device(device_id: int) -> None:
+        stack.open_device(device_id)
+        stack.calls.append(("set_device", device_id))
+
+    npu = types.SimpleNamespace(set_device=set_device, device_count=stack.visible_count)
     torch_npu = _module("torch_npu")
     torch_npu.npu = npu  # type: ignore[attr-defined]
     dynamo = _module("torch_npu.dynamo")
