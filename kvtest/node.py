@@ -352,7 +352,7 @@ class Node:
 
     def _host_ip_source(self) -> str:
         if self.settings.local_host_ip:
-            return f"--local-host-ip (from {self.settings.sources.get('local_host_ip', 'the command line')})"
+            return self.settings.sources.get("local_host_ip", "the command line (--local-host-ip)")
         rdv = self.settings.rendezvous
         if rdv is not None and rdv.scheme == "tcp":
             return f"the address this host reaches the rendezvous {rdv} from"

@@ -191,7 +191,7 @@ def test_fake_hccn_tool_has_no_logical_ids(host_4_5, fake_hccn):
         ),
         (
             Settings(local_host_ip="127.0.0.2", sources={"local_host_ip": "the environment (KVTEST_LOCAL_HOST_IP)"}),
-            r"--local-host-ip \(from the environment \(KVTEST_LOCAL_HOST_IP\)\)",
+            r"the environment \(KVTEST_LOCAL_HOST_IP\)",
         ),
     ],
 )
