@@ -197,7 +197,7 @@ def _targets(device_id: int | None) -> tuple[list[int], Check]:
     if device_id is not None:
         return [phys], Check("devices", OK, f"using npu {device_id} (physical {phys}); visible: {shown}")
     targets = list(mapping.values())
-    used = ", ".join(f"{n} (physical {p})" if p != n else str(p) for n, p in mapping.items())
+    used = ",".join(f"{n} (physical {p})" if p != n else str(p) for n, p in mapping.items())
     return targets, Check("devices", OK, f"using npu {used}; visible: {shown}")
 
 

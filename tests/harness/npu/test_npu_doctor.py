@@ -279,3 +279,23 @@ def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse(*argv)
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_container_device_is_asked_by_its_physical_id(
+    capsys, fake_npu_stack, fake_hccn, fake_dev, quiet_env, monkeypatch
+):
+    """A container given davinci4 and davinci5 with ASCEND_RT_VISIBLE_DEVICES=1: logical 0 is physical 5."""
+    for name in ("davinci0", "davinci1"):
+        (fake_dev / name).unlink()
+    for name in ("davinci4", "davinci5"):
+        (fake_dev / name).touch()
+    monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "1")
+    fake_hccn.ip = {4: "192.168.1.5", 5: "192.168.1.6"}
+    fake_hccn.tls = {4: 0, 5: 0}
+    fake_hccn.install()
+    code, checks, _ = run_json(capsys, "--device-id", "0")
+    assert checks["devices"]["detail"] == "using npu 0 (physical 5); visible: 4,5"
+    assert checks["device ip npu5"]["detail"] == "192.168.1.6"
+    code, checks, _ = run_json(capsys)
+    assert checks["devices"]["detail"] == "using npu 0 (physical 5); visible: 4,5"
+    assert fake_hccn.calls()[0] == "-i 5 -ip -g"
