@@ -48,7 +48,11 @@ def start(sim, role, cluster_id, listen_port=None):
 
 def register(sim, dd, key_cluster):
     nblocks = blocks_for(max(SIZES))
-    tensors = [torch.full((nblocks, BLOCK_BYTES), i + 1, dtype=torch.uint8) for i in range(NUM_TENSORS)]
+    from kvtest.backends.sim.device import to_device
+
+    tensors = [
+        to_device(torch.full((nblocks, BLOCK_BYTES), i + 1, dtype=torch.uint8)) for i in range(NUM_TENSORS)
+    ]
     desc = sim.CacheDesc(NUM_TENSORS, [nblocks, BLOCK_BYTES], sim.DataType.DT_UINT8)
     cache = dd.cache_manager.register_blocks_cache(
         desc, [t.data_ptr() for t in tensors], sim.BlocksCacheKey(key_cluster, 0)

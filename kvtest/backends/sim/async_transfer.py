@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kvtest.backends.sim.cache import BlocksCacheKey, CacheKeyByIdAndIndex
 from kvtest.backends.sim.checks import UINT32_MAX, UINT64_MAX, check_int, check_type
@@ -75,12 +75,19 @@ class TransferConfig:
         self.dst_addrs = [check_int("dst_addrs item", a, 1, UINT64_MAX) for a in dst_addrs]
         self.src_layer_range = check_layer_range("src_layer_range", src_layer_range)
         self.src_batch_index = check_int("src_batch_index", src_batch_index, 0, UINT32_MAX)
+        # as upstream (v2/llm_types.py): destination layer = source layer
+        self.dst_layer_range: range | None = None
 
 
 class CacheTask:
-    """The handle of an asynchronous transfer; results arrive per transfer config."""
+    """The handle of an asynchronous transfer; ``results()`` gives one code (or None) per config.
 
-    def __init__(self, thread: threading.Thread, results: list[LLMStatusCode | None]) -> None:
+    As hicann/hixl v2/llm_utils.py ``TransferAsyncThread``: a wait that runs out gives LLM_TIMEOUT;
+    ``synchronize`` returns the first result that is neither None nor LLM_SUCCESS, so configs that
+    never finished (the worker died) count as success.
+    """
+
+    def __init__(self, thread: threading.Thread, results: Callable[[], list[LLMStatusCode | None]]) -> None:
         self._thread = thread
         self._results = results
 
@@ -99,15 +106,14 @@ class CacheTask:
         """The first non-success result, else LLM_SUCCESS; LLM_TIMEOUT when the wait ran out first."""
         if not self._wait(timeout_in_millis):
             return LLMStatusCode.LLM_TIMEOUT
-        for result in self._results:
-            if result is None:
-                return LLMStatusCode.LLM_FAILED
-            if result != LLMStatusCode.LLM_SUCCESS:
+        for result in self._results():
+            if result is not None and result != LLMStatusCode.LLM_SUCCESS:
                 return result
         return LLMStatusCode.LLM_SUCCESS
 
     def get_results(self, timeout_in_millis: int | None = None) -> list[LLMStatusCode | None]:
         """One code per transfer config (None if it never finished); all LLM_TIMEOUT when the wait ran out."""
+        results = self._results()
         if not self._wait(timeout_in_millis):
-            return [LLMStatusCode.LLM_TIMEOUT] * len(self._results)
-        return list(self._results)
+            return [LLMStatusCode.LLM_TIMEOUT] * len(results)
+        return self._results()

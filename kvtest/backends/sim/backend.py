@@ -39,7 +39,11 @@ class SimBackend:
         """Nothing to select on CPU."""
 
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
-        return host.detach().clone().contiguous()
+        """A contiguous copy that the sim counts as device memory (``Placement.DEVICE`` registration
+        refuses any other memory, as HCCL does on an NPU)."""
+        from kvtest.backends.sim.device import to_device
+
+        return to_device(host)
 
     def tensors_at(
         self, shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]

@@ -188,7 +188,7 @@ class Cache:
 def _cluster_arg(cluster_id: int | None, prompt_cluster_id: int | None) -> int:
     value = cluster_id if cluster_id is not None else prompt_cluster_id
     if value is None:
-        raise TypeError("cluster_id only support [int], but got NoneType")
+        raise_param_invalid("Param prompt_cluster_id or cluster_id is required")
     return check_int("cluster_id", value, 0, UINT64_MAX)
 
 
@@ -198,13 +198,15 @@ class CacheKey:
     def __init__(
         self,
         prompt_cluster_id: int | None = None,
-        req_id: int = UINT64_MAX,
+        req_id: int | None = None,
         model_id: int = 0,
         prefix_id: int = UINT64_MAX,
         *,
         cluster_id: int | None = None,
     ) -> None:
         self._cluster_id = _cluster_arg(cluster_id, prompt_cluster_id)
+        if req_id is None:  # v2/llm_types.py CacheKey: req_id has no default
+            raise_param_invalid("Param req_id is required")
         self._req_id = check_int("req_id", req_id, 0, UINT64_MAX)
         self._model_id = check_int("model_id", model_id, 0, UINT64_MAX)
         self._prefix_id = check_int("prefix_id", prefix_id, 0, UINT64_MAX)

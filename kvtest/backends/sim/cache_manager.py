@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
+from kvtest.backends.sim import device
 from kvtest.backends.sim.async_transfer import (
     CacheTask,
     LayerSynchronizer,
@@ -30,6 +31,7 @@ from kvtest.backends.sim.cache import (
     Placement,
 )
 from kvtest.backends.sim.checks import INT64_MAX, UINT64_MAX, check_int, check_type
+from kvtest.backends.sim.layer_job import LayerJob
 from kvtest.backends.sim.layout import (
     Span,
     block_list,
@@ -40,7 +42,7 @@ from kvtest.backends.sim.layout import (
     tensor_pairs,
 )
 from kvtest.backends.sim.pool import MemoryPool
-from kvtest.backends.sim.status import LLMException, LLMStatusCode, native_error, raise_param_invalid
+from kvtest.backends.sim.status import LLMStatusCode, native_error, raise_param_invalid
 from kvtest.backends.sim.transport import TransferError
 
 if TYPE_CHECKING:
@@ -72,8 +74,9 @@ class _Remote:
     blocks: bool
 
 
-def _key_path(key: CacheKey) -> tuple[object, ...]:
-    return ("key", key.cluster_id, key.req_id, key.model_id, key.prefix_id)
+def _key_path(cluster_id: int, key: CacheKey) -> tuple[object, ...]:
+    """Where a key bound on ``cluster_id`` lives; the key's own cluster id only says where to pull from."""
+    return ("key", cluster_id, key.req_id, key.model_id, key.prefix_id)
 
 
 class CacheManager:
@@ -130,12 +133,36 @@ class CacheManager:
                     entry.pool.free(addr)
                 del self._entries[cache_id]
 
+    def _drop_keys(self, entry: _Entry) -> None:
+        plane, _ = self._dd._ctx()
+        for path, _record in entry.keys:
+            current = plane.fetch(path)
+            if current is not None:
+                plane.release(path, current)
+
+    def _consume(self, claim: tuple[str, Any] | None, pulled: set[int] | None) -> None:
+        """After a successful pull: the key goes once every tensor of it was pulled (``pulled`` None: all)."""
+        if claim is None or not claim[1].get("consumable"):
+            return
+        plane, _ = self._dd._ctx()
+        path, record = claim
+        left = sorted(set(record["tensors"]) - pulled) if pulled is not None else []
+        if not left:
+            plane.release(path, record)
+            return
+
+        def change(old: Any) -> Any:
+            if not isinstance(old, dict) or "tensors" not in old:
+                return old  # released meanwhile
+            return {**old, "tensors": sorted(set(old["tensors"]) - (pulled or set()))}
+
+        plane.update(path, change)
+
     def _close(self) -> None:
         with self._lock:
             for entry in list(self._entries.values()):
                 self._release_records(entry)
-                for k, v in entry.keys:
-                    self._dd._ctx()[0].release(k, v)
+                self._drop_keys(entry)
                 entry.cache._invalidate()
             self._entries.clear()
 
@@ -175,12 +202,20 @@ class CacheManager:
         for index, key in enumerate(cache_keys):
             if key.req_id == UINT64_MAX and key.prefix_id == UINT64_MAX:
                 continue
-            if key.cluster_id != self._dd.cluster_id:
-                raise_param_invalid(f"cache key {key} should use the local cluster id {self._dd.cluster_id}.")
-            path = plane.key(*_key_path(key))
+            # the key's cluster id is ignored here (cache_manager.cc CreateDataCacheKey uses req/prefix
+            # and model ids only)
+            path = plane.key(*_key_path(self._dd.cluster_id, key))
             if plane.fetch(path) is not None:
                 raise native_error(api, LLMStatusCode.LLM_PARAM_INVALID, f"cache key {key} already exists")
-            record = {"cache_id": entry.cache.cache_id, "batch_index": index}
+            # A pull consumes the key only for a pool cache (is_owned) and a req_id key
+            # (fsm/send_state.cc QueryCacheEntryAndOffset); layer-ranged pulls consume it once every
+            # tensor has been pulled (SendState::Process, cache_manager.cc RemoveCacheKey).
+            record = {
+                "cache_id": entry.cache.cache_id,
+                "batch_index": index,
+                "consumable": entry.pool is not None and key.prefix_id == UINT64_MAX,
+                "tensors": list(range(entry.cache.cache_desc.num_tensors)),
+            }
             plane.put(path, record)
             entry.keys.append((path, record))
 
@@ -230,14 +265,16 @@ class CacheManager:
         self._deallocate("deallocate_blocks_cache", cache, blocks=True)
 
     def remove_cache_key(self, cache_key: CacheKey) -> None:
-        """Drop a key so its slot can no longer be pulled; nothing happens if a pull consumed it."""
+        """Drop a key so its slot can no longer be pulled; nothing happens if a pull consumed it, or
+        for a registered cache's key (cache_manager.cc RemoveCacheKey skips caches it does not own)."""
         self._begin("remove_cache_key")
         check_type("cache_key", cache_key, CacheKey)
         with self._lock:
             plane, _ = self._dd._ctx()
-            path = plane.key(*_key_path(cache_key))
+            path = plane.key(*_key_path(self._dd.cluster_id, cache_key))
             record = plane.fetch(path)
-            if record is not None:
+            entry = self._entries.get(int(record["cache_id"])) if record is not None else None
+            if record is not None and (entry is None or entry.pool is not None):
                 plane.release(path, record)
             self._sweep()
 
@@ -259,6 +296,17 @@ class CacheManager:
             raise_param_invalid("you can not register remote accessible cache after link.")
         if remote_accessible is None:
             remote_accessible = cache_desc.placement == Placement.DEVICE and not self._dd._linked
+        if remote_accessible and cache_desc.placement == Placement.DEVICE:
+            # comm_mem_manager.cc RegisterCacheMem registers these with HCCL/HIXL as device memory
+            for addr in addrs:
+                if not device.is_device(int(addr), cache_desc.size):
+                    raise native_error(
+                        api,
+                        LLMStatusCode.LLM_FAILED,
+                        f"cache_desc = {cache_desc}: address {int(addr):#x} ({cache_desc.size} bytes) is not "
+                        "device memory, so it cannot be registered as Placement.DEVICE (allocate it on the "
+                        "device: SimBackend.to_device, tensor.npu() on an NPU)",
+                    )
         _, transport = self._dd._ctx()
         try:
             reg = transport.register([(a, cache_desc.size) for a in addrs])
@@ -275,12 +323,8 @@ class CacheManager:
         return entry
 
     def _bind_blocks_key(self, api: str, entry: _Entry, key: BlocksCacheKey) -> None:
-        if key.cluster_id != self._dd.cluster_id:
-            raise_param_invalid(
-                f"blocks cache key {key} should use the local cluster id {self._dd.cluster_id}."
-            )
         plane, _ = self._dd._ctx()
-        path = plane.key("bkey", key.cluster_id, key.model_id)
+        path = plane.key("bkey", self._dd.cluster_id, key.model_id)  # the key's cluster id is ignored
         if plane.fetch(path) is not None:
             raise native_error(api, LLMStatusCode.LLM_PARAM_INVALID, f"blocks cache key {key} already exists")
         record = {"cache_id": entry.cache.cache_id}
@@ -325,18 +369,17 @@ class CacheManager:
         check_int("cache_id", cache_id, -(2**63), INT64_MAX)
         with self._lock:
             entry = self._entries.get(cache_id)
-            if entry is None or entry.reg is None:
-                raise native_error(
-                    "unregister_cache",
-                    LLMStatusCode.LLM_PARAM_INVALID,
-                    f"cache_id {cache_id} is not registered",
-                )
+            if entry is None:
+                return  # data_cache_engine.cc Unregister: an unknown id is SUCCESS
             self._release_records(entry)
-            plane, transport = self._dd._ctx()
-            for k, v in entry.keys:
-                plane.release(k, v)
-            transport.deregister(entry.reg)
-            self._dd._publish_agent()
+            self._drop_keys(entry)
+            _, transport = self._dd._ctx()
+            if entry.reg is not None:
+                transport.deregister(entry.reg)
+                self._dd._publish_agent()
+            elif entry.pool is not None:  # the entry owned the pool memory
+                for addr in entry.addrs:
+                    entry.pool.free(addr)
             entry.cache._invalidate()
             del self._entries[cache_id]
 
@@ -384,7 +427,7 @@ class CacheManager:
             return remote, key.batch_index, None
         if (key.req_id == UINT64_MAX) == (key.prefix_id == UINT64_MAX):
             raise_param_invalid("one and only one of req_id and prefix_id should be valid in cache_key.")
-        path = plane.key(*_key_path(key))
+        path = plane.key(*_key_path(key.cluster_id, key))
         record = plane.fetch(path)
         if record is None:
             raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
@@ -467,8 +510,7 @@ class CacheManager:
         spans = [(remote_index * remote.slot_bytes, batch_index * desc.slot_bytes, nbytes)]
         moves = expand(pairs, remote.addrs, entry.cache.tensor_addrs, spans)
         self._move("pull_cache", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
-        if claim is not None:
-            self._dd._ctx()[0].release(*claim)
+        self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
     def pull_blocks(
         self,
@@ -518,8 +560,7 @@ class CacheManager:
         )
         moves = expand(pairs, remote.addrs, entry.cache.tensor_addrs, spans)
         self._move("pull_blocks", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
-        if claim is not None:
-            self._dd._ctx()[0].release(*claim)
+        self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
     # -- pushes -------------------------------------------------------------------------------
     def _require_remote_mode(self, api: str) -> None:
@@ -602,167 +643,72 @@ class CacheManager:
         dst_block_indices: Sequence[int] | None = None,
         dst_block_memory_size: int | None = None,
     ) -> CacheTask:
-        """Push layer by layer on a worker thread as ``layer_synchronizer`` releases each layer."""
+        """Push layer by layer on a worker thread as ``layer_synchronizer`` releases each layer.
+
+        The checks here are the Python layer's (hicann/hixl v2/cache_manager.py and v2/llm_utils.py
+        ``transfer_cache_async``, ``TransferCacheJob.init``); link, key and block problems come back
+        as per-config result codes from the worker, as from the native per-layer call.
+        """
         self._begin("transfer_cache_async")
-        api = "transfer_cache_async"
         entry = self._entry(src_cache, "src_cache")
         desc = entry.cache.cache_desc
+        if desc.placement == Placement.HOST:
+            raise_param_invalid("src cache not support placement HOST")
+        src_idx = [] if src_block_indices is None else block_list("src_block_indices", src_block_indices)
+        dst_idx = [] if dst_block_indices is None else block_list("dst_block_indices", dst_block_indices)
+        if dst_block_memory_size is not None:
+            check_int("dst_block_memory_size", dst_block_memory_size, 0, UINT64_MAX)
+        if src_idx:
+            if not dst_idx:
+                raise_param_invalid("transfer from blocks to cache is not supported")
+            if len(src_idx) != len(dst_idx):
+                raise_param_invalid(
+                    f"num_block_indices mismatches, src_num = {len(src_idx)}, dst_num = {len(dst_idx)}"
+                )
+        elif dst_idx and dst_block_memory_size is None:
+            raise_param_invalid("dst_block_memory_size must be set when transfer from cache to blocks")
         check_type("layer_synchronizer", layer_synchronizer, LayerSynchronizer)
         check_type("transfer_configs", transfer_configs, list, tuple)
         wanted = TransferWithCacheKeyConfig if self._dd._remote_accessible else TransferConfig
         for config in transfer_configs:
             check_type("transfer_configs item", config, wanted)
-        if desc.placement == Placement.HOST:
-            raise_param_invalid("src_cache placement should not be HOST.")
-        if desc.num_tensors % 2:
-            raise_param_invalid("src_cache num_tensors should be even.")
-        src_idx = None if src_block_indices is None else block_list("src_block_indices", src_block_indices)
-        dst_idx = None if dst_block_indices is None else block_list("dst_block_indices", dst_block_indices)
-        if dst_block_memory_size is not None:
-            check_int("dst_block_memory_size", dst_block_memory_size, 1, INT64_MAX)
-        plans = [
-            self._plan_async(entry, config, src_idx, dst_idx, dst_block_memory_size)
-            for config in transfer_configs
-        ]
-        num_layers = desc.num_tensors // 2
-        results: list[LLMStatusCode | None] = [None] * len(plans)
-
-        def work() -> None:
-            for layer in range(num_layers):
-                try:
-                    ready = bool(layer_synchronizer.synchronize_layer(layer, None))
-                except Exception:  # noqa: BLE001 - a failing synchronizer fails its layer
-                    ready = False
-                for i, (config_range, dst_start, agent, remote_addrs, remote_tensors, spans) in enumerate(
-                    plans
-                ):
-                    if layer not in config_range or (results[i] not in (None, LLMStatusCode.LLM_SUCCESS)):
-                        continue
-                    if not ready:
-                        results[i] = LLMStatusCode.LLM_PARAM_INVALID
-                        continue
-                    dst_layer = dst_start + (layer - config_range.start)
-                    pairs = tensor_pairs(
-                        desc.num_tensors,
-                        remote_tensors,
-                        range(layer, layer + 1),
-                        range(dst_layer, dst_layer + 1),
-                        2,
-                    )
-                    deadline = time.monotonic() + self._dd._sync_timeout_ms / 1000
-                    try:
-                        self._move(
-                            api,
-                            "WRITE",
-                            agent,
-                            expand(pairs, entry.cache.tensor_addrs, remote_addrs, spans),
-                            deadline,
-                        )
-                        results[i] = LLMStatusCode.LLM_SUCCESS
-                    except LLMException as exc:
-                        results[i] = exc.status_code
-            for i, (config_range, *_rest) in enumerate(plans):
-                if results[i] is None and len(config_range) == 0:
-                    results[i] = LLMStatusCode.LLM_SUCCESS
-
-        thread = threading.Thread(target=work, name="kvtest-sim-transfer-cache-async", daemon=True)
-        thread.start()
-        return CacheTask(thread, results)
-
-    def _plan_async(
-        self,
-        entry: _Entry,
-        config: TransferWithCacheKeyConfig | TransferConfig,
-        src_idx: list[int] | None,
-        dst_idx: list[int] | None,
-        dst_block_memory_size: int | None,
-    ) -> tuple[range, int, str, list[int], int, list[Span]]:
-        """(source layer range, first destination layer, agent, remote addrs, remote tensor count, spans)."""
-        api = "transfer_cache_async"
-        desc = entry.cache.cache_desc
-        layers = desc.num_tensors // 2
-        if isinstance(config, TransferConfig):
-            agent = self._peer(api, config.dst_cluster_id)
-            src_range = config.src_layer_range or range(0, layers)
-            if len(config.dst_addrs) != len(src_range) * 2:
-                raise_param_invalid("dst_addrs length should be equal to the tensor num of src_layer_range.")
-            addrs = [0] * (src_range.start * 2) + list(config.dst_addrs)
-            spans = self._async_spans(
-                entry, config.src_batch_index, False, desc.slot_bytes, src_idx, dst_idx, dst_block_memory_size
+        if not dst_idx and dst_block_memory_size not in (None, 0):
+            raise_param_invalid(
+                f"dst_block_memory_size ({dst_block_memory_size}) is neither None nor 0 "
+                "while dst is not blocks"
             )
-            return src_range, src_range.start, agent, addrs, len(addrs), spans
-        key = config.cache_key
-        if isinstance(key, BlocksCacheKey):
-            remote = self._remote_blocks(api, key)
-        else:
-            remote, index, _ = self._resolve(api, key)
-            if not remote.blocks:
-                if entry.cache.is_blocks_cache:
-                    raise_param_invalid("transfer from blocks to cache is not supported.")
-                self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
-                spans = [
-                    (config.src_batch_index * desc.slot_bytes, index * remote.slot_bytes, desc.slot_bytes)
-                ]
-                return (
-                    config.src_layer_range,
-                    config.dst_layer_range.start,
-                    remote.agent,
-                    remote.addrs,
-                    len(remote.addrs),
-                    spans,
-                )
-        spans = self._async_spans(
-            entry,
-            config.src_batch_index,
-            True,
-            remote.slot_bytes,
-            src_idx,
-            dst_idx,
-            dst_block_memory_size,
-            remote.batch,
+        if desc.num_tensors % 2:
+            raise_param_invalid(f"cache_desc.num_tensors ({desc.num_tensors}) is not even")
+        num_layers = desc.num_tensors // 2
+        for config in transfer_configs:
+            if config.src_layer_range is None:
+                config.src_layer_range = range(0, num_layers)
+            self._check_async_config(config, src_idx, num_layers, desc.batch_size)
+        job = LayerJob(
+            self, entry, layer_synchronizer, transfer_configs, src_idx, dst_idx, dst_block_memory_size or 0
         )
-        return (
-            config.src_layer_range,
-            config.dst_layer_range.start,
-            remote.agent,
-            remote.addrs,
-            len(remote.addrs),
-            spans,
-        )
+        thread = threading.Thread(target=job.run, name="kvtest-sim-transfer-cache-async", daemon=True)
+        thread.start()
+        return CacheTask(thread, job.results)
 
     @staticmethod
-    def _async_spans(
-        entry: _Entry,
-        src_batch_index: int,
-        dst_blocks: bool,
-        dst_block_bytes: int,
-        src_idx: list[int] | None,
-        dst_idx: list[int] | None,
-        dst_block_memory_size: int | None,
-        dst_count: int | None = None,
-    ) -> list[Span]:
-        desc = entry.cache.cache_desc
-        if entry.cache.is_blocks_cache:
-            if src_idx is None and dst_idx is None:
-                src_idx = dst_idx = list(range(desc.batch_size))
-            if src_idx is None or dst_idx is None or len(src_idx) != len(dst_idx):
-                raise_param_invalid("src_block_indices and dst_block_indices should have the same length.")
-            check_in_range("src_block_indices", src_idx, desc.batch_size)
-            if dst_count is not None:
-                check_in_range("dst_block_indices", dst_idx, dst_count)
-            if desc.slot_bytes != dst_block_bytes:
-                raise_param_invalid("block size differs between src_cache and the destination.")
-            return block_spans(src_idx, dst_idx, desc.slot_bytes)
-        check_in_range("src_batch_index", [src_batch_index], desc.batch_size)
-        if not dst_blocks:
-            return [(src_batch_index * desc.slot_bytes, 0, desc.slot_bytes)]
-        if dst_idx is None or dst_block_memory_size is None:
+    def _check_async_config(
+        config: TransferWithCacheKeyConfig | TransferConfig, src_idx: list[int], num_layers: int, batch: int
+    ) -> None:
+        """``TransferCacheJob.check_transfer_config``."""
+        if src_idx and config.src_batch_index != 0:
             raise_param_invalid(
-                "dst_block_indices and dst_block_memory_size are required from cache to blocks."
+                f"Invalid TransferConfig, src_batch_index ({config.src_batch_index}) != 0 while src is blocks"
             )
-        if dst_count is not None:
-            check_in_range("dst_block_indices", dst_idx, dst_count)
-        return slot_to_blocks_spans(src_batch_index, desc.slot_bytes, dst_idx, dst_block_bytes)
+        layers = config.src_layer_range
+        assert layers is not None
+        if not 0 <= layers.start < layers.stop <= num_layers:
+            raise_param_invalid(f"src_layer_range: {layers} out of range, src_layer_num = {num_layers}")
+        if isinstance(config, TransferConfig) and len(config.dst_addrs) != len(layers) * 2:
+            raise_param_invalid(
+                f"expect {len(layers) * 2} dst_addrs, but len(dst_addrs) = {len(config.dst_addrs)}, "
+                f"range = {layers}"
+            )
 
     # -- local copies -------------------------------------------------------------------------
     @staticmethod

@@ -16,23 +16,23 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvtest.backends.sim import control
+from kvtest.backends.sim import control, device
 from kvtest.backends.sim.cache import RegisterMemStatus
-from kvtest.backends.sim.checks import INT32_MAX, UINT64_MAX, check_int, check_type
+from kvtest.backends.sim.checks import INT32_MAX, UINT32_MAX, UINT64_MAX, check_int, check_type
 from kvtest.backends.sim.cluster import LLMClusterInfo, int_to_ip
 from kvtest.backends.sim.config import ROLE_OPTION, LLMRole, parse_listen_ip_info, pool_size
 from kvtest.backends.sim.faults import Fault, crash_now, fault_from_env
-from kvtest.backends.sim.listener import Listener, probe
+from kvtest.backends.sim.listener import Listener, connectable, probe
 from kvtest.backends.sim.pool import MemoryPool
 from kvtest.backends.sim.status import LLMException, LLMStatusCode, native_error, raise_param_invalid
 from kvtest.backends.sim.transport import Transport
+from kvtest.backends.sim.upstream import fixed_from_env
 
 if TYPE_CHECKING:
     from kvtest.backends.sim.cache_manager import CacheManager
 
 DEFAULT_SYNC_KV_TIMEOUT_MS = 1000
 DEFAULT_COMM_LINK_TIMEOUT_MS = 30000
-MAX_CLUSTERS_PER_CALL = 16
 
 _live: LLMDataDist | None = None
 _live_lock = threading.Lock()
@@ -77,6 +77,9 @@ class LLMDataDist:
         self._comm_links: dict[int, _CommLink] = {}
         self._comm_ids = itertools.count(1)
         self._cache_manager: CacheManager | None = None
+        self._hixl = False
+        self._fixed: frozenset[str] = frozenset()
+        self._device_tokens: list[int] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
     def init(self, options: dict[str, str]) -> None:
@@ -135,6 +138,10 @@ class LLMDataDist:
             if option in options:
                 pools[placement] = MemoryPool(pool_size(option, options[option]))
         self._fault = fault_from_env()
+        try:
+            self._fixed = fixed_from_env()
+        except ValueError as exc:
+            raise self._init_error(options, f"KVTEST_SIM_FIXED: {exc}") from None
         options["llm.Role"] = ROLE_OPTION[self._role]
         listener = None
         if listen is not None:
@@ -153,7 +160,10 @@ class LLMDataDist:
         self._plane, self._transport, self._listener = plane, transport, listener
         self._options, self._cm_enabled, self._remote_accessible = options, cm, remote
         self._pools = pools
+        self._hixl = options.get("llm.TransferBackend") == "hixl"
         self._pool_regs = [transport.register([(p.base, p.size)]) for p in pools.values()]
+        if "DEVICE" in pools:
+            self._device_tokens = [device.add(pools["DEVICE"].base, pools["DEVICE"].size)]
         self._publish_agent()
         from kvtest.backends.sim.cache_manager import CacheManager
 
@@ -180,6 +190,9 @@ class LLMDataDist:
             if self._transport is not None:
                 self._transport.close()
         finally:
+            for token in self._device_tokens:
+                device.remove(token)
+            self._device_tokens = []
             self._listener = None
             self._transport = None
             self._cache_manager = None
@@ -283,20 +296,29 @@ class LLMDataDist:
         _require_init(self)
         self._require_cm("link")
         self._fault_point("link")
+        # the Python layer's checks, in its order and words (hicann/hixl v2/llm_datadist.py ``link``)
         check_type("comm_name", comm_name, str)
+        if not comm_name:
+            raise_param_invalid("comm_name can not be empty")
+        if len(comm_name) >= 128:
+            raise_param_invalid("comm_name length should be smaller than 128.")
         check_type("cluster_rank_info", cluster_rank_info, dict)
-        check_type("rank_table", rank_table, str)
-        if not 0 < len(comm_name) < 128:
-            raise_param_invalid("comm_name length should be in range [1, 128).")
+        if len(cluster_rank_info) > 4:
+            raise_param_invalid("cluster_rank_info size can not be greater than 4.")
         for cid, rank in cluster_rank_info.items():
             check_int("cluster_rank_info key", cid, 0, UINT64_MAX)
-            check_int("cluster_rank_info value", rank, 0, INT32_MAX)
-        if len(cluster_rank_info) < 2:
-            raise_param_invalid("cluster num must be bigger than 1.")
-        if len(cluster_rank_info) > 4:
-            raise_param_invalid("cluster num must not be bigger than 4.")
+            check_int("cluster_rank_info value", rank, 0, UINT32_MAX)
+        check_type("rank_table", rank_table, str)
         ranks = list(cluster_rank_info.values())
-        if ranks != sorted(ranks) or len(set(ranks)) != len(ranks):
+        if len(ranks) < 2:
+            raise_param_invalid("cluster num must be bigger than 1.")
+        if ranks != sorted(ranks):
+            raise_param_invalid("rank in cluster_rank_info must be ordered")
+        if self._hixl:  # HixlTransferEngine::Link (src/llm_datadist/transfer_engine/hixl_transfer_engine.cc)
+            raise native_error(
+                "link", LLMStatusCode.LLM_FEATURE_NOT_ENABLED, f"cluster_rank_info = {cluster_rank_info}"
+            )
+        if len(set(ranks)) != len(ranks):
             raise_param_invalid("rank ids in cluster_rank_info should be ascending.")
         if self._cluster_id not in cluster_rank_info:
             raise_param_invalid(f"cluster_rank_info should contain local cluster id {self._cluster_id}.")
@@ -325,6 +347,10 @@ class LLMDataDist:
         _require_init(self)
         self._require_cm("query_register_mem_status")
         check_int("comm_id", comm_id, 0, UINT64_MAX)
+        if self._hixl:
+            raise native_error(
+                "query_register_mem_status", LLMStatusCode.LLM_FEATURE_NOT_ENABLED, f"comm_id = {comm_id}"
+            )
         comm = self._comm_links.get(comm_id)
         if comm is None:
             raise native_error(
@@ -355,6 +381,8 @@ class LLMDataDist:
         self._require_cm("unlink")
         self._fault_point("unlink")
         check_int("comm_id", comm_id, 0, UINT64_MAX)
+        if self._hixl:
+            raise native_error("unlink", LLMStatusCode.LLM_FEATURE_NOT_ENABLED, f"comm_id = {comm_id}")
         comm = self._comm_links.pop(comm_id, None)
         if comm is None:
             raise native_error("unlink", LLMStatusCode.LLM_PARAM_INVALID, f"comm_id {comm_id} does not exist")
@@ -363,28 +391,36 @@ class LLMDataDist:
 
     # -- one-sided link (client / server) -------------------------------------------------------
     def _check_clusters(self, clusters: Any, timeout: Any) -> int:
+        check_int("timeout", timeout, -(2**31), INT32_MAX)
+        if timeout <= 0:
+            raise_param_invalid("Param timeout should be greater than 0.")
         check_type("clusters", clusters, list, tuple)
         for info in clusters:
             check_type("clusters item", info, LLMClusterInfo)
-        return check_int("timeout", timeout, 1, INT32_MAX)
+        return int(timeout)
 
     def link_clusters(
         self, clusters: list[LLMClusterInfo] | tuple[LLMClusterInfo, ...], timeout: int = 3000
     ) -> tuple[LLMStatusCode, list[LLMStatusCode]]:
-        """Connect to each cluster's listener as its client; never raises on link failure."""
+        """Connect to each cluster's listener as its client; never raises on link failure.
+
+        As hicann/hixl v2/llm_datadist.py ``link_clusters`` and, below it, link_mgr/llm_link_manager.cc
+        (or transfer_engine/hixl_transfer_engine.cc with the hixl backend): no limit on the number of
+        clusters, an empty list is LLM_PARAM_INVALID with no per-cluster codes.
+        """
         _require_init(self)
         self._require_cm("link_clusters")
         self._fault_point("link_clusters")
         timeout = self._check_clusters(clusters, timeout)
-        if len(clusters) > MAX_CLUSTERS_PER_CALL:
-            code = LLMStatusCode.LLM_CLUSTER_NUM_EXCEED_LIMIT
-            return code, [code] * len(clusters)
         if not self._options.get("llm.LocalCommRes"):
             for info in clusters:
                 if not info.local_ip_info_list:
                     raise_param_invalid(
-                        "local_ip_info_list is empty, please set local ip info by append_local_ip_info."
+                        "local_ip_info_list is empty. Call append_local_ip_info to add local_ip_info "
+                        "when local_comm_res option is unspecified or empty."
                     )
+        if not clusters:
+            return LLMStatusCode.LLM_PARAM_INVALID, []
         deadline = time.monotonic() + timeout / 1000
         codes = [self._link_one(info, deadline) for info in clusters]
         return _overall(codes), codes
@@ -393,16 +429,19 @@ class LLMDataDist:
         peer = info.remote_cluster_id
         if self._fault_active("linkfail", "link_clusters"):
             return LLMStatusCode.LLM_LINK_FAILED
-        if not info.remote_ip_info_list or peer == self._cluster_id:
+        if len(info.remote_ip_info_list) != 1:  # "remote_ip_infos size != 1 is unsupported."
+            return LLMStatusCode.LLM_PARAM_INVALID
+        if peer == self._cluster_id:
             return LLMStatusCode.LLM_LINK_FAILED
-        if "client" in self._links().get(str(peer), []):
+        if not self._hixl and "client" in self._links().get(str(peer), []):
             return LLMStatusCode.LLM_ALREADY_LINK
         ip, port = info.remote_ip_info_list[0]
         answered, _why = probe(int_to_ip(ip), port, deadline)
         if answered != peer or not self._load_peer(peer):
             return LLMStatusCode.LLM_LINK_FAILED
         self._change_links(self._cluster_id, peer, add="client")
-        self._change_links(peer, self._cluster_id, add="server")
+        if not self._hixl:  # a HIXL link is an entity on the client only
+            self._change_links(peer, self._cluster_id, add="server")
         return LLMStatusCode.LLM_SUCCESS
 
     def unlink_clusters(
@@ -411,30 +450,43 @@ class LLMDataDist:
         timeout: int = 3000,
         force: bool = False,
     ) -> tuple[LLMStatusCode, list[LLMStatusCode]]:
-        """Tear links down: non-forced ends both sides of the link, forced only the local end."""
+        """Tear links down: non-forced ends both sides of the link, forced only the local end.
+
+        As link_mgr/link_msg_handler.cc ``UnlinkCluster``: a non-forced unlink needs exactly one
+        remote ip (LLM_PARAM_INVALID otherwise) and a reachable peer (LLM_UNLINK_FAILED otherwise);
+        a cluster that is not linked unlinks with LLM_SUCCESS. With the hixl backend an unlink is
+        local whatever ``force`` says (hixl_transfer_engine.cc).
+        """
         _require_init(self)
         self._require_cm("unlink_clusters")
         self._fault_point("unlink_clusters")
-        self._check_clusters(clusters, timeout)
+        timeout = self._check_clusters(clusters, timeout)
         check_type("force", force, bool)
-        codes = []
-        links = self._links()
-        for info in clusters:
-            peer = info.remote_cluster_id
-            roles = links.get(str(peer), [])
-            if not roles:
-                codes.append(LLMStatusCode.LLM_NOT_YET_LINK)
-                continue
-            if force:
-                self._change_links(self._cluster_id, peer, remove=("client", "server", "comm"))
-            else:
-                mine = "client" if "client" in roles else "server"
-                theirs = "server" if mine == "client" else "client"
-                self._change_links(self._cluster_id, peer, remove=(mine,))
-                self._change_links(peer, self._cluster_id, remove=(theirs,))
-            codes.append(LLMStatusCode.LLM_SUCCESS)
-            links = self._links()
+        if not clusters:
+            return LLMStatusCode.LLM_PARAM_INVALID, []
+        deadline = time.monotonic() + timeout / 1000
+        codes = [self._unlink_one(info, force, deadline) for info in clusters]
         return _overall(codes), codes
+
+    def _unlink_one(self, info: LLMClusterInfo, force: bool, deadline: float) -> LLMStatusCode:
+        peer = info.remote_cluster_id
+        if self._hixl:
+            self._change_links(self._cluster_id, peer, remove=("client",))
+            return LLMStatusCode.LLM_SUCCESS
+        if force:
+            self._change_links(self._cluster_id, peer, remove=("client", "server", "comm"))
+            return LLMStatusCode.LLM_SUCCESS
+        if len(info.remote_ip_info_list) != 1:  # "When force_flag=false, remote_ip_infos size != 1 ..."
+            return LLMStatusCode.LLM_PARAM_INVALID
+        ip, port = info.remote_ip_info_list[0]
+        if not connectable(int_to_ip(ip), port, deadline):
+            return LLMStatusCode.LLM_UNLINK_FAILED
+        roles = self._links().get(str(peer), [])
+        mine = "client" if "client" in roles else "server"
+        theirs = "server" if mine == "client" else "client"
+        self._change_links(self._cluster_id, peer, remove=(mine,))
+        self._change_links(peer, self._cluster_id, remove=(theirs,))
+        return LLMStatusCode.LLM_SUCCESS
 
     def switch_role(self, role: LLMRole, switch_options: dict[str, str] | None = None) -> None:
         """Become ``role``; with ``llm.listenIpInfo`` a server on that ip:port, without it a client."""
@@ -445,6 +497,9 @@ class LLMDataDist:
         if switch_options is not None:
             check_type("switch_options", switch_options, dict)
         options = switch_options or {}
+        if self._hixl:
+            self._switch_role_hixl(role, options)
+            return
         links = self._links()
         if links:
             raise native_error(
@@ -476,9 +531,26 @@ class LLMDataDist:
         self._role = role
         self._options["llm.Role"] = ROLE_OPTION[role]
 
+    def _switch_role_hixl(self, role: LLMRole, options: dict[str, str]) -> None:
+        """HixlTransferEngine::SwitchRole: links may stay up; the listen address cannot change."""
+        listen = options.get("llm.listenIpInfo")
+        if listen is not None:
+            host, port = parse_listen_ip_info(listen)
+            current = self._listener
+            if current is None or (current.host, current.port) != (host, port):
+                raise native_error(
+                    "switch_role",
+                    LLMStatusCode.LLM_FEATURE_NOT_ENABLED,
+                    f"Failed to switch role, role = {role}, listen ip info {listen} is not the one given "
+                    f"at init ({self._options.get('llm.listenIpInfo')})",
+                )
+        self._role = role
+        self._options["llm.Role"] = ROLE_OPTION[role]
+
 
 def _overall(codes: list[LLMStatusCode]) -> LLMStatusCode:
-    return next((c for c in codes if c != LLMStatusCode.LLM_SUCCESS), LLMStatusCode.LLM_SUCCESS)
+    """The last failure, as the native LinkClusters/UnlinkClusters fold their per-cluster results."""
+    return next((c for c in reversed(codes) if c != LLMStatusCode.LLM_SUCCESS), LLMStatusCode.LLM_SUCCESS)
 
 
 @atexit.register

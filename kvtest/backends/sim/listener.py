@@ -68,3 +68,15 @@ def probe(host: str, port: int, deadline: float) -> tuple[int | None, str]:
         return int(client.get(IDENTITY_KEY)), ""
     except Exception as exc:  # noqa: BLE001 - any failure here is a failed link, reported as a code
         return None, f"no answer from {host}:{port}: {exc}"
+
+
+def connectable(host: str, port: int, deadline: float) -> bool:
+    """Whether a TCP connect to ``host:port`` succeeds before ``deadline`` (as a non-forced unlink dials)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return False
+    try:
+        with socket.create_connection((host, port), timeout=remaining):
+            return True
+    except OSError:
+        return False

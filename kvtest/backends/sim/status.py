@@ -7,13 +7,20 @@ from typing import NoReturn
 
 
 class LLMStatusCode(IntEnum):
-    """Return codes; ``str()`` gives ``LLMStatusCode.NAME`` as the real package prints them."""
+    """Return codes; ``str()`` gives ``LLMStatusCode.NAME`` as the real package prints them.
+
+    Members and order as hicann/hixl src/python/llm_datadist/llm_datadist/status.py; values from
+    include/llm_datadist/llm_error_codes.h (0x5010B000 + n) and src/python/llm_wrapper/llm_wrapper_v2.cc.
+    """
 
     LLM_SUCCESS = 0x0
     LLM_FAILED = 0xFFFFFFFF
+    LLM_PARAM_INVALID = 0x5010B005
     LLM_WAIT_PROCESS_TIMEOUT = 0x5010B001
     LLM_KV_CACHE_NOT_EXIST = 0x5010B002
-    LLM_PARAM_INVALID = 0x5010B005
+    LLM_REPEAT_REQUEST = 0x5010B003
+    LLM_REQUEST_ALREADY_COMPLETED = 0x5010B004
+    LLM_ENGINE_FINALIZED = 0x5010B006
     LLM_NOT_YET_LINK = 0x5010B007
     LLM_ALREADY_LINK = 0x5010B008
     LLM_LINK_FAILED = 0x5010B009
@@ -22,11 +29,18 @@ class LLMStatusCode(IntEnum):
     LLM_CLUSTER_NUM_EXCEED_LIMIT = 0x5010B00C
     LLM_PROCESSING_LINK = 0x5010B00D
     LLM_DEVICE_OUT_OF_MEMORY = 0x5010B00E
+    LLM_PREFIX_ALREADY_EXIST = 0x5010B00F
+    LLM_PREFIX_NOT_EXIST = 0x5010B010
+    LLM_SEQ_LENOVERLIMIT = 0x5010B011
+    LLM_NO_FREE_BLOCK = 0x5010B012
+    LLM_BLOCKS_OUT_OF_MEMORY = 0x5010B013
     LLM_EXIST_LINK = 0x5010B018
     LLM_FEATURE_NOT_ENABLED = 0x5010B019
     LLM_TIMEOUT = 0x5010B01A
     LLM_LINK_BUSY = 0x5010B01B
     LLM_OUT_OF_MEMORY = 0x5010B01C
+    LLM_DEVICE_MEM_ERROR = 507053  # ACL_ERROR_RT_DEVICE_MEM_ERROR (runtime code, not an LLM_* one)
+    LLM_SUSPECT_REMOTE_ERROR = 507057  # ACL_ERROR_RT_SUSPECT_REMOTE_ERROR
     LLM_UNKNOWN_ERROR = -1
 
     def __str__(self) -> str:

@@ -24,6 +24,7 @@ from torch.distributed import Store
 
 from kvtest import patterns
 from kvtest.backends import sim
+from kvtest.backends.sim.device import to_device
 
 WAIT_S = 20.0
 SEED = 20260801
@@ -226,7 +227,7 @@ PB_SHAPE = [4, 256]
 
 def pull_blocks_p(ctx: Ctx) -> None:
     with node(sim.LLMRole.PROMPT, 1, enable_cache_manager=True) as dd:
-        tensors = [content(PB_SHAPE, i) for i in range(2)]
+        tensors = [to_device(content(PB_SHAPE, i)) for i in range(2)]
         blocks(dd.cache_manager, tensors, sim.BlocksCacheKey(1, 0))
         comm = link_two_sided(ctx, dd)
         ctx.barrier("ready", "pulled")
@@ -235,7 +236,7 @@ def pull_blocks_p(ctx: Ctx) -> None:
 
 def pull_blocks_d(ctx: Ctx) -> None:
     with node(sim.LLMRole.DECODER, 2, enable_cache_manager=True) as dd:
-        tensors = [torch.zeros(PB_SHAPE) for _ in range(2)]
+        tensors = [to_device(torch.zeros(PB_SHAPE)) for _ in range(2)]
         cm = dd.cache_manager
         cache = blocks(cm, tensors)
         comm = link_two_sided(ctx, dd)
@@ -286,7 +287,7 @@ def cache_to_blocks_p(ctx: Ctx) -> None:
 
 def cache_to_blocks_d(ctx: Ctx) -> None:
     with node(sim.LLMRole.DECODER, 2, enable_cache_manager=True) as dd:
-        tensors = [torch.zeros(4, 512, dtype=torch.float16) for _ in range(4)]
+        tensors = [to_device(torch.zeros(4, 512, dtype=torch.float16)) for _ in range(4)]
         cm = dd.cache_manager
         cache = blocks(cm, tensors, dtype=sim.DataType.DT_FLOAT16)
         comm = link_two_sided(ctx, dd)
@@ -313,7 +314,7 @@ BLK = [3, 10]
 
 def push_blocks_p(ctx: Ctx) -> None:
     with node(sim.LLMRole.PROMPT, 0, ctx.params["p_port"], local_comm_res="") as dd:
-        tensors = [torch.ones(BLK) for _ in range(2)]
+        tensors = [to_device(torch.ones(BLK)) for _ in range(2)]
         cache = blocks(dd.cache_manager, tensors, sim.BlocksCacheKey(0, 0))
         ctx.barrier("register end", "push end")
         for i, t in enumerate(tensors):
@@ -327,7 +328,7 @@ def push_blocks_p(ctx: Ctx) -> None:
 def push_blocks_d(ctx: Ctx) -> None:
     with node(sim.LLMRole.DECODER, 1, ctx.params["d_port"], local_comm_res="") as dd:
         cm = dd.cache_manager
-        tensors = [content(BLK, i) for i in range(2)]  # registered memory: held for the whole flow
+        tensors = [to_device(content(BLK, i)) for i in range(2)]  # registered memory: held for the whole flow
         cache = blocks(cm, tensors, sim.BlocksCacheKey(1, 0))
         ctx.barrier("register end")
         ok(dd.link_clusters([cluster(0, ctx.params["p_port"])], 5000), "link")
@@ -344,7 +345,7 @@ def push_blocks_d(ctx: Ctx) -> None:
 # -- one-sided: push_cache into the peer's first registered cache (id 1) ------------------------------
 def push_cache_p(ctx: Ctx) -> None:
     with node(sim.LLMRole.PROMPT, 0, ctx.params["p_port"], local_comm_res="") as dd:
-        tensors = [torch.zeros(BLK) for _ in range(2)]
+        tensors = [to_device(torch.zeros(BLK)) for _ in range(2)]
         cm = dd.cache_manager
         cache = cm.register_cache(sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors])
         assert cache.cache_id == 1, cache.cache_id
@@ -360,7 +361,7 @@ def push_cache_p(ctx: Ctx) -> None:
 
 def push_cache_d(ctx: Ctx) -> None:
     with node(sim.LLMRole.DECODER, 1, ctx.params["d_port"], local_comm_res="") as dd:
-        tensors = [content(BLK, i) for i in range(2)]
+        tensors = [to_device(content(BLK, i)) for i in range(2)]
         cm = dd.cache_manager
         cache = cm.register_cache(sim.CacheDesc(2, BLK, sim.DataType.DT_FLOAT), [t.data_ptr() for t in tensors])
         ctx.barrier("register end")
@@ -376,7 +377,7 @@ def push_cache_d(ctx: Ctx) -> None:
 def switch_role_p(ctx: Ctx) -> None:
     port = ctx.params["p_port"]
     with node(sim.LLMRole.PROMPT, 0, port, local_comm_res="") as dd:
-        tensors = [torch.ones(BLK) for _ in range(2)]
+        tensors = [to_device(torch.ones(BLK)) for _ in range(2)]
         cache = blocks(dd.cache_manager, tensors, sim.BlocksCacheKey(0, 0))
         ctx.barrier("b1", "linked")
         msg = expect_code(sim.LLMStatusCode.LLM_EXIST_LINK, lambda: dd.switch_role(sim.LLMRole.DECODER))
@@ -397,7 +398,7 @@ def switch_role_d(ctx: Ctx) -> None:
     port = ctx.params["p_port"]
     with node(sim.LLMRole.DECODER, 1, local_comm_res="") as dd:
         cm = dd.cache_manager
-        tensors = [torch.zeros(BLK) for _ in range(2)]  # registered memory: held for the whole flow
+        tensors = [to_device(torch.zeros(BLK)) for _ in range(2)]  # registered memory: held for the whole flow
         cache = blocks(cm, tensors, sim.BlocksCacheKey(1, 0))
         ctx.barrier("b1")
         ok(dd.link_clusters([cluster(0, port)], 5000), "link")
@@ -437,7 +438,7 @@ ASYNC_OPTIONS = dict(enable_cache_manager=True, enable_remote_cache_accessible=T
 def async_p(ctx: Ctx) -> None:
     with node(sim.LLMRole.PROMPT, 0, ctx.params["p_port"], **ASYNC_OPTIONS) as dd:
         cm = dd.cache_manager
-        tensors = [content(ASYNC_SHAPE, i) for i in range(4)]  # registered memory: held for the whole flow
+        tensors = [to_device(content(ASYNC_SHAPE, i)) for i in range(4)]  # registered memory: held for the whole flow
         cache = blocks(cm, tensors, sim.BlocksCacheKey(0, 0))
         ctx.barrier("registered")
         ok(dd.link_clusters([cluster(1, ctx.params["d_port"])], 5000), "link")
@@ -465,7 +466,7 @@ def async_p(ctx: Ctx) -> None:
 
 def async_d(ctx: Ctx) -> None:
     with node(sim.LLMRole.DECODER, 1, ctx.params["d_port"], **ASYNC_OPTIONS) as dd:
-        tensors = [torch.zeros(ASYNC_SHAPE) for _ in range(4)]
+        tensors = [to_device(torch.zeros(ASYNC_SHAPE)) for _ in range(4)]
         cache = blocks(dd.cache_manager, tensors, sim.BlocksCacheKey(1, 0))
         ctx.barrier("registered", "transfer end")
         for i, t in enumerate(tensors):
@@ -477,7 +478,7 @@ def async_d(ctx: Ctx) -> None:
 # -- hixl: both listen, each links to the other; P pulls while D pushes -------------------------------
 def hixl_p(ctx: Ctx) -> None:
     with node(sim.LLMRole.PROMPT, 0, ctx.params["p_port"], local_comm_res="", transfer_backend="hixl") as dd:
-        tensors = [torch.zeros(BLK) for _ in range(2)]
+        tensors = [to_device(torch.zeros(BLK)) for _ in range(2)]
         cm = dd.cache_manager
         cache = blocks(cm, tensors, sim.BlocksCacheKey(0, 0))
         ctx.barrier("b1")
@@ -494,7 +495,7 @@ def hixl_p(ctx: Ctx) -> None:
 def hixl_d(ctx: Ctx) -> None:
     with node(sim.LLMRole.DECODER, 1, ctx.params["d_port"], local_comm_res="", transfer_backend="hixl") as dd:
         cm = dd.cache_manager
-        tensors = [content(BLK, i) for i in range(2)]  # registered memory: held for the whole flow
+        tensors = [to_device(content(BLK, i)) for i in range(2)]  # registered memory: held for the whole flow
         cache = blocks(cm, tensors, sim.BlocksCacheKey(1, 0))
         ctx.barrier("b1")
         ok(dd.link_clusters([cluster(0, ctx.params["p_port"])], 5000), "link")
@@ -508,7 +509,7 @@ def hixl_d(ctx: Ctx) -> None:
 # -- stall: the transfer never completes -> LLM_TIMEOUT after sync_kv_timeout -------------------------
 def stall_d(ctx: Ctx) -> None:
     with node(sim.LLMRole.DECODER, 2, enable_cache_manager=True, sync_kv_timeout=300) as dd:
-        tensors = [torch.zeros(PB_SHAPE) for _ in range(2)]
+        tensors = [to_device(torch.zeros(PB_SHAPE)) for _ in range(2)]
         cm = dd.cache_manager
         cache = blocks(cm, tensors)
         comm = link_two_sided(ctx, dd)

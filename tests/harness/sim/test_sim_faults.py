@@ -91,7 +91,9 @@ def test_transfer_to_a_dead_peer_fails_with_a_code_not_a_hang(tmp_path, ports):
         try:
             import torch
 
-            tensors = [torch.ones(3, 10) for _ in range(2)]
+            from kvtest.backends.sim.device import to_device
+
+            tensors = [to_device(torch.ones(3, 10)) for _ in range(2)]
             cache = dd.cache_manager.register_blocks_cache(
                 sim.CacheDesc(2, [3, 10], sim.DataType.DT_FLOAT),
                 [t.data_ptr() for t in tensors],

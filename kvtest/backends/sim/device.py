@@ -1,0 +1,50 @@
+"""What the sim counts as device memory, so it can refuse host memory registered as DEVICE.
+
+On an NPU, ``register_cache`` of a DEVICE cache hands the addresses to HCCL/HIXL as device memory
+(``HcclRegisterGlobalMem`` with ``COMM_MEM_TYPE_DEVICE``: hicann/hixl
+src/llm_datadist/cache_mgr/comm_mem_manager.cc ``RegisterCacheMem``), which fails for host memory.
+On CPU every address is host memory, so the sim keeps its own list: tensors made by
+:func:`to_device` (what ``SimBackend.to_device`` returns, the stand-in for ``tensor.npu()``) and the
+DEVICE memory pool. A range leaves the list when its tensor is garbage-collected or its pool is
+finalized.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+
+import torch
+
+_lock = threading.Lock()
+_ranges: dict[int, tuple[int, int]] = {}  # token -> (start, nbytes)
+_tokens = itertools.count(1)
+
+
+def add(start: int, nbytes: int) -> int:
+    """Count ``[start, start + nbytes)`` as device memory; returns a token for :func:`remove`."""
+    with _lock:
+        token = next(_tokens)
+        _ranges[token] = (start, nbytes)
+        return token
+
+
+def remove(token: int) -> None:
+    with _lock:
+        _ranges.pop(token, None)
+
+
+def to_device(host: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``host`` that the sim treats as device memory while it lives."""
+    tensor = host.detach().clone().contiguous()
+    nbytes = tensor.numel() * tensor.element_size()
+    token = add(tensor.data_ptr(), nbytes)
+    weakref.finalize(tensor, remove, token)
+    return tensor
+
+
+def is_device(start: int, nbytes: int) -> bool:
+    """Whether all of ``[start, start + nbytes)`` lies in one device allocation."""
+    with _lock:
+        return any(s <= start and start + nbytes <= s + n for s, n in _ranges.values())

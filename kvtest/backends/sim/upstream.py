@@ -1,0 +1,34 @@
+"""Known upstream bugs the sim reproduces, and ``KVTEST_SIM_FIXED`` to make it behave as if fixed.
+
+The sim follows the real llm_datadist also where the real one is wrong (kvtest.known_issues lists
+those issues; their tests are strict xfails). ``KVTEST_SIM_FIXED=<id>[,<id>]``, read at
+``LLMDataDist.init``, makes the sim behave as a release with the fix would: that is how kvtest's own
+tests show a fixed issue turning into a strict XPASS ("fixed upstream: drop the entry").
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_VAR = "KVTEST_SIM_FIXED"
+
+#: issue id -> what the sim does differently when the id is named
+REPRODUCED = {
+    "transfer-layers-absolute-dst-index": (
+        "transfer_cache_async maps source layer i to list(dst_layer_range)[i - src start]"
+    ),
+}
+
+
+def parse_fixed(text: str) -> frozenset[str]:
+    """The issue ids in ``text`` (comma-separated); ValueError naming an id the sim does not reproduce."""
+    ids = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(ids - set(REPRODUCED))
+    if unknown:
+        accepted = ", ".join(sorted(REPRODUCED))
+        raise ValueError(f"{', '.join(unknown)} is not an issue the sim reproduces; accepted: {accepted}")
+    return ids
+
+
+def fixed_from_env() -> frozenset[str]:
+    return parse_fixed(os.environ.get(ENV_VAR, ""))
