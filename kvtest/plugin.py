@@ -13,6 +13,7 @@ from typing import Any, Union
 import pytest
 
 from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are found by name in the plugin)
+from kvtest.results.known_issues import settle
 from kvtest.run.scope import TestScope
 from kvtest.run.session import KV_FIXTURE, KV_ITEM, FollowerSession, LeaderSession
 from kvtest.run.topology import Topology
@@ -50,6 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for problem in unknown_names(os.environ, _ini_keys(config)):
         config.issue_config_time_warning(pytest.PytestConfigWarning(problem), stacklevel=2)
     _check_fault_spec()
+    _check_sim_fixed()
     if settings.backend == "npu":
         chosen_backend(config)  # a missing npu stack is a usage error now, not at the first test
     if _is_xdist_controller(config):
@@ -88,6 +90,21 @@ def _check_fault_spec() -> None:
         ) from None
 
 
+def _check_sim_fixed() -> None:
+    text = os.environ.get("KVTEST_SIM_FIXED", "")
+    if not text:
+        return
+    from kvtest.backends.sim.upstream import parse_fixed
+
+    try:
+        parse_fixed(text)
+    except ValueError as exc:
+        raise pytest.UsageError(
+            f"kvtest: {text!r} from the environment (KVTEST_SIM_FIXED) is invalid: {exc}; "
+            "fix: name only ids the sim reproduces, or unset it"
+        ) from None
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     if KV_FIXTURE not in getattr(item, "fixturenames", ()) and item.get_closest_marker("kv") is None:
         return
@@ -123,6 +140,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = yield
     if rep.when == "call" and rep.failed:
         item.stash[BODY_FAILED] = True
+    if SESSION not in item.config.stash:  # otherwise the session settles after merging the roles
+        settle(item, rep, decides=True)
     return rep
 
 

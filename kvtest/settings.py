@@ -536,6 +536,7 @@ def check_combinations(s: Settings) -> None:
 #: ``KVTEST_*`` variables that are not options: read by the sim, the device pool, the doctor, CI
 OTHER_ENV = (
     "KVTEST_SIM_FAULT",
+    "KVTEST_SIM_FIXED",
     "KVTEST_DEVICE_POOL_DIR",
     "KVTEST_ASCEND_ROOT",
     "KVTEST_HARNESS_FULL",

@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     out = [_describe("baseline: ", baseline), _describe("current:  ", current), "fingerprint:",
            *fingerprint_lines(baseline, current), f"max drop: {max_drop * 100:g}%", "",
            *format_table(rows), ""]
+    out += known_issue_lines(baseline, current)
     regressions = [r for r in rows if r.regression]
     if regressions:
         named = ", ".join(f"{r.verdict} {r.label}" for r in regressions)
@@ -226,6 +227,14 @@ def run(args: argparse.Namespace) -> int:
         out.append(f"chart: {args.plot}")
     print("\n".join(out))
     return 1 if regressions else 0
+
+
+def known_issue_lines(baseline: Results, current: Results) -> list[str]:
+    """The known upstream issues that appeared or went away (kvtest.known_issues); informational."""
+    from kvtest.results.known_issues import issue_changes
+
+    changes = issue_changes(baseline.tests, current.tests)
+    return ["known issues:", *(f"  {line}" for line in changes), ""] if changes else []
 
 
 def _title(baseline: Results, current: Results) -> str:

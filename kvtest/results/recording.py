@@ -39,6 +39,7 @@ class _Pending:
         self.outcome: str | None = None
         self.roles: dict[str, RoleEntry] = {}
         self.transfers: list[dict[str, Any]] = []
+        self.known_issue: dict[str, str] | None = None
 
 
 class RunRecorder:
@@ -59,6 +60,7 @@ class RunRecorder:
             pending.outcome = "error" if rep.failed else "skipped"
         elif rep.when == "call":
             pending.outcome = rep.outcome
+            pending.known_issue = getattr(rep, "known_issue", None)
         elif rep.when == "teardown" and rep.failed and pending.outcome in (None, "passed"):
             pending.outcome = "error"
         for result in results:
@@ -68,7 +70,9 @@ class RunRecorder:
         if rep.when == "teardown":
             del self._pending[nodeid]
             if self.writer is not None:
-                self.writer.add(nodeid, pending.outcome or "passed", pending.roles, pending.transfers)
+                self.writer.add(
+                    nodeid, pending.outcome or "passed", pending.roles, pending.transfers, pending.known_issue
+                )
 
     @staticmethod
     def _merge_role(pending: _Pending, result: RoleResult) -> None:

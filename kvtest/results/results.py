@@ -27,6 +27,7 @@ __all__ = [
     "ResultsError",
     "Results",
     "ResultsWriter",
+    "KnownIssueEntry",
     "RoleEntry",
     "TestEntry",
     "TransferEntry",
@@ -50,11 +51,20 @@ class RoleEntry(TypedDict):
     duration_s: float
 
 
+class KnownIssueEntry(TypedDict):
+    """The known upstream issue a test hit (``state`` "hit": it xfailed as expected) or that is gone
+    (``state`` "fixed": it passed, a strict XPASS); see :mod:`kvtest.known_issues`."""
+
+    id: str
+    state: str
+
+
 class TestEntry(TypedDict):
     outcome: str
     roles: dict[str, RoleEntry]
     transfers: list[TransferEntry]
     summary: dict[str, ApiSummary]
+    known_issue: KnownIssueEntry | None
 
 
 class ResultsError(Exception):
@@ -118,7 +128,8 @@ class ResultsWriter:
         return dict(self._doc["tests"])
 
     def add(self, nodeid: str, outcome: str, roles: Mapping[str, RoleEntry],
-            transfers: Iterable[TransferRecord | Mapping[str, Any]] = ()) -> TestEntry:
+            transfers: Iterable[TransferRecord | Mapping[str, Any]] = (),
+            known_issue: Mapping[str, str] | None = None) -> TestEntry:
         """Record one test (replacing an earlier entry for the same node id) and rewrite the file.
 
         :param roles: by role name; build entries with :func:`role_entry`.
@@ -134,6 +145,8 @@ class ResultsWriter:
                                      duration_s=r["duration_s"]) for name, r in roles.items()},
             transfers=[r.to_json() for r in recs],
             summary=summarize(recs),
+            known_issue=None if known_issue is None else KnownIssueEntry(
+                id=str(known_issue["id"]), state=str(known_issue["state"])),
         )
         tests: dict[str, TestEntry] = self._doc["tests"]
         tests.pop(nodeid, None)
@@ -252,7 +265,18 @@ def _test(obj: Any, where: str) -> TestEntry:
         roles={k: _role(v, f"{where}.roles[{k!r}]") for k, v in roles.items()},
         transfers=[_transfer(t, f"{where}.transfers[{i}]") for i, t in enumerate(transfers)],
         summary={k: _summary(v, f"{where}.summary[{k!r}]") for k, v in summary.items()},
+        known_issue=_known_issue(obj.get("known_issue"), f"{where}.known_issue"),
     )
+
+
+def _known_issue(obj: Any, where: str) -> KnownIssueEntry | None:
+    """Optional (files from before known issues were recorded lack it)."""
+    if obj is None:
+        return None
+    _need(obj, dict, where, "an object or null")
+    _keys(obj, ("id", "state"), where)
+    return KnownIssueEntry(id=_need(obj["id"], str, f"{where}.id", "a string"),
+                           state=_need(obj["state"], str, f"{where}.state", "a string"))
 
 
 def _parse(doc: Any, path: Path) -> Results:

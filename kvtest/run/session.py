@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from kvtest.results.known_issues import settle
 from kvtest.results.recording import RunRecorder, transfer_properties
 from kvtest.results.report import write_summary
 from kvtest.run.launcher import LocalCluster, start_roles
@@ -275,6 +276,7 @@ class LeaderSession(_Base):
                 item.user_properties.extend(props)
             elif rep.when == "teardown":
                 results = self._merge(item, rep, "teardown", own)
+        settle(item, rep, decides=True)  # a known upstream issue: strict xfail on the merged outcome
         self._record(item.nodeid, rep, results)
         return rep
 
@@ -503,6 +505,7 @@ class FollowerSession(_Base):
                 ) if self.store else None
             except RendezvousError:
                 pass
+        settle(item, rep, decides=False)  # p0 reported the raw outcome above and decides the test
         return rep
 
     @pytest.hookimpl(trylast=True)

@@ -4,10 +4,18 @@ Listen ports are swapped compared with the other samples: d (cluster 1) is the s
 Both enable the cache manager and remote-cache access explicitly (no local_comm_res). p registers
 under BlocksCacheKey(0, 0), d under BlocksCacheKey(1, 0); p links to d and calls
 ``transfer_cache_async(cache, LayerSynchronizer, [TransferWithCacheKeyConfig(BlocksCacheKey(1, 0),
-src layers, dst layers)])``, then ``synchronize()`` and ``get_results()``. Unlike the sample, the
-results are asserted: all LLM_SUCCESS, or LLM_PARAM_INVALID for the config whose layer the
-synchronizer refused (documented). d then holds p's source layers in its destination layers (every
-block), its other layers unchanged. Both unlink forced, unregister and finalize.
+src layers, dst layers)], src_block_indices=every block, dst_block_indices=every block)``, then
+``synchronize()`` and ``get_results()``. The block indices are explicit because without them the
+real job takes the cache-to-cache path, which moves ONE stride per tensor, i.e. block 0 of a blocks
+cache (hicann/hixl v2/llm_utils.py ``TransferCacheJob.transfer_layer`` sends ``block_config=(0, [],
+[])``; src/llm_datadist/data_transfer/layer_wise_transfer_job.cc ``GenerateCacheToCacheTask``).
+Unlike the sample, the results are asserted: all LLM_SUCCESS, or LLM_PARAM_INVALID for the config
+whose layer the synchronizer refused (documented). d then holds p's source layers in its destination
+layers (every block), its other layers unchanged. Both unlink forced, unregister and finalize.
+
+A source range starting above layer 0 hits the known upstream issue
+``transfer-layers-absolute-dst-index`` (kvtest/results/known_issues.py): the documented expectation
+stays, and the case is a strict xfail wherever the issue applies.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import pytest
 
 from kvtest.cases import LayersCase
+from kvtest.known_issues import expect_issue
 
 P, D = 0, 1
 
@@ -52,7 +61,9 @@ def _unsure_tensors(case: LayersCase) -> set[int]:
 
 
 @pytest.mark.kv(topology="1p1d")
-def test_transfer_cache_async(kv, datadist, case: LayersCase):
+def test_transfer_cache_async(kv, datadist, case: LayersCase, request):
+    if case.src_layers[0] > 0:
+        expect_issue(request, "transfer-layers-absolute-dst-index")
     if kv.role == "p":
         node = datadist(P, listen=True, remote_cache_accessible=True)
         api = node.api
@@ -74,8 +85,11 @@ def test_transfer_cache_async(kv, datadist, case: LayersCase):
             api.BlocksCacheKey(D, 0), case.src_layer_range, case.dst_layer_range
         )
         sent = case.blocks * case.block_bytes * case.tensors_per_layer * len(_sent_layers(case))
+        every = list(range(case.blocks))
         with node.measure("transfer_cache_async", sent):
-            task = node.cm.transfer_cache_async(cache, synchronizer, [config])
+            task = node.cm.transfer_cache_async(
+                cache, synchronizer, [config], src_block_indices=every, dst_block_indices=every
+            )
             status = task.synchronize()
         results = task.get_results()
         want = (
