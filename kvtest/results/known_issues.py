@@ -126,7 +126,8 @@ def applies(issue: KnownIssue, backend: str, cann: str | None) -> bool:
 def _reason(issue: KnownIssue) -> str:
     return (
         f"known upstream issue {issue.id}: {issue.summary} [{issue.source}; affected: {issue.affected}]. "
-        f"If this passes, it is fixed upstream: drop the entry {issue.id!r} from kvtest/known_issues.py "
+        f"If this passes, it is fixed upstream: drop the entry {issue.id!r} from "
+        "kvtest/results/known_issues.py "
         "(or set its fixed_in to this CANN version)"
     )
 

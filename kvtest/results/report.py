@@ -27,6 +27,14 @@ def role_text(name: str, outcome: str, step: str | None) -> str:
     return f"{name} {outcome}" + (f" at {step!r}" if step and outcome != "passed" else "")
 
 
+def _label(entry: TestEntry) -> str:
+    """The outcome as pytest words it: a test that hit a known upstream issue is XFAIL."""
+    known = entry.get("known_issue")
+    if known is not None and known["state"] == "hit":
+        return f"XFAIL({known['id']})"
+    return entry["outcome"].upper()
+
+
 def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
     """One line per test: outcome, node id, each role's outcome, bytes moved and GB/s per API.
 
@@ -34,7 +42,7 @@ def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
     """
     if not tests:
         return []
-    width = max(len(e["outcome"]) for e in tests.values())
+    width = max(len(_label(e)) for e in tests.values())
     lines = []
     for nodeid, entry in tests.items():
         roles = ", ".join(role_text(name, r["outcome"], r["step"]) for name, r in entry["roles"].items())
@@ -45,7 +53,7 @@ def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
             transfer = f"{moved}  {rates}"
         else:
             transfer = "no transfers timed"
-        parts = [entry["outcome"].upper().ljust(width), nodeid, roles or "no roles", transfer]
+        parts = [_label(entry).ljust(width), nodeid, roles or "no roles", transfer]
         lines.append("  ".join(parts))
     return lines
 
