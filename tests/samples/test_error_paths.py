@@ -34,8 +34,9 @@ def _code(api: Any, name: str) -> Any:
 
 
 @pytest.fixture
-def lone(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Callable[..., Any]]]:
-    """(api, make): ``make(cluster_id, **LLMConfig properties)`` inits an LLMDataDist in this process.
+def lone(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Callable[..., Any], Any]]:
+    """(api, make, backend): ``make(cluster_id, **LLMConfig properties)`` inits an LLMDataDist in this
+    process; ``backend.to_device`` makes the device tensors a DEVICE cache is registered from.
 
     The run's backend, bound to a private in-memory store (no peers); every instance is finalized at
     teardown.
@@ -61,22 +62,28 @@ def lone(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Callable[..., An
         dd.init(config.generate_options())
         return dd
 
-    yield api, make
+    yield api, make, backend
     for dd in reversed(made):
         dd.finalize()
 
 
-def _blocks_cache(api: Any, dd: Any, key: Any = None) -> tuple[Any, list[torch.Tensor]]:
-    tensors = [torch.zeros(3, 10, dtype=torch.float32) for _ in range(2)]
+def _device_tensors(backend: Any) -> list[torch.Tensor]:
+    """Device memory, as a DEVICE cache needs: registration hands it to HCCL/HIXL as device memory
+    (hicann/hixl src/llm_datadist/cache_mgr/comm_mem_manager.cc), which refuses host memory."""
+    return [backend.to_device(torch.zeros(3, 10, dtype=torch.float32)) for _ in range(2)]
+
+
+def _blocks_cache(api: Any, dd: Any, backend: Any, key: Any = None) -> tuple[Any, list[torch.Tensor]]:
+    tensors = _device_tensors(backend)
     desc = api.CacheDesc(2, [3, 10], api.DataType.DT_FLOAT, api.Placement.DEVICE)
     cache = dd.cache_manager.register_blocks_cache(desc, [t.data_ptr() for t in tensors], key)
     return cache, tensors
 
 
 def test_push_without_link(lone):
-    api, make = lone
+    api, make, backend = lone
     dd = make(P, local_comm_res="")
-    cache, _tensors = _blocks_cache(api, dd, api.BlocksCacheKey(P, 0))
+    cache, _tensors = _blocks_cache(api, dd, backend, api.BlocksCacheKey(P, 0))
     with pytest.raises(api.LLMException) as raised:
         dd.cache_manager.push_blocks(api.BlocksCacheKey(D, 0), cache, src_blocks=[0], dst_blocks=[0])
     assert raised.value.status_code == _code(api, "LLM_NOT_YET_LINK"), str(raised.value)
@@ -87,9 +94,9 @@ def test_push_without_link(lone):
 
 
 def test_push_cache_without_link(lone):
-    api, make = lone
+    api, make, backend = lone
     dd = make(P, local_comm_res="")
-    tensors = [torch.zeros(3, 10, dtype=torch.float32) for _ in range(2)]
+    tensors = _device_tensors(backend)
     desc = api.CacheDesc(2, [3, 10], api.DataType.DT_FLOAT, api.Placement.DEVICE)
     cache = dd.cache_manager.register_cache(desc, [t.data_ptr() for t in tensors])
     with pytest.raises(api.LLMException) as raised:
@@ -109,7 +116,7 @@ def _closed_port(host: str) -> int:
 
 
 def test_link_clusters_to_closed_port(lone):
-    api, make = lone
+    api, make, _ = lone
     dd = make(D, local_comm_res="")
     info = api.LLMClusterInfo()
     info.remote_cluster_id = P
@@ -122,7 +129,7 @@ def test_link_clusters_to_closed_port(lone):
 
 
 def test_second_datadist_in_one_process(lone):
-    api, make = lone
+    api, make, _ = lone
     make(P, local_comm_res="")
     with pytest.raises(api.LLMException) as raised:
         make(D, local_comm_res="")

@@ -9,7 +9,9 @@ Six barriers keep the two in step, as the sample's b1..b6:
 4. d switch_role(PROMPT, llm.listenIpInfo on a fresh port, re-published over kv): a server.
 5. p links to d's new address.
 6. d push_blocks every block of the source layers into p's destination layers, with
-   tensor_num_per_layer as the case says (the sample's: 1, layers 0..2 -> 0..2).
+   tensor_num_per_layer as the case says (the sample's: 1, layers 0..2 -> 0..2). Cases whose source
+   and destination ranges differ are skipped on npu: the docs support only equal ranges
+   (documented limit ``push-unequal-layer-ranges``, kvtest/results/known_issues.py).
 
 Afterwards d holds p's pulled blocks, and p's destination layers hold d's (post-pull) cache, other
 layers of p unchanged. Both unlink forced, unregister and finalize.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import pytest
 
 from kvtest.cases import LayersCase
+from kvtest.known_issues import require_supported
 from kvtest.patterns import with_rows
 
 P, D = 0, 1
@@ -76,7 +79,11 @@ def _after_pull(node, case: LayersCase):
 
 
 @pytest.mark.kv(topology="1p1d")
-def test_switch_role(kv, datadist, case: LayersCase):
+def test_switch_role(kv, datadist, case: LayersCase, request):
+    if case.src_layers != case.dst_layers:
+        # documented: push_blocks supports only equal ranges; the current C++ (and the sim) honours
+        # dst_layer_index, so npu runs them only on a CANN version known to support it
+        require_supported(request, "push-unequal-layer-ranges")
     tpl = case.tensors_per_layer
     if kv.role == "p":
         node = datadist(P, listen=True, local_comm_res="")

@@ -1,0 +1,159 @@
+"""Known upstream issues: the registry, the strict-xfail outcome, the results file and kvtest compare.
+
+The end-to-end tests run the transfer_cache_async sample's layer-range case, which hits
+``transfer-layers-absolute-dst-index``: with the sim reproducing the bug it is XFAIL, and with the sim
+behaving as fixed (``KVTEST_SIM_FIXED``) it is a strict XPASS failure saying to drop the entry, as a
+CANN upgrade with the fix would make it; ``kvtest compare`` of the two runs lists the change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from kvtest.cli import main as kvtest_main
+from kvtest.results.known_issues import (
+    KNOWN,
+    KNOWN_ISSUES,
+    LIMITS,
+    KnownIssue,
+    applies,
+    at_least,
+    issue_changes,
+    settle,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+PARTIAL = "tests/samples/test_transfer_cache_async.py::test_transfer_cache_async[bf16-L6x2-5x256-layers[1:4]->[2:5]-partial]"
+ISSUE = "transfer-layers-absolute-dst-index"
+
+
+def test_every_entry_names_its_source_and_backends():
+    for issue in KNOWN_ISSUES.values():
+        assert issue.source.startswith("src/") and issue.summary and issue.backends <= {"npu", "sim"}
+    for limit in LIMITS.values():
+        assert limit.source.startswith("docs/") and limit.backends <= {"npu", "sim"}
+
+
+def test_versions_decide_where_an_issue_applies():
+    assert at_least("8.2.0", "8.2.RC1") and at_least("8.3.RC1", "8.2.0") and not at_least("8.2.RC1", "8.2.RC2")
+    assert not at_least(None, "8.2.0") and not at_least("not found", "8.2.0") and not at_least("8.5.0", None)
+    fixed = KnownIssue("x", "s", "src/f", frozenset({"npu"}), "all", fixed_in="8.5.RC1")
+    assert applies(fixed, "npu", "8.3.0") and applies(fixed, "npu", None)
+    assert not applies(fixed, "npu", "8.5.RC1") and not applies(fixed, "sim", None)
+
+
+class _Item:
+    def __init__(self, issue: KnownIssue | None) -> None:
+        self.stash: dict[Any, Any] = {} if issue is None else {KNOWN: issue}
+
+
+def _rep(outcome: str, when: str = "call") -> Any:
+    return SimpleNamespace(outcome=outcome, when=when, longrepr="boom", failed=outcome == "failed",
+                           passed=outcome == "passed", skipped=outcome == "skipped")
+
+
+def test_settle_turns_a_failure_into_xfail_and_a_pass_into_strict_xpass():
+    issue = KNOWN_ISSUES[ISSUE]
+    failed = _rep("failed")
+    settle(_Item(issue), failed, decides=True)  # type: ignore[arg-type]
+    assert failed.outcome == "skipped" and ISSUE in failed.wasxfail
+    assert failed.known_issue == {"id": ISSUE, "state": "hit"}
+    passed = _rep("passed")
+    settle(_Item(issue), passed, decides=True)  # type: ignore[arg-type]
+    assert passed.outcome == "failed" and passed.longrepr.startswith("[XPASS(strict)] known upstream issue")
+    assert "fixed upstream: drop the entry" in passed.longrepr
+    follower = _rep("passed")
+    settle(_Item(issue), follower, decides=False)  # type: ignore[arg-type]
+    assert follower.outcome == "passed", "p0 decides a pass"
+    untouched = _rep("failed")
+    settle(_Item(None), untouched, decides=True)  # type: ignore[arg-type]
+    assert untouched.outcome == "failed"
+    setup = _rep("failed", when="setup")
+    settle(_Item(issue), setup, decides=True)  # type: ignore[arg-type]
+    assert setup.outcome == "failed", "only the call phase is the known issue's"
+
+
+def test_documented_limit_skips_on_npu_unless_the_version_supports_it(monkeypatch: pytest.MonkeyPatch):
+    import kvtest.known_issues as ki
+
+    request: Any = SimpleNamespace(config=None)
+    monkeypatch.setattr(ki, "_backend_and_version", lambda config: ("npu", "8.3.RC1"))
+    with pytest.raises(
+        pytest.skip.Exception,
+        match=r"^documented limit push-unequal-layer-ranges on npu \(CANN 8\.3\.RC1\): push_blocks/push_cache: "
+        r"only src_layer_range equal to dst_layer_range is supported",
+    ):
+        ki.require_supported(request, "push-unequal-layer-ranges")
+    limit = LIMITS["push-unequal-layer-ranges"]
+    monkeypatch.setitem(ki.LIMITS, limit.id, dataclasses.replace(limit, supported_from="8.3.RC1"))
+    ki.require_supported(request, limit.id)  # a version known to support it runs the case
+    monkeypatch.setattr(ki, "_backend_and_version", lambda config: ("sim", None))
+    monkeypatch.setitem(ki.LIMITS, limit.id, limit)
+    ki.require_supported(request, limit.id)  # the sim follows the current C++ (dst_layer_index)
+
+
+def test_issue_changes_name_what_appeared_and_what_went_away():
+    hit = {"known_issue": {"id": ISSUE, "state": "hit"}}
+    gone = {"known_issue": {"id": ISSUE, "state": "fixed"}}
+    plain = {"known_issue": None}
+    assert issue_changes({"t": hit}, {"t": hit}) == []
+    assert issue_changes({"t": plain}, {"t": hit}) == [f"known issue appeared: {ISSUE} (t)"]
+    assert issue_changes({"t": hit}, {"t": gone}) == [
+        f"known issue went away: {ISSUE}: fixed upstream (strict XPASS) (t)"
+    ]
+    assert issue_changes({"t": hit}, {}) == [f"known issue went away: {ISSUE}: not hit in the current run (t)"]
+    assert issue_changes({"t": {}}, {"t": plain}) == [], "files from before known issues were recorded"
+
+
+def _run(tmp_path: Path, results: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rxX", "--kv-logs", str(tmp_path / "logs"),
+         "--kv-results", str(results), PARTIAL],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, env={**os.environ, **env},
+    )
+
+
+@pytest.mark.slow
+def test_known_issue_is_xfail_and_its_fix_a_strict_xpass(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    env = {k: v for k, v in os.environ.items() if k != "KVTEST_SIM_FIXED"}
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    bug = _run(tmp_path, before, {**env, "KVTEST_SIM_FIXED": ""})
+    out = bug.stdout + bug.stderr
+    assert bug.returncode == 0, out
+    assert "1 xfailed" in out and f"known upstream issue {ISSUE}" in out, out
+    assert f"XFAIL({ISSUE})" in out, "the kvtest summary line names the issue"
+    entry = json.loads(before.read_text())["tests"][PARTIAL]
+    assert entry["known_issue"] == {"id": ISSUE, "state": "hit"}
+
+    fixed = _run(tmp_path, after, {**env, "KVTEST_SIM_FIXED": ISSUE})
+    out = fixed.stdout + fixed.stderr
+    assert fixed.returncode == 1, out
+    assert "[XPASS(strict)] known upstream issue" in out and "fixed upstream: drop the entry" in out, out
+    entry = json.loads(after.read_text())["tests"][PARTIAL]
+    assert entry["outcome"] == "failed" and entry["known_issue"] == {"id": ISSUE, "state": "fixed"}
+
+    kvtest_main(["compare", str(before), str(after)])
+    report = capsys.readouterr().out
+    assert f"known issue went away: {ISSUE}: fixed upstream (strict XPASS)" in report, report
+    kvtest_main(["compare", str(after), str(before)])
+    report = capsys.readouterr().out
+    assert f"known issue appeared: {ISSUE}" in report, report
+
+
+def test_a_bad_sim_fixed_id_is_a_usage_error(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", PARTIAL],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "KVTEST_SIM_FIXED": "no-such-issue"},
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "'no-such-issue' from the environment (KVTEST_SIM_FIXED) is invalid" in result.stderr
