@@ -172,6 +172,19 @@ def test_unregister_an_unknown_cache_is_success(dd_plain):
     dd_plain.cache_manager.unregister_cache(42)
 
 
+def test_unregister_a_pool_cache_drops_its_entry(plane):
+    # UnregisterCacheEntry erases the entry, whose shared pointers held the pool memory
+    d = make(mem_pool_cfg='{"memory_size": 65536}')
+    try:
+        cm = d.cache_manager
+        cache = cm.allocate_cache(sim.CacheDesc(2, [2, 16], sim.DataType.DT_FLOAT), [sim.CacheKey(1, 4)])
+        assert d._pools["DEVICE"].bytes_in_use > 0
+        cm.unregister_cache(cache.cache_id)
+        assert d._pools["DEVICE"].bytes_in_use == 0 and key_record(plane, 1, 4) is None
+    finally:
+        d.finalize()
+
+
 @pytest.fixture
 def dd_plain(plane):
     d = make()
