@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,15 +14,36 @@ import torch
 from kvtest.settings import PROFILES
 from kvtest.state import settings_of
 
-__all__ = ["DTYPES", "BlocksCase", "RowsCase", "cases_for", "index_list", "parametrize_cases"]
+__all__ = [
+    "DTYPES",
+    "PROFILE_REPEATS",
+    "SWEEP_REPEATS",
+    "BlocksCase",
+    "RowsCase",
+    "cases_for",
+    "index_list",
+    "parametrize_cases",
+]
+
+
+#: timed transfers per case of each profile's own list (after one untimed warm-up when above 1).
+#: smoke cases are CI-sized one-shots that ``kvtest compare`` checks for outcome only; nightly and
+#: stress cases repeat so their bandwidth can be gated (docs/results.md, "Gateable measurements")
+PROFILE_REPEATS = {"smoke": 1, "nightly": 10, "stress": 5}
 
 
 def cases_for(cases: Mapping[str, Sequence[Any]], profile: str) -> list[Any]:
+    """The cases of ``profile`` and of every smaller profile; each takes the repeats of the list it is in."""
     unknown = set(cases) - set(PROFILES)
     if unknown:
         raise ValueError(f"unknown profile(s) in CASES: {', '.join(sorted(unknown))}")
     upto = PROFILES[: PROFILES.index(profile) + 1]
-    return [case for name in upto for case in cases.get(name, ())]
+    return [_with_repeats(case, PROFILE_REPEATS[name]) for name in upto for case in cases.get(name, ())]
+
+
+def _with_repeats(case: Any, repeats: int) -> Any:
+    fields = getattr(case, "__dataclass_fields__", {})
+    return dataclasses.replace(case, repeats=repeats) if "repeats" in fields else case
 
 
 def parametrize_cases(metafunc: pytest.Metafunc) -> None:
@@ -72,6 +94,8 @@ class BlocksCase(RowsCase):
     src: tuple[int, ...]
     dst: tuple[int, ...]
     label: str = ""
+    #: timed transfers (PROFILE_REPEATS of the profile list the case comes from); not in the test id
+    repeats: int = 1
 
     @property
     def shape(self) -> list[int]:
@@ -94,6 +118,8 @@ KiB = 1024
 MiB = 1024 * KiB
 SWEEP_BLOCK_BYTES = (4 * KiB, 16 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB)
 SWEEP_COUNTS = (1, 4, 16, 64, 256)
+#: timed transfers per sweep point, after one untimed warm-up
+SWEEP_REPEATS = 5
 #: the largest total one sweep point moves, by backend
 SWEEP_CAP = {"sim": 256 * MiB, "npu": 4096 * MiB}
 
@@ -143,6 +169,8 @@ class CacheCase(RowsCase):
     src_batch: int
     dst_batch: int
     label: str = ""
+    #: timed transfers (PROFILE_REPEATS of the profile list the case comes from); not in the test id
+    repeats: int = 1
 
     @property
     def shape(self) -> list[int]:
@@ -182,6 +210,8 @@ class LayersCase(RowsCase):
     dst: tuple[int, ...] = ()
     refuse_layer: int | None = None
     label: str = ""
+    #: timed transfers (PROFILE_REPEATS of the profile list the case comes from); not in the test id
+    repeats: int = 1
 
     @property
     def shape(self) -> list[int]:

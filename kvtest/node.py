@@ -201,6 +201,21 @@ class Node:
         with self.kv.metrics.measure(api, nbytes):
             yield
 
+    def measure_repeats(self, api: str, nbytes: int, call: Callable[[], object], repeats: int = 1) -> None:
+        """Time ``repeats`` calls of ``call``, each a transfer of ``nbytes`` through ``api``.
+
+        With more than one, an untimed warm-up call comes first: first-use costs (connection,
+        transfer handles) are not bandwidth. The samples are what ``kvtest compare`` gates on. Only
+        for transfers that may be repeated: a blocks-cache key is not released by a pull (the real
+        ``v2/cache_manager.py`` releases a cache only through its ``CacheKey`` references).
+        """
+        if repeats > 1:
+            self.kv.step(f"{api} warm-up")
+            call()
+        for _ in range(repeats):
+            with self.measure(api, nbytes):
+                call()
+
     # -- caches -----------------------------------------------------------------------------------
 
     def register_cache(

@@ -1,6 +1,6 @@
 """Bandwidth sweep (``pytest -m bench``; not in the default run): pull_blocks and push_blocks over
 block sizes 4 KiB .. 64 MiB and block counts 1 .. 256, the total per point capped by backend
-(256 MiB on sim, 4 GiB on npu). Each point times REPEATS transfers after one warm-up, checks the
+(256 MiB on sim, 4 GiB on npu). Each point times SWEEP_REPEATS transfers after one warm-up, checks the
 bytes that arrived, and lands in the results file so ``kvtest compare`` gates it too. p0 prints the
 table (size, count, GB/s, p50, p99) at the end of the run.
 """
@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvtest.cases import SWEEP_CAP, SweepPoint, sweep_points
+from kvtest.cases import SWEEP_CAP, SWEEP_REPEATS, SweepPoint, sweep_points
 from kvtest.state import chosen_backend
 
 P, D = 0, 1
-REPEATS = 5
 
 
 def pytest_generate_tests(metafunc):
@@ -38,16 +37,13 @@ def test_sweep(kv, datadist, point: SweepPoint):
     kv.barrier("registered")
     if kv.role == "d":
         node.must_link_clusters(["p0"])
-        for rep in range(REPEATS + 1):
-            if point.api == "pull_blocks":
-                call = lambda: node.cm.pull_blocks(api.BlocksCacheKey(P, 0), cache, blocks, blocks)  # noqa: E731
-            else:
-                call = lambda: node.cm.push_blocks(api.BlocksCacheKey(P, 0), cache, blocks, blocks)  # noqa: E731
-            if rep == 0:
-                call()  # warm-up: first-use costs (connection, handle preparation) are not bandwidth
-            else:
-                with node.measure(point.api, point.total):
-                    call()
+        transfer = node.cm.pull_blocks if point.api == "pull_blocks" else node.cm.push_blocks
+        node.measure_repeats(
+            point.api,
+            point.total,
+            lambda: transfer(api.BlocksCacheKey(P, 0), cache, blocks, blocks),
+            SWEEP_REPEATS,
+        )
     kv.barrier("transferred")
     receiver = "d" if point.api == "pull_blocks" else "p"
     if kv.role == receiver:

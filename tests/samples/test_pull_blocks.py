@@ -61,10 +61,14 @@ def test_pull_blocks(kv, datadist, case: BlocksCase):
         cache = node.register_blocks_cache(blocks_desc(node, case, api.Placement.DEVICE), tensors)
         comm_id = node.link(["p0"])
         kv.barrier("cache ready")
-        with node.measure("pull_blocks", case.moved_bytes):
-            node.cm.pull_blocks(
+        node.measure_repeats(
+            "pull_blocks",
+            case.moved_bytes,
+            lambda: node.cm.pull_blocks(
                 api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src), dst_blocks=list(case.dst)
-            )
+            ),
+            case.repeats,
+        )
         pulled = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
         expected = [with_rows(b, s, src_rows=case.src, dst_rows=case.dst) for b, s in zip(before, pulled)]
         del before, pulled

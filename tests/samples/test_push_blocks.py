@@ -47,10 +47,14 @@ def test_push_blocks(kv, datadist, case: BlocksCase):
         node.unlink_clusters(["d0"], force=True)
     else:
         node.must_link_clusters(["p0"])
-        with node.measure("push_blocks", case.moved_bytes):
-            node.cm.push_blocks(
+        node.measure_repeats(
+            "push_blocks",
+            case.moved_bytes,
+            lambda: node.cm.push_blocks(
                 api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src), dst_blocks=list(case.dst)
-            )
+            ),
+            case.repeats,
+        )
         kv.barrier("push end")
         node.check(
             node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d"),

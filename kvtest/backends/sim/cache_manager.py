@@ -8,12 +8,13 @@ a CacheKey's batch slot, ``bkey/<cluster>/<model>`` a BlocksCacheKey's cache id.
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union, cast
 
 from kvtest.backends.sim import device
 from kvtest.backends.sim.async_transfer import (
@@ -77,6 +78,43 @@ class _Remote:
 def _key_path(cluster_id: int, key: CacheKey) -> tuple[object, ...]:
     """Where a key bound on ``cluster_id`` lives; the key's own cluster id only says where to pull from."""
     return ("key", cluster_id, key.req_id, key.model_id, key.prefix_id)
+
+
+def _throttle(factor: float, took: float, deadline: float) -> None:
+    """The ``slow`` fault: stretch a transfer that took ``took`` seconds to ``factor`` times as long."""
+    extra = (factor - 1) * took
+    left = deadline - time.monotonic()
+    if extra > left:
+        time.sleep(max(0.0, left))
+        raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time (slow fault)")
+    time.sleep(extra)
+
+
+_Call = TypeVar("_Call", bound=Callable[..., None])
+
+
+def _slowed(api: str) -> Callable[[_Call], _Call]:
+    """Apply the ``slow`` fault to a whole synchronous transfer call, so the GB/s a caller measures
+    around it drops by the fault's factor (lookups and the NIXL move alike take longer)."""
+
+    def wrap(method: _Call) -> _Call:
+        @functools.wraps(method)
+        def call(self: CacheManager, *args: Any, **kwargs: Any) -> None:
+            factor = self._dd._fault_factor("slow", api)
+            began = time.monotonic()
+            method(self, *args, **kwargs)
+            if factor is not None:
+                deadline = began + self._dd._sync_timeout_ms / 1000
+                try:
+                    _throttle(factor, time.monotonic() - began, deadline)
+                except TransferError as exc:
+                    raise native_error(
+                        api, exc.code, f"{exc.details}: sync_kv_timeout is {self._dd._sync_timeout_ms} ms"
+                    ) from None
+
+        return cast(_Call, call)
+
+    return wrap
 
 
 class CacheManager:
@@ -447,7 +485,10 @@ class CacheManager:
     ) -> None:
         """Run one NIXL transfer of (local, remote, bytes) segments, failing like the native call."""
         _, transport = self._dd._ctx()
+        # a synchronous call is stretched as a whole (_slowed); an async layer's move is its transfer
+        slow = self._dd._fault_factor("slow", api) if api == "transfer_cache_async" else None
         try:
+            began = time.monotonic()
             transport.transfer(
                 op,
                 agent,
@@ -456,6 +497,8 @@ class CacheManager:
                 flip=self._dd._fault_active("flip", api),
                 stall=self._dd._fault_active("stall", api),
             )
+            if slow is not None:
+                _throttle(slow, time.monotonic() - began, deadline)
         except TransferError as exc:
             if exc.code == LLMStatusCode.LLM_TIMEOUT:
                 details = f"{exc.details}: sync_kv_timeout is {self._dd._sync_timeout_ms} ms"
@@ -469,6 +512,7 @@ class CacheManager:
             raise_param_invalid(f"{what} size differs: local {local} bytes, remote {remote} bytes.")
 
     # -- pulls --------------------------------------------------------------------------------
+    @_slowed("pull_cache")
     def pull_cache(
         self,
         cache_key: AnyCacheKey,
@@ -512,6 +556,7 @@ class CacheManager:
         self._move("pull_cache", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
+    @_slowed("pull_blocks")
     def pull_blocks(
         self,
         src_cache_key: AnyCacheKey | BlocksCacheKey,
@@ -567,6 +612,7 @@ class CacheManager:
         if not self._dd._remote_accessible:
             raise_param_invalid(f"{api} is only supported while enable_remote_cache_accessible is True")
 
+    @_slowed("push_cache")
     def push_cache(
         self,
         dst_cache_key: CacheKeyByIdAndIndex,
@@ -599,6 +645,7 @@ class CacheManager:
         moves = expand(pairs, entry.cache.tensor_addrs, remote.addrs, spans)
         self._move("push_cache", "WRITE", remote.agent, moves, deadline)
 
+    @_slowed("push_blocks")
     def push_blocks(
         self,
         dst_cache_key: BlocksCacheKey,

@@ -237,6 +237,10 @@ class LLMDataDist:
             fault is not None and plane is not None and fault.kind == kind and fault.applies(api, plane.role)
         )
 
+    def _fault_factor(self, kind: str, api: str) -> float | None:
+        """The factor of an active ``kind`` fault at ``api`` (e.g. ``slow=1.5``), None when inactive."""
+        return self._fault.factor if self._fault_active(kind, api) and self._fault else None
+
     def _ctx(self) -> tuple[control.ControlPlane, Transport]:
         assert self._plane is not None and self._transport is not None
         return self._plane, self._transport

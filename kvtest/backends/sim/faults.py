@@ -1,16 +1,21 @@
-"""Fault injection from ``KVTEST_SIM_FAULT=<kind>[@<api>][:<role><rank>]`` (e.g. ``flip@pull_blocks:d0``).
+"""Fault injection from ``KVTEST_SIM_FAULT=<kind>[=<factor>][@<api>][:<role><rank>]``
+(e.g. ``flip@pull_blocks:d0``).
 
 - ``flip``: one byte of the transferred data ends up wrong on the receiving side (``@swap_blocks``
   too: the first destination block of the first tensor, only when named).
 - ``stall``: the transfer never completes; the call fails with LLM_TIMEOUT after sync_kv_timeout.
 - ``linkfail``: link attempts fail (LLM_LINK_FAILED per cluster, or raised by two-sided ``link``).
 - ``crash``: the process writes one line to stderr and exits with status 70 when it reaches the api.
+- ``slow[=F]``: the transfer completes correctly but takes F times as long (default 2): after the NIXL
+  transfer the call sleeps (F - 1) times what the transfer took, so the measured GB/s drops. This is
+  how kvtest's own tests show that ``kvtest compare`` catches a slowdown (``slow=1.5@pull_blocks:d0``).
 
 Without ``@api`` a fault applies to every api of its kind; without ``:role`` to every process.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -39,6 +44,7 @@ KIND_APIS: dict[str, tuple[str, ...]] = {
     "stall": TRANSFER_APIS,
     "linkfail": LINK_APIS,
     "crash": TRANSFER_APIS + LINK_APIS + OTHER_APIS,
+    "slow": TRANSFER_APIS,
 }
 #: apis a fault without ``@api`` applies to
 DEFAULT_APIS: dict[str, tuple[str, ...]] = {
@@ -46,12 +52,20 @@ DEFAULT_APIS: dict[str, tuple[str, ...]] = {
     "stall": TRANSFER_APIS,
     "linkfail": LINK_APIS,
     "crash": TRANSFER_APIS,
+    "slow": TRANSFER_APIS,
 }
+#: kinds that take ``=<factor>``, with the factor they get without one
+FACTOR_DEFAULTS: dict[str, float] = {"slow": 2.0}
+#: the largest factor accepted: a slower transfer would run into sync_kv_timeout instead
+MAX_FACTOR = 100.0
 
 FORMS = (
-    "accepted: <kind>[@<api>][:<role><rank>], kind one of flip|stall|linkfail|crash, e.g. flip@pull_blocks:d0"
+    "accepted: <kind>[=<factor>][@<api>][:<role><rank>], kind one of flip|stall|linkfail|crash|slow, "
+    "e.g. flip@pull_blocks:d0 or slow=1.5@pull_blocks:d0"
 )
-_PATTERN = re.compile(r"^(?P<kind>[a-z]+)(?:@(?P<api>[a-z_]+))?(?::(?P<role>[a-z]+[0-9]+))?$")
+_PATTERN = re.compile(
+    r"^(?P<kind>[a-z]+)(?:=(?P<factor>[^@:]*))?(?:@(?P<api>[a-z_]+))?(?::(?P<role>[a-z]+[0-9]+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,8 @@ class Fault:
     kind: str
     api: str | None = None
     role: str | None = None
+    #: how many times longer a ``slow`` transfer takes; None for kinds without a factor
+    factor: float | None = None
 
     def applies(self, api: str, role: str) -> bool:
         if self.role is not None and self.role != role:
@@ -71,6 +87,8 @@ class Fault:
 
     def __str__(self) -> str:
         text = self.kind
+        if self.factor is not None:
+            text += f"={self.factor:g}"
         if self.api:
             text += f"@{self.api}"
         if self.role:
@@ -89,7 +107,27 @@ def parse_fault(text: str) -> Fault:
     if api is not None and api not in KIND_APIS[kind]:
         allowed = "|".join(KIND_APIS[kind])
         raise ValueError(f"invalid {ENV_VAR} api {api!r} for {kind} in {text!r}; accepted apis: {allowed}")
-    return Fault(kind, api, role)
+    return Fault(kind, api, role, _factor(kind, match.group("factor"), text))
+
+
+def _factor(kind: str, raw: str | None, text: str) -> float | None:
+    if kind not in FACTOR_DEFAULTS:
+        if raw is not None:
+            takes = "|".join(FACTOR_DEFAULTS)
+            raise ValueError(f"invalid {ENV_VAR} value {text!r}: only {takes} takes =<factor>")
+        return None
+    if raw is None:
+        return FACTOR_DEFAULTS[kind]
+    try:
+        factor = float(raw)
+    except ValueError:
+        factor = math.nan
+    if not 1 < factor <= MAX_FACTOR:  # also refuses nan and inf
+        raise ValueError(
+            f"invalid {ENV_VAR} factor {raw!r} in {text!r}: {kind}=<factor> takes a number above 1 "
+            f"and at most {MAX_FACTOR:g}, e.g. {kind}=1.5"
+        )
+    return factor
 
 
 def fault_from_env() -> Fault | None:
