@@ -1,4 +1,4 @@
-"""The ``kvtest compare --plot`` picture: baseline vs current GB/s per test, as horizontal bars.
+"""The ``kvtest compare --plot`` picture: baseline vs current GB/s (medians when gated) per test.
 
 Imported only when ``--plot`` is given; matplotlib (the ``plot`` extra) is imported on first use.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from kvtest.results.metrics import TOO_SMALL
 
 if TYPE_CHECKING:
     from kvtest.results.compare import Row
@@ -44,17 +46,29 @@ def _label(row: Row) -> str:
 
 
 def _note(row: Row) -> str:
+    """The text at the current bar: a regression, an outcome change, or why the figure is not gated."""
     if row.regression:
         return row.verdict
     if row.current not in (None, "passed") or row.baseline is None or row.current is None:
         return row.verdict
+    if row.verdict == TOO_SMALL or (row.gated and row.verdict != "ok"):
+        return row.verdict
     return ""
+
+
+def _change(row: Row) -> str:
+    """``-33.1% p=0.0011`` beside a gated row's baseline bar; the bare change for the others."""
+    change = row.change
+    if change is None:
+        return ""
+    return row.figures.replace(", ", " ") if row.gated else f"{change * 100:+.1f}%"
 
 
 def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> None:
     """Write a PNG: one pair of bars per row (grey baseline, blue current, red for a regression).
 
-    Rows whose test did not pass on a side, or is missing there, get a text note at the bar.
+    Gated rows show the change and the U test's p-value; rows too small to gate are faint and
+    hatched and say so; rows whose test did not pass on a side, or is missing there, get a note.
     """
     plt = require()
     n = max(len(rows), 1)
@@ -64,15 +78,24 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> No
         ys = list(range(len(rows)))
         base = [r.baseline_gbps or 0.0 for r in rows]
         cur = [r.current_gbps or 0.0 for r in rows]
-        ax.barh([y - height / 2 for y in ys], base, height, color=_BASELINE)
+        # a figure that is not gated is drawn faint and hatched: it is there to read, not to judge
+        from matplotlib.colors import to_rgba
+
+        faint = [r.verdict == TOO_SMALL for r in rows]
+        ax.barh([y - height / 2 for y in ys], base, height,
+                color=[to_rgba(_BASELINE, 0.35 if f else 1.0) for f in faint])
         ax.barh([y + height / 2 for y in ys], cur, height,
-                color=[_REGRESSION if r.regression else _CURRENT for r in rows])
+                color=[to_rgba(_REGRESSION if r.regression else _CURRENT, 0.35 if f else 1.0)
+                       for r, f in zip(rows, faint)])
+        for y, f, c in zip(ys, faint, cur):
+            if f:
+                ax.barh(y + height / 2, c, height, fill=False, hatch="//", edgecolor="dimgray", linewidth=0)
         top = max([*base, *cur, 1e-9])
         for y, r, b, c in zip(ys, rows, base, cur):
-            change = r.change
-            if change is not None:
-                ax.text(b + top * 0.01, y - height / 2, f"{change * 100:+.1f}%", va="center", fontsize=8,
-                        color=_REGRESSION if r.verdict == "DROP" else "black")
+            text = _change(r)
+            if text:
+                ax.text(b + top * 0.01, y - height / 2, text, va="center", fontsize=8,
+                        color=_REGRESSION if r.regression else "black")
             note = _note(r)
             if note:
                 ax.text(c + top * 0.01 if c else top * 0.01, y + height / 2, note, va="center",
@@ -83,15 +106,16 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> No
             if r.regression:
                 tick.set_color(_REGRESSION)
         ax.invert_yaxis()
-        ax.set_xlim(0, top * 1.18)
+        ax.set_xlim(0, top * 1.3)
         ax.set_xlabel("GB/s (higher is better)")
         ax.set_title(title, fontsize=10, loc="left", pad=22)
         ax.grid(axis="x", alpha=0.3)
         from matplotlib.patches import Patch
 
         handles = [Patch(color=_BASELINE, label="baseline"), Patch(color=_CURRENT, label="current"),
-                   Patch(color=_REGRESSION, label="current, regression")]
-        ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1, 1), ncol=3, fontsize=8,
+                   Patch(color=_REGRESSION, label="current, regression"),
+                   Patch(facecolor=_CURRENT, alpha=0.35, hatch="//", edgecolor="dimgray", label=TOO_SMALL)]
+        ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1, 1), ncol=4, fontsize=8,
                   frameon=False)
         fig.tight_layout()
         fig.savefig(os.fspath(path), format="png", dpi=110)

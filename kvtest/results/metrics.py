@@ -2,6 +2,11 @@
 
 A test (or its fixtures) times each transfer with :meth:`TransferLog.measure`; the plugin turns the
 log into JUnit properties (:meth:`TransferLog.as_properties`) and results-file entries.
+
+Every timed transfer is one sample. An API's figure in a test is *gateable* (``kvtest compare`` may
+call it a regression) only with at least :data:`GATE_MIN_SAMPLES` samples, each of at least
+:data:`GATE_MIN_BYTES` bytes, whose median lasts at least :data:`GATE_MIN_SECONDS`: a one-shot
+transfer of a few KiB measures timer resolution and scheduling, not bandwidth.
 """
 
 from __future__ import annotations
@@ -13,10 +18,30 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-__all__ = ["ApiSummary", "TransferEntry", "TransferLog", "TransferRecord", "gbps", "summarize"]
+__all__ = [
+    "GATE_MIN_BYTES",
+    "GATE_MIN_SAMPLES",
+    "GATE_MIN_SECONDS",
+    "TOO_SMALL",
+    "ApiSummary",
+    "TransferEntry",
+    "TransferLog",
+    "TransferRecord",
+    "gate_note",
+    "gbps",
+    "sample_gbps",
+    "summarize",
+]
 
 # A perf_counter interval can read 0 for a tiny transfer; never divide by it.
 _MIN_SECONDS = 1e-9
+
+#: what a gateable figure needs: samples (timed transfers), bytes per sample, median seconds per sample
+GATE_MIN_SAMPLES = 5
+GATE_MIN_BYTES = 1 << 20
+GATE_MIN_SECONDS = 1e-3
+#: how a figure that cannot be gated is marked (table, results file, chart)
+TOO_SMALL = "too small to gate"
 
 
 def gbps(nbytes: int, seconds: float) -> float:
@@ -25,7 +50,11 @@ def gbps(nbytes: int, seconds: float) -> float:
 
 
 class ApiSummary(TypedDict):
-    """Totals for one API over a test; the latency percentiles are ``None`` for a single transfer."""
+    """Totals for one API over a test; the latency percentiles are ``None`` for a single transfer.
+
+    ``median_gbps`` is the median of the per-sample GB/s; ``gate_note`` says why the figure is not
+    gateable (``"too small to gate: 1 sample (needs 5)"``), None when ``gateable``.
+    """
 
     count: int
     bytes: int
@@ -33,6 +62,9 @@ class ApiSummary(TypedDict):
     gbps: float
     p50_ms: float | None
     p99_ms: float | None
+    median_gbps: float
+    gateable: bool
+    gate_note: str | None
 
 
 class TransferEntry(TypedDict):
@@ -77,6 +109,40 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def _median(values: list[float]) -> float:
+    return _percentile(sorted(values), 0.5)
+
+
+def sample_gbps(records: Iterable[TransferRecord]) -> list[float]:
+    """The GB/s of each record: the samples ``kvtest compare`` tests."""
+    return [r.gbps for r in records]
+
+
+def _size(nbytes: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def gate_note(records: Iterable[TransferRecord]) -> str | None:
+    """Why one API's samples cannot be gated (``"too small to gate: ..."``); None when they can."""
+    group = list(records)
+    if not group:
+        return f"{TOO_SMALL}: no samples"
+    reasons = []
+    if len(group) < GATE_MIN_SAMPLES:
+        plural = "" if len(group) == 1 else "s"
+        reasons.append(f"{len(group)} sample{plural} (needs {GATE_MIN_SAMPLES})")
+    smallest = min(r.nbytes for r in group)
+    if smallest < GATE_MIN_BYTES:
+        reasons.append(f"{_size(smallest)} a sample (needs {_size(GATE_MIN_BYTES)})")
+    took = _median([r.seconds for r in group])
+    if took < GATE_MIN_SECONDS:
+        reasons.append(f"{took * 1e3:.3g} ms a sample (needs {GATE_MIN_SECONDS * 1e3:g} ms)")
+    return f"{TOO_SMALL}: {', '.join(reasons)}" if reasons else None
+
+
 def summarize(records: Iterable[TransferRecord]) -> dict[str, ApiSummary]:
     """Per-API totals, in first-seen order: GB/s is total bytes over total seconds."""
     by_api: dict[str, list[TransferRecord]] = {}
@@ -88,6 +154,7 @@ def summarize(records: Iterable[TransferRecord]) -> dict[str, ApiSummary]:
         total_seconds = sum(r.seconds for r in group)
         ms = sorted(r.seconds * 1e3 for r in group)
         repeated = len(ms) > 1
+        note = gate_note(group)
         out[api] = ApiSummary(
             count=len(group),
             bytes=total_bytes,
@@ -95,6 +162,9 @@ def summarize(records: Iterable[TransferRecord]) -> dict[str, ApiSummary]:
             gbps=gbps(total_bytes, total_seconds),
             p50_ms=_percentile(ms, 0.50) if repeated else None,
             p99_ms=_percentile(ms, 0.99) if repeated else None,
+            median_gbps=_median(sample_gbps(group)),
+            gateable=note is None,
+            gate_note=note,
         )
     return out
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypedDict, Union
 
 from kvtest import __version__
-from kvtest.results.metrics import ApiSummary, TransferEntry, TransferRecord, summarize
+from kvtest.results.metrics import TOO_SMALL, ApiSummary, TransferEntry, TransferRecord, summarize
 
 __all__ = [
     "OUTCOMES",
@@ -239,18 +239,35 @@ def _transfer(obj: Any, where: str) -> TransferEntry:
     )
 
 
-def _summary(obj: Any, where: str) -> ApiSummary:
+def _summary(obj: Any, where: str, computed: ApiSummary | None) -> ApiSummary:
+    """A summary entry; the gate fields (added in kvtest 0.2, optional) come from ``computed``, the
+    summary of the test's own transfers, when a file written before them lacks them."""
     _need(obj, dict, where, "an object")
     _keys(obj, ("count", "bytes", "seconds", "gbps"), where)
     p50 = _number(obj.get("p50_ms"), f"{where}.p50_ms", optional=True)
     p99 = _number(obj.get("p99_ms"), f"{where}.p99_ms", optional=True)
+    total_gbps = float(_number(obj["gbps"], f"{where}.gbps") or 0)
+    median = _number(obj.get("median_gbps"), f"{where}.median_gbps", optional=True)
+    if "gateable" in obj:
+        gateable: bool = _need(obj["gateable"], bool, f"{where}.gateable", "true or false")
+        note = obj.get("gate_note")
+        if note is not None:
+            _need(note, str, f"{where}.gate_note", "a string or null")
+    else:
+        gateable = computed["gateable"] if computed else False
+        note = computed["gate_note"] if computed else f"{TOO_SMALL}: no samples"
+    if median is None:
+        median = computed["median_gbps"] if computed else total_gbps
     return ApiSummary(
         count=_need(obj["count"], int, f"{where}.count", "an integer"),
         bytes=_need(obj["bytes"], int, f"{where}.bytes", "an integer"),
         seconds=float(_number(obj["seconds"], f"{where}.seconds") or 0),
-        gbps=float(_number(obj["gbps"], f"{where}.gbps") or 0),
+        gbps=total_gbps,
         p50_ms=None if p50 is None else float(p50),
         p99_ms=None if p99 is None else float(p99),
+        median_gbps=float(median),
+        gateable=gateable,
+        gate_note=note,
     )
 
 
@@ -260,11 +277,13 @@ def _test(obj: Any, where: str) -> TestEntry:
     roles = _need(obj["roles"], dict, f"{where}.roles", "an object")
     transfers = _need(obj["transfers"], list, f"{where}.transfers", "a list")
     summary = _need(obj["summary"], dict, f"{where}.summary", "an object")
+    entries = [_transfer(t, f"{where}.transfers[{i}]") for i, t in enumerate(transfers)]
+    computed = summarize(TransferRecord.from_json(t) for t in entries)
     return TestEntry(
         outcome=_outcome(obj["outcome"], f"{where}.outcome"),
         roles={k: _role(v, f"{where}.roles[{k!r}]") for k, v in roles.items()},
-        transfers=[_transfer(t, f"{where}.transfers[{i}]") for i, t in enumerate(transfers)],
-        summary={k: _summary(v, f"{where}.summary[{k!r}]") for k, v in summary.items()},
+        transfers=entries,
+        summary={k: _summary(v, f"{where}.summary[{k!r}]", computed.get(k)) for k, v in summary.items()},
         known_issue=_known_issue(obj.get("known_issue"), f"{where}.known_issue"),
     )
 

@@ -4,7 +4,18 @@ import math
 
 import pytest
 
-from kvtest.results.metrics import TransferLog, TransferRecord, gbps, summarize
+from kvtest.results.metrics import (
+    GATE_MIN_BYTES,
+    GATE_MIN_SAMPLES,
+    GATE_MIN_SECONDS,
+    TOO_SMALL,
+    TransferLog,
+    TransferRecord,
+    gate_note,
+    gbps,
+    sample_gbps,
+    summarize,
+)
 
 
 def test_measure_records_bytes_seconds_and_role():
@@ -78,3 +89,33 @@ def test_records_travel_as_json():
     assert entry == {"role": "d1", "api": "pull_blocks", "bytes": 4_000_000, "seconds": 0.002, "gbps": 2.0}
     assert TransferRecord.from_json({**entry, "gbps": 123.0}) == record
     assert TransferRecord.from_json({"api": "x", "bytes": 1, "seconds": 1}).role == ""
+
+
+def _repeated(n: int, nbytes: int, seconds: float) -> list[TransferRecord]:
+    return [TransferRecord("pull_blocks", nbytes, seconds * (1 + i / 100)) for i in range(n)]
+
+
+def test_gateable_needs_samples_bytes_and_time():
+    assert gate_note(_repeated(GATE_MIN_SAMPLES, GATE_MIN_BYTES, GATE_MIN_SECONDS)) is None
+    assert gate_note(_repeated(1, 4096, 2e-5)) == (
+        f"{TOO_SMALL}: 1 sample (needs 5), 4.0 KiB a sample (needs 1.0 MiB), 0.02 ms a sample (needs 1 ms)"
+    )
+    assert gate_note(_repeated(4, 8 << 20, 0.01)) == f"{TOO_SMALL}: 4 samples (needs 5)"
+    assert gate_note(_repeated(10, (1 << 20) - 1, 0.01)) == f"{TOO_SMALL}: 1024.0 KiB a sample (needs 1.0 MiB)"
+    assert gate_note(_repeated(10, 8 << 20, 0.0009)) == f"{TOO_SMALL}: 0.94 ms a sample (needs 1 ms)"
+    assert gate_note([]) == f"{TOO_SMALL}: no samples"
+
+
+def test_summary_keeps_the_sample_median_and_the_gate():
+    log = TransferLog()
+    for seconds in (0.002, 0.004, 0.008, 0.004, 0.004):
+        log.add("pull_blocks", 8_000_000, seconds)
+    log.add("swap_blocks", 8_000_000, 0.002)
+    summary = log.summary()
+    pull = summary["pull_blocks"]
+    assert pull["median_gbps"] == pytest.approx(2.0)  # per-sample GB/s 4, 2, 1, 2, 2
+    assert pull["gbps"] == pytest.approx(40_000_000 / 0.022 / 1e9)  # total bytes over total time
+    assert (pull["gateable"], pull["gate_note"]) == (True, None)
+    swap = summary["swap_blocks"]
+    assert (swap["gateable"], swap["gate_note"]) == (False, f"{TOO_SMALL}: 1 sample (needs 5)")
+    assert sample_gbps(log.records)[:2] == [pytest.approx(4.0), pytest.approx(2.0)]

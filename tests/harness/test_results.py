@@ -124,6 +124,12 @@ def _valid_doc(tmp_path):
      f"tests['{PULL}'].transfers[0].seconds must be a finite number >= 0, got -1.0"),
     (lambda d: d["tests"][PULL]["summary"]["pull_blocks"].update(count=True),
      f"tests['{PULL}'].summary['pull_blocks'].count must be an integer, got true"),
+    (lambda d: d["tests"][PULL]["summary"]["pull_blocks"].update(gateable="yes"),
+     f"tests['{PULL}'].summary['pull_blocks'].gateable must be true or false, got \"yes\""),
+    (lambda d: d["tests"][PULL]["summary"]["pull_blocks"].update(gate_note=3),
+     f"tests['{PULL}'].summary['pull_blocks'].gate_note must be a string or null, got 3"),
+    (lambda d: d["tests"][PULL]["summary"]["pull_blocks"].update(median_gbps=-2),
+     f"tests['{PULL}'].summary['pull_blocks'].median_gbps must be a finite number >= 0, got -2"),
 ])
 def test_malformed_files_name_the_file_and_the_problem(tmp_path, change, message):
     doc = _valid_doc(tmp_path)
@@ -179,3 +185,31 @@ def test_terminal_summary_lines(tmp_path):
                                           (3 << 20, "3.0 MiB"), (5 << 40, "5120.0 GiB")])
 def test_format_bytes(n, text):
     assert format_bytes(n) == text
+
+
+def test_the_summary_marks_what_cannot_be_gated(tmp_path):
+    writer = _writer(tmp_path)
+    writer.add(PULL, "passed", _roles(), _log().records)  # two samples: too few to gate
+    log = TransferLog(role="d0")
+    for ms in (2, 3, 4, 5, 6):
+        log.add("push_blocks", 8 << 20, ms / 1000)
+    writer.add(PUSH, "passed", _roles(), log.records)
+    doc = json.loads(writer.path.read_text())
+    pull = doc["tests"][PULL]["summary"]["pull_blocks"]
+    assert (pull["gateable"], pull["gate_note"]) == (False, "too small to gate: 2 samples (needs 5)")
+    assert pull["median_gbps"] == pytest.approx((8 << 20) / 0.003 / 1e9 * 1.125, rel=0.01)
+    push = doc["tests"][PUSH]["summary"]["push_blocks"]
+    assert (push["gateable"], push["gate_note"]) == (True, None)
+    assert load_results(writer.path).tests == writer.tests
+
+
+def test_a_file_from_before_the_gate_fields_still_loads(tmp_path):
+    """Schema 1 stays 1: the gate fields are optional and computed from the transfers when absent."""
+    writer = _writer(tmp_path)
+    writer.add(PULL, "passed", _roles(), _log().records)
+    doc = json.loads(writer.path.read_text())
+    for key in ("median_gbps", "gateable", "gate_note"):
+        del doc["tests"][PULL]["summary"]["pull_blocks"][key]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    assert load_results(old).tests == writer.tests

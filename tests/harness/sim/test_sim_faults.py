@@ -122,6 +122,7 @@ def test_transfer_to_a_dead_peer_fails_with_a_code_not_a_hang(tmp_path, ports):
         ("stall", "stall", None, None),
         ("linkfail:p1", "linkfail", None, "p1"),
         ("crash@init", "crash", "init", None),
+        ("slow=1.5@pull_blocks:d0", "slow", "pull_blocks", "d0"),
     ],
 )
 def test_parse_fault_accepts(text, kind, api, role):
@@ -130,12 +131,20 @@ def test_parse_fault_accepts(text, kind, api, role):
     assert str(fault) == text
 
 
+def test_slow_takes_a_factor():
+    assert parse_fault("slow=1.5@pull_blocks:d0").factor == 1.5
+    assert parse_fault("slow:d0").factor == 2.0  # the default: half the bandwidth
+    assert str(parse_fault("slow@push_blocks")) == "slow=2@push_blocks"
+    assert parse_fault("flip").factor is None
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
         (
             "boom",
-            r"invalid KVTEST_SIM_FAULT kind 'boom' in 'boom'; accepted: <kind>\[@<api>\]\[:<role><rank>\]",
+            r"invalid KVTEST_SIM_FAULT kind 'boom' in 'boom'; accepted: <kind>\[=<factor>\]\[@<api>\]"
+            r"\[:<role><rank>\], kind one of flip\|stall\|linkfail\|crash\|slow",
         ),
         (
             "flip@link",
@@ -144,6 +153,13 @@ def test_parse_fault_accepts(text, kind, api, role):
         ("flip:d", r"invalid KVTEST_SIM_FAULT value 'flip:d'; accepted: "),
         ("", r"invalid KVTEST_SIM_FAULT value ''"),
         ("stall@pull_blocks:d0:x", r"invalid KVTEST_SIM_FAULT value 'stall@pull_blocks:d0:x'"),
+        ("slow=1@pull_blocks", r"invalid KVTEST_SIM_FAULT factor '1' in 'slow=1@pull_blocks': slow=<factor> "
+                               r"takes a number above 1 and at most 100, e.g. slow=1.5"),
+        ("slow=fast", r"invalid KVTEST_SIM_FAULT factor 'fast' in 'slow=fast'"),
+        ("slow=inf", r"invalid KVTEST_SIM_FAULT factor 'inf'"),
+        ("slow=", r"invalid KVTEST_SIM_FAULT factor '' in 'slow='"),
+        ("flip=2@pull_blocks", r"invalid KVTEST_SIM_FAULT value 'flip=2@pull_blocks': only slow takes =<factor>"),
+        ("slow@link", r"invalid KVTEST_SIM_FAULT api 'link' for slow in 'slow@link'; accepted apis: pull_cache"),
     ],
 )
 def test_parse_fault_rejects_with_the_accepted_forms(text, match):
