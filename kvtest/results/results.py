@@ -240,8 +240,8 @@ def _transfer(obj: Any, where: str) -> TransferEntry:
 
 
 def _summary(obj: Any, where: str, computed: ApiSummary | None) -> ApiSummary:
-    """A summary entry; the gate fields (added in kvtest 0.2, optional) come from ``computed``, the
-    summary of the test's own transfers, when a file written before them lacks them."""
+    """A summary entry; the gate fields (optional, newer than kvtest 0.1.0) come from ``computed``,
+    the summary of the test's own transfers, when a file written before them lacks them."""
     _need(obj, dict, where, "an object")
     _keys(obj, ("count", "bytes", "seconds", "gbps"), where)
     p50 = _number(obj.get("p50_ms"), f"{where}.p50_ms", optional=True)
