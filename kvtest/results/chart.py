@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from kvtest.results.metrics import TOO_SMALL
+from kvtest.results.metrics import TOO_NOISY, TOO_SMALL
 
 if TYPE_CHECKING:
     from kvtest.results.compare import Row
@@ -51,7 +51,7 @@ def _note(row: Row) -> str:
         return row.verdict
     if row.current not in (None, "passed") or row.baseline is None or row.current is None:
         return row.verdict
-    if row.verdict == TOO_SMALL or (row.gated and row.verdict != "ok"):
+    if row.verdict in (TOO_SMALL, TOO_NOISY) or (row.gated and row.verdict != "ok"):
         return row.verdict
     return ""
 
@@ -67,8 +67,9 @@ def _change(row: Row) -> str:
 def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> None:
     """Write a PNG: one pair of bars per row (grey baseline, blue current, red for a regression).
 
-    Gated rows show the change and the U test's p-value; rows too small to gate are faint and
-    hatched and say so; rows whose test did not pass on a side, or is missing there, get a note.
+    Gated rows show the change and the U test's p-value; rows not gated are faint and hatched and
+    say why (too small, too noisy); rows whose test did not pass on a side, or is missing there,
+    get a note.
     """
     plt = require()
     n = max(len(rows), 1)
@@ -81,7 +82,7 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> No
         # a figure that is not gated is drawn faint and hatched: it is there to read, not to judge
         from matplotlib.colors import to_rgba
 
-        faint = [r.verdict == TOO_SMALL for r in rows]
+        faint = [r.verdict in (TOO_SMALL, TOO_NOISY) for r in rows]
         ax.barh([y - height / 2 for y in ys], base, height,
                 color=[to_rgba(_BASELINE, 0.35 if f else 1.0) for f in faint])
         ax.barh([y + height / 2 for y in ys], cur, height,
@@ -114,7 +115,7 @@ def plot(rows: Sequence[Row], path: str | os.PathLike[str], *, title: str) -> No
 
         handles = [Patch(color=_BASELINE, label="baseline"), Patch(color=_CURRENT, label="current"),
                    Patch(color=_REGRESSION, label="current, regression"),
-                   Patch(facecolor=_CURRENT, alpha=0.35, hatch="//", edgecolor="dimgray", label=TOO_SMALL)]
+                   Patch(facecolor=_CURRENT, alpha=0.35, hatch="//", edgecolor="dimgray", label="not gated")]
         ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1, 1), ncol=4, fontsize=8,
                   frameon=False)
         fig.tight_layout()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvtest.results.metrics import (
+    GATE_MAX_SPREAD,
     GATE_MIN_BYTES,
     GATE_MIN_SAMPLES,
     GATE_MIN_SECONDS,
@@ -270,7 +271,7 @@ def _bandwidth_row(test: str, api: str, outcome: str, history: Sequence[Results]
     why = gate_note(cur) or (None if gateable else (gate_note(runs[0]) if runs else None))
     if why is not None or not gateable:
         note = why or f"{TOO_SMALL}: no baseline run with gateable samples"
-        return Row(test, api, outcome, outcome, b_gbps, c_gbps, TOO_SMALL, note=note)
+        return Row(test, api, outcome, outcome, b_gbps, c_gbps, note.split(":")[0], note=note)
     samples = [sample_gbps(run) for run in gateable]
     current_samples = sample_gbps(cur)
     decision = decide(samples, current_samples, max_drop, alpha)
@@ -388,7 +389,8 @@ def load_baselines(paths: Sequence[str], *, history: int, exclude: str | None = 
 def _gate_line(alpha: float, runs: int) -> str:
     return (f"significance: two-sided Mann-Whitney U test of per-transfer GB/s, alpha {alpha:g}; "
             f"gated when >= {GATE_MIN_SAMPLES} samples of >= {GATE_MIN_BYTES >> 20} MiB and "
-            f">= {GATE_MIN_SECONDS * 1e3:g} ms; history: {runs} baseline run{'s' if runs > 1 else ''}")
+            f">= {GATE_MIN_SECONDS * 1e3:g} ms, spread (IQR) <= {GATE_MAX_SPREAD * 100:g}% of the median; "
+            f"history: {runs} baseline run{'s' if runs > 1 else ''}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ log into JUnit properties (:meth:`TransferLog.as_properties`) and results-file e
 Every timed transfer is one sample. An API's figure in a test is *gateable* (``kvtest compare`` may
 call it a regression) only with at least :data:`GATE_MIN_SAMPLES` samples, each of at least
 :data:`GATE_MIN_BYTES` bytes, whose median lasts at least :data:`GATE_MIN_SECONDS`: a one-shot
-transfer of a few KiB measures timer resolution and scheduling, not bandwidth.
+transfer of a few KiB measures timer resolution and scheduling, not bandwidth. Samples whose
+interquartile range exceeds :data:`GATE_MAX_SPREAD` of their median are too noisy to resolve a
+drop of a few percent either (a host busy with other work), and are not gateable.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 __all__ = [
+    "GATE_MAX_SPREAD",
     "GATE_MIN_BYTES",
     "GATE_MIN_SAMPLES",
     "GATE_MIN_SECONDS",
+    "TOO_NOISY",
     "TOO_SMALL",
     "ApiSummary",
     "TransferEntry",
@@ -30,6 +34,7 @@ __all__ = [
     "gate_note",
     "gbps",
     "sample_gbps",
+    "sample_spread",
     "summarize",
 ]
 
@@ -40,8 +45,11 @@ _MIN_SECONDS = 1e-9
 GATE_MIN_SAMPLES = 5
 GATE_MIN_BYTES = 1 << 20
 GATE_MIN_SECONDS = 1e-3
+#: the largest spread of gateable samples: interquartile range of the GB/s over their median
+GATE_MAX_SPREAD = 0.5
 #: how a figure that cannot be gated is marked (table, results file, chart)
 TOO_SMALL = "too small to gate"
+TOO_NOISY = "too noisy to gate"
 
 
 def gbps(nbytes: int, seconds: float) -> float:
@@ -53,7 +61,8 @@ class ApiSummary(TypedDict):
     """Totals for one API over a test; the latency percentiles are ``None`` for a single transfer.
 
     ``median_gbps`` is the median of the per-sample GB/s; ``gate_note`` says why the figure is not
-    gateable (``"too small to gate: 1 sample (needs 5)"``), None when ``gateable``.
+    gateable (``"too small to gate: 1 sample (needs 5)"``, ``"too noisy to gate: ..."``), None when
+    ``gateable``.
     """
 
     count: int
@@ -140,7 +149,22 @@ def gate_note(records: Iterable[TransferRecord]) -> str | None:
     took = _median([r.seconds for r in group])
     if took < GATE_MIN_SECONDS:
         reasons.append(f"{took * 1e3:.3g} ms a sample (needs {GATE_MIN_SECONDS * 1e3:g} ms)")
-    return f"{TOO_SMALL}: {', '.join(reasons)}" if reasons else None
+    if reasons:
+        return f"{TOO_SMALL}: {', '.join(reasons)}"
+    spread = sample_spread(sample_gbps(group))
+    if spread > GATE_MAX_SPREAD:
+        return (f"{TOO_NOISY}: the samples' interquartile range is {spread * 100:.0f}% of their median "
+                f"(needs <= {GATE_MAX_SPREAD * 100:.0f}%)")
+    return None
+
+
+def sample_spread(values: list[float]) -> float:
+    """Interquartile range over median: 0.1 means the middle half of the samples lies within 10 %."""
+    ordered = sorted(values)
+    middle = _percentile(ordered, 0.5)
+    if middle <= 0:
+        return math.inf
+    return (_percentile(ordered, 0.75) - _percentile(ordered, 0.25)) / middle
 
 
 def summarize(records: Iterable[TransferRecord]) -> dict[str, ApiSummary]:

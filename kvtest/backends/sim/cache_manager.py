@@ -80,14 +80,12 @@ def _key_path(cluster_id: int, key: CacheKey) -> tuple[object, ...]:
     return ("key", cluster_id, key.req_id, key.model_id, key.prefix_id)
 
 
-def _throttle(factor: float, took: float, deadline: float) -> None:
-    """The ``slow`` fault: stretch a transfer that took ``took`` seconds to ``factor`` times as long."""
-    extra = (factor - 1) * took
-    left = deadline - time.monotonic()
-    if extra > left:
-        time.sleep(max(0.0, left))
-        raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time (slow fault)")
-    time.sleep(extra)
+def _throttle(factor: float, took: float) -> None:
+    """The ``slow`` fault: stretch a transfer that took ``took`` seconds to ``factor`` times as long.
+
+    It never turns into a timeout (that is the ``stall`` fault): the call is slower, nothing else.
+    """
+    time.sleep((factor - 1) * took)
 
 
 _Call = TypeVar("_Call", bound=Callable[..., None])
@@ -104,13 +102,7 @@ def _slowed(api: str) -> Callable[[_Call], _Call]:
             began = time.monotonic()
             method(self, *args, **kwargs)
             if factor is not None:
-                deadline = began + self._dd._sync_timeout_ms / 1000
-                try:
-                    _throttle(factor, time.monotonic() - began, deadline)
-                except TransferError as exc:
-                    raise native_error(
-                        api, exc.code, f"{exc.details}: sync_kv_timeout is {self._dd._sync_timeout_ms} ms"
-                    ) from None
+                _throttle(factor, time.monotonic() - began)
 
         return cast(_Call, call)
 
@@ -498,7 +490,7 @@ class CacheManager:
                 stall=self._dd._fault_active("stall", api),
             )
             if slow is not None:
-                _throttle(slow, time.monotonic() - began, deadline)
+                _throttle(slow, time.monotonic() - began)
         except TransferError as exc:
             if exc.code == LLMStatusCode.LLM_TIMEOUT:
                 details = f"{exc.details}: sync_kv_timeout is {self._dd._sync_timeout_ms} ms"
