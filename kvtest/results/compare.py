@@ -35,6 +35,10 @@ from kvtest.results.stats import mann_whitney_u, median
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_HISTORY",
+    "DROP",
+    "FASTER",
+    "IN_BAND",
+    "NOT_SIGNIFICANT",
     "HELP",
     "IMPORTANT_KEYS",
     "Decision",
@@ -43,6 +47,7 @@ __all__ = [
     "compare_results",
     "decide",
     "fingerprint_lines",
+    "format_p",
     "format_table",
     "load_baselines",
     "parse_alpha",
