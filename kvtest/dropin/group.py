@@ -68,9 +68,8 @@ class Outcome:
     seconds: float = 0.0
 
 
-def _quote(command: str, limit: int = 120) -> str:
-    text = " ".join(command.split())
-    return f"`{text}`" if len(text) <= limit else f"`{text[: limit - 3]}...`"
+def _quote(command: str) -> str:
+    return f"`{' '.join(command.split())}`"
 
 
 class Group:

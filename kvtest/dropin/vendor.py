@@ -153,8 +153,32 @@ class VendorSampleItem(pytest.Item):
             return str(excinfo.value)
         return str(super().repr_failure(excinfo))
 
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.script, 0, self.name
+    def reportinfo(self) -> tuple[Path, None, str]:
+        # the domain is the failure's headline; one that ends the node id would have its dots printed as "::"
+        return self.script, None, f"vendor sample {self.script.name}"
+
+
+class VendorFolder(pytest.Collector):
+    """The folder of vendor scripts, so pytest counts and reports their items as collected."""
+
+    def __init__(self, *, scripts: Sequence[Path], settings: Settings, logdir: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scripts = list(scripts)
+        self.settings = settings
+        self.logdir = logdir
+
+    def collect(self) -> list[pytest.Item]:
+        return [
+            VendorSampleItem.from_parent(
+                self,
+                name=script.name,
+                nodeid=f"{ROUTE}/{script.name}",
+                script=script,
+                settings=self.settings,
+                logdir=self.logdir,
+            )
+            for script in self.scripts
+        ]
 
 
 class VendorSamples:
@@ -179,16 +203,16 @@ class VendorSamples:
         # after kvtest's session took its digest of the collection (the other roles never see these
         # items: both roles of a vendor sample run from this process), before -k/-m deselection
         logdir = (self.settings.logs / f"vendor-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-        for script in self.known:
-            items.append(
-                VendorSampleItem.from_parent(
-                    session,
-                    name=f"{ROUTE}/{script.name}",
-                    script=script,
-                    settings=self.settings,
-                    logdir=logdir,
-                )
+        folder = VendorFolder.from_parent(
+            session, name=ROUTE, nodeid=ROUTE, scripts=self.known, settings=self.settings, logdir=logdir
+        )
+        report = folder.ihook.pytest_make_collect_report(collector=folder)
+        folder.ihook.pytest_collectreport(report=report)
+        if report.failed:
+            raise pytest.UsageError(
+                f"kvtest: could not collect the vendor samples in {self.folder}: {report.longrepr}"
             )
+        items.extend(node for node in report.result if isinstance(node, pytest.Item))
 
     def pytest_report_collectionfinish(
         self, config: pytest.Config, start_path: Path, items: Sequence[pytest.Item]
