@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from kvtest.host import devices
 
 from kvtest.dropin.runner import RunError, assign_roles
 from kvtest.dropin.shimdevices import logical_devices, physical_devices
+from kvtest.host import devices
 
 SAMPLES = Path(__file__).parent / "dropin_samples"
 PUSH = SAMPLES / "push_blocks_sample.py"
