@@ -557,6 +557,10 @@ def check_combinations(s: Settings) -> None:
 OTHER_ENV = (
     "KVTEST_SIM_FAULT",
     "KVTEST_SIM_FIXED",
+    "KVTEST_SIM_STORE",
+    "KVTEST_SIM_NAMESPACE",
+    "KVTEST_SIM_ROLE",
+    "KVTEST_SHIM_DEVICES",
     "KVTEST_DEVICE_POOL_DIR",
     "KVTEST_ASCEND_ROOT",
     "KVTEST_HARNESS_FULL",

@@ -43,6 +43,16 @@ def shim_root(folder: Path) -> tuple[Path, Path]:
     return site, bin_dir
 
 
+def name_sim_role(role: str) -> None:
+    """Under ``kvtest run``, a kvtest pytest process gives the sim its own role name.
+
+    Without it, the roles a local-mode ``pytest`` starts would inherit the command's
+    ``KVTEST_SIM_ROLE`` (all "p0"), and faults aimed at ``:d0`` would hit nobody.
+    """
+    if os.environ.get(STORE_VAR):
+        os.environ[ROLE_VAR] = role
+
+
 def _prepend(entry: str, value: str | None) -> str:
     return entry if not value else f"{entry}{os.pathsep}{value}"
 

@@ -201,3 +201,29 @@ def test_vendor_samples_folder_errors_are_usage_errors(pytester, tmp_path):
     result = pytester.runpytest_subprocess("--kv-vendor-samples", str(tmp_path), "-p", "no:cacheprovider")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*write --kv-vendor-samples=DIR (with '=')*"])
+
+
+# -- the npu backend on the shims ----------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def npu_on_shims(tmp_path: Path, fault: str | None = None):
+    suite = f"{PY} -m pytest -p no:cacheprovider --rootdir {ROOT} -c {ROOT / 'pytest.ini'} --backend npu --kv-logs {tmp_path / 'roles'}"
+    test = f"{ROOT / 'tests/samples/test_push_blocks.py'} -k fp32"
+    return kvtest_run(tmp_path, "--fail-on", "", "--timeout", "200", f"{suite} {test}", fault=fault, limit=260)
+
+
+def test_the_npu_backend_passes_the_samples_on_the_shims(tmp_path):
+    code, out, _ = npu_on_shims(tmp_path)
+    log = (tmp_path / "logs" / "p0.log").read_text()
+    assert code == 0, out + log
+    assert "backend npu (npu requested; RUNNING ON KVTEST'S SHIMS, not Ascend hardware" in log
+    assert "1 passed" in log
+
+
+def test_a_flipped_byte_is_caught_by_the_npu_backend_on_the_shims(tmp_path):
+    code, out, _ = npu_on_shims(tmp_path, fault="flip@push_blocks:d0")  # d0: the role names reach the sim
+    log = (tmp_path / "logs" / "p0.log").read_text()
+    assert code == 1, out + log
+    assert "1 failed" in log and "differ" in log, log
