@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
@@ -186,6 +187,11 @@ def run(args: argparse.Namespace) -> int:
 
     def echo(line: str) -> None:
         print(line, flush=True)
+
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through Group.run, which stops every command
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
 
     outcome = run_group(
         args.commands,

@@ -26,7 +26,8 @@ from kvtest.settings import Settings
 ROUTE = "vendor"
 FLAG = "--kv-vendor-samples"
 HOST_IP = "127.0.0.1"
-DEVICE_P, DEVICE_D = 0, 1
+#: run_example.sh takes two device ids; these unless --device-id gives two
+DEVICES = (0, 1)
 ENV_PREFIX = "HCCL_INTRA_ROCE_ENABLE=1"
 #: the samples listen on fixed ports (26000/26001, 16000/16001, gloo 29500): one at a time per host
 PORT_LOCK = Path(tempfile.gettempdir()) / "kvtest-vendor-samples.lock"
@@ -35,7 +36,7 @@ TAIL_LINES = 15
 
 @dataclass(frozen=True)
 class Sample:
-    """A known vendor script and the per-role arguments run_example.sh passes it."""
+    """A known vendor script and the per-role arguments run_example.sh passes it ({p}, {d}: device ids)."""
 
     script: str
     prompt_args: str
@@ -44,17 +45,15 @@ class Sample:
 
 def _host_pair(script: str) -> Sample:
     common = f"--local_host_ip {HOST_IP} --remote_host_ip {HOST_IP}"
-    return Sample(
-        script, f"--device_id {DEVICE_P} --role p {common}", f"--device_id {DEVICE_D} --role d {common}"
-    )
+    return Sample(script, f"--device_id {{p}} --role p {common}", f"--device_id {{d}} --role d {common}")
 
 
 def _single_pair(script: str) -> Sample:
     common = f"--is_single true --host_ip {HOST_IP}"
     return Sample(
         script,
-        f"--device_id {DEVICE_P} --cluster_id 1 {common}",
-        f"--device_id {DEVICE_D} --cluster_id 2 {common}",
+        f"--device_id {{p}} --cluster_id 1 {common}",
+        f"--device_id {{d}} --cluster_id 2 {common}",
     )
 
 
@@ -68,9 +67,8 @@ KNOWN: dict[str, Sample] = {
         _host_pair("switch_role_sample.py"),
         Sample(
             "pull_blocks_xpyd_sample.py",
-            f"--device_id {DEVICE_P} --role p --local_ip_port {HOST_IP}:16000",
-            f"--device_id {DEVICE_D} --role d --local_ip_port {HOST_IP}:16001 "
-            f"--remote_ip_port {HOST_IP}:16000",
+            f"--device_id {{p}} --role p --local_ip_port {HOST_IP}:16000",
+            f"--device_id {{d}} --role d --local_ip_port {HOST_IP}:16001 --remote_ip_port {HOST_IP}:16000",
         ),
         _host_pair("transfer_cache_async_sample.py"),
         _single_pair("pull_cache_sample.py"),
@@ -80,13 +78,14 @@ KNOWN: dict[str, Sample] = {
 }
 
 
-def commands(sample: Sample, script: Path) -> list[str]:
+def commands(sample: Sample, script: Path, devices: Sequence[int] = DEVICES) -> list[str]:
     """The prompt and decoder command lines, as run_example.sh writes them (with this Python)."""
     python = shlex.quote(sys.executable)
     path = shlex.quote(str(script))
+    ids = {"p": devices[0], "d": devices[1]}
     return [
-        f"{ENV_PREFIX} {python} {path} {sample.prompt_args}",
-        f"{ENV_PREFIX} {python} {path} {sample.decoder_args}",
+        f"{ENV_PREFIX} {python} {path} {sample.prompt_args.format(**ids)}",
+        f"{ENV_PREFIX} {python} {path} {sample.decoder_args.format(**ids)}",
     ]
 
 
@@ -131,7 +130,7 @@ class VendorSampleItem(pytest.Item):
             )
         try:
             outcome = run_group(
-                commands(KNOWN[self.script.name], self.script),
+                commands(KNOWN[self.script.name], self.script, self._devices()),
                 backend=backend,
                 roles=["p0", "d0"],
                 timeout=max(DEFAULT_TIMEOUT_S, self.settings.timeout),
@@ -147,6 +146,10 @@ class VendorSampleItem(pytest.Item):
                 tails.append(f"--- {member.role} ({member.describe_exit()}), last lines of {member.log}:")
                 tails.extend(lines)
             raise VendorSampleFailed("\n".join([f"{backend}: {outcome.summary}", *tails]))
+
+    def _devices(self) -> Sequence[int]:
+        given = self.settings.device_ids
+        return given[:2] if len(given) >= 2 else DEVICES
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, VendorSampleFailed):

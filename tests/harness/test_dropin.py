@@ -227,3 +227,33 @@ def test_a_flipped_byte_is_caught_by_the_npu_backend_on_the_shims(tmp_path):
     log = (tmp_path / "logs" / "p0.log").read_text()
     assert code == 1, out + log
     assert "1 failed" in log and "differ" in log, log
+
+
+def test_on_npu_the_commands_run_as_they_are(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVTEST_SIM_")}
+    proc = subprocess.run(
+        [PY, "-m", "kvtest.cli", "run", "--backend", "npu", "-q", "--logs", str(tmp_path), f"{PY} -c 'import llm_datadist'"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1, proc.stdout
+    assert "No module named 'llm_datadist'" in proc.stdout  # no shims: this host has no CANN
+
+
+def test_stopping_kvtest_run_stops_its_commands(tmp_path):
+    import signal
+
+    cmds = [f"echo $$ > {tmp_path}/{name}.pid; exec sleep 120" for name in ("a", "b")]
+    proc = subprocess.Popen(
+        [PY, "-m", "kvtest.cli", "run", "--backend", "npu", "-q", "--logs", str(tmp_path / "logs"), *cmds],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"{n}.pid").exists() and (tmp_path / f"{n}.pid").read_text().strip() for n in "ab"):
+        assert time.monotonic() < deadline and proc.poll() is None, "the commands did not start"
+        time.sleep(0.1)
+    pids = [int((tmp_path / f"{n}.pid").read_text()) for n in "ab"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
