@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     compare.add_arguments(sub.add_parser("compare", help=compare.HELP, description=compare.HELP))
     from kvtest.dropin import runner
 
-    runner.add_arguments(sub.add_parser("run", help=runner.HELP, description=runner.__doc__))
+    runner.add_arguments(sub.add_parser("run", help=runner.HELP, description=runner.DESCRIPTION))
     args = parser.parse_args(argv)
     handlers = {"doctor": doctor.run, "compare": compare.run, "run": runner.run}
     return handlers[args.command](args)

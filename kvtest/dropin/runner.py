@@ -24,6 +24,13 @@ from kvtest.dropin.environment import child_env
 from kvtest.dropin.group import DEFAULT_FAIL_ON, Group, Member, Outcome
 
 HELP = "run llm_datadist programs (e.g. the vendor's P and D sample commands) as one group, on sim or npu"
+DESCRIPTION = (
+    "Start every command at once as one group (p0.., d0..), stop the rest at the first failure (non-zero "
+    "exit, or a line matching --fail-on), and exit 0 only when all passed. On sim, kvtest hosts the sim's "
+    "store and each command finds kvtest's llm_datadist, torch_npu and torchair stand-ins first on its "
+    "import path and a fake hccn_tool on PATH, so an unmodified llm_datadist program runs on CPU. On npu "
+    "the commands run as they are."
+)
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_LOGS = Path("kvtest-logs")
 _ROLE_NAME = re.compile(r"^[pd](0|[1-9][0-9]?)$")

@@ -257,3 +257,18 @@ def test_stopping_kvtest_run_stops_its_commands(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_the_environment_names_the_sims_control_plane(tmp_path):
+    from kvtest.backends.sim import control
+
+    assert control.from_environment({}) is None
+    plane = control.from_environment({"KVTEST_SIM_STORE": f"file://{tmp_path}/store", "KVTEST_SIM_ROLE": "d1"})
+    assert plane is not None and (plane.namespace, plane.role) == ("kvtest-run", "d1")
+    plane.put(plane.key("x"), {"a": 1})
+    again = control.from_environment({"KVTEST_SIM_STORE": f"file://{tmp_path}/store", "KVTEST_SIM_NAMESPACE": "g"})
+    assert again is not None and again.role.startswith("pid") and again.key("x") == "g/sim/x"
+    assert again.fetch(plane.key("x")) == {"a": 1}  # the same store, one client per process
+    for bad, message in (("file://relative", "needs an absolute path"), ("tcp://nohost", "is not tcp://HOST:PORT")):
+        with pytest.raises(control.ControlPlaneError, match=message):
+            control.from_environment({"KVTEST_SIM_STORE": bad})
