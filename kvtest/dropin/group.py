@@ -153,19 +153,28 @@ class Group:
             pass
 
     def _failure(self) -> tuple[Member, str] | None:
-        """The earliest failure so far (a line matching ``fail_on``, or a non-zero exit), by time."""
-        events: list[tuple[float, Member, str]] = []
+        """The failure that came first: a line matching ``fail_on`` or a non-zero exit.
+
+        A crash makes its peers print errors (gloo's "Connection reset by peer") within moments, and
+        the crashed process's exit is noticed a little later than their lines; so within
+        :data:`SETTLE_S` of the first event, a command that exited non-zero is the cause.
+        """
+        lines: list[tuple[float, Member]] = []
+        exits: list[tuple[float, Member]] = []
         for member in self.members:
-            if member.matched is not None and member.matched_at is not None and self.pattern is not None:
-                how = f"printed a line matching {self.pattern.pattern!r}: {member.matched}"
-                events.append((member.matched_at, member, how))
+            if member.matched is not None and member.matched_at is not None:
+                lines.append((member.matched_at, member))
             code = member.returncode
             if code is not None and code != 0 and not member.stopped:
-                events.append((member.exited_at or time.monotonic(), member, member.describe_exit()))
-        if not events:
+                exits.append((member.exited_at or time.monotonic(), member))
+        if not lines and not exits:
             return None
-        _, member, how = min(events, key=lambda e: e[0])
-        return member, how
+        first = min(t for t, _ in lines + exits)
+        early_exits = [(t, m) for t, m in exits if t <= first + SETTLE_S]
+        _, member = min(early_exits or lines, key=lambda e: e[0])
+        if member.matched is not None and self.pattern is not None:
+            return member, f"printed a line matching {self.pattern.pattern!r}: {member.matched}"
+        return member, member.describe_exit()
 
     def run(self) -> Outcome:
         started = time.monotonic()
