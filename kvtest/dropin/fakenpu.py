@@ -128,14 +128,17 @@ def current_stream(device: Any = None) -> Stream:
 
 
 def _tensor_npu(self: torch.Tensor, device: Any = None, non_blocking: bool = False, **_: Any) -> torch.Tensor:
-    """``Tensor.npu()``: a contiguous copy in (CPU) memory of its own, as a host-to-device copy is."""
+    """``Tensor.npu()``: a contiguous copy that the sim counts as device memory (so it registers as
+    ``Placement.DEVICE``), as a host-to-device copy is."""
     if device is not None:
         index = _index(device)
         if not 0 <= index < device_count():
             raise RuntimeError(
                 f"Invalid device ID: {index}, the number of visible devices is {device_count()}"
             )
-    return self.detach().clone(memory_format=torch.contiguous_format)
+    from kvtest.backends.sim.device import to_device
+
+    return to_device(self)
 
 
 _real_listdir = os.listdir
