@@ -1,4 +1,5 @@
-"""The ``kvtest`` command: ``kvtest doctor`` (preflight) and ``kvtest compare`` (CANN-upgrade gate)."""
+"""The ``kvtest`` command: ``kvtest doctor`` (preflight), ``kvtest compare`` (CANN-upgrade gate) and
+``kvtest run`` (llm_datadist programs as one P/D group, on sim through kvtest's shims)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     doctor.add_arguments(sub.add_parser("doctor", help=doctor.HELP, description=doctor.HELP))
     compare.add_arguments(sub.add_parser("compare", help=compare.HELP, description=compare.HELP))
+    from kvtest.dropin import runner
+
+    runner.add_arguments(sub.add_parser("run", help=runner.HELP, description=runner.DESCRIPTION))
     args = parser.parse_args(argv)
-    handlers = {"doctor": doctor.run, "compare": compare.run}
+    handlers = {"doctor": doctor.run, "compare": compare.run, "run": runner.run}
     return handlers[args.command](args)
 
 

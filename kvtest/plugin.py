@@ -68,6 +68,14 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[SESSION] = session
     config.pluginmanager.register(session, "kvtest-session")
+    if os.environ.get("KVTEST_SIM_STORE"):
+        from kvtest.dropin.environment import name_sim_role
+
+        name_sim_role(settings.role_name)
+    if settings.vendor_samples is not None:
+        from kvtest.dropin.vendor import VendorSamples
+
+        config.pluginmanager.register(VendorSamples(config, settings), "kvtest-vendor-samples")
 
 
 def _ini_keys(config: pytest.Config) -> list[str]:

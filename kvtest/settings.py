@@ -78,6 +78,7 @@ class Settings:
     logs: Path = Path("kvtest-logs")
     dead_after: float = 5.0
     join_timeout: float = 120.0
+    vendor_samples: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -289,6 +290,16 @@ def parse_results(text: str) -> Path:
     return path
 
 
+def parse_vendor_samples(text: str) -> Path:
+    path = parse_path(text)
+    if not path.is_dir():
+        raise ValueError(
+            f"the folder {path} does not exist; give the folder holding the vendor's sample scripts "
+            "(hicann/hixl examples/python/llm_datadist, also shipped with CANN)"
+        )
+    return path
+
+
 @dataclass(frozen=True)
 class Option(Generic[T]):
     """One setting: its flag, ini key, environment variable, parser and help text."""
@@ -430,6 +441,15 @@ OPTIONS: tuple[Option[Any], ...] = (
         "seconds to wait for the rendezvous and for every role to join.",
         "SECONDS",
     ),
+    Option(
+        "vendor_samples",
+        "--kv-vendor-samples",
+        parse_vendor_samples,
+        None,
+        "also run the vendor's llm_datadist sample scripts found in this folder, each as one test "
+        "(vendor/<script>), both roles through kvtest run with the vendor's run_example.sh arguments.",
+        "DIR",
+    ),
 )
 
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
@@ -537,6 +557,10 @@ def check_combinations(s: Settings) -> None:
 OTHER_ENV = (
     "KVTEST_SIM_FAULT",
     "KVTEST_SIM_FIXED",
+    "KVTEST_SIM_STORE",
+    "KVTEST_SIM_NAMESPACE",
+    "KVTEST_SIM_ROLE",
+    "KVTEST_SHIM_DEVICES",
     "KVTEST_DEVICE_POOL_DIR",
     "KVTEST_ASCEND_ROOT",
     "KVTEST_HARNESS_FULL",

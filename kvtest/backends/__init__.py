@@ -9,6 +9,17 @@ __all__ = ["Backend", "BackendUnavailable", "BACKEND_CHOICES", "select_backend"]
 BACKEND_CHOICES = ("auto", "npu", "sim")
 
 
+def shim_note(backend: Backend) -> str:
+    """A warning for the header when the npu backend's llm_datadist is kvtest's shim (``kvtest run``)."""
+    origin = str(getattr(backend.api, "__file__", "") or "")
+    if "/kvtest/dropin/shims/" not in origin.replace("\\", "/"):
+        return ""
+    return (
+        "; RUNNING ON KVTEST'S SHIMS, not Ascend hardware: llm_datadist is the sim, torch_npu, torchair "
+        "and hccn_tool are CPU stand-ins"
+    )
+
+
 def select_backend(requested: str) -> tuple[Backend, str]:
     """Load the backend ``requested`` names; return it with a one-line reason for the session header.
 
@@ -22,10 +33,12 @@ def select_backend(requested: str) -> tuple[Backend, str]:
     from kvtest.backends import npu
 
     if requested == "npu":
-        return npu.load(), "npu requested"
+        backend = npu.load()
+        return backend, "npu requested" + shim_note(backend)
     usable, why = npu.probe()
     if usable:
-        return npu.load(), f"auto chose npu: {why}"
+        backend = npu.load()
+        return backend, f"auto chose npu: {why}" + shim_note(backend)
     from kvtest.backends.sim.backend import load as load_sim
 
     return load_sim(), f"auto chose sim: npu unusable ({why})"

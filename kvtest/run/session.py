@@ -179,7 +179,8 @@ class LeaderSession(_Base):
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
-        if self.kv_items and not session.config.option.collectonly:
+        selected = any(item.nodeid in self.kv_items for item in session.items)
+        if selected and not session.config.option.collectonly:
             self._start(session)
         try:
             return (yield)

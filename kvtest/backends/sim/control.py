@@ -2,6 +2,11 @@
 
 Every key lives under ``<namespace>/sim/``. Records are never deleted: a released or removed record
 is overwritten with a release marker, so a ``check`` followed by a ``get`` cannot block on a vanished key.
+
+Two ways in: kvtest's fixtures call :func:`configure` before each test; any other program (a vendor
+sample under ``kvtest run``) gets its plane from the environment when ``LLMDataDist.init`` runs:
+``KVTEST_SIM_STORE`` (``tcp://HOST:PORT``, a TCPStore hosted elsewhere that the sim joins as a client,
+or ``file:///PATH``, a FileStore), ``KVTEST_SIM_NAMESPACE`` and ``KVTEST_SIM_ROLE``.
 """
 
 from __future__ import annotations
@@ -109,5 +114,81 @@ def configure(store: Store, namespace: str, role: str) -> None:
     _current = ControlPlane(store, namespace, role)
 
 
+STORE_VAR = "KVTEST_SIM_STORE"
+NAMESPACE_VAR = "KVTEST_SIM_NAMESPACE"
+ROLE_VAR = "KVTEST_SIM_ROLE"
+#: the namespace of every process that names none: one shared by the group on the store
+DEFAULT_NAMESPACE = "kvtest-run"
+#: how long joining the store may take before init fails
+CONNECT_TIMEOUT_S = 30.0
+
+NOT_CONFIGURED = (
+    "the sim control plane is not configured: start the program with `kvtest run` "
+    f"(e.g. kvtest run 'python prefill.py' 'python decode.py') or set {STORE_VAR}=tcp://HOST:PORT "
+    "(a TCPStore every process can reach) or file:///PATH"
+)
+
+_stores: dict[str, Store] = {}
+
+
+class ControlPlaneError(Exception):
+    """The environment names a control plane that cannot be used; the message says why and how to fix it."""
+
+
+def _open_store(url: str) -> Store:
+    """A client of the store at ``url`` (``tcp://HOST:PORT`` or ``file:///PATH``), one per process."""
+    from datetime import timedelta
+    from urllib.parse import urlsplit
+
+    if url in _stores:
+        return _stores[url]
+    import torch.distributed as dist
+
+    parts = urlsplit(url)
+    store: Store
+    if parts.scheme == "tcp":
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host, port = None, None
+        if not host or not port:
+            raise ControlPlaneError(f"{STORE_VAR}={url!r} is not tcp://HOST:PORT (e.g. tcp://127.0.0.1:29600)")
+        try:
+            timeout = timedelta(seconds=CONNECT_TIMEOUT_S)
+            store = dist.TCPStore(host, port, is_master=False, timeout=timeout, wait_for_workers=False)
+        except Exception as exc:  # noqa: BLE001 - any connect failure has the same fix
+            raise ControlPlaneError(
+                f"cannot join the store at {STORE_VAR}={url} "
+                f"({type(exc).__name__}: {' '.join(str(exc).split())}): "
+                "is `kvtest run` (or whoever hosts it) still running?"
+            ) from None
+    elif parts.scheme == "file":
+        if not parts.path.startswith("/"):
+            raise ControlPlaneError(f"{STORE_VAR}={url!r} needs an absolute path: file:///PATH")
+        store = dist.FileStore(parts.path, -1)
+    else:
+        raise ControlPlaneError(f"{STORE_VAR}={url!r} must be tcp://HOST:PORT or file:///PATH")
+    _stores[url] = store
+    return store
+
+
+def from_environment(env: dict[str, str] | None = None) -> ControlPlane | None:
+    """The plane the environment names, or None when ``KVTEST_SIM_STORE`` is unset.
+
+    Read at every ``LLMDataDist.init``, so a process may move to another namespace between instances.
+    :raises ControlPlaneError: when the variable is set but unusable.
+    """
+    env = dict(os.environ) if env is None else env
+    url = env.get(STORE_VAR, "").strip()
+    if not url:
+        return None
+    namespace = env.get(NAMESPACE_VAR, "").strip() or DEFAULT_NAMESPACE
+    role = env.get(ROLE_VAR, "").strip() or f"pid{os.getpid()}"
+    return ControlPlane(_open_store(url), namespace, role)
+
+
 def current() -> ControlPlane | None:
-    return _current
+    """The plane :func:`configure` set, else the one the environment names, else None."""
+    if _current is not None:
+        return _current
+    return from_environment()

@@ -107,13 +107,12 @@ class LLMDataDist:
         )
 
     def _start(self, options: dict[str, str]) -> None:
-        plane = control.current()
+        try:
+            plane = control.current()
+        except control.ControlPlaneError as exc:
+            raise self._init_error(options, str(exc)) from None
         if plane is None:
-            raise self._init_error(
-                options,
-                "the sim control plane is not configured: call "
-                "kvtest.backends.sim.configure(store, namespace, role) before LLMDataDist.init",
-            )
+            raise self._init_error(options, control.NOT_CONFIGURED)
         flow = options.get("ge.flowGraphMemMaxSize")
         if flow is not None and not flow.isdigit():
             raise_param_invalid("ge.flowGraphMemMaxSize should be a single digit str.")

@@ -1,0 +1,5 @@
+"""``torch_npu.dynamo.torchair``: torchair as torch_npu bundles it."""
+
+from . import llm_datadist
+
+__all__ = ["llm_datadist"]
