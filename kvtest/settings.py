@@ -78,6 +78,7 @@ class Settings:
     logs: Path = Path("kvtest-logs")
     dead_after: float = 5.0
     join_timeout: float = 120.0
+    token_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -429,6 +430,16 @@ OPTIONS: tuple[Option[Any], ...] = (
         120.0,
         "seconds to wait for the rendezvous and for every role to join.",
         "SECONDS",
+    ),
+    Option(
+        "token_file",
+        "--kv-token-file",
+        parse_path,
+        None,
+        "a file holding the run's shared secret; every role signs what it writes to the rendezvous "
+        "with it and refuses what is not signed (the secret itself may come in KVTEST_TOKEN instead; "
+        "local mode makes one).",
+        "PATH",
     ),
 )
 
