@@ -548,6 +548,7 @@ def check_combinations(s: Settings) -> None:
 OTHER_ENV = (
     "KVTEST_SIM_FAULT",
     "KVTEST_SIM_FIXED",
+    "KVTEST_TOKEN",  # the run's secret itself (see --kv-token-file), kept out of argv
     "KVTEST_DEVICE_POOL_DIR",
     "KVTEST_ASCEND_ROOT",
     "KVTEST_HARNESS_FULL",

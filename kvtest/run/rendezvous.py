@@ -21,8 +21,8 @@ from typing import Any
 
 import torch.distributed as dist
 
-from kvtest.settings import Rendezvous
 from kvtest.run.signing import TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal
+from kvtest.settings import Rendezvous
 
 __all__ = [
     "Heartbeat",

@@ -48,10 +48,10 @@ from kvtest.run.rendezvous import (
     reconnect,
 )
 from kvtest.run.scope import TestScope, test_seed
+from kvtest.run.signing import MAKE_ONE, TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal, token_from
 from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous, Settings
 from kvtest.state import chosen_backend, marker_settings
-from kvtest.run.signing import MAKE_ONE, TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal, token_from
 
 __all__ = ["FollowerSession", "LeaderSession", "KV_ITEM", "item_topology", "item_timeout"]
 
@@ -245,9 +245,8 @@ class LeaderSession(_Base):
         self._resolve_backend()
         if s.local_mode:
             rdv = Rendezvous("tcp", host=rdv.host, port=port)
-            self.cluster = start_roles(
-                self.config, s, self.me, self.topology, rdv, self.run_id, {TOKEN_ENV: self.token.text()}
-            )
+            secrets = {TOKEN_ENV: self.token.text()} if self.token else None
+            self.cluster = start_roles(self.config, s, self.me, self.topology, rdv, self.run_id, secrets)
         watch = PeerWatch(raw, s.dead_after, self.cluster.exited if self.cluster else None)
         self.store = RunStore(raw, self.run_id, self.me, watch, token=self.token, warn=self._say)
         announcement = (
@@ -480,7 +479,10 @@ class FollowerSession(_Base):
         try:
             handshake.claim()
             handshake.follow()
-        except RendezvousError as exc:
+        except (RendezvousError, pytest.UsageError) as exc:
+            self.heartbeat.stop() if self.heartbeat else None  # no thread left inside the store at exit
+            if isinstance(exc, pytest.UsageError):
+                raise
             raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
 
     def _current_run(self, raw: Any) -> str:
