@@ -356,9 +356,11 @@ class Heartbeat:
             except Exception:  # the store is gone; the waits in the main thread report it
                 return
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop beating; ``wait=False`` when the store is unreachable (the thread may be inside it)."""
         self._stop.set()
-        self._thread.join(timeout=2 * self._interval + 1)
+        if wait:
+            self._thread.join(timeout=2 * self._interval + 1)
 
 
 class PeerWatch:
@@ -412,7 +414,8 @@ class PeerWatch:
             elif now - last[1] > self._dead_after:
                 raise PeerDead(
                     role,
-                    f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s)",
+                    f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s): its process "
+                    "or host died, or the network to it is down",
                     self._steps(role),
                 )
 
