@@ -172,6 +172,7 @@ import pytest
 from kvtest.cases import BlocksCase
 
 CASE = BlocksCase("fp32", 2, 4, 1024, (0, 1, 2, 3), (0, 1, 2, 3))
+PUSH_FOR = {push_for}  # seconds p0 keeps pushing
 
 
 @pytest.mark.parametrize("n", range(3))
@@ -193,7 +194,7 @@ def test_cut(kv, datadist):
     if kv.role == "p":
         node.must_link_clusters(["d0"])
         kv.step("push")
-        end = time.monotonic() + float(os.environ["KVTEST_HARNESS_PUSH_FOR"])
+        end = time.monotonic() + PUSH_FOR
         while time.monotonic() < end:
             node.cm.push_blocks(api.BlocksCacheKey(1, 0), cache, src_blocks=list(CASE.src), dst_blocks=list(CASE.dst))
             open(os.environ["KVTEST_HARNESS_GATE"], "a").close()
@@ -213,9 +214,9 @@ DEAD_AFTER = 3.0
 def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float | None):
     """Run PARTITION on both hosts; cut the link at the first push for ``outage`` seconds (None: for
     good). Return both outputs, exit codes, when each ended after the cut, and p0's results."""
-    (tmp / "test_cut.py").write_text(PARTITION)
+    (tmp / "test_cut.py").write_text(PARTITION.format(push_for=push_for))
     gate = tmp / "pushing"
-    env = {"KVTEST_HARNESS_GATE": str(gate), "KVTEST_HARNESS_PUSH_FOR": str(push_for)}
+    env = {"KVTEST_HARNESS_GATE": str(gate)}
     rdv = f"tcp://{hosts.ip_a}:{port}"
     common = ["--kv-dead-after", str(DEAD_AFTER), "-p", "no:randomly", "test_cut.py"]
     results = tmp / "results.json"
