@@ -196,8 +196,12 @@ def test_cut(kv, datadist):
         kv.step("push")
         end = time.monotonic() + PUSH_FOR
         while time.monotonic() < end:
-            node.cm.push_blocks(api.BlocksCacheKey(1, 0), cache, src_blocks=list(CASE.src), dst_blocks=list(CASE.dst))
-            open(os.environ["KVTEST_HARNESS_GATE"], "a").close()
+            start = time.monotonic()
+            try:
+                node.cm.push_blocks(api.BlocksCacheKey(1, 0), cache, src_blocks=list(CASE.src), dst_blocks=list(CASE.dst))
+            finally:  # how long the push that met the cut took (sync_kv_timeout is 1000 ms)
+                with open(os.environ["KVTEST_HARNESS_GATE"], "w") as gate:
+                    gate.write(str(time.monotonic() - start))
             time.sleep(0.05)
     kv.barrier("push end")
     node.unlink_clusters(["d0" if kv.role == "p" else "p0"], force=True)
@@ -277,6 +281,9 @@ def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path
     assert DEAD_AFTER - 0.5 <= detected <= DEAD_AFTER + 3, line
     # p0 was pushing: the transfer ended by sync_kv_timeout, and d0's silence reads as what it may be
     assert "LLM_TIMEOUT" in outs["p0"], outs["p0"]
+    push_s = float((tmp_path / "pushing").read_text())
+    print(f"partition: the push that met the cut returned LLM_TIMEOUT after {push_s:.2f}s")
+    assert 1.0 <= push_s < 2.0
     assert "peer d0 died" in outs["p0"] and "network to it is down" in outs["p0"], outs["p0"]
     # every test p0 finished is in its results file; d0 wrote its own report
     finished = {k.rsplit("::", 1)[1]: v["outcome"] for k, v in recorded.items()}
