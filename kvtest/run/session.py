@@ -282,8 +282,14 @@ class LeaderSession(_Base):
         if warning:
             self._write(warning)
         handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
-        handshake.claim()
-        handshake.lead(exited=self.cluster.exited if self.cluster else None, grace=s.dead_after)
+        try:
+            handshake.claim()
+            handshake.lead(exited=self.cluster.exited if self.cluster else None, grace=s.dead_after)
+        except BaseException:
+            # no heartbeat thread may be inside the store when the process exits: torch aborts it
+            # ("terminate called without an active exception")
+            self.heartbeat.stop() if self.heartbeat else None
+            raise
 
     # -- per test ---------------------------------------------------------------------------------
 
@@ -504,7 +510,7 @@ class FollowerSession(_Base):
             handshake.claim()
             handshake.follow()
         except (RendezvousError, pytest.UsageError) as exc:
-            self.heartbeat.stop() if self.heartbeat else None  # no thread left inside the store at exit
+            self.heartbeat.stop() if self.heartbeat else None  # as in LeaderSession._start
             if isinstance(exc, pytest.UsageError):
                 raise
             raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
