@@ -215,14 +215,14 @@ def test_after(kv, n):
 DEAD_AFTER = 3.0
 
 
-def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float | None):
+def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float | None, dead_after: float):
     """Run PARTITION on both hosts; cut the link at the first push for ``outage`` seconds (None: for
     good). Return both outputs, exit codes, when each ended after the cut, and p0's results."""
     (tmp / "test_cut.py").write_text(PARTITION.format(push_for=push_for))
     gate = tmp / "pushing"
     env = {"KVTEST_HARNESS_GATE": str(gate)}
     rdv = f"tcp://{hosts.ip_a}:{port}"
-    common = ["--kv-dead-after", str(DEAD_AFTER), "-p", "no:randomly", "test_cut.py"]
+    common = ["--kv-dead-after", str(dead_after), "-p", "no:randomly", "test_cut.py"]
     results = tmp / "results.json"
     p = start(hosts.ns_a, "p", rdv, tmp, *common, "--kv-results", str(results), cwd=tmp, env=env)
     d = start(hosts.ns_b, "d", rdv, tmp, *common, "--junitxml", str(tmp / "d0.xml"), cwd=tmp, env=env)
@@ -266,7 +266,7 @@ def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float |
 
 
 def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path):
-    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29533, push_for=60, outage=None)
+    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29533, push_for=60, outage=None, dead_after=DEAD_AFTER)
     print(f"\npartition: p0 ended {ended['p0']:.1f}s, d0 ended {ended['d0']:.1f}s after the cut")
     for role in ("p0", "d0"):
         assert codes[role] not in (0, None), outs[role]
@@ -293,10 +293,12 @@ def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path
 
 
 def test_a_short_flap_never_hangs(two_hosts: Hosts, tmp_path: Path):
-    """The link is down 2 s (less than --kv-dead-after) while p0 pushes and d0 waits in the store."""
-    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29534, push_for=1.5, outage=2.0)
+    """The link is down 2 s (less than --kv-dead-after, 5 s as by default) while p0 pushes and d0
+    waits in the store."""
+    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29534, push_for=1.5, outage=2.0, dead_after=5.0)
     print(f"\nflap: exit p0 {codes['p0']} d0 {codes['d0']}; ended {ended['p0']:.1f}s / {ended['d0']:.1f}s "
-          f"after the cut; outcomes {sorted((k.rsplit('::', 1)[1], v['outcome']) for k, v in recorded.items())}")
+          f"after the cut; last push {float((tmp_path / 'pushing').read_text()):.2f}s; "
+          f"outcomes {sorted((k.rsplit('::', 1)[1], v['outcome']) for k, v in recorded.items())}")
     for role in ("p0", "d0"):
         assert codes[role] in (0, 1), outs[role]  # a clean pass or a clean failure
         assert "Traceback" not in outs[role] and "INTERNALERROR" not in outs[role], outs[role]
