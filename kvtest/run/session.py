@@ -158,7 +158,7 @@ class _Base:
 
     @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self, config: pytest.Config) -> None:
-        if self._unreachable():
+        if self._unreachable() and not hasattr(config, "workerinput"):  # (xdist wants its worker back)
             # Every report is written. What is left is teardown: NIXL/UCX endpoints to a host that
             # does not answer, and the interpreter's own (measured: 6-7 s on a loaded 2-core host).
             # A role cut off from its run leaves now instead.
