@@ -79,6 +79,7 @@ class Settings:
     dead_after: float = 5.0
     join_timeout: float = 120.0
     vendor_samples: Path | None = None
+    token_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -450,6 +451,16 @@ OPTIONS: tuple[Option[Any], ...] = (
         "(vendor/<script>), both roles through kvtest run with the vendor's run_example.sh arguments.",
         "DIR",
     ),
+    Option(
+        "token_file",
+        "--kv-token-file",
+        parse_path,
+        None,
+        "a file holding the run's shared secret; every role signs what it writes to the rendezvous "
+        "with it and refuses what is not signed (the secret itself may come in KVTEST_TOKEN instead; "
+        "local mode makes one).",
+        "PATH",
+    ),
 )
 
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
@@ -561,6 +572,7 @@ OTHER_ENV = (
     "KVTEST_SIM_NAMESPACE",
     "KVTEST_SIM_ROLE",
     "KVTEST_SHIM_DEVICES",
+    "KVTEST_TOKEN",  # the run's secret itself (see --kv-token-file), kept out of argv
     "KVTEST_DEVICE_POOL_DIR",
     "KVTEST_ASCEND_ROOT",
     "KVTEST_HARNESS_FULL",

@@ -188,15 +188,25 @@ def _own_device(settings: Settings, device_of: dict[str, int], role: str) -> Set
 
 
 def start_roles(
-    config: pytest.Config, settings: Settings, me: str, topology: Topology, rdv: Rendezvous, run_id: str
+    config: pytest.Config,
+    settings: Settings,
+    me: str,
+    topology: Topology,
+    rdv: Rendezvous,
+    run_id: str,
+    secrets: Mapping[str, str] | None = None,
 ) -> LocalCluster:
-    """Start every role of ``topology`` but ``me`` on this host, logging into ``<logs>/<run_id>``."""
+    """Start every role of ``topology`` but ``me`` on this host, logging into ``<logs>/<run_id>``.
+
+    ``secrets`` go to the children in the environment, never in argv (which ``ps`` shows everyone).
+    """
     logdir = (settings.logs / run_id).resolve()
     others = [r for r in topology.roles if r != me]
     device_of = settings.local_device_ids(topology.roles)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for option in OPTIONS:
         env.pop(option.env, None)  # the command line carries every resolved setting
+    env.update(secrets or {})
     cluster = LocalCluster(
         logdir,
         others,

@@ -15,6 +15,7 @@ import hashlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from kvtest import __version__
-from kvtest.run.rendezvous import RendezvousError, RunStore, Shape, keys
+from kvtest.run.rendezvous import ForgedValue, RendezvousError, RunStore, Shape, TokenMismatch, keys
 from kvtest.run.topology import Topology
 
 __all__ = [
@@ -178,16 +179,23 @@ class Handshake:
         self.timeout = timeout
 
     def claim(self) -> None:
-        """Take this role's slot; a second process claiming the same role is refused."""
-        if self.store.add(keys.claim(self.me.role), 1) > 1:
+        """Take this role's slot; a second process claiming the same role is refused.
+
+        The claim is a signed value, not a counter: with a token, a stranger's claim is refused and
+        replaced, and only a role holding the run's token can take the slot first."""
+        mine = {"host": self.me.host, "pid": self.me.pid, "nonce": uuid.uuid4().hex}
+        if self.store.set_if_absent(keys.claim(self.me.role), mine) != mine:
             raise pytest.UsageError(
                 f"kvtest: role {self.me.role} is already taken in run {self.store.run_id}: "
                 "start each role once (check --role/--rank on each host); with a file rendezvous, "
                 "an earlier run may have used this --run-id: give a new one"
             )
 
-    def lead(self, exited: Any = None) -> None:
-        """p0: wait for every other role's hello, compare, publish the verdict; raise on a mismatch."""
+    def lead(self, exited: Any = None, grace: float = 5.0) -> None:
+        """p0: wait for every other role's hello, compare, publish the verdict; raise on a mismatch.
+
+        A hello signed with another token (or none) is waited past for ``grace`` seconds, in case it
+        is a stranger's and the real role's is on its way; then the run is refused."""
         self.store.set(keys.hello(self.me.role), self.me.to_json())
         problems: list[str] = []
         deadline = time.monotonic() + self.timeout
@@ -202,7 +210,13 @@ class Handshake:
                         timeout=max(deadline - time.monotonic(), 0.01),
                         peers=[role] if exited is not None else (),
                         shape=HELLO_SHAPE,
+                        forged_grace=grace,
                     )
+                )
+            except (ForgedValue, TokenMismatch) as exc:
+                self._refuse(
+                    f"{role} was started with another token or none, refusing it: {exc}; give every "
+                    "role the same --kv-token-file (or KVTEST_TOKEN)"
                 )
             except RendezvousError as exc:
                 self._refuse(f"{role} did not join: {exc}")

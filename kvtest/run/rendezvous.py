@@ -9,15 +9,19 @@ and the test's abort flag, and says on timeout who waited for what, under which 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import torch.distributed as dist
 
+from kvtest.run.signing import TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal
 from kvtest.settings import Rendezvous
 
 __all__ = [
@@ -26,14 +30,19 @@ __all__ = [
     "PeerFailed",
     "PeerWatch",
     "RendezvousError",
+    "ForgedValue",
     "RendezvousLost",
+    "RendezvousPartition",
     "RendezvousTimeout",
     "RunStore",
     "PortInUse",
     "Shape",
+    "TokenMismatch",
     "check_shape",
     "keys",
+    "diagnose",
     "open_store",
+    "reconnect",
 ]
 
 JSON = Any
@@ -88,8 +97,33 @@ class RendezvousLost(RendezvousError):
     """The store itself is unreachable: the leader (which hosts it) is gone."""
 
 
+class RendezvousPartition(RendezvousLost):
+    """p0's host stopped answering: a network partition, or the host itself is down."""
+
+
 class PortInUse(RendezvousError):
     pass
+
+
+class TokenMismatch(RendezvousError):
+    """Roles of one run were started with different tokens (or one without)."""
+
+
+class ForgedValue(RendezvousError):
+    """A value under a run key that is not signed with this run's token."""
+
+    def __init__(self, full: str, verdict: Seal, their_id: str | None, token: Token) -> None:
+        if verdict is Seal.OTHER_TOKEN:
+            why = (
+                f"is signed with another token (id {their_id}; this run's is {token.id}): a role started "
+                "with a different --kv-token-file, or someone else is writing to this rendezvous"
+            )
+        else:
+            why = "is not signed with this run's token: someone else is writing to this rendezvous"
+        super().__init__(f"a value under {full!r} {why}")
+        self.key = full
+        self.verdict = verdict
+        self.their_id = their_id
 
 
 class PeerDead(RendezvousError):
@@ -186,11 +220,54 @@ def _listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def open_store(rdv: Rendezvous, *, host: bool, timeout: float) -> tuple[dist.Store, int]:
+def _socket_fds() -> set[int]:
+    fds = set()
+    for name in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else ():
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                fds.add(int(name))
+        except OSError:
+            continue
+    return fds
+
+
+def _bound_in_time(before: set[int], port: int, dead_after: float | None) -> None:
+    """Give the store connection(s) opened since ``before`` a deadline of their own.
+
+    With no RST on a dead link, a TCPStore call blocks in ``recv`` for ever (torch's ``wait`` sends
+    CANCEL_WAIT after its timeout and then waits for the answer without one). TCP keepalive probes
+    each second plus ``TCP_USER_TIMEOUT`` make the kernel end the connection with ETIMEDOUT once p0's
+    host has not acknowledged anything for ``dead_after`` seconds, so the call raises instead.
+    """
+    if dead_after is None:
+        return
+    for fd in _socket_fds() - before:
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with sock:
+            try:
+                if sock.type != socket.SOCK_STREAM or sock.getpeername()[1] != port:
+                    continue
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(int(dead_after), 1))
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after * 1000))
+            except OSError:
+                continue
+
+
+def open_store(
+    rdv: Rendezvous, *, host: bool, timeout: float, dead_after: float | None = None
+) -> tuple[dist.Store, int]:
     """Open the run's store; return it and the TCP port it is on (0 for a FileStore).
 
     :param host: p0 hosts the TCPStore, bound to exactly ``rdv.host`` (a port of 0 picks a free one).
     :param timeout: seconds to keep trying to reach the host before :class:`RendezvousLost`.
+    :param dead_after: a client's connection fails once p0's host is silent this long (see
+        :func:`_bound_in_time`); None leaves it as torch makes it.
     """
     if rdv.scheme == "file":
         return dist.FileStore(rdv.path, -1), 0
@@ -207,6 +284,7 @@ def open_store(rdv: Rendezvous, *, host: bool, timeout: float) -> tuple[dist.Sto
             master_listen_fd=sock.detach(),
         )
         return store, port
+    before = _socket_fds()
     try:
         store = dist.TCPStore(
             rdv.host, rdv.port, is_master=False, timeout=timedelta(seconds=max(timeout, 0.1))
@@ -216,29 +294,53 @@ def open_store(rdv: Rendezvous, *, host: bool, timeout: float) -> tuple[dist.Sto
             f"could not reach the rendezvous {rdv} within {timeout:.0f}s: is p0 (the leader) running "
             f"and started with --rendezvous {rdv}? ({str(exc).splitlines()[0]})"
         ) from None
+    _bound_in_time(before, rdv.port, dead_after)
     return store, rdv.port
 
 
-def reconnect(rdv: Rendezvous, port: int, timeout: float) -> dist.Store:
+def reconnect(rdv: Rendezvous, port: int, timeout: float, dead_after: float | None = None) -> dist.Store:
     """A second connection to the same store, for a thread that must not share the first one."""
     if rdv.scheme == "file":
         return dist.FileStore(rdv.path, -1)
-    host = rdv.host
-    return dist.TCPStore(host, port, is_master=False, timeout=timedelta(seconds=max(timeout, 1.0)))
+    before = _socket_fds()
+    store = dist.TCPStore(rdv.host, port, is_master=False, timeout=timedelta(seconds=max(timeout, 1.0)))
+    _bound_in_time(before, port, dead_after)
+    return store
+
+
+def diagnose(host: str, port: int, seconds: float = 1.0) -> str:
+    """Why a store connection broke: ``"partition"`` when p0's host does not answer a new connection
+    within ``seconds``, ``"gone"`` when it refuses (the host is up, p0's process is not), else ``"up"``."""
+    try:
+        with socket.create_connection((host, port), timeout=seconds):
+            return "up"
+    except ConnectionRefusedError:
+        return "gone"
+    except OSError:
+        return "partition"
 
 
 class Heartbeat:
-    """A daemon thread that bumps this role's heartbeat counter every ``interval`` seconds."""
+    """A daemon thread that bumps this role's heartbeat counter every ``interval`` seconds.
 
-    def __init__(self, store: dist.Store, key: str, interval: float = 0.5) -> None:
+    :attr:`last_ok` is when a bump last made the round trip to the store. ``keep`` (p0) is a raw key
+    and value the thread puts back whenever someone else has overwritten it: the run announcement.
+    """
+
+    def __init__(
+        self, store: dist.Store, key: str, interval: float = 0.5, keep: tuple[str, str] | None = None
+    ) -> None:
         self._store = store
         self._key = key
         self._interval = interval
+        self._keep = keep
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"kvtest-heartbeat-{key}", daemon=True)
+        self.last_ok = time.monotonic()
 
     def start(self) -> Heartbeat:
         self._store.add(self._key, 1)
+        self.last_ok = time.monotonic()
         self._thread.start()
         return self
 
@@ -246,12 +348,19 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             try:
                 self._store.add(self._key, 1)
+                self.last_ok = time.monotonic()
+                if self._keep is not None:
+                    key, value = self._keep
+                    if not self._store.check([key]) or self._store.get(key) != value.encode():
+                        self._store.set(key, value)
             except Exception:  # the store is gone; the waits in the main thread report it
                 return
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop beating; ``wait=False`` when the store is unreachable (the thread may be inside it)."""
         self._stop.set()
-        self._thread.join(timeout=2 * self._interval + 1)
+        if wait:
+            self._thread.join(timeout=2 * self._interval + 1)
 
 
 class PeerWatch:
@@ -305,20 +414,46 @@ class PeerWatch:
             elif now - last[1] > self._dead_after:
                 raise PeerDead(
                     role,
-                    f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s)",
+                    f"no heartbeat for {now - last[1]:.1f}s (limit {self._dead_after:g}s): its process "
+                    "or host died, or the network to it is down",
                     self._steps(role),
                 )
 
 
 class RunStore:
-    """The run's store seen through its run-id prefix, with JSON values and deadline-bound waits."""
+    """The run's store seen through its run-id prefix, with JSON values and deadline-bound waits.
 
-    def __init__(self, raw: dist.Store, run_id: str, me: str, watch: PeerWatch | None = None) -> None:
+    :param token: sign every value written and refuse every value read that is not signed with it.
+    :param address: p0's rendezvous ``(host, port)``, to tell a partition from a dead leader.
+    :param warn: where a refused value is reported, one line each (default: stderr).
+    :param alive: when the last round trip to the store succeeded elsewhere (the heartbeat thread).
+    """
+
+    def __init__(
+        self,
+        raw: dist.Store,
+        run_id: str,
+        me: str,
+        watch: PeerWatch | None = None,
+        *,
+        token: Token | None = None,
+        address: tuple[str, int] | None = None,
+        warn: Callable[[str], None] | None = None,
+        alive: Callable[[], float] | None = None,
+    ) -> None:
         self.raw = raw
         self.run_id = run_id
         self.me = me
         self.prefix = keys.run_prefix(run_id)
         self.watch = watch
+        self.token = token
+        self.address = address
+        self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._alive = alive
+        self.last_ok = time.monotonic()
+        #: set once the store is unreachable: every later call fails at once with this error
+        self.lost: RendezvousLost | None = None
+        self._refused: set[tuple[str, bytes]] = set()
         if watch is not None:
             watch.prefix = self.prefix
         self._poll = 0.01 if isinstance(raw, dist.FileStore) else 0.0
@@ -326,14 +461,34 @@ class RunStore:
     def key(self, name: str) -> str:
         return self.prefix + name
 
+    def encode(self, full: str, value: JSON) -> str:
+        """The stored text of ``value`` under the full key ``full``: sealed when there is a token."""
+        return seal(self.token, self.run_id, full, value) if self.token else json.dumps(value)
+
     def set(self, name: str, value: JSON) -> None:
-        self._call(lambda: self.raw.set(self.key(name), json.dumps(value)))
+        full = self.key(name)
+        encoded = self.encode(full, value)
+        self._call(lambda: self.raw.set(full, encoded))
 
     def set_if_absent(self, name: str, value: JSON) -> JSON:
-        """Set ``name`` unless another role set it first; return the value that stands."""
-        encoded = json.dumps(value)
-        stored = self._call(lambda: self.raw.compare_set(self.key(name), "", encoded))
-        return self._decode(self.key(name), stored)
+        """Set ``name`` unless another role set it first; return the value that stands.
+
+        A value there that is not signed with the run's token is refused and replaced.
+        """
+        full = self.key(name)
+        encoded = self.encode(full, value)
+        expected: str | bytes = ""
+        for _ in range(8):
+            # (torch takes bytes too, so a stranger's non-UTF-8 value can be replaced)
+            stored = self._call(partial(self.raw.compare_set, full, expected, encoded))  # type: ignore[arg-type]
+            if stored == encoded.encode():
+                return value
+            try:
+                return self._decode(full, stored)
+            except ForgedValue as exc:
+                self._refuse(exc, full, stored)
+                expected = bytes(stored)
+        raise RendezvousError(f"{self.me} could not write {full!r}: someone keeps overwriting it")
 
     def has(self, name: str) -> bool:
         return bool(self._call(lambda: self.raw.check([self.key(name)])))
@@ -341,32 +496,78 @@ class RunStore:
     def get_now(self, name: str, *, shape: Shape | None = None) -> JSON:
         return self._decode(self.key(name), self._call(lambda: self.raw.get(self.key(name))), shape)
 
+    def read(self, name: str, *, shape: Shape | None = None) -> JSON | None:
+        """The value under ``name`` now; None when there is none or it is refused (reported once)."""
+        full = self.key(name)
+        if not self._call(lambda: self.raw.check([full])):
+            return None
+        stored = self._call(lambda: self.raw.get(full))
+        try:
+            return self._decode(full, stored, shape)
+        except ForgedValue as exc:
+            self._refuse(exc, full, stored)
+            return None
+
+    def _refuse(self, exc: ForgedValue, full: str, stored: bytes) -> None:
+        if (full, bytes(stored)) not in self._refused:
+            self._refused.add((full, bytes(stored)))
+            self.warn(f"kvtest: {self.me}: {exc}")
+
     def _decode(self, full: str, raw: bytes, shape: Shape | None = None) -> JSON:
         """JSON only: anything else under a run key is refused as an error, never unpickled or run.
-        With ``shape``, an object missing a member (or holding one of the wrong type) is refused too."""
+        With a token, a value not signed with it is a :class:`ForgedValue`. With ``shape``, an object
+        missing a member (or holding one of the wrong type) is refused too."""
         try:
             value = json.loads(raw)
         except (UnicodeDecodeError, ValueError):
+            if self.token is not None:
+                raise ForgedValue(full, Seal.UNSIGNED, None, self.token) from None
             shown = bytes(raw[:32])
             raise RendezvousError(
                 f"{self.me} read a value that is not JSON under {full!r} ({len(raw)} bytes, "
                 f"starting {shown!r}): refusing it; is a stranger writing to this rendezvous?"
             ) from None
+        if self.token is not None:
+            verdict, value, their_id = open_seal(self.token, self.run_id, full, value)
+            if verdict is not Seal.VALID:
+                raise ForgedValue(full, verdict, their_id, self.token)
+        elif is_sealed(value):
+            raise TokenMismatch(
+                f"{self.me} read a value under {full!r} signed with a token (id {value.get('token')}) "
+                f"but {self.me} was started without one: give every role the same --kv-token-file "
+                f"(or {TOKEN_ENV})"
+            )
         return value if shape is None else check_shape(value, shape, full, self.me)
 
     def add(self, name: str, amount: int) -> int:
         return int(self._call(lambda: self.raw.add(self.key(name), amount)))
 
     def _call(self, fn: Callable[[], Any]) -> Any:
+        if self.lost is not None:
+            raise self.lost
         try:
-            return fn()
+            result = fn()
         except (dist.DistNetworkError, ConnectionError) as exc:
-            seen = self.watch.last_steps.get("p0") if self.watch is not None else None
-            where = f"; p0 was last seen at step {seen!r}" if seen else ""
-            raise RendezvousLost(
-                f"{self.me} lost the rendezvous store (hosted by p0): the leader is gone{where} "
-                f"({str(exc).splitlines()[0]})"
-            ) from None
+            self.lost = self._lost(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise self.lost from None
+        self.last_ok = time.monotonic()
+        return result
+
+    def _lost(self, detail: str) -> RendezvousLost:
+        seen = self.watch.last_steps.get("p0") if self.watch is not None else None
+        where = f"; p0 was last seen at step {seen!r}" if seen else ""
+        state = diagnose(*self.address) if self.address is not None else "gone"
+        if state == "partition":
+            host, port = self.address or ("?", 0)
+            last = max(self.last_ok, self._alive() if self._alive is not None else 0.0)
+            shown = f"[{host}]" if ":" in host else host
+            return RendezvousPartition(
+                f"{self.me} cannot reach p0's rendezvous at {shown}:{port} for "
+                f"{time.monotonic() - last:.1f}s: network partition or p0's host is down{where}"
+            )
+        return RendezvousLost(
+            f"{self.me} lost the rendezvous store (hosted by p0): the leader is gone{where} ({detail})"
+        )
 
     def wait(
         self,
@@ -377,30 +578,48 @@ class RunStore:
         peers: Iterable[str] = (),
         abort: Callable[[], None] | None = None,
         shape: Shape | None = None,
+        forged_grace: float | None = None,
     ) -> JSON:
         """Wait for ``name`` to appear and return its value.
 
         Between short waits it checks ``peers``' liveness and calls ``abort`` (which raises when the
         test has already failed elsewhere). On the deadline it raises :class:`RendezvousTimeout`.
+        A value that is not signed with the run's token is reported once and waited past, for the
+        real one; with ``forged_grace``, only that many seconds, then its :class:`ForgedValue` is raised.
         """
         peers = tuple(peers)
         full = self.key(name)
         start = time.monotonic()
         deadline = start + timeout
         slice_s = 0.2
+        forged: tuple[bytes, float, ForgedValue] | None = None
         if self.watch is not None and peers:  # the peers' steps, for when p0 (and the store) vanish
             self._call(lambda: self.watch.note_steps(peers) if self.watch else None)
         while True:
-            if self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001))):
-                return self._decode(full, self._call(lambda: self.raw.get(full)), shape)
+            if forged is None:
+                present = self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001)))
+            else:
+                time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))
+                present = True
+            if present:
+                stored = self._call(lambda: self.raw.get(full))
+                if forged is None or stored != forged[0]:
+                    try:
+                        return self._decode(full, stored, shape)
+                    except ForgedValue as exc:
+                        self._refuse(exc, full, stored)
+                        forged = (stored, forged[1] if forged else time.monotonic(), exc)
+                if forged_grace is not None and time.monotonic() - forged[1] >= forged_grace:
+                    raise forged[2]
             if abort is not None:
                 abort()
             if self.watch is not None and peers:
                 self._call(lambda: self.watch.check(peers) if self.watch else None)
             if time.monotonic() >= deadline:
+                refused = "; refused a value there not signed with the run's token" if forged else ""
                 raise RendezvousTimeout(
                     f"{self.me} timed out after {time.monotonic() - start:.1f}s waiting for {what} "
-                    f"(key {full!r}); raise --kv-timeout if the peers are just slow"
+                    f"(key {full!r}){refused}; raise --kv-timeout if the peers are just slow"
                 )
 
     def _wait_slice(self, full: str, seconds: float) -> bool:

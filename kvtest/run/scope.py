@@ -6,6 +6,7 @@ number in the run, so two tests (or two runs) never read each other's values.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -70,15 +71,13 @@ class TestScope:
         self.store.set(keys.step(self.seq, self.me), name)
 
     def peer_step(self, role: str) -> str | None:
-        if not self.store.has(keys.step(self.seq, role)):
-            return None
-        return str(self.store.get_now(keys.step(self.seq, role)))
+        step = self.store.read(keys.step(self.seq, role))
+        return None if step is None else str(step)
 
     def check_abort(self) -> None:
         """Raise :class:`PeerFailed` when another role has already failed this test."""
-        name = keys.abort(self.seq)
-        if self.store.has(name):
-            info = self.store.get_now(name, shape=ABORT_SHAPE)
+        info = self.store.read(keys.abort(self.seq), shape=ABORT_SHAPE)
+        if info is not None:
             if info["role"] != self.me:
                 if info.get("skipped"):
                     pytest.skip(f"{info['role']} skipped: {info['message']}")
@@ -105,17 +104,19 @@ class TestScope:
             raise ValueError(f"{self.me} is not a member of barrier {name!r} ({', '.join(members)})")
         generation = self._generations.get(name, 0)
         self._generations[name] = generation + 1
-        counter = keys.barrier(self.prefix, name, generation)
+        # One signed arrival per member, not a shared counter: nobody can arrive in another's name.
+        base = keys.barrier(self.prefix, name, generation)
         previous = self.current_step
         self.step(f"barrier {name}")
-        if self.store.add(counter, 1) >= len(members):
-            self.store.set(counter + "/done", True)
-        else:
+        self.store.set(f"{base}/{self.me}", True)
+        others = [m for m in members if m != self.me]
+        deadline = time.monotonic() + self.timeout
+        for member in others:
             self.store.wait(
-                counter + "/done",
-                what=f"barrier {name!r} with {', '.join(m for m in members if m != self.me)}",
-                timeout=self.timeout,
-                peers=[m for m in members if m != self.me],
+                f"{base}/{member}",
+                what=f"barrier {name!r} with {', '.join(others)}",
+                timeout=max(deadline - time.monotonic(), 0.001),
+                peers=others,
                 abort=self.check_abort,
             )
         self.current_step = previous

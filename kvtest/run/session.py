@@ -9,9 +9,14 @@ test and publishes its outcome, and leaves when the leader announces the end.
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import Generator
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -38,12 +43,14 @@ from kvtest.run.rendezvous import (
     RendezvousLost,
     RunStore,
     Shape,
+    TokenMismatch,
     check_shape,
     keys,
     open_store,
     reconnect,
 )
 from kvtest.run.scope import TestScope, test_seed
+from kvtest.run.signing import MAKE_ONE, TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal, token_from
 from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous, Settings
 from kvtest.state import chosen_backend, marker_settings
@@ -63,6 +70,15 @@ def item_topology(item: pytest.Item) -> Topology:
 
 def item_timeout(item: pytest.Item, default: float) -> float:
     return float(marker_settings(item).get("timeout", default))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _failure_text(rep: pytest.TestReport) -> tuple[str, str]:
@@ -90,6 +106,8 @@ class _Base:
         self.kv_items: dict[str, pytest.Item] = {}
         self.backend_name = ""
         self.backend_why = ""
+        self.token = token_from(settings.token_file, settings.sources.get("token_file", "default"))
+        self.exitstatus: int = 0
 
     # -- collection -------------------------------------------------------------------------------
 
@@ -102,10 +120,23 @@ class _Base:
 
     # -- the store --------------------------------------------------------------------------------
 
-    def _start_heartbeat(self, rdv: Rendezvous, port: int) -> None:
+    def _start_heartbeat(self, rdv: Rendezvous, port: int, keep: tuple[str, str] | None = None) -> None:
         assert self.store is not None
-        hb_store = reconnect(rdv, port, self.settings.join_timeout)
-        self.heartbeat = Heartbeat(hb_store, self.store.key(keys.heartbeat(self.me))).start()
+        hb_store = reconnect(rdv, port, self.settings.join_timeout, self.settings.dead_after)
+        self.heartbeat = Heartbeat(hb_store, self.store.key(keys.heartbeat(self.me)), keep=keep).start()
+
+    def _last_round_trip(self) -> float:
+        return self.heartbeat.last_ok if self.heartbeat is not None else 0.0
+
+    def _unauthenticated(self, rdv: Rendezvous) -> str | None:
+        """The header's warning when strangers on the network could write to this run's store."""
+        if self.token is not None or rdv.scheme != "tcp" or _is_loopback(rdv.host):
+            return None
+        return (
+            f"kvtest: WARNING: the rendezvous {rdv} is unauthenticated: anyone who reaches it can read "
+            "the run id and write results, barriers and aborts; give every role the same secret with "
+            f"--kv-token-file PATH (or {TOKEN_ENV}), e.g. {MAKE_ONE}"
+        )
 
     def _hello(self) -> Hello:
         return Hello.make(
@@ -120,6 +151,26 @@ class _Base:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(line)
+
+    def _unreachable(self) -> bool:
+        """Whether the run stopped because the store or a peer could not be reached."""
+        return self.store is not None and self.store.lost is not None
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        if self._unreachable() and not hasattr(config, "workerinput"):  # (xdist wants its worker back)
+            # Every report is written. What is left is teardown: NIXL/UCX endpoints to a host that
+            # does not answer, and the interpreter's own (measured: 6-7 s on a loaded 2-core host).
+            # A role cut off from its run leaves now instead.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(self.exitstatus)
+
+    def _say(self, line: str) -> None:
+        """A line on the terminal now, also from inside a test (output capture is paused for it)."""
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
+            self._write(line)
 
     def new_scope(self, seq: int, item: pytest.Item, roles: list[str]) -> TestScope:
         assert self.store is not None
@@ -203,6 +254,8 @@ class LeaderSession(_Base):
             s.local_device_ids(self.topology.roles)
         self.run_id = s.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         rdv = s.rendezvous or Rendezvous("tcp", host="127.0.0.1", port=0)
+        if s.local_mode and self.token is None:
+            self.token = Token.new()  # handed to the children in the environment
         try:
             raw, port = open_store(rdv, host=True, timeout=s.join_timeout)
         except PortInUse as exc:
@@ -210,20 +263,34 @@ class LeaderSession(_Base):
         self._resolve_backend()
         if s.local_mode:
             rdv = Rendezvous("tcp", host=rdv.host, port=port)
-            self.cluster = start_roles(self.config, s, self.me, self.topology, rdv, self.run_id)
+            secrets = {TOKEN_ENV: self.token.text()} if self.token else None
+            self.cluster = start_roles(self.config, s, self.me, self.topology, rdv, self.run_id, secrets)
         watch = PeerWatch(raw, s.dead_after, self.cluster.exited if self.cluster else None)
-        self.store = RunStore(raw, self.run_id, self.me, watch)
-        raw.set(keys.CURRENT_RUN, self.run_id)
-        self._start_heartbeat(rdv, port)
+        self.store = RunStore(raw, self.run_id, self.me, watch, token=self.token, warn=self._say)
+        announcement = (
+            seal(self.token, self.run_id, keys.CURRENT_RUN, self.run_id) if self.token else self.run_id
+        )
+        raw.set(keys.CURRENT_RUN, announcement)
+        self._start_heartbeat(rdv, port, keep=(keys.CURRENT_RUN, announcement))
         self.active = True
         where = f"local mode, logs in {self.cluster.logdir}" if self.cluster else f"rendezvous {rdv}"
+        signed = f", signed with token {self.token.id}" if self.token else ""
         self._write(
-            f"kvtest: run {self.run_id}, topology {self.topology} ({where}), backend "
+            f"kvtest: run {self.run_id}, topology {self.topology} ({where}{signed}), backend "
             f"{self.backend_name} ({self.backend_why})"
         )
+        warning = self._unauthenticated(rdv)
+        if warning:
+            self._write(warning)
         handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
-        handshake.claim()
-        handshake.lead(exited=self.cluster.exited if self.cluster else None)
+        try:
+            handshake.claim()
+            handshake.lead(exited=self.cluster.exited if self.cluster else None, grace=s.dead_after)
+        except BaseException:
+            # no heartbeat thread may be inside the store when the process exits: torch aborts it
+            # ("terminate called without an active exception")
+            self.heartbeat.stop() if self.heartbeat else None
+            raise
 
     # -- per test ---------------------------------------------------------------------------------
 
@@ -366,6 +433,13 @@ class LeaderSession(_Base):
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
+    def _unreachable(self) -> bool:
+        return bool(self.dead) or super()._unreachable()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.exitstatus = int(session.exitstatus)
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         writer = self.recorder.writer
         if writer is not None and self.kv_items:
@@ -413,7 +487,7 @@ class FollowerSession(_Base):
         assert s.rendezvous is not None
         self._resolve_backend()
         try:
-            raw, port = open_store(s.rendezvous, host=False, timeout=s.join_timeout)
+            raw, port = open_store(s.rendezvous, host=False, timeout=s.join_timeout, dead_after=s.dead_after)
             current = self._current_run(raw)
         except RendezvousError as exc:
             raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
@@ -423,34 +497,103 @@ class FollowerSession(_Base):
                 f"{s.run_id!r} (from {s.sources.get('run_id')}); give the leader's run id or none"
             )
         watch = PeerWatch(raw, s.dead_after)
-        self.store = RunStore(raw, current, self.me, watch)
+        address = (s.rendezvous.host, port) if s.rendezvous.scheme == "tcp" else None
+        self.store = RunStore(
+            raw, current, self.me, watch, token=self.token, address=address, warn=self._say,
+            alive=self._last_round_trip,
+        )
         self._start_heartbeat(s.rendezvous, port)
+        warning = self._unauthenticated(s.rendezvous)
+        if warning:
+            self._write(warning)
         handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
         try:
             handshake.claim()
             handshake.follow()
-        except RendezvousError as exc:
+        except (RendezvousError, pytest.UsageError) as exc:
+            self.heartbeat.stop() if self.heartbeat else None  # as in LeaderSession._start
+            if isinstance(exc, pytest.UsageError):
+                raise
             raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
 
     def _current_run(self, raw: Any) -> str:
-        """The run p0 announced. On a shared file an older run's id may linger: wait for ours."""
+        """The run p0 announced. On a shared file an older run's id may linger: wait for ours.
+
+        With a token the announcement must be signed with it. One signed with another token (or
+        none, for longer than --kv-dead-after: p0 puts its own back at once) means p0 and this role
+        were given different tokens: this role leaves its hello for p0 to see, and refuses to run.
+        """
         s = self.settings
         assert s.rendezvous is not None
         deadline = time.monotonic() + s.join_timeout
+        unsigned_since: float | None = None
         while True:
             try:
-                if raw.check([keys.CURRENT_RUN]):
-                    current = str(raw.get(keys.CURRENT_RUN).decode())
-                    if s.rendezvous.scheme == "tcp" or current == s.run_id:
-                        return current
+                stored = raw.get(keys.CURRENT_RUN) if raw.check([keys.CURRENT_RUN]) else None
             except Exception as exc:
                 raise RendezvousLost(f"lost {s.rendezvous}: {str(exc).splitlines()[0]}") from None
+            if stored is not None:
+                current, verdict, their_id = self._open_announcement(stored)
+                if current is not None and (s.rendezvous.scheme == "tcp" or current == s.run_id):
+                    if verdict is Seal.VALID:
+                        return current
+                    if unsigned_since is None and verdict is Seal.UNSIGNED:
+                        self._say(
+                            f"kvtest: {self.me}: a value under {keys.CURRENT_RUN!r} is not signed with "
+                            "this run's token: someone else is writing to this rendezvous"
+                        )
+                    unsigned_since = unsigned_since or time.monotonic()
+                    if verdict is Seal.OTHER_TOKEN or time.monotonic() - unsigned_since > s.dead_after:
+                        self._refuse_token(raw, current, their_id)
             if time.monotonic() > deadline:
                 raise RendezvousLost(
                     f"no run {s.run_id or ''} was announced at {s.rendezvous} within {s.join_timeout:g}s: "
                     "is p0 (the leader) running with the same --rendezvous?"
                 )
             time.sleep(0.05)
+
+    def _open_announcement(self, stored: bytes) -> tuple[str | None, Seal, str | None]:
+        """(run id, how it is signed, the signer's token id) of p0's announcement."""
+        try:
+            data = json.loads(stored)
+        except (UnicodeDecodeError, ValueError):
+            data = None
+        if not is_sealed(data):
+            try:
+                text = stored.decode()
+            except UnicodeDecodeError:
+                return None, Seal.BAD, None
+            return text, (Seal.UNSIGNED if self.token else Seal.VALID), None
+        inner = data.get("json") if isinstance(data.get("json"), str) else "null"
+        try:
+            claimed = json.loads(inner)
+        except ValueError:
+            claimed = None
+        current = claimed if isinstance(claimed, str) else None
+        if self.token is None:
+            return current, Seal.OTHER_TOKEN, data.get("token")
+        verdict, _, their_id = open_seal(self.token, current or "", keys.CURRENT_RUN, data)
+        if verdict is Seal.BAD:
+            self._say(
+                f"kvtest: {self.me}: a value under {keys.CURRENT_RUN!r} is not signed with this run's "
+                "token: someone else is writing to this rendezvous"
+            )
+            return None, verdict, their_id
+        return current, verdict, their_id
+
+    def _refuse_token(self, raw: Any, run_id: str, their_id: str | None) -> None:
+        """Leave a hello in the announced run, so p0 says it too, and stop with a usage error."""
+        store = RunStore(raw, run_id, self.me, token=self.token)
+        try:
+            store.set(keys.hello(self.me), self._hello().to_json())
+        except RendezvousError:
+            pass
+        mine = f"this role's is {self.token.id}" if self.token else "this role has none"
+        theirs = f"signed with token {their_id}" if their_id else "not signed"
+        raise TokenMismatch(
+            f"the run {run_id} at {self.settings.rendezvous} is {theirs} ({mine}): p0 was started with "
+            f"another token; give every role the same --kv-token-file (or {TOKEN_ENV})"
+        )
 
     def _follow(self, session: pytest.Session) -> int:
         assert self.store is not None
@@ -514,6 +657,7 @@ class FollowerSession(_Base):
         # The follower's own -m/-k may deselect what p0 announced; it ran p0's tests all the same.
         if self.ran_any and session.exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED if session.testsfailed else pytest.ExitCode.OK
+        self.exitstatus = int(session.exitstatus)
 
     def _leave(self, failed: int) -> None:
         if self.store is not None:
@@ -522,4 +666,4 @@ class FollowerSession(_Base):
             except RendezvousError:
                 pass
         if self.heartbeat is not None:
-            self.heartbeat.stop()
+            self.heartbeat.stop(wait=not self._unreachable())

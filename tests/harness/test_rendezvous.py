@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import threading
 import time
 from datetime import timedelta
@@ -11,6 +14,7 @@ import torch.distributed as dist
 
 from kvtest.run.messages import HELLO_SHAPE, RESULT_SHAPE, Handshake, Hello, RoleResult
 from kvtest.run.rendezvous import (
+    ForgedValue,
     Heartbeat,
     PeerDead,
     PeerFailed,
@@ -19,11 +23,14 @@ from kvtest.run.rendezvous import (
     RendezvousLost,
     RendezvousTimeout,
     RunStore,
+    TokenMismatch,
     check_shape,
+    diagnose,
     keys,
     open_store,
 )
 from kvtest.run.scope import TestScope
+from kvtest.run.signing import Token
 from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous
 
@@ -202,3 +209,155 @@ def test_file_store_rendezvous(tmp_path):
     b, _ = open_store(rdv, host=False, timeout=5)
     RunStore(a, "r", "p0").set("x", [1])
     assert RunStore(b, "r", "d0").wait("x", what="x", timeout=2) == [1]
+
+
+# -- deadlines of the store connection itself -------------------------------------------------------
+
+
+def _sockets_to(port: int) -> list[socket.socket]:
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getpeername()[1] == port:
+                out.append(sock)
+                continue
+        except (OSError, IndexError, TypeError):
+            pass
+        sock.close()
+    return out
+
+
+@pytest.mark.parametrize("dead_after", [None, 2.5])
+def test_client_connection_fails_when_the_host_is_silent_for_dead_after(tcp, dead_after):
+    """Without keepalive and TCP_USER_TIMEOUT a store call on a cut link blocks for ever (issue 14);
+    the namespace tests in test_two_hosts show the cut itself."""
+    _, port = tcp
+    before = {s.getsockname() for s in _sockets_to(port)}
+    store, _ = open_store(Rendezvous("tcp", host="127.0.0.1", port=port), host=False, timeout=5,
+                          dead_after=dead_after)
+    mine = [s for s in _sockets_to(port) if s.getsockname() not in before]
+    assert mine
+    for sock in mine:
+        with sock:
+            user_timeout = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+            keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            assert (user_timeout, keepalive) == ((2500, 1) if dead_after else (0, 0))
+    del store
+
+
+def test_a_broken_connection_is_told_apart_by_a_fresh_one(tcp, port):
+    assert diagnose("127.0.0.1", tcp[1]) == "up"
+    assert diagnose("127.0.0.1", port) == "gone"  # the host answers, nobody listens
+    # a host that does not answer at all: test_two_hosts cuts a veth link for that
+
+
+# -- signed values ----------------------------------------------------------------------------------
+
+TOKEN = Token(b"0123456789abcdef-run-secret")
+OTHER = Token(b"another-secret-0123456789")
+
+
+def signed(raw, role, token=TOKEN, warnings=None):
+    return RunStore(raw, "r", role, token=token, warn=(warnings.append if warnings is not None else None))
+
+
+def test_signed_values_are_sealed_json(tcp):
+    raw, _ = tcp
+    signed(raw, "p0").set("v", {"a": 1})
+    stored = json.loads(raw.get("kvtest/r/v"))
+    assert stored["kvtest_signed"] == 1 and stored["token"] == TOKEN.id and json.loads(stored["json"]) == {"a": 1}
+    assert TOKEN.text() not in raw.get("kvtest/r/v").decode()
+    assert signed(raw, "d0").get_now("v") == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("forge", "why"),
+    [
+        ("unsigned", "is not signed with this run's token: someone else is writing to this rendezvous"),
+        ("other", f"is signed with another token (id {OTHER.id}; this run's is {TOKEN.id})"),
+        ("moved", "is not signed with this run's token"),  # a real signature copied to another key
+        ("garbage", "is not signed with this run's token"),
+    ],
+)
+def test_a_forged_value_is_refused_named_and_waited_past(tcp, forge, why):
+    raw, port = tcp
+    p0 = signed(raw, "p0")
+    p0.set("t/0/call/p0", {"outcome": "failed"})
+    forged = {
+        "unsigned": json.dumps({"outcome": "passed"}),
+        "other": RunStore(raw, "r", "d0", token=OTHER).encode("kvtest/r/t/0/call/d0", {"outcome": "passed"}),
+        "moved": raw.get("kvtest/r/t/0/call/p0").decode(),
+        "garbage": "\x80not json",
+    }[forge]
+    raw.set("kvtest/r/t/0/call/d0", forged)
+    real = signed(client(port), "d0")
+    threading.Timer(0.5, lambda: real.set("t/0/call/d0", {"outcome": "failed"})).start()
+    warnings: list[str] = []
+    reader = signed(raw, "p0", warnings=warnings)
+    assert reader.wait("t/0/call/d0", what="d0's outcome", timeout=5) == {"outcome": "failed"}
+    assert warnings == [f"kvtest: p0: a value under 'kvtest/r/t/0/call/d0' {why}" + warnings[0].split(why, 1)[1]]
+    assert reader.read("t/0/call/d0") == {"outcome": "failed"}
+
+
+def test_forged_values_are_never_returned_and_grace_ends_the_wait(tcp):
+    raw, _ = tcp
+    raw.set("kvtest/r/hello/d0", json.dumps({"role": "d0"}))
+    warnings: list[str] = []
+    store = signed(raw, "p0", warnings=warnings)
+    assert store.read("hello/d0") is None
+    with pytest.raises(ForgedValue, match="hello/d0' is not signed"):
+        store.get_now("hello/d0")
+    start = time.monotonic()
+    with pytest.raises(ForgedValue):
+        store.wait("hello/d0", what="d0 to join", timeout=30, forged_grace=0.5)
+    assert time.monotonic() - start < 2
+    with pytest.raises(RendezvousTimeout, match="refused a value there not signed"):
+        store.wait("hello/d0", what="d0 to join", timeout=0.5)
+    assert len(warnings) == 1  # one line per forged value, however often it is read
+
+
+def test_a_role_without_the_token_reading_a_signed_value_says_so(tcp):
+    raw, _ = tcp
+    signed(raw, "p0").set("verdict", {"ok": True})
+    with pytest.raises(TokenMismatch, match=f"signed with a token \\(id {TOKEN.id}\\) but d0 was started without one"):
+        RunStore(raw, "r", "d0").get_now("verdict")
+
+
+def test_a_forged_claim_or_abort_is_replaced_by_the_real_one(tcp):
+    raw, port = tcp
+    raw.set("kvtest/r/claim/d0", json.dumps({"nonce": "stranger"}))
+    raw.set("kvtest/r/t/0/abort", json.dumps({"role": "d0", "step": "x", "message": "forged", "skipped": False}))
+    warnings: list[str] = []
+    store = signed(client(port), "d0", warnings=warnings)
+    hello = Hello.make("d0", "sim", Topology(1, 1), 7, "smoke", ["t::a"])
+    Handshake(store, hello, ["p0", "d0"], timeout=2).claim()  # the stranger's claim does not stop d0
+    with pytest.raises(pytest.UsageError, match="role d0 is already taken"):  # a real second d0 does
+        Handshake(signed(client(port), "d0"), hello, ["p0", "d0"], timeout=2).claim()
+    p0, d0 = (TestScope(signed(raw if r == "p0" else client(port), r), 0, r, ["p0", "d0"], Topology(1, 1), 5)
+              for r in ("p0", "d0"))
+    p0.check_abort()  # the forged abort is not d0's
+    d0.step("push")
+    d0.abort("AssertionError: real")
+    with pytest.raises(PeerFailed, match="d0 failed at step 'push': AssertionError: real"):
+        p0.check_abort()
+    assert [w.split("'")[1] for w in warnings] == ["kvtest/r/claim/d0"]
+
+
+def test_a_forged_barrier_arrival_does_not_release_the_barrier(tcp):
+    raw, port = tcp
+    raw.set("kvtest/r/t/0/barrier/b/0/d0", json.dumps(True))
+    warnings: list[str] = []
+    p0 = TestScope(signed(raw, "p0", warnings=warnings), 0, "p0", ["p0", "d0"], Topology(1, 1), 5)
+    d0 = TestScope(signed(client(port), "d0"), 0, "d0", ["p0", "d0"], Topology(1, 1), 5)
+    threading.Timer(0.6, lambda: d0.barrier("b")).start()
+    start = time.monotonic()
+    p0.barrier("b")
+    assert time.monotonic() - start >= 0.5  # released by d0, not by the stranger
+    assert warnings == [
+        "kvtest: p0: a value under 'kvtest/r/t/0/barrier/b/0/d0' is not signed with this run's token: "
+        "someone else is writing to this rendezvous"
+    ]

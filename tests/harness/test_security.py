@@ -6,12 +6,17 @@ from __future__ import annotations
 import json
 import pickle
 import socket
+import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 
+from kvtest.run.messages import RoleResult
 from kvtest.run.rendezvous import keys, open_store
+from kvtest.run.signing import Token
 from kvtest.settings import Rendezvous
 
 PAIR = """
@@ -194,3 +199,152 @@ def test_an_announcement_of_the_wrong_shape_stops_the_follower_in_one_line(
         in out.output
     )
     assert "Traceback" not in out.output and "INTERNALERROR" not in out.output
+
+
+# -- an authenticated rendezvous (--kv-token-file / KVTEST_TOKEN) ------------------------------------
+
+FORGED = """
+import time
+
+from kvtest.run.rendezvous import keys
+
+
+def test_d_fails(kv):  # seq 0: a stranger pre-wrote "passed" for d0
+    kv.barrier("start")
+    assert kv.role == "p", "d0's real failure"
+
+
+def test_forged_abort(kv):  # seq 1: a stranger wrote an abort in d0's name
+    if kv.role == "d":
+        time.sleep(0.6)
+    kv.barrier("end")  # p0 waits here, reading the test's abort flag between slices
+
+
+def test_forged_arrival(kv):  # seq 2: a stranger wrote d0's arrival at barrier 'end'
+    if kv.role == "d":
+        time.sleep(1.0)
+        kv.publish("late", True)
+    kv.barrier("end")
+    if kv.role == "p":
+        assert kv.store.read(keys.value(kv.prefix, "d0", "late")) is True, "released before d0 arrived"
+"""
+
+
+def _token_file(path: Path, secret: str) -> str:
+    path.write_text(secret + "\n")
+    return str(path)
+
+
+def _stranger(port: int) -> dist.TCPStore:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=5))
+        except (dist.DistNetworkError, OSError):
+            assert time.monotonic() < deadline, "p0 never opened its rendezvous"
+            time.sleep(0.2)
+
+
+def test_forgeries_are_refused_named_and_the_pair_outcome_stands(pytester: pytest.Pytester, start_role, port: int):
+    """A stranger who reaches the port reads the run id and forges a result, an abort, a barrier
+    arrival, d0's claim and the run announcement; each is refused in one line and the run goes on."""
+    pytester.makepyfile(test_forged=FORGED)
+    token = _token_file(pytester.path / "token", "s3cret-for-this-run-only-1234")
+    args = ["--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-token-file", token, "-p", "no:randomly"]
+    p = start_role("p", "--role", "p", *args)
+    stranger = _stranger(port)
+    stranger.wait([keys.CURRENT_RUN], timedelta(seconds=60))
+    run = json.loads(json.loads(stranger.get(keys.CURRENT_RUN))["json"])  # signed, not secret
+    prefix = keys.run_prefix(run)
+    passed = RoleResult("d0", "passed").to_json()
+    stranger.set(prefix + keys.claim("d0"), json.dumps({"host": "x", "pid": 1, "nonce": "stranger"}))
+    stranger.set(prefix + keys.result(0, "call", "d0"), json.dumps(passed))
+    stranger.set(prefix + keys.result(0, "teardown", "d0"), json.dumps(passed))
+    stranger.set(prefix + keys.abort(1), json.dumps({"role": "d0", "step": "x", "message": "forged", "skipped": False}))
+    stranger.set(prefix + keys.barrier(keys.test(2), "end", 0) + "/d0", json.dumps(True))
+    d = start_role("d", "--role", "d", *args)
+    # p0 puts its announcement back within half a second: keep ours there until d0 has refused it
+    deadline = time.monotonic() + 60
+    while "kvtest/current-run' is not signed" not in d.log.read_text() and time.monotonic() < deadline:
+        stranger.set(keys.CURRENT_RUN, "stranger-run")
+        time.sleep(0.02)
+    p_out, d_out = p.wait(), d.wait()
+    refused = "is not signed with this run's token: someone else is writing to this rendezvous"
+    for out, key in (
+        (d_out, keys.CURRENT_RUN),
+        (d_out, prefix + keys.claim("d0")),
+        (p_out, prefix + keys.result(0, "call", "d0")),
+        (p_out, prefix + keys.abort(1)),
+        (p_out, prefix + keys.barrier(keys.test(2), "end", 0) + "/d0"),
+    ):
+        assert f"a value under {key!r} {refused}" in out.output, (key, out.output)
+    assert p_out.returncode == pytest.ExitCode.TESTS_FAILED, p_out.output
+    assert "1 failed, 2 passed" in p_out.output, p_out.output
+    assert "FAILED test_forged.py::test_d_fails - d0 failed at step" in p_out.output
+    assert "d0's real failure" in p_out.output
+    assert d_out.returncode == pytest.ExitCode.TESTS_FAILED and "1 failed, 2 passed" in d_out.output, d_out.output
+    del stranger
+
+
+@pytest.mark.parametrize("d_token", ["other", "none"])
+def test_a_role_with_another_token_is_refused_on_both_sides(
+    pytester: pytest.Pytester, start_role, port: int, d_token: str
+):
+    pytester.makepyfile(test_pair=PAIR)
+    rdv = ["--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-dead-after", "1", "-k", "not slow"]
+    p = start_role("p", "--role", "p", *rdv, env={"KVTEST_TOKEN": "the-run-token-0123456789"})
+    time.sleep(2)
+    env = {"KVTEST_TOKEN": "a-different-token-0123456789"} if d_token == "other" else {}
+    d = start_role("d", "--role", "d", *rdv, env=env)
+    p_out, d_out = p.wait(), d.wait()
+    for out in (p_out, d_out):
+        assert out.returncode == pytest.ExitCode.USAGE_ERROR, out.output
+        assert "give every role the same --kv-token-file (or KVTEST_TOKEN)" in out.output, out.output
+        assert "passed" not in out.output and "Traceback" not in out.output
+    assert "ERROR: kvtest: d0 was started with another token or none, refusing it" in p_out.output
+    mine = "this role's is " if d_token == "other" else "this role has none"
+    assert "ERROR: kvtest: d0: the run " in d_out.output and mine in d_out.output, d_out.output
+
+
+def test_the_header_warns_when_a_network_rendezvous_has_no_token(pytester: pytest.Pytester, port: int):
+    address = next(
+        (a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+         if ":" not in a and not a.startswith("127.")),
+        None,
+    )
+    if address is None:
+        pytest.skip("this host has no non-loopback IPv4 address")
+    pytester.makepyfile(test_pair=PAIR)
+    warned = "kvtest: WARNING: the rendezvous tcp://{}:{} is unauthenticated"
+    base = ["--role", "p", "--kv-join-timeout", "0.5", "-k", "not slow"]
+    open_net = pytester.runpytest_subprocess(*base, "--rendezvous", f"tcp://{address}:{port}")
+    assert open_net.ret == pytest.ExitCode.USAGE_ERROR
+    open_net.stdout.fnmatch_lines([warned.format(address, port) + "*--kv-token-file PATH (or KVTEST_TOKEN)*"])
+    signed = pytester.runpytest_subprocess(
+        *base, "--rendezvous", f"tcp://{address}:{port}", "--kv-token-file", _token_file(pytester.path / "t", "x" * 32)
+    )
+    loopback = pytester.runpytest_subprocess(*base, "--rendezvous", f"tcp://127.0.0.1:{port}")
+    for quiet in (signed, loopback):
+        assert quiet.ret == pytest.ExitCode.USAGE_ERROR and "unauthenticated" not in quiet.stdout.str()
+    assert f"signed with token {Token(b'x' * 32).id}" in signed.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (["--kv-token-file", "missing.token"], {}, "kvtest: cannot read the token file 'missing.token' from the "
+         "command line (--kv-token-file): No such file or directory; give a readable file*"),
+        ([], {"KVTEST_TOKEN": "short"}, "kvtest: the token from the environment (KVTEST_TOKEN) is too short "
+         "(5 characters, at least 16): make one with python -c*"),
+    ],
+)
+def test_a_bad_token_is_a_usage_error_in_one_line(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, port: int, args, env, line
+):
+    pytester.makepyfile(test_pair=PAIR)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = pytester.runpytest_subprocess("--role", "p", "--rendezvous", f"tcp://127.0.0.1:{port}", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: " + line])
+    assert "Traceback" not in result.stderr.str()

@@ -3,15 +3,20 @@
 Each role is started by hand as on two machines (``pytest --role p`` / ``pytest --role d`` with one
 rendezvous address); host addresses come from the rendezvous connection, and UCX is forced onto TCP
 so the KV bytes cross the veth link. The namespaces are this test's own and are removed after it.
+A partition is the veth link going down (no RST reaches either side, as on a cut cable).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,8 +33,25 @@ def sh(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=30)
 
 
+@dataclass(frozen=True)
+class Hosts:
+    ns_a: str
+    ip_a: str
+    ns_b: str
+    ip_b: str
+    link_a: str  # the veth end in ns_a
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.ns_a, self.ip_a, self.ns_b, self.ip_b))
+
+    def link(self, state: str) -> float:
+        """Set host A's end of the link ``up`` or ``down``; return when (monotonic)."""
+        sh("ip", "-n", self.ns_a, "link", "set", self.link_a, state)
+        return time.monotonic()
+
+
 @pytest.fixture
-def two_hosts() -> Iterator[tuple[str, str, str, str]]:
+def two_hosts() -> Iterator[Hosts]:
     tag = f"{os.getpid() % 100000}"
     a, b = f"kvt-a{tag}", f"kvt-b{tag}"
     ip_a, ip_b = "10.231.7.1", "10.231.7.2"
@@ -43,13 +65,15 @@ def two_hosts() -> Iterator[tuple[str, str, str, str]]:
             sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
             sh("ip", "-n", ns, "link", "set", dev, "up")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        yield a, ip_a, b, ip_b
+        yield Hosts(a, ip_a, b, ip_b, f"kva{tag}")
     finally:
         for ns in (a, b):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
-def start(ns: str, role: str, rdv: str, tmp: Path, *selection: str) -> subprocess.Popen[str]:
+def start(
+    ns: str, role: str, rdv: str, tmp: Path, *selection: str, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
     cmd = [
         "ip",
         "netns",
@@ -72,9 +96,9 @@ def start(ns: str, role: str, rdv: str, tmp: Path, *selection: str) -> subproces
         "60",
         *selection,
     ]
-    env = {**os.environ, "UCX_TLS": "tcp"}
+    full_env = {**os.environ, "UCX_TLS": "tcp", **(env or {})}
     return subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
     )
 
 
@@ -134,3 +158,151 @@ def test_rendezvous_is_not_reachable_on_other_addresses(two_hosts, tmp_path: Pat
     p_out, _ = p.communicate(timeout=60)
     assert d.returncode == 4 and f"could not reach the rendezvous tcp://{ip_a}:29532" in d_out, d_out
     assert p.returncode == 4 and "d0 did not join" in p_out, p_out
+
+
+# p0 pushes blocks to d0 in a loop while d0 waits at a barrier in the store; the harness cuts the link
+# once the first push has landed (the gate file). So the leader is inside a transfer and the follower
+# inside a TCPStore wait when the partition starts: the two places that used to block for ever.
+PARTITION = """
+import os
+import time
+
+import pytest
+
+from kvtest.cases import BlocksCase
+
+CASE = BlocksCase("fp32", 2, 4, 1024, (0, 1, 2, 3), (0, 1, 2, 3))
+PUSH_FOR = {push_for}  # seconds p0 keeps pushing
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_before(kv, n):
+    kv.publish("n", n)
+    for peer in kv.peers:
+        assert kv.fetch(peer, "n") == n
+    kv.barrier("end")
+
+
+def test_cut(kv, datadist):
+    me = 0 if kv.role == "p" else 1
+    node = datadist(me, listen=True, local_comm_res="")
+    api = node.api
+    desc = api.CacheDesc(CASE.num_tensors, CASE.shape, node.datatype(CASE.torch_dtype), api.Placement.DEVICE)
+    tensors = node.tensors(CASE.num_tensors, CASE.shape, CASE.torch_dtype, side=kv.role)
+    cache = node.register_blocks_cache(desc, tensors, api.BlocksCacheKey(me, 0))
+    kv.barrier("register end")
+    if kv.role == "p":
+        node.must_link_clusters(["d0"])
+        kv.step("push")
+        end = time.monotonic() + PUSH_FOR
+        while time.monotonic() < end:
+            start = time.monotonic()
+            try:
+                node.cm.push_blocks(api.BlocksCacheKey(1, 0), cache, src_blocks=list(CASE.src), dst_blocks=list(CASE.dst))
+            finally:  # how long the push that met the cut took (sync_kv_timeout is 1000 ms)
+                with open(os.environ["KVTEST_HARNESS_GATE"], "w") as gate:
+                    gate.write(str(time.monotonic() - start))
+            time.sleep(0.05)
+    kv.barrier("push end")
+    node.unlink_clusters(["d0" if kv.role == "p" else "p0"], force=True)
+
+
+@pytest.mark.parametrize("n", range(3))
+def test_after(kv, n):
+    kv.barrier("end")
+"""
+
+DEAD_AFTER = 3.0
+
+
+def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float | None, dead_after: float):
+    """Run PARTITION on both hosts; cut the link at the first push for ``outage`` seconds (None: for
+    good). Return both outputs, exit codes, when each ended after the cut, and p0's results."""
+    (tmp / "test_cut.py").write_text(PARTITION.format(push_for=push_for))
+    gate = tmp / "pushing"
+    env = {"KVTEST_HARNESS_GATE": str(gate)}
+    rdv = f"tcp://{hosts.ip_a}:{port}"
+    common = ["--kv-dead-after", str(dead_after), "-p", "no:randomly", "test_cut.py"]
+    results = tmp / "results.json"
+    p = start(hosts.ns_a, "p", rdv, tmp, *common, "--kv-results", str(results), cwd=tmp, env=env)
+    d = start(hosts.ns_b, "d", rdv, tmp, *common, "--junitxml", str(tmp / "d0.xml"), cwd=tmp, env=env)
+    ended: dict[str, float] = {}
+    outs: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not gate.exists():
+            assert time.monotonic() < deadline and p.poll() is None, p.communicate()[0]
+            time.sleep(0.02)
+        cut = hosts.link("down")
+        if outage is not None:
+            time.sleep(outage)
+            hosts.link("up")
+        readers = {name: threading.Thread(target=lambda n=name, q=proc: outs.update({n: q.communicate()[0]}))
+                   for name, proc in (("p0", p), ("d0", d))}
+        for reader in readers.values():
+            reader.start()
+        while any(r.is_alive() for r in readers.values()) and time.monotonic() < cut + 60:
+            for name, reader in readers.items():
+                if name not in ended and not reader.is_alive():
+                    ended[name] = time.monotonic() - cut
+            time.sleep(0.05)
+        for name, reader in readers.items():
+            if name not in ended and not reader.is_alive():
+                ended[name] = time.monotonic() - cut
+        hung = [name for name in readers if name not in ended]
+        for proc in (p, d):
+            if proc.poll() is None:
+                proc.kill()
+        for reader in readers.values():
+            reader.join(10)
+        assert not hung, f"{hung} still running 60 s after the cut (a hang): {outs}"
+    finally:
+        for proc in (p, d):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    recorded = json.loads(results.read_text())["tests"] if results.exists() else {}
+    return outs, {"p0": p.returncode, "d0": d.returncode}, ended, recorded
+
+
+def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path):
+    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29533, push_for=60, outage=None, dead_after=DEAD_AFTER)
+    print(f"\npartition: p0 ended {ended['p0']:.1f}s, d0 ended {ended['d0']:.1f}s after the cut")
+    for role in ("p0", "d0"):
+        assert codes[role] not in (0, None), outs[role]
+        assert ended[role] <= DEAD_AFTER + 5, (role, ended[role], outs[role])
+        assert "Traceback" not in outs[role] and "INTERNALERROR" not in outs[role], outs[role]
+    # d0 waited in the store: one line naming the partition, p0's address and p0's last step
+    line = next(x for x in outs["d0"].splitlines() if "cannot reach p0's rendezvous" in x)
+    assert f"d0 cannot reach p0's rendezvous at {two_hosts.ip_a}:29533 for " in line, line
+    assert "network partition or p0's host is down; p0 was last seen at step 'push'" in line, line
+    detected = float(line.split(":29533 for ", 1)[1].split("s:", 1)[0])
+    print(f"partition: d0 measured {detected:.1f}s without a round trip to p0's store")
+    assert DEAD_AFTER - 0.5 <= detected <= DEAD_AFTER + 3, line
+    # p0 was pushing: the transfer ended by sync_kv_timeout, and d0's silence reads as what it may be
+    assert "LLM_TIMEOUT" in outs["p0"], outs["p0"]
+    push_s = float((tmp_path / "pushing").read_text())
+    print(f"partition: the push that met the cut returned LLM_TIMEOUT after {push_s:.2f}s")
+    assert 1.0 <= push_s < 2.0
+    assert "peer d0 died" in outs["p0"] and "network to it is down" in outs["p0"], outs["p0"]
+    # every test p0 finished is in its results file; d0 wrote its own report
+    finished = {k.rsplit("::", 1)[1]: v["outcome"] for k, v in recorded.items()}
+    assert finished == {"test_before[0]": "passed", "test_before[1]": "passed", "test_before[2]": "passed",
+                        "test_cut": "failed"}, finished
+    assert 'name="test_before[2]"' in (tmp_path / "d0.xml").read_text()
+
+
+def test_a_short_flap_never_hangs(two_hosts: Hosts, tmp_path: Path):
+    """The link is down 2 s (less than --kv-dead-after, 5 s as by default) while p0 pushes and d0
+    waits in the store."""
+    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29534, push_for=1.5, outage=2.0, dead_after=5.0)
+    print(f"\nflap: exit p0 {codes['p0']} d0 {codes['d0']}; ended {ended['p0']:.1f}s / {ended['d0']:.1f}s "
+          f"after the cut; last push {float((tmp_path / 'pushing').read_text()):.2f}s; "
+          f"outcomes {sorted((k.rsplit('::', 1)[1], v['outcome']) for k, v in recorded.items())}")
+    for role in ("p0", "d0"):
+        assert codes[role] in (0, 1), outs[role]  # a clean pass or a clean failure
+        assert "Traceback" not in outs[role] and "INTERNALERROR" not in outs[role], outs[role]
+    # the store connection outlived the flap: nobody reported a partition or a dead peer
+    assert "cannot reach p0's rendezvous" not in outs["d0"], outs["d0"]
+    assert "peer d0 died" not in outs["p0"], outs["p0"]
+    assert len(recorded) == 7, recorded  # the run went on to its end
