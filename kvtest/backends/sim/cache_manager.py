@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union, cast
 
-from kvtest.backends.sim import device
+from kvtest.backends.sim import device, local_copy
 from kvtest.backends.sim.async_transfer import (
     CacheTask,
     LayerSynchronizer,
@@ -797,25 +797,11 @@ class CacheManager:
     ) -> None:
         """Copy one batch slot (from ``offset``, ``size`` bytes or the rest) of every tensor, locally."""
         self._begin("copy_cache")
-        dst = self._local_cache("dst", dst)
-        src = self._local_cache("src", src)
-        for arg, value in (("dst_batch_index", dst_batch_index), ("src_batch_index", src_batch_index)):
-            check_int(arg, value, 0, UINT64_MAX)
-        check_int("offset", offset, 0, INT64_MAX)
-        check_int("size", size, -1, INT64_MAX)
-        if req_id is not None:
-            check_int("req_id", req_id, 0, UINT64_MAX)
-        sd, dd = src.cache_desc, dst.cache_desc
-        if sd.num_tensors != dd.num_tensors:
-            raise_param_invalid("src and dst should have the same num_tensors.")
-        check_in_range("src_batch_index", [src_batch_index], sd.batch_size)
-        check_in_range("dst_batch_index", [dst_batch_index], dd.batch_size)
-        nbytes = sd.slot_bytes - offset if size == -1 else size
-        if nbytes <= 0 or offset + nbytes > sd.slot_bytes or offset + nbytes > dd.slot_bytes:
-            raise_param_invalid(f"offset {offset} and size {size} are out of the batch slot.")
-        for s_addr, d_addr in zip(src.tensor_addrs, dst.tensor_addrs):
-            ctypes.memmove(
-                d_addr + dst_batch_index * dd.slot_bytes + offset,
-                s_addr + src_batch_index * sd.slot_bytes + offset,
-                nbytes,
-            )
+        with self._lock:
+            local_copy.copy_cache(self, dst, src, dst_batch_index, src_batch_index, offset, size, req_id)
+
+    def copy_blocks(self, cache: Cache, copy_block_info: dict[int, list[int]]) -> None:
+        """Inside one blocks cache, copy block ``src`` to every block of ``copy_block_info[src]``."""
+        self._begin("copy_blocks")
+        with self._lock:
+            local_copy.copy_blocks(self, cache, copy_block_info)
