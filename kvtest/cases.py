@@ -348,10 +348,12 @@ class CopyCacheCase(RowsCase):
 
     @property
     def pool(self) -> int:
-        return pool_bytes(self.src_batch * self.src_stride, self.dst_batch * self.dst_stride, tensors=self.num_tensors)
+        src, dst = self.src_batch * self.src_stride, self.dst_batch * self.dst_stride
+        return pool_bytes(src, dst, tensors=self.num_tensors)
 
     def __str__(self) -> str:
-        where = "".join(f"-{s}" for s, host in (("src_host", self.src_host), ("dst_host", self.dst_host)) if host)
+        hosts = (("src_host", self.src_host), ("dst_host", self.dst_host))
+        where = "".join(f"-{name}" for name, host in hosts if host)
         part = "" if (self.offset, self.size) == (0, -1) else f"-bytes{self.offset}+{self.size}"
         shape = f"{self.num_tensors}x{self.src_batch}x{self.row}->{self.dst_shape[0]}x{self.dst_shape[1]}"
         size = f"-{self.label}" if self.label else ""

@@ -33,9 +33,13 @@ MIB = 1 << 20
 CASES = {
     "smoke": [
         CopyCacheCase("fp16", 4, 2, 2, 1024, 0, 1),  # a whole slot into the other slot
-        CopyCacheCase("bf16", 2, 3, 4, 512, 2, 3, offset=256, size=512, dst_row=768),  # part of a slot, other strides
+        CopyCacheCase(
+            "bf16", 2, 3, 4, 512, 2, 3, offset=256, size=512, dst_row=768
+        ),  # part of a slot, other strides
         CopyCacheCase("int8", 2, 2, 3, 4096, 1, 2, dst_host=True),  # device -> host pool
-        CopyCacheCase("fp32", 2, 2, 2, 1024, 0, 1, offset=1024, src_host=True),  # host pool -> device, the rest
+        CopyCacheCase(
+            "fp32", 2, 2, 2, 1024, 0, 1, offset=1024, src_host=True
+        ),  # host pool -> device, the rest
         CopyBlocksCase("fp16", 4, 8, 512, ((0, (3, 5)), (1, (7,)))),
         CopyBlocksCase("int8", 2, 16, 4096, tuple((i, (i + 8,)) for i in range(8))),
     ],
@@ -147,21 +151,51 @@ def test_copy_refusals(kv, datadist):
     )
     kv.step("copy refusals")
     invalid = "LLM_PARAM_INVALID"
-    _refused(api, lambda: node.cm.copy_cache(cache, blocks), invalid,
-             "param check failed, src cache can not be blocks cache.")
-    _refused(api, lambda: node.cm.copy_cache(blocks, cache), invalid,
-             "param check failed, dst cache can not be blocks cache.")
-    _refused(api, lambda: node.cm.copy_cache(cache, cache, dst_batch_index=0, src_batch_index=4), invalid,
-             "[copy_cache] failed, error code is LLMStatusCode.LLM_PARAM_INVALID")
-    _refused(api, lambda: node.cm.copy_cache(cache, cache, offset=8, size=512), invalid,
-             "[copy_cache] failed, error code is LLMStatusCode.LLM_PARAM_INVALID")
-    _refused(api, lambda: node.cm.copy_blocks(cache, {0: [1]}), invalid,
-             "param check failed, cache should be blocks cache.")
-    _refused(api, lambda: node.cm.copy_blocks(blocks, {0: [4]}), invalid,
-             "[copy_blocks] failed, error code is LLMStatusCode.LLM_PARAM_INVALID")
-    _refused(api, lambda: node.cm.copy_blocks(cpu_cache, {0: [1]}), "LLM_KV_CACHE_NOT_EXIST",
-             "[copy_blocks] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST")
-    node.check(node.expected(n, shape, dtype, side=kv.role), blocks_tensors, name="blocks cache after refusals")
+    _refused(
+        api,
+        lambda: node.cm.copy_cache(cache, blocks),
+        invalid,
+        "param check failed, src cache can not be blocks cache.",
+    )
+    _refused(
+        api,
+        lambda: node.cm.copy_cache(blocks, cache),
+        invalid,
+        "param check failed, dst cache can not be blocks cache.",
+    )
+    _refused(
+        api,
+        lambda: node.cm.copy_cache(cache, cache, dst_batch_index=0, src_batch_index=4),
+        invalid,
+        "[copy_cache] failed, error code is LLMStatusCode.LLM_PARAM_INVALID",
+    )
+    _refused(
+        api,
+        lambda: node.cm.copy_cache(cache, cache, offset=8, size=512),
+        invalid,
+        "[copy_cache] failed, error code is LLMStatusCode.LLM_PARAM_INVALID",
+    )
+    _refused(
+        api,
+        lambda: node.cm.copy_blocks(cache, {0: [1]}),
+        invalid,
+        "param check failed, cache should be blocks cache.",
+    )
+    _refused(
+        api,
+        lambda: node.cm.copy_blocks(blocks, {0: [4]}),
+        invalid,
+        "[copy_blocks] failed, error code is LLMStatusCode.LLM_PARAM_INVALID",
+    )
+    _refused(
+        api,
+        lambda: node.cm.copy_blocks(cpu_cache, {0: [1]}),
+        "LLM_KV_CACHE_NOT_EXIST",
+        "[copy_blocks] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST",
+    )
+    node.check(
+        node.expected(n, shape, dtype, side=kv.role), blocks_tensors, name="blocks cache after refusals"
+    )
     node.check(contents, views, name="cache after refusals")
     node.check([torch.zeros(shape, dtype=dtype)] * n, host, name="host cache after refusals")
     node.unregister(blocks)

@@ -81,7 +81,9 @@ def copy_cache(
     if dst.is_blocks_cache:
         raise_param_invalid("param check failed, dst cache can not be blocks cache.")
     if not (size == -1 or size > 0):
-        raise_param_invalid(f"[copy_cache] param check failed, size ({size}) is invalid, should be = -1 or > 0")
+        raise_param_invalid(
+            f"[copy_cache] param check failed, size ({size}) is invalid, should be = -1 or > 0"
+        )
     if req_id is not None:
         check_int("req_id", req_id, 0, UINT64_MAX)
     rid = _INVALID_ID if req_id is None else req_id
