@@ -42,6 +42,7 @@ from kvtest.backends.sim.layout import (
     slot_to_blocks_spans,
     tensor_pairs,
 )
+from kvtest.backends.sim.placement import check_pull_placements
 from kvtest.backends.sim.pool import MemoryPool
 from kvtest.backends.sim.status import LLMStatusCode, native_error, raise_param_invalid
 from kvtest.backends.sim.transport import TransferError
@@ -73,6 +74,8 @@ class _Remote:
     slot_bytes: int
     batch: int
     blocks: bool
+    host: bool = False
+    device_pool: bool = True
 
 
 def _key_path(cluster_id: int, key: CacheKey) -> tuple[object, ...]:
@@ -140,6 +143,8 @@ class CacheManager:
             "slot_bytes": cache.cache_desc.slot_bytes,
             "batch": cache.cache_desc.batch_size,
             "blocks": cache.is_blocks_cache,
+            "host": cache.cache_desc.placement == Placement.HOST,
+            "device_pool": "DEVICE" in self._dd._pools,
         }
         plane.put(plane.key("cache", self._dd.cluster_id, cache.cache_id), record)
 
@@ -444,7 +449,13 @@ class CacheManager:
                 f"cache {cache_id} does not exist on cluster {cluster_id}",
             )
         return _Remote(
-            agent, list(record["addrs"]), int(record["slot_bytes"]), int(record["batch"]), record["blocks"]
+            agent,
+            list(record["addrs"]),
+            int(record["slot_bytes"]),
+            int(record["batch"]),
+            record["blocks"],
+            bool(record.get("host", False)),
+            bool(record.get("device_pool", True)),
         )
 
     def _resolve(self, api: str, key: AnyCacheKey) -> tuple[_Remote, int, tuple[str, Any] | None]:
@@ -462,7 +473,10 @@ class CacheManager:
         if record is None:
             raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
         remote = self._remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
-        return remote, int(record["batch_index"]), (path, record)
+        # a prefix key outlives its pulls; only a req_id key is released (SendState::QueryCacheEntryAndOffset
+        # in hicann/hixl src/llm_datadist/fsm/send_state.cc removes the key only when it is not a prefix)
+        claim = (path, record) if key.prefix_id == UINT64_MAX else None
+        return remote, int(record["batch_index"]), claim
 
     def _remote_blocks(self, api: str, key: BlocksCacheKey) -> _Remote:
         agent = self._peer(api, key.cluster_id)
@@ -497,6 +511,20 @@ class CacheManager:
             else:
                 details = exc.details
             raise native_error(api, exc.code, details) from None
+
+    def _check_placements(self, api: str, entry: _Entry, remote: _Remote) -> None:
+        """Host and device pulls on a two-sided link (see :mod:`kvtest.backends.sim.placement`)."""
+        if self._dd._remote_accessible:
+            return
+        check_pull_placements(
+            api,
+            local_host=entry.cache.cache_desc.placement == Placement.HOST,
+            local_blocks=entry.cache.is_blocks_cache,
+            local_device_pool="DEVICE" in self._dd._pools,
+            remote_host=remote.host,
+            remote_blocks=remote.blocks,
+            remote_device_pool=remote.device_pool,
+        )
 
     @staticmethod
     def _same_block(local: int, remote: int, what: str) -> None:
@@ -533,6 +561,7 @@ class CacheManager:
             raise_param_invalid("pull_cache does not support blocks cache, please use pull_blocks.")
         check_in_range("batch_index", [batch_index], desc.batch_size)
         remote, remote_index, claim = self._resolve("pull_cache", cache_key)
+        self._check_placements("pull_cache", entry, remote)
         if size == -1:
             self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
             nbytes = desc.slot_bytes
@@ -582,6 +611,7 @@ class CacheManager:
             if len(src) != len(dst):
                 raise_param_invalid("src_blocks and dst_blocks should have the same length.")
             remote = self._remote_blocks("pull_blocks", src_cache_key)
+            self._check_placements("pull_blocks", entry, remote)
             check_in_range("src_blocks", src, remote.batch)
             self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
             spans = block_spans(src, dst, desc.slot_bytes)
@@ -591,6 +621,7 @@ class CacheManager:
                     "src_blocks should be empty when src_cache_key is not instance of BlocksCacheKey."
                 )
             remote, remote_index, claim = self._resolve("pull_blocks", src_cache_key)
+            self._check_placements("pull_blocks", entry, remote)
             spans = slot_to_blocks_spans(remote_index, remote.slot_bytes, dst, desc.slot_bytes)
         pairs = tensor_pairs(
             len(remote.addrs), desc.num_tensors, src_layer_range, dst_layer_range, tensor_num_per_layer
