@@ -60,7 +60,7 @@ def parametrize_cases(metafunc: pytest.Metafunc) -> None:
 
 def parametrize_by_type(metafunc: pytest.Metafunc, kinds: Mapping[str, type]) -> None:
     """For modules whose tests take cases of different types: parametrize each argument named in
-    ``kinds`` (e.g. ``{"copy_case": CopyCacheCase}``) with the module's ``CASES`` of that type."""
+    ``kinds`` (e.g. ``{"copy_case": CopyCacheCase}``) with the module's ``CASES`` of exactly that type."""
     wanted = [(arg, kind) for arg, kind in kinds.items() if arg in metafunc.fixturenames]
     if not wanted:
         return
@@ -68,7 +68,7 @@ def parametrize_by_type(metafunc: pytest.Metafunc, kinds: Mapping[str, type]) ->
 
     selected = cases_for(metafunc.module.CASES, settings_of(metafunc.config).profile)
     for arg, kind in wanted:
-        cases = [case for case in selected if isinstance(case, kind)]
+        cases = [case for case in selected if type(case) is kind]
         metafunc.parametrize(arg, cases, ids=[str(case) for case in cases])
 
 
@@ -405,3 +405,170 @@ class CopyBlocksCase(RowsCase):
         pairs = ";".join(f"{s}->{index_list(d)}" for s, d in self.copies)
         size = f"-{self.label}" if self.label else ""
         return f"{self.dtype}-{self.num_tensors}x{self.blocks}x{self.row}-copy({pairs}){size}"
+
+
+@dataclass(frozen=True)
+class MixRoleCase(BlocksCase):
+    """A :class:`BlocksCase` run with both roles ``LLMRole.MIX``: d pushes ``src`` of its blocks into p's
+    ``dst`` blocks, then pulls p's ``src`` blocks into its own ``dst`` blocks."""
+
+    def __post_init__(self) -> None:
+        if set(self.src) & set(self.dst):
+            raise ValueError(f"{self}: src and dst blocks overlap; the push would change what the pull reads")
+
+
+@dataclass(frozen=True)
+class SlotLayersCase(RowsCase):
+    """Two non-blocks caches of ``num_tensors`` tensors (2 per layer): the source has ``batch`` slots of
+    ``row`` elements, the destination ``dst_batch``. Source slot ``src_slot`` of layers ``src_layers``
+    (start, stop) goes to slot ``dst_slot`` of layers ``dst_layers``."""
+
+    dtype: str
+    num_tensors: int
+    batch: int
+    dst_batch: int
+    row: int
+    src_slot: int
+    dst_slot: int
+    src_layers: tuple[int, int]
+    dst_layers: tuple[int, int]
+    label: str = ""
+
+    tensors_per_layer = 2
+
+    @property
+    def src_shape(self) -> list[int]:
+        return [self.batch, self.row]
+
+    @property
+    def dst_shape(self) -> list[int]:
+        return [self.dst_batch, self.row]
+
+    @property
+    def src_layer_range(self) -> range:
+        return range(*self.src_layers)
+
+    @property
+    def dst_layer_range(self) -> range:
+        return range(*self.dst_layers)
+
+    def tensor_map(self) -> dict[int, int]:
+        """Destination tensor -> source tensor."""
+        tpl = self.tensors_per_layer
+        return {
+            d * tpl + k: s * tpl + k
+            for s, d in zip(self.src_layer_range, self.dst_layer_range)
+            for k in range(tpl)
+        }
+
+    @property
+    def moved_bytes(self) -> int:
+        return self.row_bytes * len(self.tensor_map())
+
+    def __str__(self) -> str:
+        (a, b), (c, d) = self.src_layers, self.dst_layers
+        shape = f"{self.num_tensors}x{self.batch}x{self.row}->{self.dst_batch}"
+        size = f"-{self.label}" if self.label else ""
+        return f"{self.dtype}-{shape}-slot{self.src_slot}->{self.dst_slot}-layers[{a}:{b}]->[{c}:{d}]{size}"
+
+
+@dataclass(frozen=True)
+class ToBlocksCase(RowsCase):
+    """Cache to blocks: the source has ``num_tensors`` x [``batch``, ``row``], the destination blocks
+    cache ``num_tensors`` x [``blocks``, ``block_row``]; ``dst_block_memory_size`` is one destination
+    block. Piece ``j`` of source slot ``slot`` (``block_row`` elements from ``j * block_row``) lands in
+    block ``dst[j]``, for source layers ``src_layers`` into ``dst_layers``."""
+
+    dtype: str
+    num_tensors: int
+    batch: int
+    row: int
+    blocks: int
+    block_row: int
+    slot: int
+    dst: tuple[int, ...]
+    src_layers: tuple[int, int]
+    dst_layers: tuple[int, int]
+    label: str = ""
+
+    tensors_per_layer = 2
+
+    def __post_init__(self) -> None:
+        if (self.batch * self.row) % self.block_row:
+            raise ValueError(f"{self}: the source tensor is not a whole number of blocks (the native last "
+                             "piece would be cut)")
+        if len(self.dst) * self.block_row > self.row:
+            raise ValueError(f"{self}: more destination blocks than the slot fills")
+
+    @property
+    def src_shape(self) -> list[int]:
+        return [self.batch, self.row]
+
+    @property
+    def dst_shape(self) -> list[int]:
+        return [self.blocks, self.block_row]
+
+    @property
+    def block_bytes(self) -> int:
+        return self.block_row * self.torch_dtype.itemsize
+
+    @property
+    def src_layer_range(self) -> range:
+        return range(*self.src_layers)
+
+    @property
+    def dst_layer_range(self) -> range:
+        return range(*self.dst_layers)
+
+    def tensor_map(self) -> dict[int, int]:
+        tpl = self.tensors_per_layer
+        return {
+            d * tpl + k: s * tpl + k
+            for s, d in zip(self.src_layer_range, self.dst_layer_range)
+            for k in range(tpl)
+        }
+
+    @property
+    def moved_bytes(self) -> int:
+        return len(self.dst) * self.block_bytes * len(self.tensor_map())
+
+    def __str__(self) -> str:
+        (a, b), (c, d) = self.src_layers, self.dst_layers
+        size = f"-{self.label}" if self.label else ""
+        return (
+            f"{self.dtype}-{self.num_tensors}x{self.batch}x{self.row}-slot{self.slot}->blocks"
+            f"({index_list(self.dst)})x{self.block_row}-layers[{a}:{b}]->[{c}:{d}]{size}"
+        )
+
+
+@dataclass(frozen=True)
+class HostPullCase(RowsCase):
+    """A two-sided ``pull_cache`` between the host and the device pools: p's cache of ``num_tensors`` x
+    [``batch``, ``row``] is in its host pool (``src_host``) or device pool, d's in the other one; d pulls
+    p's slot ``s`` into its batch index ``i`` for each ``(s, i)`` in ``pulls``."""
+
+    dtype: str
+    num_tensors: int
+    batch: int
+    row: int
+    pulls: tuple[tuple[int, int], ...]
+    src_host: bool
+    label: str = ""
+
+    @property
+    def shape(self) -> list[int]:
+        return [self.batch, self.row]
+
+    @property
+    def pull_bytes(self) -> int:
+        return self.row_bytes * self.num_tensors
+
+    @property
+    def pool(self) -> int:
+        return pool_bytes(self.batch * self.row_bytes, tensors=self.num_tensors)
+
+    def __str__(self) -> str:
+        where = "host->device" if self.src_host else "device->host"
+        slots = ",".join(f"{s}->{i}" for s, i in self.pulls)
+        size = f"-{self.label}" if self.label else ""
+        return f"{self.dtype}-{self.num_tensors}x{self.batch}x{self.row}-{where}-slots({slots}){size}"

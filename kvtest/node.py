@@ -259,13 +259,23 @@ class Node:
         self.allocated.append(cache)
         return cache
 
+    def allocate_blocks_cache(self, desc: Any, key: Any = None) -> Any:
+        self.kv.step("allocate_blocks_cache")
+        cache = self.cm.allocate_blocks_cache(desc, key)
+        self.allocated.append(cache)
+        return cache
+
     def unregister(self, cache: Any) -> None:
         self.registered.remove(cache)
         self.cm.unregister_cache(cache.cache_id)
 
     def deallocate(self, cache: Any) -> None:
+        """``deallocate_blocks_cache`` or ``deallocate_cache``, as the cache was allocated."""
         self.allocated.remove(cache)
-        self.cm.deallocate_cache(cache)
+        if cache.is_blocks_cache:
+            self.cm.deallocate_blocks_cache(cache)
+        else:
+            self.cm.deallocate_cache(cache)
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -438,7 +448,10 @@ class Node:
         for cache in list(self.registered):
             attempt(f"unregister_cache({cache.cache_id})", self.cm.unregister_cache, cache.cache_id)
         for cache in list(self.allocated):
-            attempt(f"deallocate_cache({cache.cache_id})", self.cm.deallocate_cache, cache)
+            if cache.is_blocks_cache:
+                attempt(f"deallocate_blocks_cache({cache.cache_id})", self.cm.deallocate_blocks_cache, cache)
+            else:
+                attempt(f"deallocate_cache({cache.cache_id})", self.cm.deallocate_cache, cache)
         attempt("finalize()", self.finalize)
         return problems
 

@@ -546,13 +546,11 @@ class CacheManager:
     ) -> None:
         """Pull the remote batch slot ``cache_key`` names into ``cache[batch_index]`` (READ)."""
         deadline = self._begin("pull_cache")
+        if self._dd._remote_accessible:  # a TypeError, as check_isinstance raises it (v2/cache_manager.py)
+            check_type("cache_key", cache_key, CacheKeyByIdAndIndex)
         check_type("cache_key", cache_key, CacheKey, CacheKeyByIdAndIndex)
         check_int("batch_index", batch_index, 0, UINT64_MAX)
         check_int("size", size, -1, INT64_MAX)
-        if self._dd._remote_accessible and not isinstance(cache_key, CacheKeyByIdAndIndex):
-            raise_param_invalid(
-                "cache_key only support CacheKeyByIdAndIndex when enable_remote_cache_accessible is True."
-            )
         if size == 0:
             raise_param_invalid("size should be -1 or bigger than 0.")
         entry = self._entry(cache)
