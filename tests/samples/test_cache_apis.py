@@ -32,7 +32,6 @@ MIB = 1 << 20
 
 CASES = {
     "smoke": [
-        CopyCacheCase("fp16", 4, 2, 2, 1024, 0, 1),  # a whole slot into the other slot
         CopyCacheCase(
             "bf16", 2, 3, 4, 512, 2, 3, offset=256, size=512, dst_row=768
         ),  # part of a slot, other strides
@@ -41,9 +40,10 @@ CASES = {
             "fp32", 2, 2, 2, 1024, 0, 1, offset=1024, src_host=True
         ),  # host pool -> device, the rest
         CopyBlocksCase("fp16", 4, 8, 512, ((0, (3, 5)), (1, (7,)))),
-        CopyBlocksCase("int8", 2, 16, 4096, tuple((i, (i + 8,)) for i in range(8))),
     ],
     "nightly": [
+        CopyCacheCase("fp16", 4, 2, 2, 1024, 0, 1),  # a whole slot into the other slot
+        CopyBlocksCase("int8", 2, 16, 4096, tuple((i, (i + 8,)) for i in range(8))),
         CopyCacheCase("fp16", 40, 4, 4, 1 << 20, 3, 0, label="2MiB-slots"),
         CopyBlocksCase("bf16", 40, 32, 512 * 1024, tuple((i, (i + 16,)) for i in range(16)), "1MiB-blocks"),
     ],

@@ -64,17 +64,17 @@ TIMEOUT_BYTES = {"sim": 64 * MIB, "npu": 1024 * MIB}
 CASES = {
     "smoke": [
         BlocksCase("fp16", 4, 8, 1024, (0, 3, 5), (7, 1, 2)),
-        LayersCase("fp16", 8, 8, 512, (0, 4), (0, 4), src=(0, 1, 5), dst=(7, 2, 3)),
         LayersCase("int8", 6, 16, 1024, (0, 2), (1, 3), src=(3, 4, 5, 6), dst=(8, 9, 10, 11)),
         ToBlocksCase("fp16", 4, 2, 2048, 8, 512, 0, (6, 0, 3, 5), (0, 2), (0, 2)),
         ToBlocksCase("int8", 6, 3, 4096, 16, 1024, 2, (9, 2), (0, 2), (1, 3)),
-        SlotLayersCase("fp16", 4, 2, 3, 1024, 1, 2, (0, 2), (0, 2)),
         SlotLayersCase("bf16", 8, 3, 2, 512, 0, 1, (0, 2), (2, 4)),
         HostPullCase("fp16", 4, 2, 2048, ((0, 1), (1, 0)), src_host=False),
         HostPullCase("int8", 2, 3, 4096, ((2, 0),), src_host=True),
         MixRoleCase("fp32", 2, 4, 256, (0, 1), (2, 3)),
     ],
     "nightly": [
+        LayersCase("fp16", 8, 8, 512, (0, 4), (0, 4), src=(0, 1, 5), dst=(7, 2, 3)),
+        SlotLayersCase("fp16", 4, 2, 3, 1024, 1, 2, (0, 2), (0, 2)),
         BlocksCase("fp16", 40, 16, 512 * 1024, tuple(range(0, 16, 2)), tuple(range(1, 16, 2)), "1MiB-blocks"),
         LayersCase("fp16", 40, 16, 512 * 1024, (0, 20), (0, 20), src=tuple(range(8)), dst=tuple(range(8, 16)),
                    label="1MiB-blocks"),
@@ -498,7 +498,7 @@ def test_pull_cache_host(kv, datadist, host_case: HostPullCase):
         expected = [with_rows(b, s, **rows) for b, s in zip(before, source)]
         del before, source
         where = "host" if case.src_host else "device"
-        node.check(expected, views, name=f"cache after pull_cache from p's {where} pool")
+        node.check(expected, views, name=f"cache after pull_cache from the {where} pool of p")
         kv.step("pull_cache host -> host")
         host_desc = api.CacheDesc(n, [1, case.row], node.datatype(dtype), api.Placement.HOST)
         host_cache = node.allocate_cache(host_desc)
