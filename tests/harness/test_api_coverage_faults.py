@@ -66,7 +66,7 @@ def summary_lines(out: str, nodeid: str) -> list[str]:
 
 
 @pytest.mark.parametrize("fault", sorted(FLIPS))
-def test_flip_fails_every_byte_check(fault: str, tmp_path: Path):
+def test_flip_fails_every_byte_check(fault: str, tmp_path: Path) -> None:
     nodeids = sorted(set(FLIPS[fault]))
     result = run(nodeids, tmp_path, {"KVTEST_SIM_FAULT": fault})
     out = result.stdout + result.stderr
@@ -80,7 +80,7 @@ def test_flip_fails_every_byte_check(fault: str, tmp_path: Path):
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
-def test_deliberate_bug_fails_its_test(bug: str, tmp_path: Path):
+def test_deliberate_bug_fails_its_test(bug: str, tmp_path: Path) -> None:
     nodeid, says = BUGS[bug]
     path = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH", "")) if p)
     env = {"KVTEST_SIM_BUG": bug, "PYTEST_PLUGINS": "kvtest_sim_bugs", "PYTHONPATH": path}

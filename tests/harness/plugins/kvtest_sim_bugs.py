@@ -22,6 +22,7 @@ BUG = os.environ.get("KVTEST_SIM_BUG", "")
 
 def _install(name: str) -> None:
     from kvtest.backends.sim import cache_manager, local_copy, placement, transport
+    from kvtest.backends.sim.cache import CacheKey
 
     if name == "copy-unchecked":
         real_copy_blocks = local_copy.copy_blocks
@@ -50,7 +51,7 @@ def _install(name: str) -> None:
 
         def _resolve(self: Any, api: str, key: Any) -> Any:
             remote, index, claim = real_resolve(self, api, key)
-            if claim is None and isinstance(key, cache_manager.CacheKey):
+            if claim is None and isinstance(key, CacheKey):
                 plane, _ = self._dd._ctx()
                 path = plane.key(*cache_manager._key_path(key))
                 claim = (path, plane.fetch(path))
@@ -71,7 +72,7 @@ def _install(name: str) -> None:
                 return
             real_check(api, **kw)
 
-        cache_manager.check_pull_placements = check  # type: ignore[assignment]
+        cache_manager.check_pull_placements = check
     elif name:
         raise ValueError(f"unknown KVTEST_SIM_BUG {name!r}")
 
