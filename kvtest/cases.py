@@ -64,8 +64,6 @@ def parametrize_by_type(metafunc: pytest.Metafunc, kinds: Mapping[str, type]) ->
     wanted = [(arg, kind) for arg, kind in kinds.items() if arg in metafunc.fixturenames]
     if not wanted:
         return
-    from kvtest.plugin import settings_of
-
     selected = cases_for(metafunc.module.CASES, settings_of(metafunc.config).profile)
     for arg, kind in wanted:
         cases = [case for case in selected if type(case) is kind]
