@@ -59,7 +59,7 @@ GA_P, GA_D = 1, 2
 UINT64_MAX = 2**64 - 1
 MIB = 1 << 20
 #: bytes a pull moves in the timeout test: sure to take more than 1 ms on the backend
-TIMEOUT_BYTES = {"sim": 64 * MIB, "npu": 1024 * MIB}
+TIMEOUT_BYTES = {"sim": 32 * MIB, "npu": 1024 * MIB}
 
 CASES = {
     "smoke": [
