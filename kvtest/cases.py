@@ -539,6 +539,13 @@ class ToBlocksCase(RowsCase):
         )
 
 
+#: device-pool memory a pull into or out of a host cache stages through: two 32 MiB buffers on the
+#: pulling side (``D2HDataTransferClient``: num_buffers_ 2, kDefaultBufferSize) or on the serving side
+#: (``H2DDataTransferJob``: kDefaultBufferNum 2, buffer_size_ 32 MiB), in hicann/hixl
+#: src/llm_datadist/data_transfer/
+HOST_PULL_STAGING = 2 * 32 * MiB
+
+
 @dataclass(frozen=True)
 class HostPullCase(RowsCase):
     """A two-sided ``pull_cache`` between the host and the device pools: p's cache of ``num_tensors`` x
@@ -562,8 +569,13 @@ class HostPullCase(RowsCase):
         return self.row_bytes * self.num_tensors
 
     @property
-    def pool(self) -> int:
+    def host_pool(self) -> int:
         return pool_bytes(self.batch * self.row_bytes, tensors=self.num_tensors)
+
+    @property
+    def device_pool(self) -> int:
+        """The caches plus the staging buffers a host pull takes from the device pool on either end."""
+        return self.host_pool + HOST_PULL_STAGING + MiB
 
     def __str__(self) -> str:
         where = "host->device" if self.src_host else "device->host"

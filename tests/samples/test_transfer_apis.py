@@ -459,7 +459,7 @@ def test_pull_cache_host(kv, datadist, host_case: HostPullCase):
     n, dtype, shape = case.num_tensors, case.torch_dtype, case.shape
     api_host = lambda api, host: api.Placement.HOST if host else api.Placement.DEVICE  # noqa: E731
     if kv.role == "p":
-        node = datadist(GA_P, mem_pool=case.pool, host_mem_pool=case.pool)
+        node = datadist(GA_P, mem_pool=case.device_pool, host_mem_pool=case.host_pool)
         api = node.api
         comm_id = node.link(["d0"])
         keys = [api.CacheKey(GA_P, slot) for slot in range(case.batch)]
@@ -482,7 +482,7 @@ def test_pull_cache_host(kv, datadist, host_case: HostPullCase):
         node.deallocate(host_cache)
         node.finalize()
     else:
-        node = datadist(GA_D, mem_pool=case.pool, host_mem_pool=case.pool)
+        node = datadist(GA_D, mem_pool=case.device_pool, host_mem_pool=case.host_pool)
         api = node.api
         comm_id = node.link(["p0"])
         desc = api.CacheDesc(n, shape, node.datatype(dtype), api_host(api, not case.src_host))
