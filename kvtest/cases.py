@@ -289,7 +289,7 @@ def pool_bytes(*tensor_bytes: int, tensors: int) -> int:
     """A ``memory_size`` that holds caches of ``tensors`` tensors of each of ``tensor_bytes``, with slack
     for page rounding and fragmentation."""
     need = sum(tensors * (-(-size // POOL_PAGE) + 1) * POOL_PAGE for size in tensor_bytes)
-    return 2 * need + 2 * MiB
+    return need + need // 4 + 2 * MiB
 
 
 @dataclass(frozen=True)
