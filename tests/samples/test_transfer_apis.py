@@ -78,7 +78,7 @@ CASES = {
         BlocksCase("fp16", 40, 16, 512 * 1024, tuple(range(0, 16, 2)), tuple(range(1, 16, 2)), "1MiB-blocks"),
         LayersCase("fp16", 40, 16, 512 * 1024, (0, 20), (0, 20), src=tuple(range(8)), dst=tuple(range(8, 16)),
                    label="1MiB-blocks"),
-        ToBlocksCase("fp16", 40, 2, 1 << 20, 16, 256 * 1024, 1, (15, 3, 7, 11), (0, 20), (0, 20), "512KiB-blocks"),
+        ToBlocksCase("fp16", 16, 2, 1 << 20, 16, 256 * 1024, 1, (15, 3, 7, 11), (0, 8), (0, 8), "512KiB-blocks"),
         SlotLayersCase("bf16", 40, 4, 4, 1 << 20, 3, 0, (0, 20), (0, 20), "2MiB-slots"),
         HostPullCase("bf16", 40, 2, 1 << 20, ((1, 0),), src_host=True, label="2MiB-slots"),
     ],
