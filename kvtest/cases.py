@@ -570,7 +570,8 @@ class HostPullCase(RowsCase):
 
     @property
     def host_pool(self) -> int:
-        return pool_bytes(self.batch * self.row_bytes, tensors=self.num_tensors)
+        """The cache plus the one-slot host cache the host -> host refusal uses."""
+        return pool_bytes(self.batch * self.row_bytes, self.row_bytes, tensors=self.num_tensors)
 
     @property
     def device_pool(self) -> int:

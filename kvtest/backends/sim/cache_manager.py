@@ -473,10 +473,7 @@ class CacheManager:
         if record is None:
             raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
         remote = self._remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
-        # a prefix key outlives its pulls; only a req_id key is released (SendState::QueryCacheEntryAndOffset
-        # in hicann/hixl src/llm_datadist/fsm/send_state.cc removes the key only when it is not a prefix)
-        claim = (path, record) if key.prefix_id == UINT64_MAX else None
-        return remote, int(record["batch_index"]), claim
+        return remote, int(record["batch_index"]), (path, record)
 
     def _remote_blocks(self, api: str, key: BlocksCacheKey) -> _Remote:
         agent = self._peer(api, key.cluster_id)

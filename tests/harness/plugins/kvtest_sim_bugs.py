@@ -22,7 +22,6 @@ BUG = os.environ.get("KVTEST_SIM_BUG", "")
 
 def _install(name: str) -> None:
     from kvtest.backends.sim import cache_manager, local_copy, placement, transport
-    from kvtest.backends.sim.cache import CacheKey
 
     if name == "copy-unchecked":
         real_copy_blocks = local_copy.copy_blocks
@@ -47,17 +46,16 @@ def _install(name: str) -> None:
 
         transport.Transport.transfer = transfer  # type: ignore[method-assign]
     elif name == "prefix-consumed":
-        real_resolve = cache_manager.CacheManager._resolve
+        real_consume = cache_manager.CacheManager._consume
 
-        def _resolve(self: Any, api: str, key: Any) -> Any:
-            remote, index, claim = real_resolve(self, api, key)
-            if claim is None and isinstance(key, CacheKey):
+        def _consume(self: Any, claim: Any, pulled: Any) -> None:
+            if claim is not None and not claim[1].get("consumable"):
                 plane, _ = self._dd._ctx()
-                path = plane.key(*cache_manager._key_path(key))
-                claim = (path, plane.fetch(path))
-            return remote, index, claim
+                plane.release(*claim)  # released like a req-id key of a pool cache
+                return
+            real_consume(self, claim, pulled)
 
-        cache_manager.CacheManager._resolve = _resolve  # type: ignore[method-assign]
+        cache_manager.CacheManager._consume = _consume  # type: ignore[method-assign]
     elif name == "dealloc-keeps-key":
 
         def deallocate_blocks_cache(self: Any, cache: Any) -> None:
