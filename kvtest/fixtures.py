@@ -62,7 +62,8 @@ def kv_backend(kv: TestScope, request: pytest.FixtureRequest) -> Backend:
 def datadist(
     kv: TestScope, kv_backend: Backend, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., Node]]:
-    """Factory: ``datadist(cluster_id, listen=False, mem_pool=None, local_comm_res=None, ...)``.
+    """Factory: ``datadist(cluster_id, listen=False, mem_pool=None, host_mem_pool=None, local_comm_res=None,
+    ...)``; the pools are ``memory_size`` bytes (``mem_pool_cfg`` / ``host_mem_pool_cfg``).
 
     ``cluster_id`` may be a function of the node's (host ip, port), for ids made from the address.
 
@@ -77,6 +78,7 @@ def datadist(
         *,
         listen: bool = False,
         mem_pool: int | None = None,
+        host_mem_pool: int | None = None,
         local_comm_res: str | None = None,
         cache_manager: bool = True,
         remote_cache_accessible: bool | None = None,
@@ -98,6 +100,8 @@ def datadist(
             config.enable_remote_cache_accessible = remote_cache_accessible
         if mem_pool is not None:
             config.mem_pool_cfg = json.dumps({"memory_size": mem_pool})
+        if host_mem_pool is not None:
+            config.host_mem_pool_cfg = json.dumps({"memory_size": host_mem_pool})
         if sync_kv_timeout_ms is not None:
             config.sync_kv_timeout = sync_kv_timeout_ms
         if transfer_backend:

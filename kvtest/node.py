@@ -7,6 +7,7 @@ samples' order (unlink, unregister or deallocate, finalize), whatever the outcom
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import random
 import socket
@@ -24,7 +25,7 @@ from kvtest.host.ranktable import cluster_rank_info, rank_table_json
 from kvtest.run.scope import TestScope
 from kvtest.settings import Settings
 
-__all__ = ["RANK_DEVICE", "TORCH_TO_DATATYPE", "Node", "free_port", "host_ip"]
+__all__ = ["RANK_DEVICE", "TORCH_TO_DATATYPE", "Node", "free_port", "host_ip", "host_tensors_at"]
 
 #: the key a member of a two-sided link publishes its physical device id and device IP under
 RANK_DEVICE = "rank device"
@@ -75,6 +76,19 @@ def free_port(host: str) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in 20000-32000 on {host}")
+
+
+def host_tensors_at(shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]) -> list[torch.Tensor]:
+    """CPU tensors viewing host memory at raw addresses (no copy); the owner keeps the memory alive."""
+    nbytes = dtype.itemsize
+    for dim in shape:
+        nbytes *= int(dim)
+    return [
+        torch.frombuffer((ctypes.c_uint8 * nbytes).from_address(addr), dtype=torch.uint8)
+        .view(dtype)
+        .view(list(shape))
+        for addr in addrs
+    ]
 
 
 class Node:
@@ -167,8 +181,14 @@ class Node:
         ]
 
     def pool_views(self, cache: Any, contents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Views of a pool-allocated cache's memory (create_npu_tensors on npu), filled with ``contents``."""
-        views = self.backend.tensors_at(list(contents[0].shape), contents[0].dtype, cache.tensor_addrs)
+        """Views of a pool-allocated cache's memory, filled with ``contents``: device memory through the
+        backend (create_npu_tensors on npu), host memory (a ``Placement.HOST`` cache from
+        ``host_mem_pool_cfg``, pinned host memory on npu) as CPU tensors."""
+        shape, dtype = list(contents[0].shape), contents[0].dtype
+        if cache.cache_desc.placement == self.api.Placement.HOST:
+            views = host_tensors_at(shape, dtype, cache.tensor_addrs)
+        else:
+            views = self.backend.tensors_at(shape, dtype, cache.tensor_addrs)
         with torch.no_grad():
             for view, host in zip(views, contents):
                 view.copy_(host)
@@ -239,13 +259,23 @@ class Node:
         self.allocated.append(cache)
         return cache
 
+    def allocate_blocks_cache(self, desc: Any, key: Any = None) -> Any:
+        self.kv.step("allocate_blocks_cache")
+        cache = self.cm.allocate_blocks_cache(desc, key)
+        self.allocated.append(cache)
+        return cache
+
     def unregister(self, cache: Any) -> None:
         self.registered.remove(cache)
         self.cm.unregister_cache(cache.cache_id)
 
     def deallocate(self, cache: Any) -> None:
+        """``deallocate_blocks_cache`` or ``deallocate_cache``, as the cache was allocated."""
         self.allocated.remove(cache)
-        self.cm.deallocate_cache(cache)
+        if cache.is_blocks_cache:
+            self.cm.deallocate_blocks_cache(cache)
+        else:
+            self.cm.deallocate_cache(cache)
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -418,7 +448,10 @@ class Node:
         for cache in list(self.registered):
             attempt(f"unregister_cache({cache.cache_id})", self.cm.unregister_cache, cache.cache_id)
         for cache in list(self.allocated):
-            attempt(f"deallocate_cache({cache.cache_id})", self.cm.deallocate_cache, cache)
+            if cache.is_blocks_cache:
+                attempt(f"deallocate_blocks_cache({cache.cache_id})", self.cm.deallocate_blocks_cache, cache)
+            else:
+                attempt(f"deallocate_cache({cache.cache_id})", self.cm.deallocate_cache, cache)
         attempt("finalize()", self.finalize)
         return problems
 

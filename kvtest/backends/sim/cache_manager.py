@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union, cast
 
-from kvtest.backends.sim import device
+from kvtest.backends.sim import device, local_copy
 from kvtest.backends.sim.async_transfer import (
     CacheTask,
     LayerSynchronizer,
@@ -42,6 +42,7 @@ from kvtest.backends.sim.layout import (
     slot_to_blocks_spans,
     tensor_pairs,
 )
+from kvtest.backends.sim.placement import check_pull_placements
 from kvtest.backends.sim.pool import MemoryPool
 from kvtest.backends.sim.status import LLMStatusCode, native_error, raise_param_invalid
 from kvtest.backends.sim.transport import TransferError
@@ -73,6 +74,8 @@ class _Remote:
     slot_bytes: int
     batch: int
     blocks: bool
+    host: bool = False
+    device_pool: bool = True
 
 
 def _key_path(cluster_id: int, key: CacheKey) -> tuple[object, ...]:
@@ -140,6 +143,8 @@ class CacheManager:
             "slot_bytes": cache.cache_desc.slot_bytes,
             "batch": cache.cache_desc.batch_size,
             "blocks": cache.is_blocks_cache,
+            "host": cache.cache_desc.placement == Placement.HOST,
+            "device_pool": "DEVICE" in self._dd._pools,
         }
         plane.put(plane.key("cache", self._dd.cluster_id, cache.cache_id), record)
 
@@ -444,7 +449,13 @@ class CacheManager:
                 f"cache {cache_id} does not exist on cluster {cluster_id}",
             )
         return _Remote(
-            agent, list(record["addrs"]), int(record["slot_bytes"]), int(record["batch"]), record["blocks"]
+            agent,
+            list(record["addrs"]),
+            int(record["slot_bytes"]),
+            int(record["batch"]),
+            record["blocks"],
+            bool(record.get("host", False)),
+            bool(record.get("device_pool", True)),
         )
 
     def _resolve(self, api: str, key: AnyCacheKey) -> tuple[_Remote, int, tuple[str, Any] | None]:
@@ -498,6 +509,20 @@ class CacheManager:
                 details = exc.details
             raise native_error(api, exc.code, details) from None
 
+    def _check_placements(self, api: str, entry: _Entry, remote: _Remote) -> None:
+        """Host and device pulls on a two-sided link (see :mod:`kvtest.backends.sim.placement`)."""
+        if self._dd._remote_accessible:
+            return
+        check_pull_placements(
+            api,
+            local_host=entry.cache.cache_desc.placement == Placement.HOST,
+            local_blocks=entry.cache.is_blocks_cache,
+            local_device_pool="DEVICE" in self._dd._pools,
+            remote_host=remote.host,
+            remote_blocks=remote.blocks,
+            remote_device_pool=remote.device_pool,
+        )
+
     @staticmethod
     def _same_block(local: int, remote: int, what: str) -> None:
         if local != remote:
@@ -518,13 +543,11 @@ class CacheManager:
     ) -> None:
         """Pull the remote batch slot ``cache_key`` names into ``cache[batch_index]`` (READ)."""
         deadline = self._begin("pull_cache")
+        if self._dd._remote_accessible:  # a TypeError, as check_isinstance raises it (v2/cache_manager.py)
+            check_type("cache_key", cache_key, CacheKeyByIdAndIndex)
         check_type("cache_key", cache_key, CacheKey, CacheKeyByIdAndIndex)
         check_int("batch_index", batch_index, 0, UINT64_MAX)
         check_int("size", size, -1, INT64_MAX)
-        if self._dd._remote_accessible and not isinstance(cache_key, CacheKeyByIdAndIndex):
-            raise_param_invalid(
-                "cache_key only support CacheKeyByIdAndIndex when enable_remote_cache_accessible is True."
-            )
         if size == 0:
             raise_param_invalid("size should be -1 or bigger than 0.")
         entry = self._entry(cache)
@@ -533,6 +556,7 @@ class CacheManager:
             raise_param_invalid("pull_cache does not support blocks cache, please use pull_blocks.")
         check_in_range("batch_index", [batch_index], desc.batch_size)
         remote, remote_index, claim = self._resolve("pull_cache", cache_key)
+        self._check_placements("pull_cache", entry, remote)
         if size == -1:
             self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
             nbytes = desc.slot_bytes
@@ -582,6 +606,7 @@ class CacheManager:
             if len(src) != len(dst):
                 raise_param_invalid("src_blocks and dst_blocks should have the same length.")
             remote = self._remote_blocks("pull_blocks", src_cache_key)
+            self._check_placements("pull_blocks", entry, remote)
             check_in_range("src_blocks", src, remote.batch)
             self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
             spans = block_spans(src, dst, desc.slot_bytes)
@@ -591,6 +616,7 @@ class CacheManager:
                     "src_blocks should be empty when src_cache_key is not instance of BlocksCacheKey."
                 )
             remote, remote_index, claim = self._resolve("pull_blocks", src_cache_key)
+            self._check_placements("pull_blocks", entry, remote)
             spans = slot_to_blocks_spans(remote_index, remote.slot_bytes, dst, desc.slot_bytes)
         pairs = tensor_pairs(
             len(remote.addrs), desc.num_tensors, src_layer_range, dst_layer_range, tensor_num_per_layer
@@ -797,25 +823,11 @@ class CacheManager:
     ) -> None:
         """Copy one batch slot (from ``offset``, ``size`` bytes or the rest) of every tensor, locally."""
         self._begin("copy_cache")
-        dst = self._local_cache("dst", dst)
-        src = self._local_cache("src", src)
-        for arg, value in (("dst_batch_index", dst_batch_index), ("src_batch_index", src_batch_index)):
-            check_int(arg, value, 0, UINT64_MAX)
-        check_int("offset", offset, 0, INT64_MAX)
-        check_int("size", size, -1, INT64_MAX)
-        if req_id is not None:
-            check_int("req_id", req_id, 0, UINT64_MAX)
-        sd, dd = src.cache_desc, dst.cache_desc
-        if sd.num_tensors != dd.num_tensors:
-            raise_param_invalid("src and dst should have the same num_tensors.")
-        check_in_range("src_batch_index", [src_batch_index], sd.batch_size)
-        check_in_range("dst_batch_index", [dst_batch_index], dd.batch_size)
-        nbytes = sd.slot_bytes - offset if size == -1 else size
-        if nbytes <= 0 or offset + nbytes > sd.slot_bytes or offset + nbytes > dd.slot_bytes:
-            raise_param_invalid(f"offset {offset} and size {size} are out of the batch slot.")
-        for s_addr, d_addr in zip(src.tensor_addrs, dst.tensor_addrs):
-            ctypes.memmove(
-                d_addr + dst_batch_index * dd.slot_bytes + offset,
-                s_addr + src_batch_index * sd.slot_bytes + offset,
-                nbytes,
-            )
+        with self._lock:
+            local_copy.copy_cache(self, dst, src, dst_batch_index, src_batch_index, offset, size, req_id)
+
+    def copy_blocks(self, cache: Cache, copy_block_info: dict[int, list[int]]) -> None:
+        """Inside one blocks cache, copy block ``src`` to every block of ``copy_block_info[src]``."""
+        self._begin("copy_blocks")
+        with self._lock:
+            local_copy.copy_blocks(self, cache, copy_block_info)

@@ -1,8 +1,8 @@
 """Fault injection from ``KVTEST_SIM_FAULT=<kind>[=<factor>][@<api>][:<role><rank>]``
 (e.g. ``flip@pull_blocks:d0``).
 
-- ``flip``: one byte of the transferred data ends up wrong on the receiving side (``@swap_blocks``
-  too: the first destination block of the first tensor, only when named).
+- ``flip``: one byte of the transferred data ends up wrong on the receiving side (``@swap_blocks``,
+  ``@copy_cache``, ``@copy_blocks`` too, only when named: the first byte the local copy wrote).
 - ``stall``: the transfer never completes; the call fails with LLM_TIMEOUT after sync_kv_timeout.
 - ``linkfail``: link attempts fail (LLM_LINK_FAILED per cluster, or raised by two-sided ``link``).
 - ``crash``: the process writes one line to stderr and exits with status 70 when it reaches the api.
@@ -38,10 +38,12 @@ OTHER_APIS = (
     "switch_role",
     "swap_blocks",
     "copy_cache",
+    "copy_blocks",
+    "allocate_blocks_cache",
     "finalize",
 )
 KIND_APIS: dict[str, tuple[str, ...]] = {
-    "flip": TRANSFER_APIS + ("swap_blocks",),
+    "flip": TRANSFER_APIS + ("swap_blocks", "copy_cache", "copy_blocks"),
     "stall": TRANSFER_APIS,
     "linkfail": LINK_APIS,
     "crash": TRANSFER_APIS + LINK_APIS + OTHER_APIS,

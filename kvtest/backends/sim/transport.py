@@ -186,6 +186,10 @@ class Transport:
         if state != "DONE":
             self._abandon(op, peer, merged)
             raise TransferError(LLMStatusCode.LLM_FAILED, f"nixl transfer ended in state {state}")
+        if time.monotonic() > deadline:
+            # done, but later than the wait allows: the native wait (aclrtSynchronizeStreamWithTimeout in
+            # CommEntity::BatchTransfer, hicann/hixl src/llm_datadist/link_mgr/comm_entity.cc) has given up
+            raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time")
         if flip and op == "READ":
             _flip_byte(merged[0][0])
 
