@@ -335,3 +335,20 @@ def test_digest():
     assert digest(a) != digest(b)
     assert digest(a.t()) == digest(a.t().contiguous())
     assert digest(torch.empty(0)) == digest(torch.empty(0, dtype=torch.int8))
+
+
+def test_fast_equality_sees_every_byte():
+    a = pattern((3, 40000), torch.float16, seed=1, tensor_index=0)
+    assert same_bytes(a, a.clone())
+    for at in (0, 12345, a.numel() * 2 - 1):
+        b = a.clone()
+        b.view(-1).view(torch.uint8)[at] ^= 0x20
+        assert not same_bytes(a, b)
+        found = compare(a, b, name="x", tensor_index=0)
+        assert found is not None and found.offset == at and found.differing_total == 1
+    assert same_bytes(a.t(), a.clone().t()) and not same_bytes(a.t(), b.t())
+    # bytes, not values: -0.0 == 0.0 as floats, but a transfer that turned one into the other is wrong
+    zeros = torch.zeros(2, 4)
+    assert not same_bytes(zeros, -zeros)
+    assert compare(zeros, -zeros, name="x", tensor_index=0) is not None
+    assert not same_bytes(zeros, zeros.view(4, 2)) and not same_bytes(zeros, zeros.int())
