@@ -47,6 +47,26 @@ def best(calls: dict[str, Callable[[], object]], repeat: int) -> dict[str, float
     return times
 
 
+def measure(shape: tuple[int, ...], dtype: torch.dtype, repeat: int) -> dict[str, float]:
+    a = torch.empty(shape, dtype=dtype)
+    b = torch.empty(shape, dtype=dtype)
+    where = {"seed": 1, "tensor_index": 0}
+    patterns.fill(a, **where)  # first touch of every page, outside the timing
+    b.copy_(a)
+    times = best(
+        {
+            "copy_": lambda: b.copy_(a),
+            "fill": lambda: patterns.fill(a, **where),
+            "check": lambda: patterns.check(a, b, name="bench", tensor_index=0),
+            "clone": lambda: a.clone(),
+            "pattern": lambda: patterns.pattern(shape, dtype, **where),
+        },
+        repeat,
+    )
+    assert patterns.compare(a, b, name="bench", tensor_index=0) is None, "fill is not reproducible"
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=32, help="MiB per tensor (default 32)")
@@ -63,22 +83,7 @@ def main() -> None:
     print("-" * len(head))
     worst = float("inf")
     for label, shape, dtype in shapes(total):
-        a = torch.empty(shape, dtype=dtype)
-        b = torch.empty(shape, dtype=dtype)
-        patterns.fill(a, seed=1, tensor_index=0)  # first touch of every page, outside the timing
-        b.copy_(a)
-        where = {"seed": 1, "tensor_index": 0}
-        times = best(
-            {
-                "copy_": lambda: b.copy_(a),
-                "fill": lambda: patterns.fill(a, **where),
-                "check": lambda: patterns.check(a, b, name="bench", tensor_index=0),
-                "clone": lambda: a.clone(),
-                "pattern": lambda: patterns.pattern(shape, dtype, **where),
-            },
-            args.repeat,
-        )
-        assert patterns.compare(a, b, name="bench", tensor_index=0) is None, "fill is not reproducible"
+        times = measure(shape, dtype, args.repeat)
         rate = {name: total / seconds / 1e9 for name, seconds in times.items()}
         fill_ratio, check_ratio = rate["fill"] / rate["copy_"], rate["check"] / rate["copy_"]
         worst = min(worst, fill_ratio, check_ratio)
