@@ -192,7 +192,11 @@ def parse_threads(text: str) -> int | None:
     value = text.strip().lower()
     if value == "auto":
         return None
-    return _parse_int(value, 1, 1024, "the thread count (or auto)")
+    try:
+        return _parse_int(value, 1, 1024, "the thread count")
+    except ValueError:
+        raise ValueError("threads per process must be auto or a whole number from 1 to 1024; "
+                         "e.g. --kv-threads 2, or auto for a share of the cores") from None
 
 
 def parse_topology_option(text: str) -> Topology:
