@@ -126,7 +126,7 @@ REFERENCE_CASES = [
     ((8, 64), torch.bool, 0),
     ((5, 5), torch.float16, 0),  # 50 bytes: the last word is cut
     ((3, 5, 4), torch.float32, 1),  # block_dim 1: the bytes are block-row-major
-    ((3, 4 * 4096 + 3), torch.int8, 0),  # rows across spans of 32 KiB, odd row length
+    ((3, 5 * 32768 + 3), torch.int8, 0),  # rows across several 32 KiB spans, odd row length
     # rows of 2 MiB and more (nightly's 4 MiB rows): every byte, not just the first 2 MiB
     ((2, 2 * MiB + 12), torch.int8, 0),
     ((2, 2 * MiB), torch.float16, 0),
