@@ -269,16 +269,17 @@ _MEMCMP = _load_memcmp()
 
 
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two host tensors of one shape and dtype hold the same bytes: the fast equality.
+    """Whether two tensors of one shape and dtype hold the same bytes: the fast equality.
 
-    Contiguous tensors are compared as memory (``memcmp``), others through byte views.
+    Contiguous host tensors are compared as memory (``memcmp``), others through byte views.
     """
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     nbytes = a.numel() * a.element_size()
     if not nbytes:
         return True
-    if _MEMCMP is not None and a.is_contiguous() and b.is_contiguous():
+    on_host = a.device.type == "cpu" and b.device.type == "cpu"  # memcmp reads host memory only
+    if _MEMCMP is not None and on_host and a.is_contiguous() and b.is_contiguous():
         return _MEMCMP(a.data_ptr(), b.data_ptr(), nbytes) == 0
     return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
