@@ -2,11 +2,12 @@
 
 Left alone, every process's torch (and OpenMP) takes every core. A local run starts two to sixteen
 role processes on one host, and pytest-xdist multiplies that by its workers, so each process's
-spinning OpenMP threads fight every other's (issue 13 measured the nightly push_blocks case at 129 s
-on 2 cores, 23 s with one thread per process). Local mode therefore gives each process ``cores // processes on this host`` threads
-(at least one), and hands its children the same figure on their command line and as
-``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in their environment. ``--kv-threads N`` overrides it; a
-process started by hand (``--role``) keeps torch's default unless told.
+spinning OpenMP threads fight every other's (issue 13 measured the nightly push_blocks case at
+129 s on 2 cores, 23 s with one thread per process). Local mode therefore gives each process
+``cores // processes on this host`` threads (at least one), and hands its children the same figure
+on their command line and as ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` in their environment.
+``--kv-threads N`` overrides it; a process started by hand (``--role``) keeps torch's default
+unless told.
 """
 
 from __future__ import annotations
