@@ -1,10 +1,20 @@
 """Deterministic KV-cache contents and byte-for-byte checks.
 
-Every (seed, side, tensor, block row, byte offset) maps to its own bytes through a counter-based
-hash (splitmix64), so a block that lands in the wrong row, the wrong tensor or the wrong process is
-caught as surely as a flipped bit. A *block row* is index ``i`` along ``block_dim`` (the batch
-dimension of the cache; for a blocks cache, the block index). Its bytes are the slice
-``tensor.select(block_dim, i)`` in row-major order, which for ``block_dim=0`` is exactly its memory.
+Every (seed, side, tensor, block row, byte offset) maps to its own bytes, so a block that lands in
+the wrong row, the wrong tensor or the wrong process is caught as surely as a flipped bit. A *block
+row* is index ``i`` along ``block_dim`` (the batch dimension of the cache; for a blocks cache, the
+block index). Its bytes are the slice ``tensor.select(block_dim, i)`` in row-major order, which for
+``block_dim=0`` is exactly its memory.
+
+How the bytes are made, cheaply enough to run at memory speed. Seen as little-endian 64-bit words
+(word ``w`` is bytes ``8w .. 8w+7`` of the block-row-major layout), a tensor is cut into spans of
+:data:`SPAN_WORDS` words (32 KiB). Word ``w`` is ``base[w % SPAN_WORDS] XOR span[w // SPAN_WORDS]``,
+where ``base`` (one word per offset in a span) and ``span`` (one word per span) are splitmix64 of a
+counter under two keys that blake2b derives from (seed, side, tensor index). Writing a tensor is one
+XOR pass over its memory; hashing costs one word per 32 KiB. Two words of a tensor differ unless two
+random 64-bit values collide: words at different offsets of a span differ in ``base``, words of
+different spans in ``span``, and another tensor or process has other keys. A tensor's content
+depends only on its byte count, not on its shape, and a longer tensor starts with a shorter one.
 
 Decisions worth knowing:
 
@@ -22,8 +32,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -36,6 +48,7 @@ __all__ = [
     "digest",
     "fill",
     "pattern",
+    "same_bytes",
     "with_rows",
 ]
 
@@ -51,14 +64,14 @@ def _signed(value: int) -> int:
 _GOLDEN = _signed(0x9E3779B97F4A7C15)
 _MIX1 = _signed(0xBF58476D1CE4E5B9)
 _MIX2 = _signed(0x94D049BB133111EB)
-_ROW_STEP = _signed(0xD1B54A32D192ED03)
-# Words hashed per in-place pass; about 2 MiB of int64, so each pass stays in cache.
-_CHUNK_WORDS = 1 << 18
+#: words per span: the base holds one hashed word per offset in a span, the span keys one per span
+SPAN_WORDS = 4096
 _WINDOW = 16
 
 
-def _mix_(z: torch.Tensor, tmp: torch.Tensor) -> None:
+def _mix_(z: torch.Tensor) -> None:
     """splitmix64's finaliser, in place; ``>>`` on int64 is arithmetic, so mask to a logical shift."""
+    tmp = torch.empty_like(z)
     for shift, mult in ((30, _MIX1), (27, _MIX2), (31, 0)):
         torch.bitwise_right_shift(z, shift, out=tmp)
         tmp.bitwise_and_((1 << (64 - shift)) - 1)
@@ -86,41 +99,63 @@ def _element_mask(dtype: torch.dtype) -> int | None:
     return _signed(word)
 
 
-def _tensor_key(seed: int, side: str, tensor_index: int) -> int:
+def _tensor_keys(seed: int, side: str, tensor_index: int) -> tuple[int, int]:
+    """The (base, span) keys of one tensor of one process."""
     text = f"kvtest/{seed & _MASK64}/{side}/{tensor_index}".encode()
-    return _signed(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little"))
+    digest = hashlib.blake2b(text, digest_size=16).digest()
+    return _signed(int.from_bytes(digest[:8], "little")), _signed(int.from_bytes(digest[8:], "little"))
 
 
-def _generate(out: torch.Tensor, key: int, mask: int | None) -> None:
-    """Fill a uint8 ``[rows, row_bytes]`` tensor: word ``j`` of row ``r`` is splitmix64 of its counter.
+def _parts(keys: tuple[int, int], nwords: int, mask: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base (one word per offset in a span) and the span keys of a tensor of ``nwords`` words.
 
-    Works chunk by chunk so every pass stays in cache and nothing as large as ``out`` is allocated.
+    Each is splitmix64 of a counter under its own key, masked; one hash pass over both.
     """
-    nrows, row_bytes = out.shape
-    nwords = -(-row_bytes // 8)
-    direct = row_bytes % 8 == 0
-    tmp = torch.empty(_CHUNK_WORDS, dtype=torch.int64)
-    buf = None if direct else torch.empty(_CHUNK_WORDS, dtype=torch.int64)
-    counters = torch.arange(1, nwords + 1, dtype=torch.int64).mul_(_GOLDEN)
-    if nwords >= _CHUNK_WORDS:
-        spans = [(r, r + 1, a, min(nwords, a + _CHUNK_WORDS)) for r in range(nrows)
-                 for a in range(0, nwords, _CHUNK_WORDS)]
-    else:
-        step = _CHUNK_WORDS // nwords
-        spans = [(r, min(nrows, r + step), 0, nwords) for r in range(0, nrows, step)]
-    for r0, r1, a, b in spans:
-        row_keys = torch.arange(r0, r1, dtype=torch.int64).mul_(_ROW_STEP).add_(key)
-        _mix_(row_keys, tmp[: r1 - r0])
-        if buf is None:
-            z = out[r0:r1].view(torch.int64)[:, a:b]
-        else:
-            z = buf[: (r1 - r0) * nwords].view(r1 - r0, nwords)
-        torch.add(counters[a:b].unsqueeze(0), row_keys.unsqueeze(1), out=z)
-        _mix_(z, tmp[: z.numel()].view(z.shape))
-        if mask is not None:
-            z.bitwise_and_(mask)
-        if buf is not None:
-            out[r0:r1].copy_(z.view(torch.uint8)[:, :row_bytes])
+    nbase = min(nwords, SPAN_WORDS)
+    nspans = -(-nwords // SPAN_WORDS)
+    z = torch.arange(1, nbase + nspans + 1, dtype=torch.int64)
+    z[nbase:] -= nbase
+    z.mul_(_GOLDEN)
+    z[:nbase] += keys[0]
+    z[nbase:] += keys[1]
+    _mix_(z)
+    if mask is not None:
+        z.bitwise_and_(mask)
+    return z[:nbase], z[nbase:]
+
+
+def _write_words(words: torch.Tensor, base: torch.Tensor, spans: torch.Tensor) -> None:
+    """Word ``w`` of a 1-D int64 tensor = ``base[w % SPAN_WORDS] ^ spans[w // SPAN_WORDS]``: one pass."""
+    n = words.numel()
+    full = n // SPAN_WORDS
+    if full:
+        torch.bitwise_xor(base.view(1, SPAN_WORDS), spans[:full].view(full, 1),
+                          out=words[: full * SPAN_WORDS].view(full, SPAN_WORDS))
+    if n > full * SPAN_WORDS:
+        torch.bitwise_xor(base[: n - full * SPAN_WORDS], spans[full], out=words[full * SPAN_WORDS :])
+
+
+def _write(flat: torch.Tensor, keys: tuple[int, int], mask: int | None) -> None:
+    """Write the pattern into a 1-D contiguous CPU uint8 tensor: in place, in one pass per word.
+
+    Bytes ``8w .. 8w+7`` are word ``w`` (little-endian); a last partial word is cut to fit.
+    """
+    nbytes = flat.numel()
+    if not nbytes:
+        return
+    nwords = -(-nbytes // 8)
+    base, spans = _parts(keys, nwords, mask)
+    whole = nbytes // 8
+    if flat.data_ptr() % 8 == 0:
+        _write_words(flat[: whole * 8].view(torch.int64), base, spans)
+        if whole < nwords:
+            last = torch.empty(1, dtype=torch.int64)
+            last[0] = base[whole % SPAN_WORDS] ^ spans[whole // SPAN_WORDS]
+            flat[whole * 8 :].copy_(last.view(torch.uint8)[: nbytes - whole * 8])
+    else:  # an unaligned view (memory registered elsewhere): build aligned, then copy the bytes
+        words = torch.empty(nwords, dtype=torch.int64)
+        _write_words(words, base, spans)
+        flat.copy_(words.view(torch.uint8)[:nbytes])
 
 
 def _block_dim(ndim: int, block_dim: int) -> int:
@@ -129,6 +164,10 @@ def _block_dim(ndim: int, block_dim: int) -> int:
     if not -ndim <= block_dim < ndim:
         raise ValueError(f"block_dim {block_dim} is out of range for a {ndim}-dimensional tensor")
     return block_dim % ndim
+
+
+def _moved(shape: Sequence[int], dim: int) -> list[int]:
+    return [int(shape[dim]), *map(int, shape[:dim]), *map(int, shape[dim + 1 :])]
 
 
 def pattern(
@@ -148,14 +187,9 @@ def pattern(
     :param block_dim: the dimension whose index is the block (batch) row.
     """
     dim = _block_dim(len(shape), block_dim)
-    moved = [shape[dim], *shape[:dim], *shape[dim + 1 :]]
-    nrows = int(moved[0])
-    row_bytes = dtype.itemsize
-    for size in moved[1:]:
-        row_bytes *= int(size)
-    raw = torch.empty((nrows, row_bytes), dtype=torch.uint8)
-    if raw.numel():
-        _generate(raw, _tensor_key(seed, side, tensor_index), _element_mask(dtype))
+    moved = _moved(shape, dim)
+    raw = torch.empty(math.prod(moved) * dtype.itemsize, dtype=torch.uint8)
+    _write(raw, _tensor_keys(seed, side, tensor_index), _element_mask(dtype))
     return raw.view(dtype).reshape(moved).movedim(0, dim)
 
 
@@ -170,14 +204,20 @@ def fill(
 ) -> None:
     """Write :func:`pattern` into ``tensor`` (any device; the copy is byte-exact).
 
-    ``tensors_per_layer`` does not change the content (see the module docstring); it is accepted so a
-    ``fill`` call can take the same keywords as the :func:`check` that verifies it.
+    A contiguous host tensor with ``block_dim`` 0 is written in place, in one pass; anything else gets
+    the pattern built on the host and copied in. ``tensors_per_layer`` does not change the content
+    (see the module docstring); it is accepted so a ``fill`` call can take the same keywords as the
+    :func:`check` that verifies it.
     """
     del tensors_per_layer
-    expected = pattern(tensor.shape, tensor.dtype, seed=seed, tensor_index=tensor_index, side=side,
-                       block_dim=block_dim)
+    dim = _block_dim(tensor.dim(), block_dim)
     with torch.no_grad():
-        tensor.copy_(expected)
+        if tensor.device.type == "cpu" and dim == 0 and tensor.is_contiguous():
+            _write(tensor.reshape(-1).view(torch.uint8), _tensor_keys(seed, side, tensor_index),
+                   _element_mask(tensor.dtype))
+            return
+        tensor.copy_(pattern(tensor.shape, tensor.dtype, seed=seed, tensor_index=tensor_index, side=side,
+                             block_dim=block_dim))
 
 
 def with_rows(
@@ -204,12 +244,44 @@ def with_rows(
     return result
 
 
-def _rows(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+def _host(tensor: torch.Tensor) -> torch.Tensor:
     host = tensor.detach()
-    if host.device.type != "cpu":
-        host = host.cpu()
+    return host.cpu() if host.device.type != "cpu" else host
+
+
+def _rows(host: torch.Tensor, dim: int) -> torch.Tensor:
     host = host.movedim(dim, 0).contiguous()
     return host.view(torch.uint8).reshape(host.shape[0], -1) if host.numel() else host.view(torch.uint8)
+
+
+def _load_memcmp() -> Callable[[int, int, int], int] | None:
+    try:
+        fn = ctypes.CDLL(None).memcmp
+    except (OSError, AttributeError, TypeError):  # no C library to load by that name (e.g. Windows)
+        return None
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return cast(Callable[[int, int, int], int], fn)
+
+
+#: libc's memcmp: compares at memory speed and releases the GIL while it runs
+_MEMCMP = _load_memcmp()
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one shape and dtype hold the same bytes: the fast equality.
+
+    Contiguous host tensors are compared as memory (``memcmp``), others through byte views.
+    """
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    nbytes = a.numel() * a.element_size()
+    if not nbytes:
+        return True
+    on_host = a.device.type == "cpu" and b.device.type == "cpu"  # memcmp reads host memory only
+    if _MEMCMP is not None and on_host and a.is_contiguous() and b.is_contiguous():
+        return _MEMCMP(a.data_ptr(), b.data_ptr(), nbytes) == 0
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
 
 
 def _hex(data: bytes) -> str:
@@ -332,9 +404,12 @@ def compare(
     if tensors_per_layer < 1:
         raise ValueError(f"tensors_per_layer must be at least 1, got {tensors_per_layer}")
     dim = _block_dim(expected.dim(), block_dim)
-    exp = _rows(expected, dim)
-    act = _rows(actual, dim)
-    if torch.equal(exp, act):
+    exp_host, act_host = _host(expected), _host(actual)
+    if same_bytes(exp_host, act_host):
+        return None
+    exp = _rows(exp_host, dim)
+    act = _rows(act_host, dim)
+    if torch.equal(exp, act):  # equal bytes in another memory layout
         return None
     diff = exp != act
     per_block = diff.sum(dim=1)
@@ -411,10 +486,7 @@ def check_all(
 
 def digest(tensor: torch.Tensor) -> str:
     """SHA-256 (hex) of the tensor's bytes in row-major order: cheap to send between processes."""
-    host = tensor.detach()
-    if host.device.type != "cpu":
-        host = host.cpu()
-    host = host.contiguous()
+    host = _host(tensor).contiguous()
     nbytes = host.numel() * host.element_size()
     h = hashlib.sha256()
     if nbytes:

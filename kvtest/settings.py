@@ -80,6 +80,7 @@ class Settings:
     join_timeout: float = 120.0
     vendor_samples: Path | None = None
     token_file: Path | None = None
+    threads: int | None = None  # None: auto (local mode: a share of the cores; by hand: torch's default)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -185,6 +186,17 @@ def parse_dead_after(text: str) -> float:
 
 def parse_join_timeout(text: str) -> float:
     return _parse_seconds(text, 0, 86400, "the join timeout")
+
+
+def parse_threads(text: str) -> int | None:
+    value = text.strip().lower()
+    if value == "auto":
+        return None
+    try:
+        return _parse_int(value, 1, 1024, "the thread count")
+    except ValueError:
+        raise ValueError("threads per process must be auto or a whole number from 1 to 1024; "
+                         "e.g. --kv-threads 2, or auto for a share of the cores") from None
 
 
 def parse_topology_option(text: str) -> Topology:
@@ -460,6 +472,15 @@ OPTIONS: tuple[Option[Any], ...] = (
         "with it and refuses what is not signed (the secret itself may come in KVTEST_TOKEN instead; "
         "local mode makes one).",
         "PATH",
+    ),
+    Option(
+        "threads",
+        "--kv-threads",
+        parse_threads,
+        None,
+        "torch intra-op threads per kvtest process: N, or auto (default: local mode gives each process "
+        "on this host an equal share of the cores; a role started by hand keeps torch's default).",
+        "N|auto",
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Terminal-summary lines for the plugin's ``pytest_terminal_summary``: one line per test."""
+"""Terminal-summary lines for the plugin's ``pytest_terminal_summary``: a line per test, the harness cost."""
 
 from __future__ import annotations
 
@@ -7,9 +7,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kvtest.results.metrics import ApiSummary
-from kvtest.results.results import TestEntry
+from kvtest.results.results import Cost, TestEntry
 
-__all__ = ["format_bytes", "role_text", "summary_lines", "sweep_table", "write_summary"]
+__all__ = [
+    "api_text",
+    "cost_line",
+    "cost_text",
+    "format_bytes",
+    "role_text",
+    "summary_lines",
+    "sweep_table",
+    "write_summary",
+]
 
 
 def format_bytes(n: int) -> str:
@@ -35,8 +44,43 @@ def _label(entry: TestEntry) -> str:
     return entry["outcome"].upper()
 
 
+#: below this many bytes per call a transfer's latency says more than its GB/s
+LATENCY_BELOW = 1 << 20
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f} ms" if value >= 0.1 else f"{value:.3f} ms"
+
+
+def api_text(api: str, s: ApiSummary) -> str:
+    """One API of a test: GB/s for large transfers, latency for small ones, p50/p99 when repeated.
+
+    ``pull_blocks 2.80 GB/s``, ``push_blocks 160 B 0.31 ms``,
+    ``pull_blocks 2.80 GB/s (4 calls, p50 3.00 ms, p99 3.98 ms)``,
+    ``push_blocks 2.5 KiB in 16 calls (p50 0.31 ms, p99 0.52 ms)``.
+    """
+    count = max(1, s["count"])
+    repeats = ""
+    if count > 1 and s.get("p50_ms") is not None and s.get("p99_ms") is not None:
+        repeats = f"p50 {_ms(float(s['p50_ms'] or 0))}, p99 {_ms(float(s['p99_ms'] or 0))}"
+    if s["bytes"] / count >= LATENCY_BELOW:
+        return f"{api} {s['gbps']:.2f} GB/s" + (f" ({count} calls, {repeats})" if repeats else "")
+    if repeats:
+        return f"{api} {format_bytes(s['bytes'])} in {count} calls ({repeats})"
+    return f"{api} {format_bytes(s['bytes'])} {_ms(s['seconds'] * 1e3 / count)}"
+
+
+def cost_text(cost: Cost) -> str:
+    """``in transfers 0.28 s, outside 2.90 s (10x)``: what the harness costs beside the transfer."""
+    text = f"in transfers {cost['transfer_s']:.2f} s, outside {cost['other_s']:.2f} s"
+    if cost["transfer_s"] > 0:
+        text += f" ({cost['other_s'] / cost['transfer_s']:.0f}x)"
+    return text
+
+
 def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
-    """One line per test: outcome, node id, each role's outcome, bytes moved and GB/s per API.
+    """One line per test: outcome, node id, each role's outcome, bytes moved, GB/s or latency per API,
+    and the time inside transfer calls beside the rest.
 
     ``tests`` is :attr:`kvtest.results.results.Results.tests` (or the writer's ``tests``), in run order.
     """
@@ -47,15 +91,30 @@ def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
     for nodeid, entry in tests.items():
         roles = ", ".join(role_text(name, r["outcome"], r["step"]) for name, r in entry["roles"].items())
         summary = entry["summary"]
+        parts = [_label(entry).ljust(width), nodeid, roles or "no roles"]
         if summary:
-            moved = format_bytes(sum(s["bytes"] for s in summary.values()))
-            rates = ", ".join(f"{api} {s['gbps']:.2f} GB/s" for api, s in summary.items())
-            transfer = f"{moved}  {rates}"
+            parts.append(format_bytes(sum(s["bytes"] for s in summary.values())))
+            parts.append(", ".join(api_text(api, s) for api, s in summary.items()))
+            cost = entry.get("cost")
+            if cost is not None:
+                parts.append(cost_text(cost))
         else:
-            transfer = "no transfers timed"
-        parts = [_label(entry).ljust(width), nodeid, roles or "no roles", transfer]
+            parts.append("no transfers timed")
         lines.append("  ".join(parts))
     return lines
+
+
+def cost_line(tests: Mapping[str, TestEntry]) -> str | None:
+    """The run's harness cost over the tests that timed transfers; None when none did."""
+    timed = [e["cost"] for e in tests.values() if e["summary"] and e.get("cost") is not None]
+    if not timed:
+        return None
+    total = Cost(
+        wall_s=sum(c["wall_s"] for c in timed),
+        transfer_s=sum(c["transfer_s"] for c in timed),
+        other_s=sum(c["other_s"] for c in timed),
+    )
+    return f"kvtest: harness cost over {len(timed)} tests with transfers: {cost_text(total)}"
 
 
 def sweep_table(rows: Sequence[tuple[str, int, int, ApiSummary]]) -> list[str]:
@@ -91,6 +150,9 @@ def write_summary(
     reporter.write_sep("-", "kvtest: every role, bytes and GB/s")
     for line in summary_lines(tests):
         reporter.write_line(line)
+    cost = cost_line(tests)
+    if cost is not None:
+        reporter.write_line(cost)
     rows = []
     for nodeid, entry in tests.items():
         point = points.get(nodeid)

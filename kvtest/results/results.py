@@ -23,6 +23,7 @@ from kvtest.results.metrics import TOO_SMALL, ApiSummary, TransferEntry, Transfe
 
 __all__ = [
     "OUTCOMES",
+    "Cost",
     "SCHEMA_VERSION",
     "ResultsError",
     "Results",
@@ -33,6 +34,7 @@ __all__ = [
     "TransferEntry",
     "load_results",
     "role_entry",
+    "cost_of",
     "transfer_records",
 ]
 
@@ -59,12 +61,36 @@ class KnownIssueEntry(TypedDict):
     state: str
 
 
+class Cost(TypedDict):
+    """What a test cost beside its transfers (derived from roles and transfers, never stored apart).
+
+    ``wall_s`` is the longest role's duration, ``transfer_s`` the longest time one role spent inside
+    timed transfer calls, ``other_s`` the rest of the wall time: kvtest and the test body (setup,
+    fill, check, rendezvous, teardown).
+    """
+
+    wall_s: float
+    transfer_s: float
+    other_s: float
+
+
 class TestEntry(TypedDict):
     outcome: str
     roles: dict[str, RoleEntry]
     transfers: list[TransferEntry]
     summary: dict[str, ApiSummary]
     known_issue: KnownIssueEntry | None
+    cost: Cost
+
+
+def cost_of(roles: Mapping[str, RoleEntry], transfers: Iterable[Mapping[str, Any]]) -> Cost:
+    """The :class:`Cost` of a test from its role entries and its transfers (JSON form)."""
+    inside: dict[str, float] = {}
+    for t in transfers:
+        inside[str(t["role"])] = inside.get(str(t["role"]), 0.0) + float(t["seconds"])
+    wall = max((r["duration_s"] for r in roles.values()), default=0.0)
+    transfer = max(inside.values(), default=0.0)
+    return Cost(wall_s=wall, transfer_s=transfer, other_s=max(0.0, wall - transfer))
 
 
 class ResultsError(Exception):
@@ -139,14 +165,17 @@ class ResultsWriter:
         if outcome not in OUTCOMES:
             raise ValueError(f"{nodeid}: outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
         recs = [t if isinstance(t, TransferRecord) else TransferRecord.from_json(t) for t in transfers]
+        role_entries = {name: role_entry(r["outcome"], step=r["step"], message=r["message"],
+                                         duration_s=r["duration_s"]) for name, r in roles.items()}
+        entries = [r.to_json() for r in recs]
         entry = TestEntry(
             outcome=outcome,
-            roles={name: role_entry(r["outcome"], step=r["step"], message=r["message"],
-                                     duration_s=r["duration_s"]) for name, r in roles.items()},
-            transfers=[r.to_json() for r in recs],
+            roles=role_entries,
+            transfers=entries,
             summary=summarize(recs),
             known_issue=None if known_issue is None else KnownIssueEntry(
                 id=str(known_issue["id"]), state=str(known_issue["state"])),
+            cost=cost_of(role_entries, entries),
         )
         tests: dict[str, TestEntry] = self._doc["tests"]
         tests.pop(nodeid, None)
@@ -277,14 +306,16 @@ def _test(obj: Any, where: str) -> TestEntry:
     roles = _need(obj["roles"], dict, f"{where}.roles", "an object")
     transfers = _need(obj["transfers"], list, f"{where}.transfers", "a list")
     summary = _need(obj["summary"], dict, f"{where}.summary", "an object")
+    role_entries = {k: _role(v, f"{where}.roles[{k!r}]") for k, v in roles.items()}
     entries = [_transfer(t, f"{where}.transfers[{i}]") for i, t in enumerate(transfers)]
     computed = summarize(TransferRecord.from_json(t) for t in entries)
     return TestEntry(
         outcome=_outcome(obj["outcome"], f"{where}.outcome"),
-        roles={k: _role(v, f"{where}.roles[{k!r}]") for k, v in roles.items()},
+        roles=role_entries,
         transfers=entries,
         summary={k: _summary(v, f"{where}.summary[{k!r}]", computed.get(k)) for k, v in summary.items()},
         known_issue=_known_issue(obj.get("known_issue"), f"{where}.known_issue"),
+        cost=cost_of(role_entries, entries),  # derived, so recomputed (files before it have none)
     )
 
 

@@ -14,6 +14,7 @@ from typing import IO
 
 import pytest
 
+from kvtest.run.threads import ThreadBudget, child_env
 from kvtest.run.topology import Topology
 from kvtest.settings import OPTIONS, Rendezvous, Settings
 
@@ -153,7 +154,7 @@ def child_arguments(config: pytest.Config, settings: Settings) -> list[str]:
 
 def child_command(
     config: pytest.Config, settings: Settings, role: str, topology: Topology, rdv: Rendezvous, run_id: str,
-    logdir: Path,
+    logdir: Path, threads: int | None = None,
 ) -> list[str]:
     """The command line that starts ``role`` as a follower of this run on this host."""
     side, rank = role[0], role[1:]
@@ -162,6 +163,7 @@ def child_command(
         "-m",
         "pytest",
         *child_arguments(config, settings),
+        *(["--kv-threads", str(threads)] if threads is not None else []),
         "--role",
         side,
         "--rank",
@@ -195,10 +197,12 @@ def start_roles(
     rdv: Rendezvous,
     run_id: str,
     secrets: Mapping[str, str] | None = None,
+    budget: ThreadBudget | None = None,
 ) -> LocalCluster:
     """Start every role of ``topology`` but ``me`` on this host, logging into ``<logs>/<run_id>``.
 
     ``secrets`` go to the children in the environment, never in argv (which ``ps`` shows everyone).
+    With a ``budget`` each child gets its threads on the command line and in its environment.
     """
     logdir = (settings.logs / run_id).resolve()
     others = [r for r in topology.roles if r != me]
@@ -207,11 +211,15 @@ def start_roles(
     for option in OPTIONS:
         env.pop(option.env, None)  # the command line carries every resolved setting
     env.update(secrets or {})
+    threads = None
+    if budget is not None:
+        env = child_env(env, budget)
+        threads = budget.threads
     cluster = LocalCluster(
         logdir,
         others,
         lambda role: child_command(
-            config, _own_device(settings, device_of, role), role, topology, rdv, run_id, logdir
+            config, _own_device(settings, device_of, role), role, topology, rdv, run_id, logdir, threads
         ),
         env,
         config.invocation_params.dir,

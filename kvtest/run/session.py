@@ -51,6 +51,9 @@ from kvtest.run.rendezvous import (
 )
 from kvtest.run.scope import TestScope, test_seed
 from kvtest.run.signing import MAKE_ONE, TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal, token_from
+from kvtest.run.threads import ThreadBudget
+from kvtest.run.threads import apply as apply_threads
+from kvtest.run.threads import plan as plan_threads
 from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous, Settings
 from kvtest.state import chosen_backend, marker_settings
@@ -146,6 +149,13 @@ class _Base:
     def _resolve_backend(self) -> None:
         backend, self.backend_why = chosen_backend(self.config)
         self.backend_name = backend.name
+
+    def _thread_budget(self, processes: int | None) -> ThreadBudget:
+        """Plan and apply this process's torch threads (``processes``: this run's on this host)."""
+        s = self.settings
+        budget = plan_threads(s.threads, s.sources.get("threads", "default"), processes=processes)
+        apply_threads(budget)
+        return budget
 
     def _write(self, line: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -261,10 +271,13 @@ class LeaderSession(_Base):
         except PortInUse as exc:
             raise pytest.UsageError(f"kvtest: --rendezvous {rdv}: {exc}") from None
         self._resolve_backend()
+        budget = self._thread_budget(len(self.topology.roles) if s.local_mode else None)
         if s.local_mode:
             rdv = Rendezvous("tcp", host=rdv.host, port=port)
             secrets = {TOKEN_ENV: self.token.text()} if self.token else None
-            self.cluster = start_roles(self.config, s, self.me, self.topology, rdv, self.run_id, secrets)
+            self.cluster = start_roles(
+                self.config, s, self.me, self.topology, rdv, self.run_id, secrets, budget
+            )
         watch = PeerWatch(raw, s.dead_after, self.cluster.exited if self.cluster else None)
         self.store = RunStore(raw, self.run_id, self.me, watch, token=self.token, warn=self._say)
         announcement = (
@@ -282,6 +295,7 @@ class LeaderSession(_Base):
         warning = self._unauthenticated(rdv)
         if warning:
             self._write(warning)
+        self._write(f"kvtest: {budget.describe()}")
         handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
         try:
             handshake.claim()
@@ -486,6 +500,7 @@ class FollowerSession(_Base):
         s = self.settings
         assert s.rendezvous is not None
         self._resolve_backend()
+        self._write(f"kvtest: {self.me}: {self._thread_budget(None).describe()}")
         try:
             raw, port = open_store(s.rendezvous, host=False, timeout=s.join_timeout, dead_after=s.dead_after)
             current = self._current_run(raw)

@@ -1,16 +1,79 @@
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import re
-import time
+import struct
 
 import pytest
 import torch
 
 from kvtest import patterns
-from kvtest.patterns import KVMismatch, check, check_all, compare, digest, fill, pattern, with_rows
+from kvtest.patterns import (
+    KVMismatch,
+    check,
+    check_all,
+    compare,
+    digest,
+    fill,
+    pattern,
+    same_bytes,
+    with_rows,
+)
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.int8]
 SHAPE = (4, 3, 8)  # 4 blocks of 24 elements
+MiB = 1 << 20
+
+
+# -- an independent reference: the scheme the module docstring documents, in plain Python ints ----
+
+M64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x &= M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def _reference_mask(dtype: torch.dtype) -> int:
+    """Floats lose the top exponent bit of every element; bools keep bit 0 of every byte."""
+    if dtype == torch.bool:
+        return int.from_bytes(b"\x01" * 8, "little")
+    if not dtype.is_floating_point:
+        return M64
+    bits = 8 * dtype.itemsize
+    cleared = sum(1 << (lane + bits - 2) for lane in range(0, 64, bits))
+    return M64 ^ cleared
+
+
+def reference_bytes(nbytes: int, dtype: torch.dtype, *, seed: int, tensor_index: int, side: str) -> bytes:
+    """What ``pattern`` of ``nbytes`` bytes must hold, one word at a time: slow, obviously right."""
+    key = hashlib.blake2b(f"kvtest/{seed % 2**64}/{side}/{tensor_index}".encode(), digest_size=16).digest()
+    base_key, span_key = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+    golden, span, mask = 0x9E3779B97F4A7C15, 4096, _reference_mask(dtype)
+    nwords = -(-nbytes // 8)
+    base = [_splitmix64(base_key + (i + 1) * golden) & mask for i in range(min(nwords, span))]
+    spans = [_splitmix64(span_key + (c + 1) * golden) & mask for c in range(-(-nwords // span))]
+    # word w = base[w % span] ^ spans[w // span]: XOR each span of the base with its key repeated
+    base_int = int.from_bytes(struct.pack(f"<{len(base)}Q", *base), "little")
+    out = b"".join(
+        (base_int ^ int.from_bytes(struct.pack("<Q", key) * len(base), "little")).to_bytes(8 * len(base), "little")
+        for key in spans
+    )
+    return out[:nbytes]
+
+
+def _bytes_of(t: torch.Tensor) -> bytes:
+    t = t.contiguous()
+    return ctypes.string_at(t.data_ptr(), t.numel() * t.element_size())
+
+
+def matches_reference(t: torch.Tensor, *, seed: int, tensor_index: int, side: str) -> bool:
+    nbytes = t.numel() * t.element_size()
+    return _bytes_of(t) == reference_bytes(nbytes, t.dtype, seed=seed, tensor_index=tensor_index, side=side)
 
 
 def _rows(t: torch.Tensor, block_dim: int = 0) -> list[bytes]:
@@ -44,15 +107,98 @@ def test_pattern_is_deterministic_and_fill_writes_it(dtype):
 
 
 @pytest.mark.parametrize(("shape", "dtype", "seed", "tensor_index", "side", "hex_bytes"), [
-    ((2, 8), torch.int8, 0, 0, "p", "c6259c17364cc2914241df1fa0061c5f"),
+    ((2, 8), torch.int8, 0, 0, "p", "393767cd1ce40468d9e47e83ba428a78"),
     # seeds are taken modulo 2**64; the float16 mask clears bit 6 of every high byte
-    ((1, 4), torch.float16, 2**64 + 3, 5, "d", "3d2e0cb7870ffca1"),
+    ((1, 4), torch.float16, 2**64 + 3, 5, "d", "071d3192510e7f36"),
 ])
 def test_pattern_bytes_are_pinned(shape, dtype, seed, tensor_index, side, hex_bytes):
     # p and d may run different builds on different hosts: the bytes must never drift silently
     t = pattern(shape, dtype, seed=seed, tensor_index=tensor_index, side=side)
     assert bytes(t.view(torch.uint8).flatten().tolist()).hex() == hex_bytes
     assert t.equal(pattern(shape, dtype, seed=seed % 2**64, tensor_index=tensor_index, side=side))
+
+
+REFERENCE_CASES = [
+    ((4, 3, 8), torch.float16, 0),
+    ((4, 3, 8), torch.bfloat16, 0),
+    ((3, 5, 7), torch.float32, 0),
+    ((2, 9), torch.float64, 0),
+    ((8, 64), torch.bool, 0),
+    ((5, 5), torch.float16, 0),  # 50 bytes: the last word is cut
+    ((3, 5, 4), torch.float32, 1),  # block_dim 1: the bytes are block-row-major
+    ((3, 5 * 32768 + 3), torch.int8, 0),  # rows across several 32 KiB spans, odd row length
+    # rows of 2 MiB and more (nightly's 4 MiB rows): every byte, not just the first 2 MiB
+    ((2, 2 * MiB + 12), torch.int8, 0),
+    ((2, 2 * MiB), torch.float16, 0),
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "block_dim"), REFERENCE_CASES,
+                         ids=[f"{list(s)}-{d}-dim{b}" for s, d, b in REFERENCE_CASES])
+def test_pattern_and_fill_match_an_independent_reference(shape, dtype, block_dim):
+    # Source and expected of a transfer come from the same generator, so only a reference written
+    # apart from it can tell a generator that repeats or skips content.
+    where = {"seed": 20260801, "tensor_index": 3, "side": "d1"}
+    t = pattern(shape, dtype, block_dim=block_dim, **where)
+    rows = t.movedim(block_dim, 0)
+    assert matches_reference(rows, **where)
+    target = torch.zeros(shape, dtype=dtype)
+    fill(target, block_dim=block_dim, **where)
+    assert matches_reference(target.movedim(block_dim, 0), **where)
+
+
+def test_fill_into_unaligned_memory_matches_the_reference():
+    raw = torch.zeros(4 * 1000 + 1, dtype=torch.uint8)
+    target = raw[1:].view(torch.int8).view(4, 1000)  # memory at an odd address, as a pool view can be
+    assert target.data_ptr() % 8 != 0
+    fill(target, seed=5, tensor_index=0, side="p")
+    assert matches_reference(target, seed=5, tensor_index=0, side="p")
+    assert raw[0] == 0
+
+
+def test_large_pattern_digest_is_pinned():
+    # A 2-row tensor with 3 MiB rows; the digest pins every byte against drift between builds.
+    t = pattern((2, 3 * MiB // 2), torch.bfloat16, seed=7, tensor_index=1, side="p")
+    assert digest(t) == hashlib.sha256(
+        reference_bytes(6 * MiB, torch.bfloat16, seed=7, tensor_index=1, side="p")).hexdigest()
+    assert digest(t) == "b0b424e88e6187fa28ffd4ea2bd4a192f28d3a1756147b6fbba94f4a97a33825"
+
+
+def test_every_2_mib_of_a_long_row_differs():
+    t = pattern((1, 6 * MiB), torch.int8, seed=1, tensor_index=0)
+    row = _bytes_of(t)
+    thirds = [row[i * 2 * MiB : (i + 1) * 2 * MiB] for i in range(3)]
+    assert len(set(thirds)) == 3
+    spans = {row[i : i + 32768] for i in range(0, len(row), 32768)}
+    assert len(spans) == len(row) // 32768  # and every 32 KiB span differs from every other
+
+
+def _repeat_first_2_mib(real):
+    """A generator with the audit's bug: rows of 2 MiB and more repeat their first 2 MiB."""
+    period = 2 * MiB // 8
+
+    def write_words(words, base, spans):
+        real(words, base, spans)
+        for start in range(period, words.numel(), period):
+            end = min(words.numel(), start + period)
+            words[start:end] = words[: end - start].clone()
+
+    return write_words
+
+
+def test_the_reference_catches_a_generator_that_repeats_its_first_2_mib(monkeypatch):
+    where = {"seed": 3, "tensor_index": 0, "side": "p"}
+    shape = (2, 5 * MiB // 2)  # two fp16 rows of 5 MiB
+    assert matches_reference(pattern(shape, torch.float16, **where), **where)
+    monkeypatch.setattr(patterns, "_write_words", _repeat_first_2_mib(patterns._write_words))
+    broken = pattern(shape, torch.float16, **where)
+    # what a transfer test compares (fill vs pattern, both from the broken generator) still agrees ...
+    filled = torch.empty(shape, dtype=torch.float16)
+    fill(filled, **where)
+    assert compare(broken, filled, name="x", tensor_index=0) is None
+    # ... the reference does not
+    assert not matches_reference(broken, **where)
+    assert not matches_reference(broken[:1], **where)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
@@ -191,15 +337,18 @@ def test_digest():
     assert digest(torch.empty(0)) == digest(torch.empty(0, dtype=torch.int8))
 
 
-def test_fill_speed(capsys):
-    # printed, not asserted: the machines are shared. 16 MiB each: tiny 4-byte rows and 1 MiB rows
-    for shape in ((4 * 1024 * 1024, 2), (16, 512 * 1024)):
-        tensor = torch.empty(shape, dtype=torch.float16)
-        fill(tensor, seed=1, tensor_index=0)  # first touch of the pages
-        start = time.perf_counter()
-        fill(tensor, seed=2, tensor_index=0)
-        seconds = time.perf_counter() - start
-        mib = tensor.numel() * tensor.element_size() / 2**20
-        with capsys.disabled():
-            print(f"\nkvtest.patterns.fill {list(shape)} float16: {mib / seconds:.0f} MiB/s")
-        assert patterns.compare(tensor, tensor.clone(), name="x", tensor_index=0) is None
+def test_fast_equality_sees_every_byte():
+    a = pattern((3, 40000), torch.float16, seed=1, tensor_index=0)
+    assert same_bytes(a, a.clone())
+    for at in (0, 12345, a.numel() * 2 - 1):
+        b = a.clone()
+        b.view(-1).view(torch.uint8)[at] ^= 0x20
+        assert not same_bytes(a, b)
+        found = compare(a, b, name="x", tensor_index=0)
+        assert found is not None and found.offset == at and found.differing_total == 1
+    assert same_bytes(a.t(), a.clone().t()) and not same_bytes(a.t(), b.t())
+    # bytes, not values: -0.0 == 0.0 as floats, but a transfer that turned one into the other is wrong
+    zeros = torch.zeros(2, 4)
+    assert not same_bytes(zeros, -zeros)
+    assert compare(zeros, -zeros, name="x", tensor_index=0) is not None
+    assert not same_bytes(zeros, zeros.view(4, 2)) and not same_bytes(zeros, zeros.int())

@@ -51,6 +51,10 @@ def test_junit_results_and_summary(pytester: pytest.Pytester):
     timed = doc["tests"]["test_timed.py::test_timed"]
     assert timed["outcome"] == "passed"
     assert set(timed["roles"]) == {"p0", "d0"} and {t["role"] for t in timed["transfers"]} == {"p0", "d0"}
+    # each role slept 3 x 10 ms inside its transfers; the cost puts the rest of the test beside them
+    cost = timed["cost"]
+    assert 0.03 <= cost["transfer_s"] < 0.5 and cost["wall_s"] >= cost["transfer_s"]
+    assert cost["other_s"] == pytest.approx(cost["wall_s"] - cost["transfer_s"])
     failed = doc["tests"]["test_timed.py::test_d_fails"]
     assert failed["outcome"] == "failed"
     assert failed["roles"]["d0"]["outcome"] == "failed" and failed["roles"]["d0"]["step"] == "check"
@@ -67,8 +71,10 @@ def test_junit_results_and_summary(pytester: pytest.Pytester):
     result.stdout.fnmatch_lines(
         [
             "*kvtest: every role, bytes and GB/s*",
-            "PASSED  test_timed.py::test_timed  p0 passed, d0 passed  22.9 MiB  pull_blocks * GB/s",
+            "PASSED  test_timed.py::test_timed  p0 passed, d0 passed  22.9 MiB  pull_blocks * GB/s "
+            "(6 calls, p50 1?.?? ms, p99 *.?? ms)  in transfers 0.0? s, outside *.?? s (*x)",
             "FAILED  test_timed.py::test_d_fails  p0 passed, d0 failed at 'check'  no transfers timed",
+            "kvtest: harness cost over 1 tests with transfers: in transfers 0.0? s, outside *.?? s (*x)",
             "*kvtest: results written to r.json*",
         ]
     )

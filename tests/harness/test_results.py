@@ -9,8 +9,15 @@ import pytest
 from kvtest import __version__
 from kvtest.results import results
 from kvtest.results.metrics import TransferLog
-from kvtest.results.report import format_bytes, summary_lines
-from kvtest.results.results import ResultsError, ResultsWriter, load_results, role_entry, transfer_records
+from kvtest.results.report import api_text, cost_line, format_bytes, summary_lines
+from kvtest.results.results import (
+    ResultsError,
+    ResultsWriter,
+    cost_of,
+    load_results,
+    role_entry,
+    transfer_records,
+)
 
 FINGERPRINT = {"backend": "sim", "cann": "absent", "torch": "2.13.0"}
 PULL = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16]"
@@ -174,11 +181,48 @@ def test_terminal_summary_lines(tmp_path):
     writer.add("t.py::test_skip", "skipped", {"p0": role_entry("skipped"), "d0": role_entry("skipped")})
     lines = summary_lines(load_results(writer.path).tests)
     assert lines == [
-        f"PASSED   {PULL}  p0 passed, d0 passed  16.0 MiB  pull_blocks 2.80 GB/s",
+        f"PASSED   {PULL}  p0 passed, d0 passed  16.0 MiB  pull_blocks 2.80 GB/s (2 calls, p50 3.00 ms, "
+        "p99 3.98 ms)  in transfers 0.01 s, outside 1.99 s (332x)",
         f"FAILED   {PUSH}  p0 passed, d0 failed at 'push'  no transfers timed",
         "SKIPPED  t.py::test_skip  p0 skipped, d0 skipped  no transfers timed",
     ]
     assert summary_lines({}) == []
+    assert cost_line(load_results(writer.path).tests) == (
+        "kvtest: harness cost over 1 tests with transfers: in transfers 0.01 s, outside 1.99 s (332x)")
+    assert cost_line({}) is None
+
+
+@pytest.mark.parametrize(("transfers", "text"), [
+    ([(160, 0.00031)], "push_blocks 160 B 0.31 ms"),  # small: latency, not 0.00 GB/s
+    ([(160, 0.000042)], "push_blocks 160 B 0.042 ms"),
+    ([(160, 0.0003), (160, 0.0005), (160, 0.0004)],
+     "push_blocks 480 B in 3 calls (p50 0.40 ms, p99 0.50 ms)"),
+    ([(8 << 20, 0.004)], "push_blocks 2.10 GB/s"),
+    ([(1 << 20, 0.001), (1 << 20, 0.002)], "push_blocks 0.70 GB/s (2 calls, p50 1.50 ms, p99 1.99 ms)"),
+])
+def test_small_transfers_show_latency_and_repeats_show_percentiles(transfers, text):
+    log = TransferLog(role="d0")
+    for nbytes, seconds in transfers:
+        log.add("push_blocks", nbytes, seconds)
+    assert api_text("push_blocks", log.summary()["push_blocks"]) == text
+
+
+def test_cost_is_the_slowest_role_beside_the_longest_time_in_transfers(tmp_path):
+    roles = {"p0": role_entry("passed", duration_s=3.0), "d0": role_entry("passed", duration_s=2.5),
+             "d1": role_entry("passed", duration_s=1.0)}
+    transfers = [{"role": "d0", "seconds": 0.2}, {"role": "d0", "seconds": 0.3}, {"role": "d1", "seconds": 0.4}]
+    assert cost_of(roles, transfers) == {"wall_s": 3.0, "transfer_s": 0.5, "other_s": 2.5}
+    assert cost_of(roles, []) == {"wall_s": 3.0, "transfer_s": 0.0, "other_s": 3.0}
+    assert cost_of({}, []) == {"wall_s": 0.0, "transfer_s": 0.0, "other_s": 0.0}
+    # recomputed on load, so a file written before the field existed (or edited by hand) reads the same
+    writer = _writer(tmp_path)
+    writer.add(PULL, "passed", _roles(), _log().records)
+    doc = json.loads(writer.path.read_text())
+    assert doc["tests"][PULL]["cost"] == {"wall_s": 2.0, "transfer_s": pytest.approx(0.006),
+                                          "other_s": pytest.approx(1.994)}
+    del doc["tests"][PULL]["cost"]
+    writer.path.write_text(json.dumps(doc))
+    assert load_results(writer.path).tests[PULL]["cost"] == writer.tests[PULL]["cost"]
 
 
 @pytest.mark.parametrize(("n", "text"), [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"),
