@@ -271,11 +271,13 @@ class Node:
 
     def unregister(self, cache: Any) -> None:
         self.registered.remove(cache)
+        self.kv.step("unregister_cache")
         self.cm.unregister_cache(cache.cache_id)
 
     def deallocate(self, cache: Any) -> None:
         """``deallocate_blocks_cache`` or ``deallocate_cache``, as the cache was allocated."""
         self.allocated.remove(cache)
+        self.kv.step("deallocate_cache")
         if cache.is_blocks_cache:
             self.cm.deallocate_blocks_cache(cache)
         else:

@@ -88,10 +88,10 @@ def _check_fault_spec() -> None:
     text = os.environ.get("KVTEST_SIM_FAULT", "")
     if not text:
         return
-    from kvtest.backends.sim.faults import parse_fault
+    from kvtest.backends.sim.faults import parse_faults
 
     try:
-        parse_fault(text)
+        parse_faults(text)
     except ValueError as exc:
         raise pytest.UsageError(
             f"kvtest: {text!r} from the environment (KVTEST_SIM_FAULT) is invalid: {exc}"

@@ -19,6 +19,7 @@ from kvtest.run.topology import Topology, parse_role_name
 
 __all__ = ["TestScope", "test_seed"]
 
+TEARDOWN = "teardown"
 #: what a role writes when it fails or skips a test, so the others stop waiting for it
 ABORT_SHAPE: Shape = {"role": str, "step": str, "message": str, "skipped": bool}
 
@@ -43,6 +44,8 @@ class TestScope:
         self.timeout = timeout
         self.prefix = keys.test(seq)
         self.current_step = "setup"
+        #: set when pytest starts this test's teardown: steps then read ``teardown: <step>``
+        self.tearing_down = False
         self._generations: dict[str, int] = {}
         #: the test's seed, the same on every role (see test_seed)
         self.seed = 0
@@ -67,8 +70,15 @@ class TestScope:
 
     def step(self, name: str) -> None:
         """Record the step this role has reached; a failure or death is reported at this step."""
+        if self.tearing_down and not name.startswith(TEARDOWN):
+            name = f"{TEARDOWN}: {name}"
         self.current_step = name
         self.store.set(keys.step(self.seq, self.me), name)
+
+    def begin_teardown(self) -> None:
+        """pytest starts tearing this test down: what fails from here on fails at step ``teardown``."""
+        self.tearing_down = True
+        self.step(TEARDOWN)
 
     def peer_step(self, role: str) -> str | None:
         step = self.store.read(keys.step(self.seq, role))
@@ -106,7 +116,6 @@ class TestScope:
         self._generations[name] = generation + 1
         # One signed arrival per member, not a shared counter: nobody can arrive in another's name.
         base = keys.barrier(self.prefix, name, generation)
-        previous = self.current_step
         self.step(f"barrier {name}")
         self.store.set(f"{base}/{self.me}", True)
         others = [m for m in members if m != self.me]
@@ -119,7 +128,8 @@ class TestScope:
                 peers=others,
                 abort=self.check_abort,
             )
-        self.current_step = previous
+        # not the step from before the barrier: a later failure must not name a step long past
+        self.step(f"after barrier {name}")
 
     def publish(self, name: str, value: Any) -> None:
         """Make a JSON value available to the other roles of this test."""

@@ -217,6 +217,15 @@ class _Base:
             transfers=tuple(dict(r.to_json()) for r in records),
         )
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        # before any fixture finalizer: a failure from here on is reported at step 'teardown'
+        if self.scope is not None and item.nodeid in self.kv_items:
+            try:
+                self.scope.begin_teardown()
+            except RendezvousError:
+                pass
+
     def _abort_on_failure(self, rep: pytest.TestReport, result: RoleResult) -> None:
         if self.scope is None or rep.when == "teardown" or rep.passed:
             return

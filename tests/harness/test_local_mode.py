@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -39,12 +40,46 @@ def test_follower_killed(kv):
 
 def test_solo():
     pass
+
+def test_d_fails_after_the_last_barrier(kv):
+    kv.step("exchange")
+    kv.barrier("last")
+    if kv.role == "d":
+        assert 1 == 2, "d found wrong bytes after the last barrier"
+
+@pytest.fixture
+def fragile(kv):
+    yield
+    if kv.role == "d":
+        raise RuntimeError("d could not release its cache")
+
+def test_follower_teardown_fails(kv, fragile):
+    kv.step("work")
+    kv.barrier("end")
+
+@pytest.mark.kv(timeout=2)
+def test_marker_timeout(kv):
+    assert kv.timeout == 2, f"{kv.me}: kv.timeout is {kv.timeout}, the kv marker says 2"
+    if kv.role == "d":
+        kv.step("wait")
+        kv.fetch("p0", "never published")
 """
 
 
 def junit_times(path: Path) -> dict[str, float]:
     root = ET.parse(path).getroot()
     return {case.get("name"): float(case.get("time")) for case in root.iter("testcase")}
+
+
+def junit_messages(path: Path) -> dict[str, str]:
+    """Each failed or errored test case's one-line message, untruncated."""
+    root = ET.parse(path).getroot()
+    return {
+        case.get("name"): problem.get("message", "")
+        for case in root.iter("testcase")
+        for problem in case
+        if problem.tag in ("failure", "error")
+    }
 
 
 def d0_log(base: Path) -> str:
@@ -73,6 +108,49 @@ def test_follower_failure_fails_the_leader(pytester: pytest.Pytester):
     ])
     result.stdout.fnmatch_lines(["FAILED test_pair.py::test_follower_fails - d0 failed at step 'push'*"])
     assert "d0: exit 1" in result.stdout.str()  # the follower exits non-zero too
+
+
+def test_follower_failure_after_the_last_barrier_fails_the_leader(pytester: pytest.Pytester):
+    """p0 passed and left the test before d0 failed: the leader still waits for d0's outcome and fails
+    the test, naming the step d0 was at (after the barrier, not the step before it)."""
+    pytester.makepyfile(test_pair=TWO_ROLE)
+    result = pytester.runpytest_subprocess(
+        "-k", "test_d_fails_after_the_last_barrier", "--kv-results=r.json", "--junitxml=j.xml"
+    )
+    result.assert_outcomes(failed=1)
+    assert junit_messages(pytester.path / "j.xml")["test_d_fails_after_the_last_barrier"].startswith(
+        "d0 failed at step 'after barrier last': AssertionError: d found wrong bytes after the last barrier"
+    )
+    recorded = json.loads((pytester.path / "r.json").read_text())["tests"]
+    assert [entry["outcome"] for entry in recorded.values()] == ["failed"], recorded
+    assert "d0: exit 1" in result.stdout.str()
+
+
+def test_follower_teardown_failure_is_reported_at_teardown(pytester: pytest.Pytester):
+    """A fixture of d0 fails at teardown after every role passed the body: p0 reports an error at
+    teardown that names d0 and step 'teardown', never a pass."""
+    pytester.makepyfile(test_pair=TWO_ROLE)
+    result = pytester.runpytest_subprocess(
+        "-k", "test_follower_teardown_fails", "--kv-results=r.json", "--junitxml=j.xml"
+    )
+    result.assert_outcomes(passed=1, errors=1)
+    assert junit_messages(pytester.path / "j.xml")["test_follower_teardown_fails"] == (
+        "failed on teardown with \"d0 failed at step 'teardown': RuntimeError: d could not release its cache\""
+    )
+    recorded = json.loads((pytester.path / "r.json").read_text())["tests"]
+    assert [entry["outcome"] for entry in recorded.values()] == ["error"], recorded
+    assert "d0: exit 1" in result.stdout.str()
+
+
+def test_marker_timeout_beats_the_command_line(pytester: pytest.Pytester):
+    """``kv(timeout=2)`` wins over ``--kv-timeout 60`` on every role: d0's wait ends after 2 s."""
+    pytester.makepyfile(test_pair=TWO_ROLE)
+    result = pytester.runpytest_subprocess("-k", "test_marker_timeout", "--kv-timeout", "60", "--junitxml=j.xml")
+    result.assert_outcomes(failed=1)
+    message = junit_messages(pytester.path / "j.xml")["test_marker_timeout"]
+    assert re.match(r"d0 failed at step 'wait': \S*RendezvousTimeout: d0 timed out after 2\.\ds waiting for "
+                    r"p0's 'never published'", message), message
+    assert junit_times(pytester.path / "j.xml")["test_marker_timeout"] < 15
 
 
 def test_leader_failure_is_primary_and_releases_the_follower(pytester: pytest.Pytester):

@@ -192,6 +192,31 @@ def test_barrier_releases_all_members(tcp):
     assert done == [1]
 
 
+def test_barrier_holds_a_member_back_until_the_last_arrives(tcp):
+    raw, port = tcp
+    p, d = scopes(raw, port, ["p0", "d0"])
+    passed: list[float] = []
+    thread = threading.Thread(target=lambda: (d.barrier("b"), passed.append(time.monotonic())))
+    thread.start()
+    time.sleep(0.5)
+    assert passed == [], "d0 passed barrier 'b' before p0 reached it"
+    assert p.peer_step("d0") == "barrier b"
+    arrived = time.monotonic()
+    p.barrier("b")
+    thread.join(5)
+    assert passed and passed[0] >= arrived
+    # after the barrier each role's step says so, not the step it had before
+    assert (p.current_step, d.current_step) == ("after barrier b", "after barrier b")
+
+
+def test_barrier_with_a_missing_member_times_out(tcp):
+    raw, port = tcp
+    (d,) = scopes(raw, port, ["d0"], timeout=0.5)
+    d.roles = ("p0", "d0")
+    with pytest.raises(RendezvousTimeout, match=r"d0 timed out after 0\.\ds waiting for barrier 'b' with p0"):
+        d.barrier("b")
+
+
 def test_abort_releases_waiting_peer(tcp):
     raw, port = tcp
     p, d = scopes(raw, port, ["p0", "d0"], timeout=60)

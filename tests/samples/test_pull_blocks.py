@@ -3,12 +3,19 @@
 p (cluster 1) and d (cluster 2) init without a memory pool and register a blocks cache of their own
 tensors before ``link``: p under ``BlocksCacheKey(1, 0)``, d without a key. d pulls p's src blocks
 into its dst blocks (every other block of d keeps d's own contents), then round-trips its blocks
-through a host blocks cache (``Cache.create_cpu_cache``): swap-out device -> host, the host copy must
-equal the device bytes; the device tensors are overwritten; swap-in host -> device must restore them.
+through a host blocks cache (``Cache.create_cpu_cache``): swap-out device -> host with device block
+``b`` to host block ``b+1`` (mod blocks; the sample maps every block to itself, which cannot tell a
+mapping whose destination is ignored), so host block ``b+1`` must equal device block ``b``; the device
+tensors are overwritten; swap-in host ``b+1`` -> device ``b`` must restore them.
 Then both unlink and finalize (p never unregisters, as in the sample).
+
+A case with ``layers`` pulls only those layers of p (``src_layer_range``/``dst_layer_range``,
+tensor_num_per_layer 2): d's tensors outside the destination layers keep d's own bytes.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
@@ -16,19 +23,58 @@ from kvtest.cases import BlocksCase
 from kvtest.patterns import with_rows
 
 P, D = 1, 2
+TENSORS_PER_LAYER = 2
+
+
+@dataclass(frozen=True)
+class PullBlocksCase(BlocksCase):
+    """A :class:`BlocksCase`; ``layers`` = ((src start, stop), (dst start, stop)) pulls only those layers."""
+
+    layers: tuple[tuple[int, int], tuple[int, int]] | None = None
+
+    def tensor_pairs(self) -> list[tuple[int, int]]:
+        """(p tensor, d tensor) the pull moves."""
+        if self.layers is None:
+            return [(t, t) for t in range(self.num_tensors)]
+        (s0, s1), (d0, _) = self.layers
+        tpl = TENSORS_PER_LAYER
+        return [((s0 + i) * tpl + k, (d0 + i) * tpl + k) for i in range(s1 - s0) for k in range(tpl)]
+
+    def layer_kwargs(self) -> dict[str, range]:
+        if self.layers is None:
+            return {}
+        (s0, s1), (d0, d1) = self.layers
+        return {"src_layer_range": range(s0, s1), "dst_layer_range": range(d0, d1)}
+
+    @property
+    def moved_bytes(self) -> int:
+        return len(self.src) * self.block_bytes * len(self.tensor_pairs())
+
+    def __str__(self) -> str:
+        if self.layers is None:
+            return super().__str__()
+        (s0, s1), (d0, d1) = self.layers
+        return super().__str__() + f"-layers[{s0}:{s1}]->[{d0}:{d1}]"
+
 
 CASES = {
     "smoke": [
-        BlocksCase("fp32", 1, 2, 4096, (0, 1), (0, 1)),  # the sample's [2,1048576] fp32, 1 tensor, smaller
-        BlocksCase("fp16", 4, 8, 1024, (0, 3, 5), (7, 1, 2)),
-        BlocksCase("bf16", 2, 6, 512, (5,), (0,)),
-        BlocksCase("int8", 8, 16, 2048, tuple(range(0, 16, 2)), tuple(range(1, 16, 2))),
+        PullBlocksCase("fp32", 1, 2, 4096, (0, 1), (0, 1)),  # the sample's [2,1048576] fp32, 1 tensor, smaller
+        PullBlocksCase("fp16", 4, 8, 1024, (0, 3, 5), (7, 1, 2)),
+        PullBlocksCase("bf16", 2, 6, 512, (5,), (0,)),
+        PullBlocksCase("int8", 8, 16, 2048, tuple(range(0, 16, 2)), tuple(range(1, 16, 2))),
+        # layers 0..1 of p into layers 2..3 of d
+        PullBlocksCase("fp16", 8, 4, 256, (1, 3), (2, 0), layers=((0, 2), (2, 4))),
     ],
     "nightly": [
-        BlocksCase("fp32", 1, 2, 1 << 20, (0, 1), (0, 1), "sample-8MiB"),  # the sample's own size
-        BlocksCase("fp16", 40, 16, 512 * 1024, tuple(range(0, 16, 2)), tuple(range(1, 16, 2)), "1MiB-blocks"),
+        PullBlocksCase("fp32", 1, 2, 1 << 20, (0, 1), (0, 1), "sample-8MiB"),  # the sample's own size
+        PullBlocksCase(
+            "fp16", 40, 16, 512 * 1024, tuple(range(0, 16, 2)), tuple(range(1, 16, 2)), "1MiB-blocks"
+        ),
     ],
-    "stress": [BlocksCase("bf16", 80, 256, 64 * 1024, tuple(range(256)), tuple(reversed(range(256))), "GiB")],
+    "stress": [
+        PullBlocksCase("bf16", 80, 256, 64 * 1024, tuple(range(256)), tuple(reversed(range(256))), "GiB")
+    ],
 }
 
 
@@ -37,7 +83,7 @@ def blocks_desc(node, case: BlocksCase, placement):
 
 
 @pytest.mark.kv(topology="1p1d")
-def test_pull_blocks(kv, datadist, case: BlocksCase):
+def test_pull_blocks(kv, datadist, case: PullBlocksCase):
     if kv.role == "p":
         node = datadist(P)
         api = node.api
@@ -65,31 +111,40 @@ def test_pull_blocks(kv, datadist, case: BlocksCase):
             "pull_blocks",
             case.moved_bytes,
             lambda: node.cm.pull_blocks(
-                api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src), dst_blocks=list(case.dst)
+                api.BlocksCacheKey(P, 0),
+                cache,
+                src_blocks=list(case.src),
+                dst_blocks=list(case.dst),
+                **case.layer_kwargs(),
             ),
             case.repeats,
         )
         pulled = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        expected = [with_rows(b, s, src_rows=case.src, dst_rows=case.dst) for b, s in zip(before, pulled)]
+        expected = list(before)
+        for src_t, dst_t in case.tensor_pairs():
+            expected[dst_t] = with_rows(before[dst_t], pulled[src_t], src_rows=case.src, dst_rows=case.dst)
         del before, pulled
         node.check(expected, tensors, name="cache after pull_blocks")
 
-        # swap-out device -> host and swap-in host -> device, every block to the same index (as the sample)
+        # swap-out device -> host and swap-in host -> device, device block b <-> host block b+1
         host = [
             t.contiguous() for t in node.expected(case.num_tensors, case.shape, case.torch_dtype, side="h")
         ]
         cpu_cache = api.Cache.create_cpu_cache(
             blocks_desc(node, case, api.Placement.HOST), [t.data_ptr() for t in host]
         )
-        mapping = {block: block for block in range(case.blocks)}
+        blocks = list(range(case.blocks))
+        shifted = [(b + 1) % case.blocks for b in blocks]
         all_bytes = case.blocks * case.block_bytes * case.num_tensors
         with node.measure("swap_blocks", all_bytes):
-            node.cm.swap_blocks(cache, cpu_cache, mapping)
-        node.check(expected, host, name="host cache after swap_blocks out")
+            node.cm.swap_blocks(cache, cpu_cache, dict(zip(blocks, shifted)))
+        host_expected = [with_rows(e, e, src_rows=blocks, dst_rows=shifted) for e in expected]
+        node.check(host_expected, host, name="host cache after swap_blocks out")
+        del host_expected
         for tensor in tensors:
             tensor.zero_()  # overwritten: only the swap-in can bring the bytes back
         with node.measure("swap_blocks", all_bytes):
-            node.cm.swap_blocks(cpu_cache, cache, mapping)
+            node.cm.swap_blocks(cpu_cache, cache, dict(zip(shifted, blocks)))
         node.check(expected, tensors, name="cache after swap_blocks in")
         kv.barrier("decoder pull end")
         node.unlink(comm_id)

@@ -123,6 +123,7 @@ def test_switch_role(kv, datadist, case: LayersCase, request):
             )
         node.check(_after_pull(node, case), tensors, name="cache after pull_blocks", tensors_per_layer=tpl)
         # documented: switch_role while a link is up raises LLM_EXIST_LINK (and changes nothing)
+        kv.step("switch_role while linked")
         with pytest.raises(api.LLMException) as refused:
             node.dd.switch_role(api.LLMRole.PROMPT)
         assert refused.value.status_code == api.LLMStatusCode.LLM_EXIST_LINK, str(refused.value)

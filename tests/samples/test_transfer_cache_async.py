@@ -134,3 +134,70 @@ def test_transfer_cache_async(kv, datadist, case: LayersCase, request):
         node.unlink_clusters(["p0"], force=True)
         node.unregister(cache)
         node.finalize()
+
+
+#: the case of the failure-status test: source layers 0..3 into destination layers 2..5 (a range from
+#: 0 into one that is not: unaffected by the absolute-index upstream issue, and a destination range
+#: ignored shows); the link goes away before layer ``LOST_AT`` is sent
+LINK_LOST = LayersCase("fp16", 12, 4, 512, (0, 4), (2, 6), label="link-lost")
+LOST_AT = 2
+
+
+@pytest.mark.kv(topology="1p1d")
+def test_transfer_cache_async_reports_a_failed_layer(kv, datadist):
+    """A layer whose transfer fails is reported with its status, and no later layer is sent.
+
+    p's LayerSynchronizer unlinks from d (forced) before it releases layer ``LOST_AT``: that layer's
+    transfer finds no link. The real code (hicann/hixl src/python/llm_datadist/llm_datadist/v2/
+    llm_utils.py, TransferCacheJob.transfer_layers) records the layer's status for the config and stops;
+    the native TransferCache (src/llm_datadist/cache_mgr/data_cache_engine.cc) returns LLM_NOT_YET_LINK
+    for a cluster it is not linked with. So get_results() and synchronize() say LLM_NOT_YET_LINK, d holds
+    p's layers before ``LOST_AT`` (every block) in its destination layers, and its other layers keep
+    d's bytes.
+    """
+    case = LINK_LOST
+    if kv.role == "p":
+        node = datadist(P, listen=True, remote_cache_accessible=True)
+        api = node.api
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        cache = node.register_blocks_cache(_desc(node, case), tensors, api.BlocksCacheKey(P, 0))
+        kv.barrier("register end")
+        node.must_link_clusters(["d0"])
+
+        class LoseTheLink(api.LayerSynchronizer):
+            def synchronize_layer(self, layer_index: int, timeout_in_millis) -> bool:
+                if layer_index == LOST_AT:
+                    node.unlink_clusters(["d0"], force=True)
+                    kv.step("transfer_cache_async")
+                return True
+
+        config = api.TransferWithCacheKeyConfig(
+            api.BlocksCacheKey(D, 0), case.src_layer_range, case.dst_layer_range
+        )
+        kv.step("transfer_cache_async")
+        every = list(range(case.blocks))
+        task = node.cm.transfer_cache_async(
+            cache, LoseTheLink(), [config], src_block_indices=every, dst_block_indices=every
+        )
+        status = task.synchronize()
+        results = task.get_results()
+        lost = api.LLMStatusCode.LLM_NOT_YET_LINK
+        assert results == [lost], f"transfer_cache_async results {results} after layer {LOST_AT} lost its link"
+        assert status == lost, f"CacheTask.synchronize() returned {status}, expected {lost}"
+        kv.barrier("transfer end")
+        node.unregister(cache)
+        node.finalize()
+    else:
+        node = datadist(D, listen=True, remote_cache_accessible=True)
+        api = node.api
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        cache = node.register_blocks_cache(_desc(node, case), tensors, api.BlocksCacheKey(D, 0))
+        kv.barrier("register end")
+        kv.barrier("transfer end")
+        expected = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
+        pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        for dst_t, src_t in case.tensor_map(range(LOST_AT)).items():
+            expected[dst_t] = pushed[src_t]
+        node.check(expected, tensors, name=f"cache after transfer_cache_async lost its link at layer {LOST_AT}")
+        node.unregister(cache)
+        node.finalize()

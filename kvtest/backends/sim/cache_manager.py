@@ -528,6 +528,30 @@ class CacheManager:
         if local != remote:
             raise_param_invalid(f"{what} size differs: local {local} bytes, remote {remote} bytes.")
 
+    # -- fault hooks (see kvtest.backends.sim.faults) -------------------------------------------
+    def _dst_layers(self, api: str, dst_layer_range: range | None) -> range | None:
+        """``dst_layer_range``, or under a ``dstlayers`` fault the same number of layers from layer 0."""
+        if isinstance(dst_layer_range, range) and self._dd._fault_active("dstlayers", api):
+            return range(0, len(dst_layer_range))
+        return dst_layer_range
+
+    def _batch(self, api: str, index: int) -> int:
+        """A batch index argument, or 0 under a ``batch`` fault."""
+        return 0 if self._dd._fault_active("batch", api) else index
+
+    def _expand(
+        self,
+        api: str,
+        pairs: list[tuple[int, int]],
+        src_addrs: Sequence[int],
+        dst_addrs: Sequence[int],
+        spans: list[Span],
+        dst_bytes: int | None,
+    ) -> list[tuple[int, int, int]]:
+        """:func:`expand`, after any semantic fault rewrote the pairs and spans."""
+        pairs, spans = self._dd._distort(api, pairs, spans, dst_bytes)
+        return expand(pairs, src_addrs, dst_addrs, spans)
+
     # -- pulls --------------------------------------------------------------------------------
     @_slowed("pull_cache")
     def pull_cache(
@@ -565,10 +589,16 @@ class CacheManager:
                 raise_param_invalid(f"size {size} is bigger than a batch slot ({desc.slot_bytes} bytes).")
             nbytes = size
         pairs = tensor_pairs(
-            len(remote.addrs), desc.num_tensors, src_layer_range, dst_layer_range, tensor_num_per_layer
+            len(remote.addrs),
+            desc.num_tensors,
+            src_layer_range,
+            self._dst_layers("pull_cache", dst_layer_range),
+            tensor_num_per_layer,
         )
-        spans = [(remote_index * remote.slot_bytes, batch_index * desc.slot_bytes, nbytes)]
-        moves = expand(pairs, remote.addrs, entry.cache.tensor_addrs, spans)
+        dst_index = self._batch("pull_cache", batch_index)
+        spans = [(remote_index * remote.slot_bytes, dst_index * desc.slot_bytes, nbytes)]
+        dst_bytes = desc.batch_size * desc.slot_bytes
+        moves = self._expand("pull_cache", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
         self._move("pull_cache", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
@@ -619,9 +649,14 @@ class CacheManager:
             self._check_placements("pull_blocks", entry, remote)
             spans = slot_to_blocks_spans(remote_index, remote.slot_bytes, dst, desc.slot_bytes)
         pairs = tensor_pairs(
-            len(remote.addrs), desc.num_tensors, src_layer_range, dst_layer_range, tensor_num_per_layer
+            len(remote.addrs),
+            desc.num_tensors,
+            src_layer_range,
+            self._dst_layers("pull_blocks", dst_layer_range),
+            tensor_num_per_layer,
         )
-        moves = expand(pairs, remote.addrs, entry.cache.tensor_addrs, spans)
+        dst_bytes = desc.batch_size * desc.slot_bytes
+        moves = self._expand("pull_blocks", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
         self._move("pull_blocks", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
@@ -657,10 +692,16 @@ class CacheManager:
         remote, remote_index, _ = self._resolve("push_cache", dst_cache_key)
         self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
         pairs = tensor_pairs(
-            desc.num_tensors, len(remote.addrs), src_layer_range, dst_layer_range, tensor_num_per_layer
+            desc.num_tensors,
+            len(remote.addrs),
+            src_layer_range,
+            self._dst_layers("push_cache", dst_layer_range),
+            tensor_num_per_layer,
         )
-        spans = [(src_batch_index * desc.slot_bytes, remote_index * remote.slot_bytes, desc.slot_bytes)]
-        moves = expand(pairs, entry.cache.tensor_addrs, remote.addrs, spans)
+        src_index = self._batch("push_cache", src_batch_index)
+        spans = [(src_index * desc.slot_bytes, remote_index * remote.slot_bytes, desc.slot_bytes)]
+        dst_bytes = remote.batch * remote.slot_bytes
+        moves = self._expand("push_cache", pairs, entry.cache.tensor_addrs, remote.addrs, spans, dst_bytes)
         self._move("push_cache", "WRITE", remote.agent, moves, deadline)
 
     @_slowed("push_blocks")
@@ -693,9 +734,15 @@ class CacheManager:
         check_in_range("dst_blocks", dst, remote.batch)
         self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
         pairs = tensor_pairs(
-            desc.num_tensors, len(remote.addrs), src_layer_range, dst_layer_range, tensor_num_per_layer
+            desc.num_tensors,
+            len(remote.addrs),
+            src_layer_range,
+            self._dst_layers("push_blocks", dst_layer_range),
+            tensor_num_per_layer,
         )
-        moves = expand(pairs, entry.cache.tensor_addrs, remote.addrs, block_spans(src, dst, desc.slot_bytes))
+        spans = block_spans(src, dst, desc.slot_bytes)
+        dst_bytes = remote.batch * remote.slot_bytes
+        moves = self._expand("push_blocks", pairs, entry.cache.tensor_addrs, remote.addrs, spans, dst_bytes)
         self._move("push_blocks", "WRITE", remote.agent, moves, deadline)
 
     # -- asynchronous layer-by-layer push -----------------------------------------------------
@@ -804,9 +851,14 @@ class CacheManager:
         check_in_range("src block", list(src_to_dst), sd.batch_size)
         check_in_range("dst block", list(src_to_dst.values()), dd.batch_size)
         n = sd.slot_bytes
-        for s_addr, d_addr in zip(src.tensor_addrs, dst.tensor_addrs):
-            for s, d in src_to_dst.items():
-                ctypes.memmove(d_addr + d * n, s_addr + s * n, n)
+        ignore_dst = self._dd._fault_active("mapping", "swap_blocks")
+        spans = [(s * n, (s if ignore_dst else d) * n, n) for s, d in src_to_dst.items()]
+        pairs = [(t, t) for t in range(sd.num_tensors)]
+        moves = self._expand(
+            "swap_blocks", pairs, src.tensor_addrs, dst.tensor_addrs, spans, dd.batch_size * n
+        )
+        for s_addr, d_addr, size in moves:
+            ctypes.memmove(d_addr, s_addr, size)
         if src_to_dst and n and self._dd._fault_active("flip", "swap_blocks"):
             cell = ctypes.c_uint8.from_address(dst.tensor_addrs[0] + next(iter(src_to_dst.values())) * n)
             cell.value ^= 0xFF

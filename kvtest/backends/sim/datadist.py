@@ -21,7 +21,7 @@ from kvtest.backends.sim.cache import RegisterMemStatus
 from kvtest.backends.sim.checks import INT32_MAX, UINT32_MAX, UINT64_MAX, check_int, check_type
 from kvtest.backends.sim.cluster import LLMClusterInfo, int_to_ip
 from kvtest.backends.sim.config import ROLE_OPTION, LLMRole, parse_listen_ip_info, pool_size
-from kvtest.backends.sim.faults import Fault, crash_now, fault_from_env
+from kvtest.backends.sim.faults import MOVE_KINDS, Fault, crash_now, distort, fault_from_env
 from kvtest.backends.sim.listener import Listener, connectable, probe
 from kvtest.backends.sim.pool import MemoryPool
 from kvtest.backends.sim.status import LLMException, LLMStatusCode, native_error, raise_param_invalid
@@ -69,7 +69,7 @@ class LLMDataDist:
         self._linked = False
         self._plane: control.ControlPlane | None = None
         self._transport: Transport | None = None
-        self._fault: Fault | None = None
+        self._faults: tuple[Fault, ...] = ()
         self._listener: Listener | None = None
         self._pools: dict[str, MemoryPool] = {}
         self._pool_regs: list[int] = []
@@ -136,7 +136,7 @@ class LLMDataDist:
         for option, placement in (("llm.MemPoolConfig", "DEVICE"), ("llm.HostMemPoolConfig", "HOST")):
             if option in options:
                 pools[placement] = MemoryPool(pool_size(option, options[option]))
-        self._fault = fault_from_env()
+        self._faults = fault_from_env()
         try:
             self._fixed = fixed_from_env()
         except ValueError as exc:
@@ -198,6 +198,8 @@ class LLMDataDist:
             with _live_lock:
                 if _live is self:
                     _live = None
+        # after the release, so that a failing finalize still leaves the process able to init again
+        self._fail_point("finalize")
 
     @property
     def cluster_id(self) -> int:
@@ -221,24 +223,43 @@ class LLMDataDist:
             raise_param_invalid(f"{api} is not supported when llm.EnableCacheManager is not configured.")
 
     def _fault_point(self, api: str) -> None:
-        fault, plane = self._fault, self._plane
-        if (
-            fault is not None
-            and plane is not None
-            and fault.kind == "crash"
-            and fault.applies(api, plane.role)
-        ):
-            crash_now(fault, api, plane.role)
+        """A ``crash`` fault exits here; a ``teardown`` fault raises here (finalize: see there)."""
+        crash, plane = self._active_fault(api, ("crash",)), self._plane
+        if crash is not None and plane is not None:
+            crash_now(crash, api, plane.role)
+        if api != "finalize":
+            self._fail_point(api)
+
+    def _fail_point(self, api: str) -> None:
+        fault = self._active_fault(api, ("teardown",))
+        if fault is not None:
+            raise native_error(api, LLMStatusCode.LLM_FAILED, f"sim fault {fault}: {api} failed")
+
+    def _active_fault(self, api: str, kinds: tuple[str, ...]) -> Fault | None:
+        """The first injected fault of one of ``kinds`` that applies to ``api`` in this process."""
+        plane = self._plane
+        if plane is None:
+            return None
+        return next((f for f in self._faults if f.kind in kinds and f.applies(api, plane.role)), None)
 
     def _fault_active(self, kind: str, api: str) -> bool:
-        fault, plane = self._fault, self._plane
-        return (
-            fault is not None and plane is not None and fault.kind == kind and fault.applies(api, plane.role)
-        )
+        return self._active_fault(api, (kind,)) is not None
+
+    def _distort(
+        self, api: str, pairs: list[tuple[int, int]], spans: list[tuple[int, int, int]], dst_bytes: int | None
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+        """The tensor pairs and spans ``api`` moves: the right ones, unless a semantic fault is active."""
+        fault = self._active_fault(api, MOVE_KINDS)
+        return (pairs, spans) if fault is None else distort(fault.kind, pairs, spans, dst_bytes)
+
+    def _reported(self, api: str, code: LLMStatusCode) -> LLMStatusCode:
+        """The status ``api`` reports for ``code``: LLM_SUCCESS under a ``lie`` fault."""
+        return LLMStatusCode.LLM_SUCCESS if self._fault_active("lie", api) else code
 
     def _fault_factor(self, kind: str, api: str) -> float | None:
         """The factor of an active ``kind`` fault at ``api`` (e.g. ``slow=1.5``), None when inactive."""
-        return self._fault.factor if self._fault_active(kind, api) and self._fault else None
+        fault = self._active_fault(api, (kind,))
+        return None if fault is None else fault.factor
 
     def _ctx(self) -> tuple[control.ControlPlane, Transport]:
         assert self._plane is not None and self._transport is not None
@@ -425,7 +446,7 @@ class LLMDataDist:
         if not clusters:
             return LLMStatusCode.LLM_PARAM_INVALID, []
         deadline = time.monotonic() + timeout / 1000
-        codes = [self._link_one(info, deadline) for info in clusters]
+        codes = [self._reported("link_clusters", self._link_one(info, deadline)) for info in clusters]
         return _overall(codes), codes
 
     def _link_one(self, info: LLMClusterInfo, deadline: float) -> LLMStatusCode:

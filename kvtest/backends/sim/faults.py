@@ -1,6 +1,8 @@
 """Fault injection from ``KVTEST_SIM_FAULT=<kind>[=<factor>][@<api>][:<role><rank>]``
 (e.g. ``flip@pull_blocks:d0``).
 
+Faults that make a call fail, stall or slow down, or a process die:
+
 - ``flip``: one byte of the transferred data ends up wrong on the receiving side (``@swap_blocks``,
   ``@copy_cache``, ``@copy_blocks`` too, only when named: the first byte the local copy wrote).
 - ``stall``: the transfer never completes; the call fails with LLM_TIMEOUT after sync_kv_timeout.
@@ -10,8 +12,24 @@
   sleeps (F - 1) times what it took before it returns, so the measured GB/s drops; it never times
   out. This is how kvtest's own tests show that ``kvtest compare`` catches a slowdown
   (``slow=1.5@pull_blocks:d0``).
+- ``teardown``: ``unregister_cache`` raises LLM_FAILED without unregistering; ``finalize`` releases
+  everything, then raises LLM_FAILED.
 
-Without ``@api`` a fault applies to every api of its kind; without ``:role`` to every process.
+Semantic faults: the call succeeds but does the wrong thing, as a broken stack could:
+
+- ``misplace``: the first block (or batch slot) lands one block off in the destination.
+- ``drop``: the last block (or slot) is not moved.
+- ``partial``: only the first half of each block (or slot) is moved.
+- ``swaptensors``: the first two tensors moved land in each other's destination tensor.
+- ``dstlayers``: the destination layer range is ignored: layers land from destination layer 0.
+- ``mapping``: ``swap_blocks`` ignores the mapping's destination: block *s* goes to block *s*.
+- ``batch``: the batch index argument is ignored (0 is used): pull_cache's ``batch_index``,
+  push_cache's ``src_batch_index``.
+- ``lie``: a failure is reported as LLM_SUCCESS: a transfer_cache_async result, a link_clusters code.
+
+Without ``@api`` a fault applies to every api of its default set; without ``:role`` to every process.
+Several faults, comma-separated (``drop@pull_cache:d0,drop@push_cache:d0``), are all active at once:
+kvtest's mutation matrix runs one kind against several apis in one pytest run that way.
 """
 
 from __future__ import annotations
@@ -42,12 +60,24 @@ OTHER_APIS = (
     "allocate_blocks_cache",
     "finalize",
 )
+#: transfers that take layer ranges
+LAYERED_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "transfer_cache_async")
+TEARDOWN_APIS = ("unregister_cache", "finalize")
 KIND_APIS: dict[str, tuple[str, ...]] = {
     "flip": TRANSFER_APIS + ("swap_blocks", "copy_cache", "copy_blocks"),
     "stall": TRANSFER_APIS,
     "linkfail": LINK_APIS,
     "crash": TRANSFER_APIS + LINK_APIS + OTHER_APIS,
     "slow": TRANSFER_APIS,
+    "misplace": TRANSFER_APIS + ("swap_blocks",),
+    "drop": TRANSFER_APIS + ("swap_blocks",),
+    "partial": TRANSFER_APIS + ("swap_blocks",),
+    "swaptensors": TRANSFER_APIS + ("swap_blocks",),
+    "dstlayers": LAYERED_APIS,
+    "mapping": ("swap_blocks",),
+    "batch": ("pull_cache", "push_cache"),
+    "lie": ("transfer_cache_async", "link_clusters"),
+    "teardown": TEARDOWN_APIS,
 }
 #: apis a fault without ``@api`` applies to
 DEFAULT_APIS: dict[str, tuple[str, ...]] = {
@@ -56,14 +86,18 @@ DEFAULT_APIS: dict[str, tuple[str, ...]] = {
     "linkfail": LINK_APIS,
     "crash": TRANSFER_APIS,
     "slow": TRANSFER_APIS,
+    **{kind: KIND_APIS[kind] for kind in ("misplace", "drop", "partial", "swaptensors", "dstlayers")},
+    **{kind: KIND_APIS[kind] for kind in ("mapping", "batch", "lie", "teardown")},
 }
+#: kinds that rewrite which bytes a transfer moves (see :func:`distort`)
+MOVE_KINDS = ("misplace", "drop", "partial", "swaptensors")
 #: kinds that take ``=<factor>``, with the factor they get without one
 FACTOR_DEFAULTS: dict[str, float] = {"slow": 2.0}
 #: the largest factor accepted
 MAX_FACTOR = 100.0
 
 FORMS = (
-    "accepted: <kind>[=<factor>][@<api>][:<role><rank>], kind one of flip|stall|linkfail|crash|slow, "
+    f"accepted: <kind>[=<factor>][@<api>][:<role><rank>], kind one of {'|'.join(KIND_APIS)}, "
     "e.g. flip@pull_blocks:d0 or slow=1.5@pull_blocks:d0"
 )
 _PATTERN = re.compile(
@@ -133,9 +167,14 @@ def _factor(kind: str, raw: str | None, text: str) -> float | None:
     return factor
 
 
-def fault_from_env() -> Fault | None:
+def parse_faults(text: str) -> tuple[Fault, ...]:
+    """Parse a comma-separated ``KVTEST_SIM_FAULT`` value (one fault or several)."""
+    return tuple(parse_fault(part) for part in text.split(","))
+
+
+def fault_from_env() -> tuple[Fault, ...]:
     text = os.environ.get(ENV_VAR, "")
-    return parse_fault(text) if text.strip() else None
+    return parse_faults(text) if text.strip() else ()
 
 
 def crash_now(fault: Fault, api: str, role: str) -> None:
@@ -143,3 +182,30 @@ def crash_now(fault: Fault, api: str, role: str) -> None:
     sys.stderr.write(f"kvtest sim fault {fault}: crashing {role} (pid {os.getpid()}) at {api}\n")
     sys.stderr.flush()
     os._exit(CRASH_EXIT_CODE)
+
+
+#: (source offset, destination offset, bytes) inside one tensor, as kvtest.backends.sim.layout.Span
+_Span = tuple[int, int, int]
+
+
+def distort(
+    kind: str, pairs: list[tuple[int, int]], spans: list[_Span], dst_bytes: int | None
+) -> tuple[list[tuple[int, int]], list[_Span]]:
+    """The (tensor pairs, spans) a transfer with a ``MOVE_KINDS`` fault moves instead of the right ones.
+
+    Pairs are (source tensor, destination tensor); spans are in the direction the data flows.
+    ``dst_bytes`` is the size of one destination tensor (None when unknown: ``misplace`` does nothing).
+    """
+    if kind == "swaptensors" and len(pairs) >= 2:
+        (s0, d0), (s1, d1) = pairs[0], pairs[1]
+        return [(s0, d1), (s1, d0), *pairs[2:]], spans
+    if kind == "drop":
+        return pairs, spans[:-1]
+    if kind == "partial":
+        return pairs, [(so, do, n // 2) for so, do, n in spans]
+    if kind == "misplace" and spans and dst_bytes is not None:
+        so, do, n = spans[0]
+        moved = do + n if do + 2 * n <= dst_bytes else do - n
+        if moved >= 0:
+            return pairs, [(so, moved, n), *spans[1:]]
+    return pairs, spans

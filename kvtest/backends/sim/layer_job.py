@@ -95,19 +95,24 @@ class LayerJob:
                 continue
             if not self._synchronizer.synchronize_layer(layer, None):
                 for config in wanted:
-                    self._rets[config.dst_cluster_id] = LLMStatusCode.LLM_PARAM_INVALID
+                    self._rets[config.dst_cluster_id] = self._reported(LLMStatusCode.LLM_PARAM_INVALID)
                 return
             for config in wanted:
                 code = self._layer(layer, self._dst_layer(layer, config), config)
                 if code != LLMStatusCode.LLM_SUCCESS:
-                    self._rets[config.dst_cluster_id] = code
+                    self._rets[config.dst_cluster_id] = self._reported(code)
                     return
                 if layer == _src_range(config).stop - 1:
                     self._rets[config.dst_cluster_id] = LLMStatusCode.LLM_SUCCESS
 
+    def _reported(self, code: LLMStatusCode) -> LLMStatusCode:
+        return self._cm._dd._reported(API, code)  # LLM_SUCCESS under a ``lie`` fault
+
     def _dst_layer(self, layer: int, config: AnyConfig) -> int:
         if isinstance(config, TransferConfig):
             return layer
+        if self._cm._dd._fault_active("dstlayers", API):  # the destination range ignored
+            return layer - _src_range(config).start
         dst = list(config.dst_layer_range)
         if self._absolute:
             return dst[layer]  # IndexError past the range's length ends the thread, as upstream
@@ -115,14 +120,13 @@ class LayerJob:
 
     def _layer(self, layer: int, dst_layer: int, config: AnyConfig) -> LLMStatusCode:
         try:
-            agent, dst_addrs = self._destination(layer, dst_layer, config)
+            agent, dst_addrs, dst_bytes = self._destination(layer, dst_layer, config)
             spans = self._spans(config)
             src_addrs = self._entry.cache.tensor_addrs[
                 layer * TENSORS_PER_LAYER : (layer + 1) * TENSORS_PER_LAYER
             ]
-            segments = [
-                (src + so, dst + do, n) for src, dst in zip(src_addrs, dst_addrs) for so, do, n in spans
-            ]
+            pairs = [(t, t) for t in range(len(dst_addrs))]
+            segments = self._cm._expand(API, pairs, src_addrs, dst_addrs, spans, dst_bytes)
             deadline = time.monotonic() + self._cm._dd._sync_timeout_ms / 1000
             self._cm._move(API, "WRITE", agent, segments, deadline)
         except _Refused as refused:
@@ -131,12 +135,15 @@ class LayerJob:
             return exc.status_code
         return LLMStatusCode.LLM_SUCCESS
 
-    def _destination(self, layer: int, dst_layer: int, config: AnyConfig) -> tuple[str, list[int]]:
-        """The peer's agent and the two destination tensor addresses of this layer."""
+    def _destination(
+        self, layer: int, dst_layer: int, config: AnyConfig
+    ) -> tuple[str, list[int], int | None]:
+        """The peer's agent, the two destination tensor addresses of this layer and the bytes from
+        there to the end of a destination tensor (None when unknown: raw addresses)."""
         agent = self._cm._peer(API, config.dst_cluster_id)
         if isinstance(config, TransferConfig):
             first = (layer - _src_range(config).start) * TENSORS_PER_LAYER
-            return agent, list(config.dst_addrs[first : first + TENSORS_PER_LAYER])
+            return agent, list(config.dst_addrs[first : first + TENSORS_PER_LAYER]), None
         _require(self._entry.exported)  # "local cache is not remote accessible."
         key = config.cache_key
         if isinstance(key, BlocksCacheKey):
@@ -152,9 +159,9 @@ class LayerJob:
             _require(max(self._dst_blocks) < (remote.batch if remote.blocks else 0))
             _require(self._block_mem_size in (0, remote.slot_bytes))
         first = dst_layer * TENSORS_PER_LAYER
-        return agent, [
-            addr + dst_batch * remote.slot_bytes for addr in remote.addrs[first : first + TENSORS_PER_LAYER]
-        ]
+        offset = dst_batch * remote.slot_bytes
+        addrs = [addr + offset for addr in remote.addrs[first : first + TENSORS_PER_LAYER]]
+        return agent, addrs, remote.batch * remote.slot_bytes - offset
 
     def _spans(self, config: AnyConfig) -> list[tuple[int, int, int]]:
         """(source offset, destination offset, bytes) within each tensor of the layer."""

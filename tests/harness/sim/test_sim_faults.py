@@ -9,7 +9,7 @@ import sim_scenarios
 
 from conftest import Peer, PeerFailed
 from kvtest.backends import sim
-from kvtest.backends.sim.faults import CRASH_EXIT_CODE, parse_fault
+from kvtest.backends.sim.faults import CRASH_EXIT_CODE, distort, parse_fault, parse_faults
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +174,34 @@ def test_fault_applies_by_api_and_role():
     assert not fault.applies("pull_cache", "d0")
     assert parse_fault("crash").applies("push_cache", "p3")
     assert not parse_fault("crash").applies("init", "p3")
+
+
+def test_parse_faults_takes_several_comma_separated():
+    faults = parse_faults("drop@pull_cache:d0,lie@link_clusters:p0")
+    assert [str(f) for f in faults] == ["drop@pull_cache:d0", "lie@link_clusters:p0"]
+    with pytest.raises(ValueError, match=r"invalid KVTEST_SIM_FAULT api 'link' for mapping in 'mapping@link'"):
+        parse_faults("drop@pull_cache:d0,mapping@link")
+
+
+PAIRS = [(0, 0), (1, 1), (2, 2)]
+SPANS = [(0, 0, 8), (16, 8, 8)]  # two 8-byte blocks: src block 0 -> dst 0, src 2 -> dst 1
+
+
+@pytest.mark.parametrize(
+    ("kind", "dst_bytes", "pairs", "spans"),
+    [
+        ("misplace", 32, PAIRS, [(0, 8, 8), (16, 8, 8)]),  # dst block 0's bytes go to block 1
+        ("misplace", 16, PAIRS, [(0, 8, 8), (16, 8, 8)]),
+        ("misplace", 8, PAIRS, SPANS),  # a one-block destination: nowhere else to land
+        ("drop", 32, PAIRS, [(0, 0, 8)]),
+        ("partial", 32, PAIRS, [(0, 0, 4), (16, 8, 4)]),
+        ("swaptensors", 32, [(0, 1), (1, 0), (2, 2)], SPANS),
+    ],
+)
+def test_distort_moves_the_wrong_bytes(kind, dst_bytes, pairs, spans):
+    assert distort(kind, list(PAIRS), list(SPANS), dst_bytes) == (pairs, spans)
+
+
+def test_distort_never_writes_outside_the_destination():
+    _, spans = distort("misplace", [(0, 0)], [(0, 24, 8)], 32)
+    assert spans == [(0, 16, 8)]  # the last block moves back one, not past the end

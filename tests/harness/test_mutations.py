@@ -1,0 +1,413 @@
+"""The mutation matrix: every fault the sim can inject must make the product suite fail, saying why.
+
+``MATRIX`` is the one table: (fault, sample test, what its failure must say). A fault is
+``KVTEST_SIM_FAULT``'s ``<kind>@<api>:<role>``; the sample test is the smallest case that exercises
+that api on that role; the expected text names the cause (tensor, layer and block of a KV mismatch,
+or a status code). ``test_the_matrix_*`` keep the table complete: every (kind, api) the sim can
+inject is in it or in ``NOT_APPLICABLE`` with the reason, every sample file and every api appears.
+
+Cost: rows are packed into as few pytest runs as possible: one run per batch of rows of one kind
+whose faults can all be active at once (comma-separated ``KVTEST_SIM_FAULT``) because no test of the
+batch calls another row's faulted api on that role (``CALLS`` says which test calls what). Four core
+batches run by default; the whole matrix, and the same cases without faults, with
+``KVTEST_HARNESS_FULL=1`` (as .ci/run does). Measured on the 2-core CI machine: 24 s by default, 2.5 min
+for the whole matrix (58 rows in 21 runs, plus one unfaulted run), 6.3 min when the machine was shared
+(load average 10).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kvtest.backends.sim.faults import KIND_APIS, parse_fault
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "tests" / "samples"
+FULL = os.environ.get("KVTEST_HARNESS_FULL") == "1"
+
+
+def mismatch(role: str, check: str) -> str:
+    """What Node.check reports for a KV mismatch: role, check, tensor, layer and block."""
+    return (
+        rf"KV mismatch in {role} {re.escape(check)}: tensor \d+ \(layer \d+, tensors_per_layer=\d+\), "
+        rf"block \d+ of \d+"
+    )
+
+
+def status(api: str, code: str) -> str:
+    return rf"\[{api}\] failed, error code is LLMStatusCode\.{code}"
+
+
+MISPLACED = r"block \d+ holds the bytes expected in block \d+ \(a misplaced block\)"
+
+# the smallest case of each sample flow that exercises the api (ids as collected on the smoke profile)
+PULL_CACHE = "test_pull_cache.py::test_pull_cache[fp32-slots(1)]"
+PULL_CACHE_MOVED = "test_pull_cache.py::test_pull_cache[bf16-slots(2->0,0->3)]"  # batch indices != 0
+PULL_CACHE_LAYERS = "test_pull_cache.py::test_pull_cache[int8-slots(0,1)-layers(0:1->1:2)]"
+PULL_BLOCKS = "test_pull_blocks.py::test_pull_blocks[bf16-blocks(5)->(0)]"
+PULL_BLOCKS_MANY = "test_pull_blocks.py::test_pull_blocks[fp16-blocks(0,3,5)->(7,1,2)]"
+PULL_BLOCKS_LAYERS = "test_pull_blocks.py::test_pull_blocks[fp16-blocks(1,3)->(2,0)-layers[0:2]->[2:4]]"
+CACHE_TO_BLOCKS = "test_pull_from_cache_to_blocks.py::test_pull_from_cache_to_blocks[fp32-slot1->blocks(3,1)]"
+XPYD = "test_pull_blocks_xpyd.py::test_pull_blocks_1p2d[fp32-blocks(0,1)->(0,2)]"
+PUSH_BLOCKS = "test_push_blocks.py::test_push_blocks[bf16-blocks(3)->(0)]"
+PUSH_BLOCKS_MANY = "test_push_blocks.py::test_push_blocks[fp16-blocks(0,1,5)->(7,2,3)]"
+PUSH_CACHE = "test_push_cache.py::test_push_cache[fp16-4x4x512-slot3->1]"
+PUSH_CACHE_LAYERS = "test_push_cache.py::test_push_cache[fp16-8x3x256-slot2->1-layers[1:3]]"
+SWITCH_ROLE = "test_switch_role.py::test_switch_role[fp32-L2x1-3x10-layers[0:2]->[0:2]-blocks(0,1)->(0,2)]"
+SWITCH_ROLE_LAYERS = "test_switch_role.py::test_switch_role[bf16-L2x2-5x256-layers[0:1]->[1:2]-blocks(4)->(0)]"
+ASYNC = "test_transfer_cache_async.py::test_transfer_cache_async[fp16-L4x2-4x512-layers[0:4]->[0:4]]"
+ASYNC_REFUSED = "test_transfer_cache_async.py::test_transfer_cache_async[int8-L3x2-8x1024-layers[0:3]->[0:3]-refuse1]"
+ASYNC_LINK_LOST = "test_transfer_cache_async.py::test_transfer_cache_async_reports_a_failed_layer"
+HIXL = "test_hixl_transfer_backend.py::test_hixl_transfer_backend[bf16-pull(1)->(3)-push(2)->(0)]"
+CLOSED_PORT = "test_error_paths.py::test_link_clusters_to_closed_port"
+
+#: what each sample test above transfers or links with, as (api, role): a batch never faults an api
+#: one of its tests calls for another row
+CALLS: dict[str, set[tuple[str, str]]] = {
+    "test_pull_cache.py::test_pull_cache": {("pull_cache", "d0"), ("link", "p0"), ("link", "d0")},
+    "test_pull_blocks.py::test_pull_blocks": {
+        ("pull_blocks", "d0"), ("swap_blocks", "d0"), ("link", "p0"), ("link", "d0")
+    },
+    "test_pull_from_cache_to_blocks.py::test_pull_from_cache_to_blocks": {
+        ("pull_blocks", "d0"), ("link", "p0"), ("link", "d0")
+    },
+    "test_pull_blocks_xpyd.py::test_pull_blocks_1p2d": {
+        ("pull_blocks", "d0"), ("pull_blocks", "d1"), ("link_clusters", "d0"), ("link_clusters", "d1")
+    },
+    "test_push_blocks.py::test_push_blocks": {("push_blocks", "d0"), ("link_clusters", "d0")},
+    "test_push_cache.py::test_push_cache": {("push_cache", "d0"), ("link_clusters", "d0")},
+    "test_switch_role.py::test_switch_role": {
+        ("pull_blocks", "d0"), ("push_blocks", "d0"), ("link_clusters", "d0"), ("link_clusters", "p0")
+    },
+    "test_transfer_cache_async.py::test_transfer_cache_async": {
+        ("transfer_cache_async", "p0"), ("link_clusters", "p0")
+    },
+    "test_transfer_cache_async.py::test_transfer_cache_async_reports_a_failed_layer": {
+        ("transfer_cache_async", "p0"), ("link_clusters", "p0")
+    },
+    "test_hixl_transfer_backend.py::test_hixl_transfer_backend": {
+        ("pull_blocks", "p0"), ("push_blocks", "d0"), ("link_clusters", "p0"), ("link_clusters", "d0")
+    },
+    "test_error_paths.py::test_link_clusters_to_closed_port": {("link_clusters", "p0")},
+}
+#: kinds whose apis every test calls (teardown) or that end a process (crash): a batch of their own
+ALONE = ("teardown", "crash")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One mutation: ``fault`` makes ``test`` (a sample node id) fail with text matching ``expect``."""
+
+    fault: str
+    test: str
+    expect: str
+
+    @property
+    def kind(self) -> str:
+        return parse_fault(self.fault).kind
+
+    @property
+    def api(self) -> str:
+        api = parse_fault(self.fault).api
+        assert api is not None, f"{self.fault}: every row names its api"
+        return api
+
+    @property
+    def role(self) -> str:
+        role = parse_fault(self.fault).role
+        assert role is not None, f"{self.fault}: every row names its role"
+        return role
+
+    @property
+    def function(self) -> str:
+        return self.test.split("[")[0]
+
+    @property
+    def nodeid(self) -> str:
+        return f"tests/samples/{self.test}"
+
+
+MATRIX: list[Row] = [
+    # flip: one byte wrong on arrival
+    Row("flip@pull_cache:d0", PULL_CACHE, mismatch("d0", "cache after pull_cache")),
+    Row("flip@pull_blocks:d0", PULL_BLOCKS, mismatch("d0", "cache after pull_blocks")),
+    Row("flip@pull_blocks:d0", CACHE_TO_BLOCKS, mismatch("d0", "blocks after pull_blocks from a cache")),
+    Row("flip@pull_blocks:d0", XPYD, mismatch("d0", "cache after pull_blocks from p0")),
+    Row("flip@pull_blocks:d0", SWITCH_ROLE, mismatch("d0", "cache after pull_blocks")),
+    Row("flip@pull_blocks:p0", HIXL, mismatch("p0", "cache after pull_blocks and d's push_blocks")),
+    Row("flip@push_blocks:d0", PUSH_BLOCKS, mismatch("p0", "cache after push_blocks")),
+    Row("flip@push_blocks:d0", SWITCH_ROLE, mismatch("p0", "cache after push_blocks")),
+    Row("flip@push_blocks:d0", HIXL, mismatch("p0", "cache after pull_blocks and d's push_blocks")),
+    Row("flip@push_cache:d0", PUSH_CACHE, mismatch("p0", "cache after push_cache")),
+    Row("flip@transfer_cache_async:p0", ASYNC, mismatch("d0", "cache after transfer_cache_async")),
+    Row("flip@swap_blocks:d0", PULL_BLOCKS, mismatch("d0", "host cache after swap_blocks out")),
+    # stall: the transfer never completes
+    Row("stall@pull_cache:d0", PULL_CACHE, status("pull_cache", "LLM_TIMEOUT")),
+    Row("stall@pull_blocks:d0", PULL_BLOCKS, status("pull_blocks", "LLM_TIMEOUT")),
+    Row("stall@push_blocks:d0", PUSH_BLOCKS, status("push_blocks", "LLM_TIMEOUT")),
+    Row("stall@push_cache:d0", PUSH_CACHE, status("push_cache", "LLM_TIMEOUT")),
+    Row(
+        "stall@transfer_cache_async:p0",
+        ASYNC,
+        r"transfer_cache_async results \[<LLMStatusCode\.LLM_TIMEOUT: \d+>\], expected \[LLMStatusCode\.LLM_SUCCESS\]",
+    ),
+    # linkfail
+    Row("linkfail@link:d0", PULL_CACHE, status("link", "LLM_LINK_FAILED")),
+    Row("linkfail@link_clusters:d0", PUSH_BLOCKS, r"link_clusters to p0 failed: LLMStatusCode\.LLM_LINK_FAILED"),
+    # crash (every api: tests/harness/test_reliability.py); here one, against a sample
+    Row("crash@pull_blocks:d0", PULL_BLOCKS, r"peer d0 died at step 'pull_blocks': its process \(pid \d+\) exited"),
+    # misplace: a block or batch slot lands one off
+    Row("misplace@pull_cache:d0", PULL_CACHE_MOVED, mismatch("d0", "cache after pull_cache")),
+    Row("misplace@pull_blocks:d0", PULL_BLOCKS_MANY, mismatch("d0", "cache after pull_blocks") + ".*" + MISPLACED),
+    Row("misplace@pull_blocks:d0", CACHE_TO_BLOCKS, mismatch("d0", "blocks after pull_blocks from a cache")),
+    Row("misplace@push_cache:d0", PUSH_CACHE, mismatch("p0", "cache after push_cache")),
+    Row("misplace@push_blocks:d0", PUSH_BLOCKS_MANY, mismatch("p0", "cache after push_blocks") + ".*" + MISPLACED),
+    Row("misplace@transfer_cache_async:p0", ASYNC, mismatch("d0", "cache after transfer_cache_async")),
+    Row("misplace@swap_blocks:d0", PULL_BLOCKS, mismatch("d0", "host cache after swap_blocks out")),
+    # drop: the last block (slot) stays behind
+    Row("drop@pull_cache:d0", PULL_CACHE, mismatch("d0", "cache after pull_cache")),
+    Row("drop@pull_blocks:d0", PULL_BLOCKS_MANY, mismatch("d0", "cache after pull_blocks")),
+    Row("drop@push_cache:d0", PUSH_CACHE, mismatch("p0", "cache after push_cache")),
+    Row("drop@push_blocks:d0", PUSH_BLOCKS_MANY, mismatch("p0", "cache after push_blocks")),
+    Row("drop@transfer_cache_async:p0", ASYNC, mismatch("d0", "cache after transfer_cache_async")),
+    Row("drop@swap_blocks:d0", PULL_BLOCKS, mismatch("d0", "host cache after swap_blocks out")),
+    # partial: half of each block
+    Row("partial@pull_cache:d0", PULL_CACHE, mismatch("d0", "cache after pull_cache")),
+    Row("partial@pull_blocks:d0", PULL_BLOCKS_MANY, mismatch("d0", "cache after pull_blocks")),
+    Row("partial@push_cache:d0", PUSH_CACHE, mismatch("p0", "cache after push_cache")),
+    Row("partial@push_blocks:d0", PUSH_BLOCKS_MANY, mismatch("p0", "cache after push_blocks")),
+    Row("partial@transfer_cache_async:p0", ASYNC, mismatch("d0", "cache after transfer_cache_async")),
+    Row("partial@swap_blocks:d0", PULL_BLOCKS, mismatch("d0", "host cache after swap_blocks out")),
+    # swaptensors: two tensors trade places
+    Row("swaptensors@pull_cache:d0", PULL_CACHE, mismatch("d0", "cache after pull_cache")),
+    Row("swaptensors@pull_blocks:d0", PULL_BLOCKS_MANY, mismatch("d0", "cache after pull_blocks")),
+    Row("swaptensors@push_cache:d0", PUSH_CACHE, mismatch("p0", "cache after push_cache")),
+    Row("swaptensors@push_blocks:d0", PUSH_BLOCKS_MANY, mismatch("p0", "cache after push_blocks")),
+    Row("swaptensors@transfer_cache_async:p0", ASYNC, mismatch("d0", "cache after transfer_cache_async")),
+    Row("swaptensors@swap_blocks:d0", PULL_BLOCKS, mismatch("d0", "host cache after swap_blocks out")),
+    # dstlayers: the destination layer range ignored
+    Row("dstlayers@pull_cache:d0", PULL_CACHE_LAYERS, mismatch("d0", "cache after pull_cache")),
+    Row("dstlayers@pull_blocks:d0", PULL_BLOCKS_LAYERS, mismatch("d0", "cache after pull_blocks")),
+    Row("dstlayers@push_cache:d0", PUSH_CACHE_LAYERS, mismatch("p0", "cache after push_cache")),
+    Row("dstlayers@push_blocks:d0", SWITCH_ROLE_LAYERS, mismatch("p0", "cache after push_blocks")),
+    Row(
+        "dstlayers@transfer_cache_async:p0",
+        ASYNC_LINK_LOST,
+        mismatch("d0", "cache after transfer_cache_async lost its link at layer 2"),
+    ),
+    # mapping: swap_blocks ignores the destination block
+    Row("mapping@swap_blocks:d0", PULL_BLOCKS, mismatch("d0", "host cache after swap_blocks out")),
+    # batch: the batch index argument ignored
+    Row("batch@pull_cache:d0", PULL_CACHE_MOVED, mismatch("d0", "cache after pull_cache")),
+    Row("batch@push_cache:d0", PUSH_CACHE, mismatch("p0", "cache after push_cache")),
+    # lie: a failure reported as LLM_SUCCESS
+    Row(
+        "lie@transfer_cache_async:p0",
+        ASYNC_LINK_LOST,
+        r"transfer_cache_async results \[<LLMStatusCode\.LLM_SUCCESS: \d+>\] after layer 2 lost its link",
+    ),
+    Row(
+        "lie@transfer_cache_async:p0",
+        ASYNC_REFUSED,
+        r"transfer_cache_async results \[<LLMStatusCode\.LLM_SUCCESS: \d+>\], "
+        r"expected \[LLMStatusCode\.LLM_PARAM_INVALID\]",
+    ),
+    Row(
+        "lie@link_clusters:p0",
+        CLOSED_PORT,
+        r"link_clusters to a closed port returned LLMStatusCode\.LLM_SUCCESS, expected LLMStatusCode\.LLM_LINK_FAILED",
+    ),
+    # teardown: unregister or finalize fails
+    Row(
+        "teardown@unregister_cache:d0",
+        PUSH_BLOCKS,
+        r"d0 failed at step 'unregister_cache': \S*LLMException: " + status("unregister_cache", "LLM_FAILED"),
+    ),
+    Row(
+        "teardown@finalize:d0",
+        PUSH_BLOCKS,
+        r"d0 failed at step 'finalize': \S*LLMException: " + status("finalize", "LLM_FAILED"),
+    ),
+]
+
+#: (kind, api) the sim can inject that the matrix leaves out, and why ("*": every api of the kind)
+NOT_APPLICABLE: dict[tuple[str, str], str] = {
+    ("crash", "*"): "a crash at every api, on both roles: tests/harness/test_reliability.py",
+}
+#: sample files without a row, and why
+FILES_WITHOUT_ROWS = {
+    "test_bandwidth_sweep.py": "bench only (-m bench); its transfers and checks are push_blocks and "
+    "pull_blocks through the same Node.check as the rows above",
+}
+#: the batches that run by default (about two minutes); the rest with KVTEST_HARNESS_FULL=1
+CORE = {
+    "misplace@pull_blocks:d0",
+    "dstlayers@push_cache:d0",
+    "mapping@swap_blocks:d0",
+    "lie@transfer_cache_async:p0",
+}
+
+
+def _conflicts(a: Row, b: Row) -> bool:
+    """True when ``a``'s fault would touch ``b``'s test (or the other way round)."""
+    if a.fault == b.fault:
+        return False
+    return (a.api, a.role) in CALLS[b.function] or (b.api, b.role) in CALLS[a.function]
+
+
+def batches(rows: list[Row]) -> list[list[Row]]:
+    """Rows packed into as few runs as possible: one kind per run, no row's fault touching another's
+    test, and each sample test at most once per run."""
+    packed: list[list[Row]] = []
+    for row in rows:
+        home = None
+        if row.kind not in ALONE:
+            home = next(
+                (
+                    batch
+                    for batch in packed
+                    if batch[0].kind == row.kind
+                    and all(not _conflicts(row, other) and other.test != row.test for other in batch)
+                ),
+                None,
+            )
+        elif packed and packed[-1][0].fault == row.fault:
+            home = packed[-1]
+        if home is None:
+            packed.append([row])
+        else:
+            home.append(row)
+    return packed
+
+
+def _batch_param(batch: list[Row]) -> object:
+    faults = sorted({row.fault for row in batch})
+    name = ",".join(faults)
+    core = any(fault in CORE for fault in faults)
+    marks = [] if core else [pytest.mark.slow, pytest.mark.skipif(not FULL, reason="set KVTEST_HARNESS_FULL=1")]
+    return pytest.param(batch, id=name, marks=marks)
+
+
+def run_samples(nodeids: list[str], tmp_path: Path, fault: str | None) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """One local-mode pytest run of the sample tests ``nodeids``; returns it and its JUnit file."""
+    junit = tmp_path / "j.xml"
+    env = {k: v for k, v in os.environ.items() if k != "KVTEST_SIM_FAULT"}
+    if fault is not None:
+        env["KVTEST_SIM_FAULT"] = fault
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
+            "--kv-logs", str(tmp_path / "logs"), f"--junitxml={junit}", "--kv-timeout", "60", *nodeids,
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=480, env=env,
+    )
+    return result, junit
+
+
+def junit_outcomes(path: Path) -> dict[str, tuple[str, str]]:
+    """node id -> (passed | failed | error | skipped, the failure's message and report text)."""
+    out = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        module = case.get("classname", "").replace(".", "/")
+        nodeid = f"{module}.py::{case.get('name')}"
+        outcome, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                outcome = "failed" if child.tag == "failure" else child.tag
+                # JUnit truncates a long message attribute; the element's text has the whole report
+                message = child.get("message", "") + "\n" + (child.text or "")
+                break
+        out[nodeid] = (outcome, message)
+    return out
+
+
+@pytest.mark.parametrize("batch", [_batch_param(b) for b in batches(MATRIX)])
+def test_every_mutation_is_caught(batch: list[Row], tmp_path: Path):
+    faults = ",".join(sorted({row.fault for row in batch}))
+    result, junit = run_samples(sorted({row.nodeid for row in batch}), tmp_path, faults)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, f"KVTEST_SIM_FAULT={faults}: exit {result.returncode}\n{out}"
+    outcomes = junit_outcomes(junit)
+    for row in batch:
+        outcome, message = outcomes.get(row.nodeid, ("missing", ""))
+        assert outcome in ("failed", "error"), f"{row.fault} was not caught by {row.test}: {outcome}\n{out}"
+        found = re.search(row.expect, message, re.S)
+        assert found, (
+            f"{row.fault} made {row.test} fail, but its message does not say why "
+            f"(expected /{row.expect}/):\n{message}"
+        )
+        print(f"{row.fault} | {row.test} | {' '.join(found.group(0).split())[:240]}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason="set KVTEST_HARNESS_FULL=1")
+def test_the_matrix_cases_pass_without_faults(tmp_path: Path):
+    """Every case the matrix uses passes unfaulted: each failure above is its fault's doing."""
+    nodeids = sorted({row.nodeid for row in MATRIX})
+    result, junit = run_samples(nodeids, tmp_path, None)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {k: v[0] for k, v in junit_outcomes(junit).items()} == dict.fromkeys(nodeids, "passed")
+
+
+# -- the table is complete ------------------------------------------------------------------------
+
+
+def test_the_matrix_covers_every_kind_and_api():
+    covered = {(row.kind, row.api) for row in MATRIX}
+    missing = [
+        f"{kind}@{api}"
+        for kind, apis in KIND_APIS.items()
+        for api in apis
+        if (kind, api) not in covered and (kind, api) not in NOT_APPLICABLE and (kind, "*") not in NOT_APPLICABLE
+    ]
+    assert not missing, f"fault (kind@api) with no row in MATRIX and no reason in NOT_APPLICABLE: {missing}"
+    assert {row.kind for row in MATRIX} == set(KIND_APIS), "every kind has at least one row"
+    apis = {api for kind, apis in KIND_APIS.items() if kind != "crash" for api in apis}
+    assert apis <= {row.api for row in MATRIX}, f"apis with no row: {sorted(apis - {r.api for r in MATRIX})}"
+
+
+def test_the_matrix_covers_every_sample_file():
+    files = {path.name for path in SAMPLES.glob("test_*.py")}
+    with_rows = {row.test.split("::")[0] for row in MATRIX}
+    assert files - with_rows == set(FILES_WITHOUT_ROWS), (
+        f"sample files with no row in MATRIX: {sorted(files - with_rows - set(FILES_WITHOUT_ROWS))}"
+    )
+
+
+def test_the_matrix_rows_are_sound():
+    for row in MATRIX:
+        parse_fault(row.fault)  # a known kind, an api it applies to, a role
+        assert row.function in CALLS, f"{row.test}: say in CALLS what it transfers with"
+        assert (row.api, row.role) in CALLS[row.function] or row.kind in ALONE, (
+            f"{row.fault}: {row.test} does not call {row.api} on {row.role}"
+        )
+        assert re.search(r"block|tensor|layer|LLM_|died", row.expect), f"{row.fault}: the message must name the cause"
+    assert CORE <= {row.fault for row in MATRIX}
+
+
+def test_sample_ids_in_the_matrix_exist():
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "tests/samples"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    collected = set(listed.stdout.split())
+    unknown = sorted({row.nodeid for row in MATRIX} - collected)
+    assert not unknown, f"MATRIX names tests the sample suite does not collect: {unknown}"
+
+
+def test_batches_never_fault_another_rows_test():
+    for batch in batches(MATRIX):
+        tests = [row.test for row in batch]
+        assert len({row.kind for row in batch}) == 1
+        assert len(tests) == len(set(tests))
+        for row in batch:
+            for other in batch:
+                assert not _conflicts(row, other), (row.fault, other.fault)
