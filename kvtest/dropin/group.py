@@ -211,8 +211,11 @@ class Group:
             return Outcome(False, summary, self.members, seconds)
         if failure is not None:
             member, how = failure
-            stopped = [m.role for m in self.members if m.stopped and m is not member]
+            others = [m for m in self.members if m is not member]
+            stopped = [m.role for m in others if m.stopped]
+            ended = [f"{m.role} exited with code {m.returncode}" for m in others if not m.stopped]
             tail = f"; stopped {', '.join(stopped)}" if stopped else ""
+            tail += f"; {', '.join(ended)} before it could be stopped" if ended else ""
             summary = f"{member.role} {_quote(member.command)} failed: {how} (log: {member.log}){tail}"
             return Outcome(False, summary, self.members, seconds)
         return Outcome(True, f"all {len(self.members)} commands passed", self.members, seconds)

@@ -66,7 +66,9 @@ def test_a_killed_side_stops_the_other_within_the_deadline(tmp_path):
     code, out, seconds = kvtest_run(tmp_path, "--timeout", "60", *push_pair(), fault="crash@push_blocks:d0")
     line = verdict(out)
     assert code == 1, out
-    assert "d0 `" in line and "failed: exited with code 70" in line and "stopped p0" in line, line
+    assert "d0 `" in line and "failed: exited with code 70" in line, line
+    # p0 is stopped, unless the crash ended it first (gloo sees the peer gone within the settle window)
+    assert "stopped p0" in line or "p0 exited with code" in line, line
     assert seconds < 60, f"took {seconds:.1f}s"
 
 

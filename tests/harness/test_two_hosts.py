@@ -233,6 +233,8 @@ def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float |
         while not gate.exists():
             assert time.monotonic() < deadline and p.poll() is None, p.communicate()[0]
             time.sleep(0.02)
+        # d0 notes p0's step between its 0.2 s wait slices: give it a few before the cut
+        time.sleep(1.0)
         cut = hosts.link("down")
         if outage is not None:
             time.sleep(outage)

@@ -175,7 +175,7 @@ def test_calls_before_init_raise_runtime_error(call):
 def test_init_without_configure_names_configure(monkeypatch):
     monkeypatch.setattr(control, "_current", None)
     with pytest.raises(
-        sim.LLMException, match=r"call kvtest\.backends\.sim\.configure\(store, namespace, role\)"
+        sim.LLMException, match=r"not configured: start the program with `kvtest run` .* or set KVTEST_SIM_STORE="
     ) as e:
         make()
     assert e.value.status_code == S.LLM_FAILED
