@@ -20,19 +20,28 @@ import torch
 _lock = threading.Lock()
 _ranges: dict[int, tuple[int, int]] = {}  # token -> (start, nbytes)
 _tokens = itertools.count(1)
+# Tokens whose memory is gone, dropped from _ranges at the next add or lookup. remove() runs from
+# weakref finalizers, which the garbage collector may call inside any allocation, even one made while
+# _lock is held by the same thread: so it only appends here and never takes the lock.
+_released: list[int] = []
+
+
+def _drop_released() -> None:
+    while _released:
+        _ranges.pop(_released.pop(), None)
 
 
 def add(start: int, nbytes: int) -> int:
     """Count ``[start, start + nbytes)`` as device memory; returns a token for :func:`remove`."""
     with _lock:
+        _drop_released()
         token = next(_tokens)
         _ranges[token] = (start, nbytes)
         return token
 
 
 def remove(token: int) -> None:
-    with _lock:
-        _ranges.pop(token, None)
+    _released.append(token)
 
 
 def to_device(host: torch.Tensor) -> torch.Tensor:
@@ -47,4 +56,5 @@ def to_device(host: torch.Tensor) -> torch.Tensor:
 def is_device(start: int, nbytes: int) -> bool:
     """Whether all of ``[start, start + nbytes)`` lies in one device allocation."""
     with _lock:
+        _drop_released()
         return any(s <= start and start + nbytes <= s + n for s, n in _ranges.values())

@@ -226,6 +226,23 @@ def test_device_memory_is_what_to_device_and_the_device_pool_made(plane):
     assert not device.is_device(pool.base, pool.size)
 
 
+def test_memory_collected_during_a_lookup_does_not_deadlock_it():
+    """The garbage collector may run a finalizer (``remove``) inside an allocation made while the
+    lookup holds the lock, in the same thread: remove must not wait for that lock."""
+    import threading
+
+    t = to_device(torch.zeros(16))
+    start = t.data_ptr()
+    token = device.add(start, 64)
+    remover = threading.Thread(target=device.remove, args=(token,), daemon=True)
+    with device._lock:  # as if is_device were holding it when the collector ran the finalizer
+        remover.start()
+        remover.join(2.0)
+        assert not remover.is_alive(), "remove() waited for the lock its own thread holds: a deadlock"
+    del t
+    assert not device.is_device(start, 64)
+
+
 # -- links (llm_link_manager.cc, link_msg_handler.cc, comm_entity_manager.cc) --------------------
 def _info(cluster: int, port: int | None, remote_ips: int = 1) -> sim.LLMClusterInfo:
     info = sim.LLMClusterInfo()
