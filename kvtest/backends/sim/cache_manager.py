@@ -48,7 +48,7 @@ from kvtest.backends.sim.status import LLMStatusCode, native_error, raise_param_
 from kvtest.backends.sim.transport import TransferError
 
 if TYPE_CHECKING:
-    from kvtest.backends.sim.datadist import LLMDataDist
+    from kvtest.backends.sim.endpoint import Endpoint
 
 AnyCacheKey = Union[CacheKey, CacheKeyByIdAndIndex]
 
@@ -101,7 +101,7 @@ def _slowed(api: str) -> Callable[[_Call], _Call]:
     def wrap(method: _Call) -> _Call:
         @functools.wraps(method)
         def call(self: CacheManager, *args: Any, **kwargs: Any) -> None:
-            factor = self._dd._fault_factor("slow", api)
+            factor = self._ep.fault_factor("slow", api)
             began = time.monotonic()
             method(self, *args, **kwargs)
             if factor is not None:
@@ -115,18 +115,18 @@ def _slowed(api: str) -> Callable[[_Call], _Call]:
 class CacheManager:
     """Allocates, registers and transfers caches for one :class:`LLMDataDist`."""
 
-    def __init__(self, datadist: LLMDataDist) -> None:
-        self._dd = datadist
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._ep = endpoint
         self._entries: dict[int, _Entry] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
     # -- common -------------------------------------------------------------------------------
     def _begin(self, api: str) -> float:
-        if not self._dd._initialized:
+        if not self._ep.initialized:
             raise RuntimeError("llm datadist is not initialized")
-        self._dd._fault_point(api)
-        return time.monotonic() + self._dd._sync_timeout_ms / 1000
+        self._ep.fault_point(api)
+        return time.monotonic() + self._ep.sync_timeout_ms / 1000
 
     def _entry(self, cache: Any, arg: str = "cache") -> _Entry:
         check_type(arg, cache, Cache)
@@ -136,7 +136,7 @@ class CacheManager:
         return entry
 
     def _publish_cache(self, entry: _Entry) -> None:
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         cache = entry.cache
         record = {
             "addrs": cache.tensor_addrs,
@@ -144,14 +144,14 @@ class CacheManager:
             "batch": cache.cache_desc.batch_size,
             "blocks": cache.is_blocks_cache,
             "host": cache.cache_desc.placement == Placement.HOST,
-            "device_pool": "DEVICE" in self._dd._pools,
+            "device_pool": "DEVICE" in self._ep.pools,
         }
-        plane.put(plane.key("cache", self._dd.cluster_id, cache.cache_id), record)
+        plane.put(plane.key("cache", self._ep.cluster_id, cache.cache_id), record)
 
     def _release_records(self, entry: _Entry) -> None:
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         if entry.exported:
-            key = plane.key("cache", self._dd.cluster_id, entry.cache.cache_id)
+            key = plane.key("cache", self._ep.cluster_id, entry.cache.cache_id)
             record = plane.fetch(key)
             if record is not None:
                 plane.release(key, record)
@@ -160,7 +160,7 @@ class CacheManager:
 
     def _sweep(self) -> None:
         """Free deallocated pool caches whose keys are all released (pulled or removed)."""
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         for cache_id, entry in list(self._entries.items()):
             if entry.deallocated and all(plane.fetch(k) is None for k, _ in entry.keys):
                 assert entry.pool is not None
@@ -169,7 +169,7 @@ class CacheManager:
                 del self._entries[cache_id]
 
     def _drop_keys(self, entry: _Entry) -> None:
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         for path, _record in entry.keys:
             current = plane.fetch(path)
             if current is not None:
@@ -179,7 +179,7 @@ class CacheManager:
         """After a successful pull: the key goes once every tensor of it was pulled (``pulled`` None: all)."""
         if claim is None or not claim[1].get("consumable"):
             return
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         path, record = claim
         left = sorted(set(record["tensors"]) - pulled) if pulled is not None else []
         if not left:
@@ -204,7 +204,7 @@ class CacheManager:
     # -- pool caches --------------------------------------------------------------------------
     def _allocate(self, api: str, cache_desc: CacheDesc, blocks: bool) -> _Entry:
         check_type("cache_desc", cache_desc, CacheDesc)
-        pool = self._dd._pools.get(cache_desc.placement.name)
+        pool = self._ep.pools.get(cache_desc.placement.name)
         if pool is None:
             option = "mem_pool_cfg" if cache_desc.placement == Placement.DEVICE else "host_mem_pool_cfg"
             raise_param_invalid(f"you should config memory pool firstly, {option} is not set.")
@@ -233,13 +233,13 @@ class CacheManager:
             check_type("cache_keys item", key, CacheKey)
         if len(cache_keys) > entry.cache.cache_desc.batch_size:
             raise_param_invalid("cache_keys length should not be bigger than batch size.")
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         for index, key in enumerate(cache_keys):
             if key.req_id == UINT64_MAX and key.prefix_id == UINT64_MAX:
                 continue
             # the key's cluster id is ignored here (cache_manager.cc CreateDataCacheKey uses req/prefix
             # and model ids only)
-            path = plane.key(*_key_path(self._dd.cluster_id, key))
+            path = plane.key(*_key_path(self._ep.cluster_id, key))
             if plane.fetch(path) is not None:
                 raise native_error(api, LLMStatusCode.LLM_PARAM_INVALID, f"cache key {key} already exists")
             # A pull consumes the key only for a pool cache (is_owned) and a req_id key
@@ -305,8 +305,8 @@ class CacheManager:
         self._begin("remove_cache_key")
         check_type("cache_key", cache_key, CacheKey)
         with self._lock:
-            plane, _ = self._dd._ctx()
-            path = plane.key(*_key_path(self._dd.cluster_id, cache_key))
+            plane, _ = self._ep.ctx()
+            path = plane.key(*_key_path(self._ep.cluster_id, cache_key))
             record = plane.fetch(path)
             entry = self._entries.get(int(record["cache_id"])) if record is not None else None
             if record is not None and (entry is None or entry.pool is not None):
@@ -327,10 +327,10 @@ class CacheManager:
             raise_param_invalid("addrs length should be equal to num_tensors.")
         if any(a == 0 for a in addrs):
             raise_param_invalid("addrs should not contain 0.")
-        if remote_accessible and self._dd._linked:
+        if remote_accessible and self._ep.linked:
             raise_param_invalid("you can not register remote accessible cache after link.")
         if remote_accessible is None:
-            remote_accessible = cache_desc.placement == Placement.DEVICE and not self._dd._linked
+            remote_accessible = cache_desc.placement == Placement.DEVICE and not self._ep.linked
         if remote_accessible and cache_desc.placement == Placement.DEVICE:
             # comm_mem_manager.cc RegisterCacheMem registers these with HCCL/HIXL as device memory
             for addr in addrs:
@@ -342,7 +342,7 @@ class CacheManager:
                         "device memory, so it cannot be registered as Placement.DEVICE (allocate it on the "
                         "device: SimBackend.to_device, tensor.npu() on an NPU)",
                     )
-        _, transport = self._dd._ctx()
+        _, transport = self._ep.ctx()
         try:
             reg = transport.register([(a, cache_desc.size) for a in addrs])
         except Exception as exc:
@@ -352,14 +352,14 @@ class CacheManager:
         cache = Cache(next(self._ids), cache_desc, [int(a) for a in addrs], blocks)
         entry = _Entry(cache, exported=bool(remote_accessible), reg=reg)
         self._entries[cache.cache_id] = entry
-        self._dd._publish_agent()
+        self._ep.publish_agent()
         if entry.exported:
             self._publish_cache(entry)
         return entry
 
     def _bind_blocks_key(self, api: str, entry: _Entry, key: BlocksCacheKey) -> None:
-        plane, _ = self._dd._ctx()
-        path = plane.key("bkey", self._dd.cluster_id, key.model_id)  # the key's cluster id is ignored
+        plane, _ = self._ep.ctx()
+        path = plane.key("bkey", self._ep.cluster_id, key.model_id)  # the key's cluster id is ignored
         if plane.fetch(path) is not None:
             raise native_error(api, LLMStatusCode.LLM_PARAM_INVALID, f"blocks cache key {key} already exists")
         record = {"cache_id": entry.cache.cache_id}
@@ -408,10 +408,10 @@ class CacheManager:
                 return  # data_cache_engine.cc Unregister: an unknown id is SUCCESS
             self._release_records(entry)
             self._drop_keys(entry)
-            _, transport = self._dd._ctx()
+            _, transport = self._ep.ctx()
             if entry.reg is not None:
                 transport.deregister(entry.reg)
-                self._dd._publish_agent()
+                self._ep.publish_agent()
             elif entry.pool is not None:  # the entry owned the pool memory
                 for addr in entry.addrs:
                     entry.pool.free(addr)
@@ -420,15 +420,15 @@ class CacheManager:
 
     # -- remote lookups -----------------------------------------------------------------------
     def _peer(self, api: str, cluster_id: int) -> str:
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         links, agent = plane.fetch_many(
-            [plane.key("links", self._dd.cluster_id), plane.key("agent", cluster_id)]
+            [plane.key("links", self._ep.cluster_id), plane.key("agent", cluster_id)]
         )
         if not links or str(cluster_id) not in links:
             raise native_error(api, LLMStatusCode.LLM_NOT_YET_LINK, f"cluster {cluster_id} is not linked")
         if agent is None:
             raise native_error(api, LLMStatusCode.LLM_NOT_YET_LINK, f"cluster {cluster_id} has finalized")
-        _, transport = self._dd._ctx()
+        _, transport = self._ep.ctx()
         from kvtest.backends.sim.control import decode_bytes
 
         try:
@@ -440,7 +440,7 @@ class CacheManager:
         return str(agent["agent"])
 
     def _remote_cache(self, api: str, agent: str, cluster_id: int, cache_id: int) -> _Remote:
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         record = plane.fetch(plane.key("cache", cluster_id, cache_id))
         if record is None:
             raise native_error(
@@ -461,7 +461,7 @@ class CacheManager:
     def _resolve(self, api: str, key: AnyCacheKey) -> tuple[_Remote, int, tuple[str, Any] | None]:
         """The remote cache, batch index, and (for a CacheKey) the record a successful pull releases."""
         agent = self._peer(api, key.cluster_id)
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         if isinstance(key, CacheKeyByIdAndIndex):
             remote = self._remote_cache(api, agent, key.cluster_id, key.cache_id)
             check_in_range("batch_index of cache_key", [key.batch_index], remote.batch)
@@ -477,7 +477,7 @@ class CacheManager:
 
     def _remote_blocks(self, api: str, key: BlocksCacheKey) -> _Remote:
         agent = self._peer(api, key.cluster_id)
-        plane, _ = self._dd._ctx()
+        plane, _ = self._ep.ctx()
         record = plane.fetch(plane.key("bkey", key.cluster_id, key.model_id))
         if record is None:
             raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
@@ -487,9 +487,9 @@ class CacheManager:
         self, api: str, op: str, agent: str, segments: list[tuple[int, int, int]], deadline: float
     ) -> None:
         """Run one NIXL transfer of (local, remote, bytes) segments, failing like the native call."""
-        _, transport = self._dd._ctx()
+        _, transport = self._ep.ctx()
         # a synchronous call is stretched as a whole (_slowed); an async layer's move is its transfer
-        slow = self._dd._fault_factor("slow", api) if api == "transfer_cache_async" else None
+        slow = self._ep.fault_factor("slow", api) if api == "transfer_cache_async" else None
         try:
             began = time.monotonic()
             transport.transfer(
@@ -497,27 +497,27 @@ class CacheManager:
                 agent,
                 segments,
                 deadline,
-                flip=self._dd._fault_active("flip", api),
-                stall=self._dd._fault_active("stall", api),
+                flip=self._ep.fault_active("flip", api),
+                stall=self._ep.fault_active("stall", api),
             )
             if slow is not None:
                 _throttle(slow, time.monotonic() - began)
         except TransferError as exc:
             if exc.code == LLMStatusCode.LLM_TIMEOUT:
-                details = f"{exc.details}: sync_kv_timeout is {self._dd._sync_timeout_ms} ms"
+                details = f"{exc.details}: sync_kv_timeout is {self._ep.sync_timeout_ms} ms"
             else:
                 details = exc.details
             raise native_error(api, exc.code, details) from None
 
     def _check_placements(self, api: str, entry: _Entry, remote: _Remote) -> None:
         """Host and device pulls on a two-sided link (see :mod:`kvtest.backends.sim.placement`)."""
-        if self._dd._remote_accessible:
+        if self._ep.remote_accessible:
             return
         check_pull_placements(
             api,
             local_host=entry.cache.cache_desc.placement == Placement.HOST,
             local_blocks=entry.cache.is_blocks_cache,
-            local_device_pool="DEVICE" in self._dd._pools,
+            local_device_pool="DEVICE" in self._ep.pools,
             remote_host=remote.host,
             remote_blocks=remote.blocks,
             remote_device_pool=remote.device_pool,
@@ -531,13 +531,13 @@ class CacheManager:
     # -- fault hooks (see kvtest.backends.sim.faults) -------------------------------------------
     def _dst_layers(self, api: str, dst_layer_range: range | None) -> range | None:
         """``dst_layer_range``, or under a ``dstlayers`` fault the same number of layers from layer 0."""
-        if isinstance(dst_layer_range, range) and self._dd._fault_active("dstlayers", api):
+        if isinstance(dst_layer_range, range) and self._ep.fault_active("dstlayers", api):
             return range(0, len(dst_layer_range))
         return dst_layer_range
 
     def _batch(self, api: str, index: int) -> int:
         """A batch index argument, or 0 under a ``batch`` fault."""
-        return 0 if self._dd._fault_active("batch", api) else index
+        return 0 if self._ep.fault_active("batch", api) else index
 
     def _expand(
         self,
@@ -549,7 +549,7 @@ class CacheManager:
         dst_bytes: int | None,
     ) -> list[tuple[int, int, int]]:
         """:func:`expand`, after any semantic fault rewrote the pairs and spans."""
-        pairs, spans = self._dd._distort(api, pairs, spans, dst_bytes)
+        pairs, spans = self._ep.distort(api, pairs, spans, dst_bytes)
         return expand(pairs, src_addrs, dst_addrs, spans)
 
     # -- pulls --------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ class CacheManager:
     ) -> None:
         """Pull the remote batch slot ``cache_key`` names into ``cache[batch_index]`` (READ)."""
         deadline = self._begin("pull_cache")
-        if self._dd._remote_accessible:  # a TypeError, as check_isinstance raises it (v2/cache_manager.py)
+        if self._ep.remote_accessible:  # a TypeError, as check_isinstance raises it (v2/cache_manager.py)
             check_type("cache_key", cache_key, CacheKeyByIdAndIndex)
         check_type("cache_key", cache_key, CacheKey, CacheKeyByIdAndIndex)
         check_int("batch_index", batch_index, 0, UINT64_MAX)
@@ -662,7 +662,7 @@ class CacheManager:
 
     # -- pushes -------------------------------------------------------------------------------
     def _require_remote_mode(self, api: str) -> None:
-        if not self._dd._remote_accessible:
+        if not self._ep.remote_accessible:
             raise_param_invalid(f"{api} is only supported while enable_remote_cache_accessible is True")
 
     @_slowed("push_cache")
@@ -781,7 +781,7 @@ class CacheManager:
             raise_param_invalid("dst_block_memory_size must be set when transfer from cache to blocks")
         check_type("layer_synchronizer", layer_synchronizer, LayerSynchronizer)
         check_type("transfer_configs", transfer_configs, list, tuple)
-        wanted = TransferWithCacheKeyConfig if self._dd._remote_accessible else TransferConfig
+        wanted = TransferWithCacheKeyConfig if self._ep.remote_accessible else TransferConfig
         for config in transfer_configs:
             check_type("transfer_configs item", config, wanted)
         if not dst_idx and dst_block_memory_size not in (None, 0):
@@ -851,7 +851,7 @@ class CacheManager:
         check_in_range("src block", list(src_to_dst), sd.batch_size)
         check_in_range("dst block", list(src_to_dst.values()), dd.batch_size)
         n = sd.slot_bytes
-        ignore_dst = self._dd._fault_active("mapping", "swap_blocks")
+        ignore_dst = self._ep.fault_active("mapping", "swap_blocks")
         spans = [(s * n, (s if ignore_dst else d) * n, n) for s, d in src_to_dst.items()]
         pairs = [(t, t) for t in range(sd.num_tensors)]
         moves = self._expand(
@@ -859,7 +859,7 @@ class CacheManager:
         )
         for s_addr, d_addr, size in moves:
             ctypes.memmove(d_addr, s_addr, size)
-        if src_to_dst and n and self._dd._fault_active("flip", "swap_blocks"):
+        if src_to_dst and n and self._ep.fault_active("flip", "swap_blocks"):
             cell = ctypes.c_uint8.from_address(dst.tensor_addrs[0] + next(iter(src_to_dst.values())) * n)
             cell.value ^= 0xFF
 

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -166,7 +167,7 @@ class LLMDataDist:
         self._publish_agent()
         from kvtest.backends.sim.cache_manager import CacheManager
 
-        self._cache_manager = CacheManager(self)
+        self._cache_manager = CacheManager(_Endpoint(self))
 
     def finalize(self) -> None:
         """Release everything; peers see this cluster as gone. A second call does nothing."""
@@ -585,3 +586,61 @@ def _finalize_at_exit() -> None:
             instance.finalize()
         except Exception:  # noqa: BLE001 - best effort at interpreter exit
             pass
+
+
+class _Endpoint:
+    """The :class:`~kvtest.backends.sim.endpoint.Endpoint` an LLMDataDist gives its cache manager."""
+
+    def __init__(self, dd: LLMDataDist) -> None:
+        self._dd = dd
+
+    @property
+    def cluster_id(self) -> int:
+        return self._dd._cluster_id
+
+    @property
+    def initialized(self) -> bool:
+        return self._dd._initialized
+
+    @property
+    def sync_timeout_ms(self) -> int:
+        return self._dd._sync_timeout_ms
+
+    @property
+    def remote_accessible(self) -> bool:
+        return self._dd._remote_accessible
+
+    @property
+    def linked(self) -> bool:
+        return self._dd._linked
+
+    @property
+    def pools(self) -> Mapping[str, MemoryPool]:
+        return self._dd._pools
+
+    @property
+    def fixed(self) -> frozenset[str]:
+        return self._dd._fixed
+
+    def ctx(self) -> tuple[control.ControlPlane, Transport]:
+        return self._dd._ctx()
+
+    def publish_agent(self) -> None:
+        self._dd._publish_agent()
+
+    def fault_point(self, api: str) -> None:
+        self._dd._fault_point(api)
+
+    def fault_active(self, kind: str, api: str) -> bool:
+        return self._dd._fault_active(kind, api)
+
+    def fault_factor(self, kind: str, api: str) -> float | None:
+        return self._dd._fault_factor(kind, api)
+
+    def distort(
+        self, api: str, pairs: list[tuple[int, int]], spans: list[tuple[int, int, int]], dst_bytes: int | None
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+        return self._dd._distort(api, pairs, spans, dst_bytes)
+
+    def reported(self, api: str, code: LLMStatusCode) -> LLMStatusCode:
+        return self._dd._reported(api, code)

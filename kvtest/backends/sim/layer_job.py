@@ -82,7 +82,7 @@ class LayerJob:
         self._dst_blocks = dst_blocks
         self._block_mem_size = block_mem_size
         self._rets: dict[int, LLMStatusCode] = {}
-        self._absolute = ABSOLUTE_DST_INDEX not in cm._dd._fixed
+        self._absolute = ABSOLUTE_DST_INDEX not in cm._ep.fixed
 
     def results(self) -> list[LLMStatusCode | None]:
         return [self._rets.get(c.dst_cluster_id) for c in self._configs]
@@ -106,12 +106,12 @@ class LayerJob:
                     self._rets[config.dst_cluster_id] = LLMStatusCode.LLM_SUCCESS
 
     def _reported(self, code: LLMStatusCode) -> LLMStatusCode:
-        return self._cm._dd._reported(API, code)  # LLM_SUCCESS under a ``lie`` fault
+        return self._cm._ep.reported(API, code)  # LLM_SUCCESS under a ``lie`` fault
 
     def _dst_layer(self, layer: int, config: AnyConfig) -> int:
         if isinstance(config, TransferConfig):
             return layer
-        if self._cm._dd._fault_active("dstlayers", API):  # the destination range ignored
+        if self._cm._ep.fault_active("dstlayers", API):  # the destination range ignored
             return layer - _src_range(config).start
         dst = list(config.dst_layer_range)
         if self._absolute:
@@ -127,7 +127,7 @@ class LayerJob:
             ]
             pairs = [(t, t) for t in range(len(dst_addrs))]
             segments = self._cm._expand(API, pairs, src_addrs, dst_addrs, spans, dst_bytes)
-            deadline = time.monotonic() + self._cm._dd._sync_timeout_ms / 1000
+            deadline = time.monotonic() + self._cm._ep.sync_timeout_ms / 1000
             self._cm._move(API, "WRITE", agent, segments, deadline)
         except _Refused as refused:
             return refused.code

@@ -50,7 +50,7 @@ def _install(name: str) -> None:
 
         def _consume(self: Any, claim: Any, pulled: Any) -> None:
             if claim is not None and not claim[1].get("consumable"):
-                plane, _ = self._dd._ctx()
+                plane, _ = self._ep.ctx()
                 plane.release(*claim)  # released like a req-id key of a pool cache
                 return
             real_consume(self, claim, pulled)
