@@ -96,6 +96,34 @@ class RowsCase:
         return self.row * self.torch_dtype.itemsize
 
 
+class LayerRanges:
+    """What the layer-ranged case types share: source layers ``src_layers`` (start, stop) go to
+    ``dst_layers``, ``tensors_per_layer`` tensors each."""
+
+    src_layers: tuple[int, int]
+    dst_layers: tuple[int, int]
+    tensors_per_layer: int
+
+    @property
+    def src_layer_range(self) -> range:
+        return range(*self.src_layers)
+
+    @property
+    def dst_layer_range(self) -> range:
+        return range(*self.dst_layers)
+
+    def tensor_map(self, layers: Sequence[int] | None = None) -> dict[int, int]:
+        """Destination tensor index -> source tensor index, for the source layers in ``layers``
+        (default: every source layer of the range)."""
+        tpl = self.tensors_per_layer
+        out = {}
+        for s, d in zip(self.src_layer_range, self.dst_layer_range):
+            if layers is None or s in layers:
+                for k in range(tpl):
+                    out[d * tpl + k] = s * tpl + k
+        return out
+
+
 @dataclass(frozen=True)
 class BlocksCase(RowsCase):
     """``num_tensors`` tensors of ``blocks`` rows of ``row`` elements; copy rows src -> dst."""
@@ -204,7 +232,7 @@ class CacheCase(RowsCase):
 
 
 @dataclass(frozen=True)
-class LayersCase(RowsCase):
+class LayersCase(LayerRanges, RowsCase):
     """A blocks cache of ``num_tensors`` tensors (``tensors_per_layer`` per layer) of ``blocks`` rows of
     ``row`` elements; send source layers ``src_layers`` (start, stop) to ``dst_layers``.
 
@@ -235,14 +263,6 @@ class LayersCase(RowsCase):
         return self.num_tensors // self.tensors_per_layer
 
     @property
-    def src_layer_range(self) -> range:
-        return range(*self.src_layers)
-
-    @property
-    def dst_layer_range(self) -> range:
-        return range(*self.dst_layers)
-
-    @property
     def block_bytes(self) -> int:
         return self.row_bytes
 
@@ -255,17 +275,6 @@ class LayersCase(RowsCase):
     def moved_block_bytes(self) -> int:
         """Bytes a whole-cache transfer of the ``src`` blocks moves."""
         return len(self.src) * self.block_bytes * self.num_tensors
-
-    def tensor_map(self, layers: Sequence[int] | None = None) -> dict[int, int]:
-        """Destination tensor index -> source tensor index, for the source layers in ``layers``
-        (default: every source layer of the range)."""
-        tpl = self.tensors_per_layer
-        out = {}
-        for s, d in zip(self.src_layer_range, self.dst_layer_range):
-            if layers is None or s in layers:
-                for k in range(tpl):
-                    out[d * tpl + k] = s * tpl + k
-        return out
 
     def __str__(self) -> str:
         (a, b), (c, d) = self.src_layers, self.dst_layers
@@ -416,7 +425,7 @@ class MixRoleCase(BlocksCase):
 
 
 @dataclass(frozen=True)
-class SlotLayersCase(RowsCase):
+class SlotLayersCase(LayerRanges, RowsCase):
     """Two non-blocks caches of ``num_tensors`` tensors (2 per layer): the source has ``batch`` slots of
     ``row`` elements, the destination ``dst_batch``. Source slot ``src_slot`` of layers ``src_layers``
     (start, stop) goes to slot ``dst_slot`` of layers ``dst_layers``."""
@@ -443,23 +452,6 @@ class SlotLayersCase(RowsCase):
         return [self.dst_batch, self.row]
 
     @property
-    def src_layer_range(self) -> range:
-        return range(*self.src_layers)
-
-    @property
-    def dst_layer_range(self) -> range:
-        return range(*self.dst_layers)
-
-    def tensor_map(self) -> dict[int, int]:
-        """Destination tensor -> source tensor."""
-        tpl = self.tensors_per_layer
-        return {
-            d * tpl + k: s * tpl + k
-            for s, d in zip(self.src_layer_range, self.dst_layer_range)
-            for k in range(tpl)
-        }
-
-    @property
     def moved_bytes(self) -> int:
         return self.row_bytes * len(self.tensor_map())
 
@@ -471,7 +463,7 @@ class SlotLayersCase(RowsCase):
 
 
 @dataclass(frozen=True)
-class ToBlocksCase(RowsCase):
+class ToBlocksCase(LayerRanges, RowsCase):
     """Cache to blocks: the source has ``num_tensors`` x [``batch``, ``row``], the destination blocks
     cache ``num_tensors`` x [``blocks``, ``block_row``]; ``dst_block_memory_size`` is one destination
     block. Piece ``j`` of source slot ``slot`` (``block_row`` elements from ``j * block_row``) lands in
@@ -509,22 +501,6 @@ class ToBlocksCase(RowsCase):
     @property
     def block_bytes(self) -> int:
         return self.block_row * self.torch_dtype.itemsize
-
-    @property
-    def src_layer_range(self) -> range:
-        return range(*self.src_layers)
-
-    @property
-    def dst_layer_range(self) -> range:
-        return range(*self.dst_layers)
-
-    def tensor_map(self) -> dict[int, int]:
-        tpl = self.tensors_per_layer
-        return {
-            d * tpl + k: s * tpl + k
-            for s, d in zip(self.src_layer_range, self.dst_layer_range)
-            for k in range(tpl)
-        }
 
     @property
     def moved_bytes(self) -> int:
