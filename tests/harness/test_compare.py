@@ -307,14 +307,15 @@ def test_rows_without_comparable_bandwidth(tmp_path):
 
 
 def _nightly_pull(tmp_path: Path, name: str, fault: str = "") -> Path:
-    """One real sim run of the nightly 8 MiB pull_blocks case (10 timed pulls) into ``name``.json."""
+    """One real sim run of the nightly 1 MiB-block pull_blocks case (10 timed pulls of 320 MiB) into
+    ``name``.json. (The 8 MiB case's pulls are dominated by control-store round trips, too noisy here.)"""
     pytest.importorskip("nixl_cu12", reason="the sim backend needs nixl")
     out = tmp_path / f"{name}.json"
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "KVTEST_SIM_FAULT": fault, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "tests/samples/test_pull_blocks.py", "--kv-profile", "nightly",
-         "-k", "sample-8MiB", f"--kv-results={out}", f"--kv-logs={tmp_path / 'logs'}", "-p", "no:cacheprovider",
+         "-k", "1MiB-blocks", f"--kv-results={out}", f"--kv-logs={tmp_path / 'logs'}", "-p", "no:cacheprovider",
          "-p", "no:randomly", "-q"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"the {name} run should pass (the slow fault keeps the bytes right):\n" \
@@ -324,14 +325,14 @@ def _nightly_pull(tmp_path: Path, name: str, fault: str = "") -> Path:
 
 @pytest.mark.slow
 def test_a_real_slowdown_is_caught(capsys, tmp_path):
-    """End to end: ``slow=2@pull_blocks:d0`` stretches every pull on the sim; compare names test, API,
-    change and p-value, and exits 1. (slow=1.5 and slow=1.05 are in the report's figures.)
+    """End to end: ``slow=1.5@pull_blocks:d0`` stretches every pull on the sim; compare names test, API,
+    change and p-value, and exits 1. (slow=1.05, inside the noise, is in docs/results.md's figures.)
 
     On a host so busy that the sim's pulls spread wider than half their median, both runs are
     ``too noisy to gate`` and the gate rightly says nothing: then this test checks that much and
     skips, naming the spread, rather than pass on a decision it could not make."""
     base = _nightly_pull(tmp_path, "clean")
-    slow = _nightly_pull(tmp_path, "slow", "slow=2@pull_blocks:d0")
+    slow = _nightly_pull(tmp_path, "slow", "slow=1.5@pull_blocks:d0")
     code, out, _ = _compare(capsys, base, slow)
     row = next(line for line in out.splitlines() if " pull_blocks " in line)
     if row.endswith(TOO_NOISY):
@@ -339,10 +340,10 @@ def test_a_real_slowdown_is_caught(capsys, tmp_path):
         notes = [entry["summary"]["pull_blocks"]["gate_note"] for path in (base, slow)
                  for entry in json.loads(path.read_text())["tests"].values()]
         pytest.skip(f"this host is too busy to time sim pulls: clean {notes[0]}; slow {notes[1]}")
-    assert code == 1, f"expected exit 1 (every pull took twice as long), got {code}:\n{out}"
+    assert code == 1, f"expected exit 1 (every pull took 1.5 times as long), got {code}:\n{out}"
     last = out.splitlines()[-1]
     assert last.startswith("result: 1 regression(s): DROP tests/samples/test_pull_blocks.py::test_pull_blocks[")
-    assert "sample-8MiB] [pull_blocks] (-" in last and ", p=" in last
+    assert "1MiB-blocks] [pull_blocks] (-" in last and ", p=" in last
     # swap_blocks (timed twice, not slowed) is compared for outcome only
     assert any(line.endswith(TOO_SMALL) and " swap_blocks " in line for line in out.splitlines())
 
