@@ -114,16 +114,7 @@ def test_transfer_cache_async(kv, datadist, case: LayersCase, request):
         node.unregister(cache)
         node.finalize()
     else:
-        node = datadist(D, listen=True, remote_cache_accessible=True)
-        api = node.api
-        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        cache = node.register_blocks_cache(_desc(node, case), tensors, api.BlocksCacheKey(D, 0))
-        kv.barrier("register end")
-        kv.barrier("transfer end")
-        expected = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        for dst_t, src_t in case.tensor_map(_sent_layers(case)).items():
-            expected[dst_t] = pushed[src_t]
+        node, tensors, cache, expected = _receive(kv, datadist, case, _sent_layers(case))
         unsure = _unsure_tensors(case)
         keep = [i for i in range(case.num_tensors) if i not in unsure]
         node.check(
@@ -188,16 +179,22 @@ def test_transfer_cache_async_reports_a_failed_layer(kv, datadist):
         node.unregister(cache)
         node.finalize()
     else:
-        node = datadist(D, listen=True, remote_cache_accessible=True)
-        api = node.api
-        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        cache = node.register_blocks_cache(_desc(node, case), tensors, api.BlocksCacheKey(D, 0))
-        kv.barrier("register end")
-        kv.barrier("transfer end")
-        expected = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        for dst_t, src_t in case.tensor_map(range(LOST_AT)).items():
-            expected[dst_t] = pushed[src_t]
+        node, tensors, cache, expected = _receive(kv, datadist, case, range(LOST_AT))
         node.check(expected, tensors, name=f"cache after transfer_cache_async lost its link at layer {LOST_AT}")
         node.unregister(cache)
         node.finalize()
+
+
+def _receive(kv, datadist, case: LayersCase, layers):
+    """d's side: register the destination cache, wait for p's transfer, and return the node, its
+    tensors, the cache and every tensor's expected content when source ``layers`` arrived."""
+    node = datadist(D, listen=True, remote_cache_accessible=True)
+    tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
+    cache = node.register_blocks_cache(_desc(node, case), tensors, node.api.BlocksCacheKey(D, 0))
+    kv.barrier("register end")
+    kv.barrier("transfer end")
+    expected = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
+    pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+    for dst_t, src_t in case.tensor_map(layers).items():
+        expected[dst_t] = pushed[src_t]
+    return node, tensors, cache, expected
