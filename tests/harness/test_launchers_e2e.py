@@ -171,6 +171,22 @@ def test_ascendjob_pods_run_the_example(network2: Network, tmp_path: Path):
     assert any(f.endswith("p0/junit.xml") for f in files) and any(f.endswith("d0/junit.xml") for f in files), files
 
 
+@needs_netns
+def test_ascendjob_master_cannot_host_on_its_cluster_ip(network2: Network, tmp_path: Path):
+    # why the example's Master hosts on POD_IP: without that line it would listen on MASTER_ADDR, the
+    # Service's ClusterIP, which no interface of the pod has
+    job = only(load_manifest(EXAMPLES / "ascendjob.yaml"))
+    pods, ports = pods_of_ascendjob(job, network2.hosts, SECRETS, tmp_path, "10.214.0.200")
+    master = pods[0]
+    script = master.argv[-1]
+    assert '[ "$RANK" = 0 ] && rdv_host="$POD_IP"\n' in script
+    master.argv[-1] = script.replace('[ "$RANK" = 0 ] && rdv_host="$POD_IP"\n', "")
+    network2.service("10.214.0.200", ports, target=network2.hosts[0])
+    out = run_pods([master], tmp_path)
+    rc, text = out[master.name]
+    assert rc == 4 and "cannot listen on 10.214.0.200:29517" in text, text
+
+
 # ---------------------------------------------------------------- torchrun across two nodes
 
 
@@ -246,6 +262,17 @@ def test_mpich_mpiexec(tmp_path: Path):
     assert "mpi: rank 0 of 2 -> p0" in text and "mpi: rank 1 of 2 -> d0" in text, text
 
 
+def slurm_env(rank: int, size: int) -> dict[str, str]:
+    """What ``srun -n SIZE`` gives each task on one node."""
+    return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": str(size), "SLURM_LOCALID": str(rank), "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242"}
+
+
+def test_slurm_environment(tmp_path: Path):
+    out = start_ranks(tmp_path, 2, SELECTION, env_of=slurm_env)
+    assert [rc for rc, _ in out.values()] == [0, 0], show(out)
+    assert "slurm: rank 0 of 2 -> p0" in out["rank0"][1] and "slurm: rank 1 of 2 -> d0" in out["rank1"][1], show(out)
+
+
 # ---------------------------------------------------------------- mismatches: one line on every rank, exit 4
 
 
@@ -264,4 +291,20 @@ def test_launcher_mismatch_is_a_usage_error_on_every_rank(case: str, tmp_path: P
         errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
         assert rc == 4 and len(errors) == 1, f"{name}: {case}:\n{text}"
         assert all(word in errors[0] for word in named), f"{name}: {errors[0]}"
+        assert "Traceback" not in text, text
+
+
+def test_ascend_operator_pods_with_8_npus_each_are_a_usage_error(tmp_path: Path):
+    # the operator's WORLD_SIZE counts NPUs (8 per pod x 2 pods) and LOCAL_RANK lists them: kvtest must
+    # say the world size does not fit, not trip over LOCAL_RANK="0,1,...,7"
+    def operator_env(rank: int, size: int) -> dict[str, str]:
+        return {
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "2222", "RANK": str(rank), "WORLD_SIZE": "16",
+            "LOCAL_WORLD_SIZE": "8", "LOCAL_RANK": "0,1,2,3,4,5,6,7",
+        }  # fmt: skip
+
+    out = start_ranks(tmp_path, 2, SELECTION, env_of=operator_env)
+    for name, (rc, text) in out.items():
+        errors = [line for line in text.splitlines() if line.startswith("ERROR:")]
+        assert rc == 4 and len(errors) == 1 and "16" in errors[0], f"{name}:\n{text}"
         assert "Traceback" not in text, text
