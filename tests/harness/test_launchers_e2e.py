@@ -148,7 +148,8 @@ def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path)
     assert leader_rc == 0 and worker_rc == 0, show(out)
     assert "kvtest exit code: 0 (LWS_WORKER_INDEX=0)" in leader, leader
     assert "1 passed" in leader and "1 passed" in worker, show(out)
-    assert "lws: rank 0 of 2 -> p0" in leader and "lws: rank 1 of 2 -> d0" in worker, show(out)
+    assert "kvtest: LeaderWorkerSet: rank 0 of 2 -> p0 (topology 1p1d)" in leader
+    assert "kvtest: LeaderWorkerSet: rank 1 of 2 -> d0" in worker, show(out)
     files = artifacts_of(tmp_path)
     assert "results.json" in files, files
     assert any(f.endswith("p0/junit.xml") for f in files) and any(f.endswith("d0/junit.xml") for f in files), files
@@ -166,7 +167,8 @@ def test_ascendjob_pods_run_the_example(network2: Network, tmp_path: Path):
     assert master_rc == 0 and worker_rc == 0, show(out)
     assert "kvtest exit code: 0 (RANK=0)" in master, master
     assert "1 passed" in master and "1 passed" in worker, show(out)
-    assert "ascend-operator: rank 0 of 2 -> p0" in master and "ascend-operator: rank 1 of 2 -> d0" in worker, show(out)
+    assert "kvtest: Ascend Operator: rank 0 of 2 -> p0 (topology 1p1d)" in master
+    assert "kvtest: Ascend Operator: rank 1 of 2 -> d0" in worker, show(out)
     files = artifacts_of(tmp_path)
     assert any(f.endswith("p0/junit.xml") for f in files) and any(f.endswith("d0/junit.xml") for f in files), files
 
@@ -208,8 +210,8 @@ def test_torchrun_two_nodes(network2: Network, tmp_path: Path):
     out = finish(procs, logs)
     assert all(rc == 0 for rc, _ in out.values()), show(out)
     texts = [text for _, text in out.values()]
-    assert sum("torchrun: rank 0 of 2 -> p0" in t for t in texts) == 1, show(out)
-    assert sum("torchrun: rank 1 of 2 -> d0" in t for t in texts) == 1, show(out)
+    assert sum("kvtest: torchrun: rank 0 of 2 -> p0" in t for t in texts) == 1, show(out)
+    assert sum("kvtest: torchrun: rank 1 of 2 -> d0" in t for t in texts) == 1, show(out)
     assert all("1 passed" in t for t in texts), show(out)
 
 
@@ -243,7 +245,7 @@ def start_ranks(tmp: Path, size: int, args: list[str], env_of=mpi_env) -> dict[s
 def test_open_mpi_environment(tmp_path: Path):
     out = start_ranks(tmp_path, 2, SELECTION)
     assert [rc for rc, _ in out.values()] == [0, 0], show(out)
-    assert "mpi: rank 0 of 2 -> p0" in out["rank0"][1] and "mpi: rank 1 of 2 -> d0" in out["rank1"][1], show(out)
+    assert "kvtest: MPI: rank 0 of 2 -> p0" in out["rank0"][1] and "kvtest: MPI: rank 1 of 2 -> d0" in out["rank1"][1], show(out)
 
 
 @pytest.mark.skipif(shutil.which("mpiexec", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")) is None,
@@ -259,7 +261,7 @@ def test_mpich_mpiexec(tmp_path: Path):
     out = finish({"mpiexec": proc}, {"mpiexec": log})
     rc, text = out["mpiexec"]
     assert rc == 0, text
-    assert "mpi: rank 0 of 2 -> p0" in text and "mpi: rank 1 of 2 -> d0" in text, text
+    assert "kvtest: MPI: rank 0 of 2 -> p0" in text and "kvtest: MPI: rank 1 of 2 -> d0" in text, text
 
 
 def slurm_env(rank: int, size: int) -> dict[str, str]:
@@ -270,16 +272,18 @@ def slurm_env(rank: int, size: int) -> dict[str, str]:
 def test_slurm_environment(tmp_path: Path):
     out = start_ranks(tmp_path, 2, SELECTION, env_of=slurm_env)
     assert [rc for rc, _ in out.values()] == [0, 0], show(out)
-    assert "slurm: rank 0 of 2 -> p0" in out["rank0"][1] and "slurm: rank 1 of 2 -> d0" in out["rank1"][1], show(out)
+    assert "kvtest: Slurm: rank 0 of 2 -> p0" in out["rank0"][1] and "kvtest: Slurm: rank 1 of 2 -> d0" in out["rank1"][1], show(out)
 
 
 # ---------------------------------------------------------------- mismatches: one line on every rank, exit 4
 
 
 MISMATCHES = {
-    "world size 3 against topology 1p1d": (3, ["--topology", "1p1d"], ["3", "1p1d"]),
-    "two ranks mapped to one role": (2, ["--kv-role-map", "p=0,1"], ["p=0,1"]),
-    "role map naming a missing rank": (2, ["--kv-role-map", "p=0 d=5"], ["5"]),
+    # (ranks, options, what the one line must name)
+    "world size 3 against topology 1p1d": (3, ["--topology", "1p1d"], ["runs 3 processes", "1p1d"]),
+    # roles are positional (p0.., d0..), so two ranks on one role means one rank listed twice
+    "one rank mapped to two roles": (2, ["--kv-role-map", "p=0 d=0"], ["rank 0 is mapped to two roles"]),
+    "role map naming a missing rank": (2, ["--kv-role-map", "p=0 d=5"], ["rank 5", "0..1"]),
 }
 
 
