@@ -257,13 +257,15 @@ class Network:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
 
-    def names(self, entries: Mapping[str, str]) -> None:
-        """DNS names every host resolves (``ip netns exec`` mounts /etc/netns/<ns>/hosts on /etc/hosts)."""
-        text = "127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for name, ip in entries.items())
+    def names(self, entries: Mapping[str, str] | None = None) -> None:
+        """DNS names every host resolves (``ip netns exec`` mounts /etc/netns/<ns>/hosts on /etc/hosts),
+        and each host's own hostname resolving to its address, as on a real node (torchrun's c10d
+        rendezvous decides who hosts its store by comparing the endpoint with the hostname's addresses)."""
+        shared = "".join(f"{ip} {name}\n" for name, ip in (entries or {}).items())
         for host in self.hosts:
             folder = Path("/etc/netns") / host.ns
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "hosts").write_text(text)
+            (folder / "hosts").write_text(f"127.0.0.1 localhost\n{host.ip} {socket.gethostname()}\n{shared}")
 
     def service(self, cluster_ip: str, ports: list[int], target: Host) -> None:
         """A ClusterIP (on the switch) that forwards ``ports`` to ``target``, as kube-proxy does."""

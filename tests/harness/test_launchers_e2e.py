@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -194,6 +195,7 @@ def test_ascendjob_master_cannot_host_on_its_cluster_ip(network2: Network, tmp_p
 
 @needs_netns
 def test_torchrun_two_nodes(network2: Network, tmp_path: Path):
+    network2.names()
     endpoint = f"{network2.hosts[0].ip}:29400"  # torchrun's c10d rendezvous port, not kvtest's
     procs, logs = {}, {}
     for k, host in enumerate(network2.hosts):
@@ -266,7 +268,12 @@ def test_mpich_mpiexec(tmp_path: Path):
 
 def slurm_env(rank: int, size: int) -> dict[str, str]:
     """What ``srun -n SIZE`` gives each task on one node."""
-    return {"SLURM_PROCID": str(rank), "SLURM_NTASKS": str(size), "SLURM_LOCALID": str(rank), "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242"}
+    node = socket.gethostname()
+    return {
+        "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
+        "SLURM_NTASKS": str(size), "SLURM_STEP_NUM_TASKS": str(size), "SLURM_NNODES": "1",
+        "SLURM_STEP_NODELIST": node, "SLURM_JOB_NODELIST": node, "SLURM_STEP_TASKS_PER_NODE": str(size),
+    }  # fmt: skip
 
 
 def test_slurm_environment(tmp_path: Path):
