@@ -210,6 +210,14 @@ class Host:
     ns: str
     ip: str
 
+    @property
+    def hostname(self) -> str:
+        return f"kvt-node{self.ip.rsplit('.', 1)[1]}"
+
+    def argv(self, command: list[str]) -> list[str]:
+        """``command`` on this host: in its network namespace, under its own hostname (a UTS namespace)."""
+        return ["ip", "netns", "exec", self.ns, "unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname, *command]
+
 
 @dataclass
 class Network:
@@ -258,14 +266,15 @@ class Network:
             shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)
 
     def names(self, entries: Mapping[str, str] | None = None) -> None:
-        """DNS names every host resolves (``ip netns exec`` mounts /etc/netns/<ns>/hosts on /etc/hosts),
-        and each host's own hostname resolving to its address, as on a real node (torchrun's c10d
-        rendezvous decides who hosts its store by comparing the endpoint with the hostname's addresses)."""
-        shared = "".join(f"{ip} {name}\n" for name, ip in (entries or {}).items())
+        """What every host resolves (``ip netns exec`` mounts /etc/netns/<ns>/hosts on /etc/hosts): each
+        host's hostname, as on a cluster (torchrun's c10d rendezvous picks its store host by comparing
+        the endpoint with the hostname's addresses; its MASTER_ADDR is that hostname), and ``entries``."""
+        text = "127.0.0.1 localhost\n" + "".join(f"{h.ip} {h.hostname}\n" for h in self.hosts)
+        text += "".join(f"{ip} {name}\n" for name, ip in (entries or {}).items())
         for host in self.hosts:
             folder = Path("/etc/netns") / host.ns
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "hosts").write_text(f"127.0.0.1 localhost\n{host.ip} {socket.gethostname()}\n{shared}")
+            (folder / "hosts").write_text(text)
 
     def service(self, cluster_ip: str, ports: list[int], target: Host) -> None:
         """A ClusterIP (on the switch) that forwards ``ports`` to ``target``, as kube-proxy does."""
@@ -464,7 +473,7 @@ def pods_of_ascendjob(
 
 
 def spawn(pod: Pod, log: Path, extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
-    argv = pod.argv if pod.host is None else ["ip", "netns", "exec", pod.host.ns, *pod.argv]
+    argv = pod.argv if pod.host is None else pod.host.argv(pod.argv)
     fh = log.open("wb")
     try:
         return subprocess.Popen(argv, cwd=pod.cwd, env={**pod.env, **(extra_env or {})}, stdout=fh, stderr=subprocess.STDOUT)
