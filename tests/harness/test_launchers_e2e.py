@@ -200,11 +200,11 @@ def test_torchrun_two_nodes(network2: Network, tmp_path: Path):
     procs, logs = {}, {}
     for k, host in enumerate(network2.hosts):
         name = f"node{k}"
-        argv = [
-            "ip", "netns", "exec", host.ns, sys.executable, "-m", "torch.distributed.run",
+        argv = host.argv([
+            sys.executable, "-m", "torch.distributed.run",
             "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
             "--rdzv-id", "kvtest-e2e", "--max-restarts", "0", "-m", "pytest",
-        ]  # fmt: skip
+        ])  # fmt: skip
         env = {**base_env(tmp_path), "KVTEST_TOKEN": TOKEN, "PYTEST_ADDOPTS": addopts(tmp_path, name)}
         logs[name] = tmp_path / f"{name}.out"
         with logs[name].open("wb") as fh:
