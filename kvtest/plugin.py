@@ -162,4 +162,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         if settings.local_mode
         else f"role {settings.role_name}"
     )
-    return [f"kvtest: {mode}, backend {settings.backend}, profile {settings.profile}, seed {settings.seed}"]
+    lines = [f"kvtest: {mode}, backend {settings.backend}, profile {settings.profile}, seed {settings.seed}"]
+    launch = settings.launch
+    if launch is not None and settings.rendezvous is not None:
+        lines.append(
+            f"kvtest: {launch.title}: rank {launch.rank} of {launch.world_size} -> {settings.role_name} "
+            f"(topology {settings.topology}), rendezvous: {settings.rendezvous.describe()} "
+            f"[from {launch.evidence}]"
+        )
+    return lines

@@ -162,6 +162,8 @@ class keys:
         return f"hello/{role}"
 
     VERDICT = "verdict"
+    #: p0 is done with the store; a follower hosting it (a launcher's rank 0) may leave
+    CLOSED = "closed"
 
     @staticmethod
     def heartbeat(role: str) -> str:
