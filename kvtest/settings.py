@@ -135,6 +135,16 @@ class Settings:
             return self.launch.rank == 0
         return self.is_leader
 
+    def store_host_name(self) -> str:
+        """Who hosts the run's store, for messages: ``p0``, torchrun's agent, or the launcher's rank 0."""
+        rdv = self.rendezvous
+        if rdv is not None and rdv.hosted_by == "agent":
+            return "torchrun's agent"
+        if rdv is not None and rdv.hosted_by == "rank0" and self.launch is not None and self.topology:
+            rank0 = assign_role(replace(self.launch, rank=0), self.topology, self.role_map)
+            return f"{rank0} (launcher rank 0)"
+        return "p0"
+
     def device_id(self) -> int | None:
         """This process's (logical) device: the one id given, or the entry at this rank of a list.
 
@@ -656,6 +666,9 @@ def apply_launch(s: Settings, env: Mapping[str, str]) -> Settings:
         sources["topology"] = f"{launch.title}'s world size {launch.world_size}" + (
             " and the role map" if s.role_map is not None else ""
         )
+    if rendezvous is not None and rendezvous.scheme == "tcp":
+        # the same command on every rank names one address: the launcher's rank 0 is there
+        rendezvous = replace(rendezvous, hosted_by="rank0")
     if rendezvous is None:
         if launch.agent_store:
             assert launch.leader_host is not None and launch.store_port is not None

@@ -298,7 +298,8 @@ def parse_role_map(text: str) -> dict[str, tuple[int, ...]]:
     """
     form = "expected p=RANK[,RANK..] d=RANK[,RANK..], e.g. --kv-role-map 'p=0,1 d=2,3'"
     found: dict[str, tuple[int, ...]] = {}
-    for part in [p for p in re.split(r"[\s;]+", text.strip()) if p]:
+    # entries are separated by spaces or ';' (or a ',' before the next role: "p=0,d=1")
+    for part in [p for p in re.split(r"[\s;]+|,(?=\s*[pdPD]\s*=)", text.strip()) if p]:
         side, eq, ranks = part.partition("=")
         side = side.strip().lower()
         if not eq or side not in ("p", "d") or side in found:

@@ -303,7 +303,7 @@ class LeaderSession(_Base):
         address = None if hosting or rdv.scheme != "tcp" else (rdv.host, port)
         self.store = RunStore(
             raw, self.run_id, self.me, watch, token=self.token, address=address, warn=self._say,
-            alive=self._last_round_trip,
+            alive=self._last_round_trip, host_name=s.store_host_name(),
         )
         announcement = (
             seal(self.token, self.run_id, keys.CURRENT_RUN, self.run_id) if self.token else self.run_id
@@ -356,9 +356,11 @@ class LeaderSession(_Base):
         roles = item_topology(item).roles
         seq = self.seq
         self.seq += 1
-        self.store.set(
-            keys.item(seq), {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(nextitem)}
-        )
+        try:
+            announcement = {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(nextitem)}
+            self.store.set(keys.item(seq), announcement)
+        except RendezvousError:
+            pass  # the store is gone (hosted elsewhere under a launcher): the test fails on its first step
         self.new_scope(seq, item, roles)
         try:
             return (yield)
@@ -366,6 +368,8 @@ class LeaderSession(_Base):
             self.scope = None
             if self.dead:
                 item.session.shouldfail = "kvtest: " + "; ".join(self.dead.values()) + ": stopping the run"
+            elif self.store.lost is not None:
+                item.session.shouldfail = f"kvtest: {self.store.lost}: stopping the run"
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -553,7 +557,7 @@ class FollowerSession(_Base):
         address = (s.rendezvous.host, port) if s.rendezvous.scheme == "tcp" and not hosting else None
         self.store = RunStore(
             raw, current, self.me, watch, token=self.token, address=address, warn=self._say,
-            alive=self._last_round_trip,
+            alive=self._last_round_trip, host_name=s.store_host_name(),
         )
         self._start_heartbeat(s.rendezvous, port)
         warning = self._unauthenticated(s.rendezvous)

@@ -96,6 +96,7 @@ def test_first_host_of_a_slurm_node_list():
 def test_role_map_parses_and_refuses_two_roles_for_one_rank():
     assert parse_role_map("p=0,1 d=2,3") == {"p": (0, 1), "d": (2, 3)}
     assert parse_role_map("d=0;p=1") == {"p": (1,), "d": (0,)}
+    assert parse_role_map("p=0,1,d=2") == {"p": (0, 1), "d": (2,)}
     for bad, needle in [
         ("p=0 d=0", "launcher rank 0 is mapped to two roles"),
         ("p=0,0 d=1", "launcher rank 0 is mapped to two roles"),
@@ -142,6 +143,8 @@ def test_explicit_role_and_rendezvous_win_over_the_launcher():
     assert (s.role_name, s.launch, s.hosts_store) == ("p0", None, True)
     s = _resolve(TORCHRUN, rendezvous="tcp://10.1.1.1:4000")  # the launcher's role, the user's store
     assert (s.role_name, s.rendezvous.port, s.hosts_store) == ("d0", 4000, False)
+    s = _resolve({**LWS, "LWS_WORKER_INDEX": "0"}, rendezvous="tcp://10.1.1.1:4000", role_map="p=1 d=0")
+    assert (s.role_name, s.hosts_store) == ("d0", True)  # the address is rank 0's, whatever its role
     assert _resolve(TORCHRUN, launcher="none").local_mode
 
 
