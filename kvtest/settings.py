@@ -674,7 +674,8 @@ def apply_launch(s: Settings, env: Mapping[str, str]) -> Settings:
             assert launch.leader_host is not None and launch.store_port is not None
             rendezvous = Rendezvous("tcp", host=launch.leader_host, port=launch.store_port, hosted_by="agent")
         elif launch.leader_host is not None:
-            rendezvous = Rendezvous("tcp", host=launch.leader_host, port=LAUNCHER_PORT, hosted_by="rank0")
+            port = launch.store_port or LAUNCHER_PORT
+            rendezvous = Rendezvous("tcp", host=launch.leader_host, port=port, hosted_by="rank0")
         else:
             raise pytest.UsageError(
                 f"kvtest: {launch.title} names no leader host for the run's store ({launch.evidence}); "

@@ -10,7 +10,8 @@ torchrun          RANK, WORLD_SIZE (LOCAL_WORLD_SIZE), TORCHELASTIC_*    MASTER_
                                                                          agent's store when
                                                                          TORCHELASTIC_USE_AGENT_STORE)
 lws               LWS_WORKER_INDEX, LWS_GROUP_SIZE (1 per pod)           LWS_LEADER_ADDRESS
-ascend-operator   RANK, WORLD_SIZE (LOCAL_WORLD_SIZE), no TORCHELASTIC_*  MASTER_ADDR
+ascend-operator   RANK (the pod), WORLD_SIZE / LOCAL_WORLD_SIZE (NPUs:  MASTER_ADDR:MASTER_PORT (the
+                  all / per pod), no TORCHELASTIC_*                      port its Service forwards)
 mpi               OMPI_COMM_WORLD_RANK/SIZE/LOCAL_SIZE (Open MPI),       MASTER_ADDR, or this host when
                   PMI_RANK/PMI_SIZE, MPI_LOCALNRANKS (MPICH, Intel MPI)  every rank runs here
 slurm             SLURM_PROCID, SLURM_STEP_NUM_TASKS or SLURM_NTASKS     MASTER_ADDR, or the step's
@@ -73,7 +74,8 @@ class Launch:
     local_size: int
     #: the host every rank can reach where the run's store lives (None: the launcher names none)
     leader_host: str | None
-    #: the launcher's own store port (torchrun's MASTER_PORT); None when it offers none
+    #: the port the launcher offers for the run's store: torchrun's agent store, or the one port Ascend
+    #: Operator's Service forwards to the master pod (MASTER_PORT); None: kvtest's LAUNCHER_PORT
     store_port: int | None
     #: torchrun's agent hosts a store that every worker joins as a client
     agent_store: bool
@@ -123,31 +125,39 @@ def _torchrun(env: Mapping[str, str], engine: str) -> Launch:
                 f"{_TITLES[engine]} was chosen but {name} is not in the environment; start kvtest under "
                 "the launcher, or choose another with --kv-launcher"
             )
-    agent = engine == "torchrun" and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     port = _int(env, "MASTER_PORT", 1) if env.get("MASTER_PORT", "").strip() else None
+    local = _int(env, "LOCAL_WORLD_SIZE", 0) if env.get("LOCAL_WORLD_SIZE", "").strip() else 0
+    evidence = _evidence(
+        env,
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "TORCHELASTIC_USE_AGENT_STORE",
+    )
+    if engine == "ascend-operator":
+        # Ascend Operator (MindCluster docs, "Ascend Operator环境变量说明"): RANK is the pod's node rank,
+        # WORLD_SIZE the job's NPUs, LOCAL_WORLD_SIZE each pod's; one kvtest process runs per pod. Its
+        # Service forwards only MASTER_PORT (ascendjob-port, 2222 by default) to the master pod.
+        world = _int(env, "WORLD_SIZE", 1)
+        pods = world // local if local and world % local == 0 else world
+        return Launch(engine, _int(env, "RANK"), pods, 1, env["MASTER_ADDR"].strip(), port, False, evidence)
+    agent = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     if agent and port is None:
         raise LaunchError(
             "torchrun's agent store is on but MASTER_PORT is not in the environment; "
             "start kvtest under torchrun, or give --rendezvous"
         )
-    local = _int(env, "LOCAL_WORLD_SIZE", 1) if env.get("LOCAL_WORLD_SIZE", "").strip() else 1
     return Launch(
         engine,
         _int(env, "RANK"),
         _int(env, "WORLD_SIZE", 1),
-        local,
+        max(local, 1),
         env["MASTER_ADDR"].strip(),
-        port,
+        port if agent else None,  # without the agent's store, MASTER_PORT is the workers' own rank-0 store
         agent,
-        _evidence(
-            env,
-            "RANK",
-            "WORLD_SIZE",
-            "LOCAL_WORLD_SIZE",
-            "MASTER_ADDR",
-            "MASTER_PORT",
-            "TORCHELASTIC_USE_AGENT_STORE",
-        ),
+        evidence,
     )
 
 

@@ -18,7 +18,15 @@ TORCHRUN = {
     "TORCHELASTIC_USE_AGENT_STORE": "True",
 }
 LWS = {"LWS_LEADER_ADDRESS": "kv-0.kv.default", "LWS_GROUP_SIZE": "2", "LWS_WORKER_INDEX": "1"}
-ASCEND_OPERATOR = {"MASTER_ADDR": "10.0.0.7", "MASTER_PORT": "2222", "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+# Ascend Operator: RANK is the pod, WORLD_SIZE every NPU of the job, LOCAL_WORLD_SIZE each pod's
+ASCEND_OPERATOR = {
+    "MASTER_ADDR": "10.0.0.7",
+    "MASTER_PORT": "2222",
+    "WORLD_SIZE": "16",
+    "LOCAL_WORLD_SIZE": "8",
+    "RANK": "0",
+    "LOCAL_RANK": "{0,1,2,3,4,5,6,7}",
+}
 OPEN_MPI = {"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}
 MPICH = {"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALNRANKS": "1", "MASTER_ADDR": "10.0.0.9"}
 SLURM = {
@@ -136,6 +144,16 @@ def test_without_an_agent_store_the_launchers_rank0_hosts_on_kvtests_port_whatev
     assert leader.rendezvous == other.rendezvous
     assert other.rendezvous is not None and other.rendezvous.port == LAUNCHER_PORT != 29500
     assert other.rendezvous.host == "kv-0.kv.default"
+
+
+def test_ascend_operator_pods_are_the_ranks_and_the_store_is_on_the_port_its_service_forwards():
+    s = _resolve(ASCEND_OPERATOR)
+    assert (s.role_name, str(s.topology), s.hosts_store) == ("p0", "1p1d", True)
+    assert s.rendezvous is not None and (s.rendezvous.host, s.rendezvous.port) == ("10.0.0.7", 2222)
+    worker = _resolve({**ASCEND_OPERATOR, "RANK": "1", "MASTER_ADDR": "10.96.0.12"})  # the Service's IP
+    assert (worker.role_name, worker.hosts_store, worker.rendezvous.port) == ("d0", False, 2222)
+    plain_torch = {**TORCHRUN, "TORCHELASTIC_USE_AGENT_STORE": "False"}
+    assert _resolve(plain_torch).rendezvous.port == LAUNCHER_PORT  # MASTER_PORT is the workers' own
 
 
 def test_explicit_role_and_rendezvous_win_over_the_launcher():
