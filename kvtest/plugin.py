@@ -56,9 +56,10 @@ def pytest_configure(config: pytest.Config) -> None:
         chosen_backend(config)  # a missing npu stack is a usage error now, not at the first test
     if _is_xdist_controller(config):
         if not settings.local_mode:
+            by = f"{settings.launch.title}'s ranks" if settings.launch is not None else "--role"
             raise pytest.UsageError(
-                "kvtest: -n (pytest-xdist) cannot be combined with --role: each role "
-                "is one process; drop -n, or drop --role to run locally"
+                f"kvtest: -n (pytest-xdist) cannot be combined with {by}: each role "
+                "is one process; drop -n, or drop --role (--kv-launcher none) to run locally"
             )
         return
     session = (
