@@ -56,9 +56,10 @@ def pytest_configure(config: pytest.Config) -> None:
         chosen_backend(config)  # a missing npu stack is a usage error now, not at the first test
     if _is_xdist_controller(config):
         if not settings.local_mode:
+            by = f"{settings.launch.title}'s ranks" if settings.launch is not None else "--role"
             raise pytest.UsageError(
-                "kvtest: -n (pytest-xdist) cannot be combined with --role: each role "
-                "is one process; drop -n, or drop --role to run locally"
+                f"kvtest: -n (pytest-xdist) cannot be combined with {by}: each role "
+                "is one process; drop -n, or drop --role (--kv-launcher none) to run locally"
             )
         return
     session = (
@@ -162,4 +163,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         if settings.local_mode
         else f"role {settings.role_name}"
     )
-    return [f"kvtest: {mode}, backend {settings.backend}, profile {settings.profile}, seed {settings.seed}"]
+    lines = [f"kvtest: {mode}, backend {settings.backend}, profile {settings.profile}, seed {settings.seed}"]
+    launch = settings.launch
+    if launch is not None and settings.rendezvous is not None:
+        lines.append(
+            f"kvtest: {launch.title}: rank {launch.rank} of {launch.world_size} -> {settings.role_name} "
+            f"(topology {settings.topology}), rendezvous: {settings.rendezvous.describe()} "
+            f"[from {launch.evidence}]"
+        )
+    return lines

@@ -12,14 +12,24 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import pytest
 
-from kvtest.run.topology import Topology, parse_topology
+from kvtest.run.engines import (
+    LAUNCHER_PORT,
+    Launch,
+    LaunchError,
+    assign_role,
+    detect,
+    parse_launcher,
+    parse_role_map,
+    topology_of,
+)
+from kvtest.run.topology import Topology, parse_role_name, parse_topology
 
 __all__ = [
     "OPTIONS",
@@ -50,12 +60,24 @@ class Rendezvous:
     host: str = ""
     port: int = 0
     path: str = ""
+    #: who hosts the TCPStore: "p0"; "rank0", the launcher's rank 0 whatever its role; "agent",
+    #: torchrun's agent (every role joins as a client)
+    hosted_by: str = "p0"
 
     def __str__(self) -> str:
         if self.scheme == "file":
             return f"file://{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"tcp://{host}:{self.port}"
+
+    def describe(self) -> str:
+        """For the header: the address and who hosts the store there."""
+        if self.hosted_by == "agent":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"torchrun's agent store at {host}:{self.port}"
+        if self.hosted_by == "rank0":
+            return f"{self} (hosted by the launcher's rank 0)"
+        return str(self)
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,10 @@ class Settings:
     vendor_samples: Path | None = None
     token_file: Path | None = None
     threads: int | None = None  # None: auto (local mode: a share of the cores; by hand: torch's default)
+    launcher: str = "auto"
+    role_map: Mapping[str, tuple[int, ...]] | None = None
+    #: what the launcher's environment said (None: no launcher, or --role given)
+    launch: Launch | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -94,6 +120,30 @@ class Settings:
     @property
     def is_leader(self) -> bool:
         return self.role_name == "p0"
+
+    @property
+    def hosts_store(self) -> bool:
+        """Whether this process hosts the run's TCPStore: p0, unless a launcher placed the store.
+
+        Under a launcher the store is where every rank can find it: torchrun's agent (nobody here
+        hosts), else the launcher's rank 0 at its leader address, whichever role that rank plays.
+        """
+        rdv = self.rendezvous
+        if rdv is not None and rdv.hosted_by == "agent":
+            return False
+        if rdv is not None and rdv.hosted_by == "rank0" and self.launch is not None:
+            return self.launch.rank == 0
+        return self.is_leader
+
+    def store_host_name(self) -> str:
+        """Who hosts the run's store, for messages: ``p0``, torchrun's agent, or the launcher's rank 0."""
+        rdv = self.rendezvous
+        if rdv is not None and rdv.hosted_by == "agent":
+            return "torchrun's agent"
+        if rdv is not None and rdv.hosted_by == "rank0" and self.launch is not None and self.topology:
+            rank0 = assign_role(replace(self.launch, rank=0), self.topology, self.role_map)
+            return f"{rank0} (launcher rank 0)"
+        return "p0"
 
     def device_id(self) -> int | None:
         """This process's (logical) device: the one id given, or the entry at this rank of a list.
@@ -482,6 +532,25 @@ OPTIONS: tuple[Option[Any], ...] = (
         "on this host an equal share of the cores; a role started by hand keeps torch's default).",
         "N|auto",
     ),
+    Option(
+        "launcher",
+        "--kv-launcher",
+        parse_launcher,
+        "auto",
+        "take role, rank and rendezvous from the launcher that started this process: auto (detect "
+        "torchrun, LeaderWorkerSet, Ascend Operator, Open MPI/MPICH, Slurm srun), none, or one of "
+        "torchrun|ascend-operator|lws|mpi|slurm. --role wins over it.",
+        "NAME",
+    ),
+    Option(
+        "role_map",
+        "--kv-role-map",
+        parse_role_map,
+        None,
+        "which launcher ranks play which role, e.g. 'p=2,3 d=0,1' (default: ranks in topology order, "
+        "p0..p{X-1} then d0..).",
+        "'p=R,.. d=R,..'",
+    ),
 )
 
 OPTIONS_BY_DEST = {o.dest: o for o in OPTIONS}
@@ -532,9 +601,95 @@ def resolve(
             sources[option.dest] = "default"
     if sources["timeout"] == "default":
         values["timeout"] = PROFILE_TIMEOUTS[values["profile"]]
-    settings = Settings(**values, sources=sources)
+    settings = apply_launch(Settings(**values, sources=sources), env)
     check_combinations(settings)
     return settings
+
+
+def apply_launch(s: Settings, env: Mapping[str, str]) -> Settings:
+    """Role, rank, topology and rendezvous from the launcher's environment (see kvtest.run.engines).
+
+    Explicit ``--role``/``--rank`` win: the launcher is not consulted. A launch of one process (auto
+    detection only) is an ordinary local run.
+    """
+    where = s.sources.get
+    if s.role is not None or where("rank", "default") != "default":
+        if s.role_map is not None:
+            raise pytest.UsageError(
+                f"kvtest: --kv-role-map from {where('role_map')} maps launcher ranks, but --role from "
+                f"{where('role')} sets the role by hand; drop one of them"
+            )
+        return s
+    try:
+        launch = detect(env, s.launcher)
+    except LaunchError as exc:
+        chosen = f" (--kv-launcher {s.launcher} from {where('launcher')})" if s.launcher != "auto" else ""
+        raise pytest.UsageError(f"kvtest: {exc}{chosen}") from None
+    if launch is None or (launch.world_size == 1 and s.launcher == "auto"):
+        if s.role_map is not None:
+            raise pytest.UsageError(
+                f"kvtest: --kv-role-map from {where('role_map')} needs a launcher, and none started this "
+                "process (or it started one process); start kvtest under torchrun/mpirun/srun/LWS or drop it"
+            )
+        return s
+    said = f"{launch.title} ({launch.evidence})"
+    topology = s.topology
+    if topology is None and s.role_map is not None:
+        topology = topology_of(s.role_map)
+    if topology is None:
+        if launch.world_size != 2:
+            raise pytest.UsageError(
+                f"kvtest: {launch.title} runs {launch.world_size} processes ({launch.evidence}) and no "
+                "--topology says how many are p and d; give it on every rank, e.g. --topology "
+                f"{_example_topology(launch.world_size)}"
+            )
+        topology = Topology(1, 1)
+    roles = len(topology.roles)
+    if roles != launch.world_size:
+        raise pytest.UsageError(
+            f"kvtest: {launch.title} runs {launch.world_size} processes ({launch.evidence}) but topology "
+            f"{topology} (from {where('topology')}) has {roles} roles; start {roles} processes or give "
+            f"--topology {_example_topology(launch.world_size)}"
+        )
+    if s.role_map is not None and topology_of(s.role_map) != topology:
+        raise pytest.UsageError(
+            f"kvtest: --kv-role-map from {where('role_map')} maps {topology_of(s.role_map)} but topology "
+            f"{topology} (from {where('topology')}) is asked; make them agree"
+        )
+    try:
+        role, rank = parse_role_name(assign_role(launch, topology, s.role_map))
+    except LaunchError as exc:
+        raise pytest.UsageError(f"kvtest: {exc} (--kv-role-map from {where('role_map')})") from None
+    rendezvous = s.rendezvous
+    sources = dict(s.sources, role=said, rank=said)
+    if where("topology") == "default":
+        sources["topology"] = f"{launch.title}'s world size {launch.world_size}" + (
+            " and the role map" if s.role_map is not None else ""
+        )
+    if rendezvous is not None and rendezvous.scheme == "tcp":
+        # the same command on every rank names one address: the launcher's rank 0 is there
+        rendezvous = replace(rendezvous, hosted_by="rank0")
+    if rendezvous is None:
+        if launch.agent_store:
+            assert launch.leader_host is not None and launch.store_port is not None
+            rendezvous = Rendezvous("tcp", host=launch.leader_host, port=launch.store_port, hosted_by="agent")
+        elif launch.leader_host is not None:
+            port = launch.store_port or LAUNCHER_PORT
+            rendezvous = Rendezvous("tcp", host=launch.leader_host, port=port, hosted_by="rank0")
+        else:
+            raise pytest.UsageError(
+                f"kvtest: {launch.title} names no leader host for the run's store ({launch.evidence}); "
+                "export MASTER_ADDR=<rank 0's host> to every rank (mpirun -x MASTER_ADDR) or give "
+                f"--rendezvous tcp://HOST:{LAUNCHER_PORT}"
+            )
+        sources["rendezvous"] = said
+    return replace(s, role=role, rank=rank, topology=topology, rendezvous=rendezvous, launch=launch,
+                   sources=sources)
+
+
+def _example_topology(world_size: int) -> str:
+    half = max(world_size // 2, 1)
+    return f"{half}p{max(world_size - half, 1)}d"
 
 
 def check_combinations(s: Settings) -> None:

@@ -162,6 +162,8 @@ class keys:
         return f"hello/{role}"
 
     VERDICT = "verdict"
+    #: p0 is done with the store; a follower hosting it (a launcher's rank 0) may leave
+    CLOSED = "closed"
 
     @staticmethod
     def heartbeat(role: str) -> str:
@@ -427,6 +429,7 @@ class RunStore:
     :param address: p0's rendezvous ``(host, port)``, to tell a partition from a dead leader.
     :param warn: where a refused value is reported, one line each (default: stderr).
     :param alive: when the last round trip to the store succeeded elsewhere (the heartbeat thread).
+    :param host_name: who hosts the store, for messages: ``p0``, or what a launcher placed it on.
     """
 
     def __init__(
@@ -440,8 +443,10 @@ class RunStore:
         address: tuple[str, int] | None = None,
         warn: Callable[[str], None] | None = None,
         alive: Callable[[], float] | None = None,
+        host_name: str = "p0",
     ) -> None:
         self.raw = raw
+        self.host_name = host_name
         self.run_id = run_id
         self.me = me
         self.prefix = keys.run_prefix(run_id)
@@ -562,11 +567,12 @@ class RunStore:
             last = max(self.last_ok, self._alive() if self._alive is not None else 0.0)
             shown = f"[{host}]" if ":" in host else host
             return RendezvousPartition(
-                f"{self.me} cannot reach p0's rendezvous at {shown}:{port} for "
-                f"{time.monotonic() - last:.1f}s: network partition or p0's host is down{where}"
+                f"{self.me} cannot reach {self.host_name}'s rendezvous at {shown}:{port} for "
+                f"{time.monotonic() - last:.1f}s: network partition or {self.host_name}'s host is down{where}"
             )
         return RendezvousLost(
-            f"{self.me} lost the rendezvous store (hosted by p0): the leader is gone{where} ({detail})"
+            f"{self.me} lost the rendezvous store (hosted by {self.host_name}): "
+            f"{'the leader' if self.host_name == 'p0' else self.host_name} is gone{where} ({detail})"
         )
 
     def wait(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from kvtest.results.metrics import TransferLog
-from kvtest.run.rendezvous import PeerFailed, RunStore, Shape, keys
+from kvtest.run.rendezvous import PeerFailed, RendezvousError, RunStore, Shape, keys
 from kvtest.run.topology import Topology, parse_role_name
 
 __all__ = ["TestScope", "test_seed"]
@@ -81,7 +81,12 @@ class TestScope:
         self.step(TEARDOWN)
 
     def peer_step(self, role: str) -> str | None:
-        step = self.store.read(keys.step(self.seq, role))
+        """The step ``role`` last announced; None when it announced none or the store is unreachable
+        (this is asked while reporting a failure, which must not fail again)."""
+        try:
+            step = self.store.read(keys.step(self.seq, role))
+        except RendezvousError:
+            return None
         return None if step is None else str(step)
 
     def check_abort(self) -> None:

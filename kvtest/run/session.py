@@ -150,6 +150,13 @@ class _Base:
         backend, self.backend_why = chosen_backend(self.config)
         self.backend_name = backend.name
 
+    def _local_processes(self) -> int | None:
+        """This run's processes on this host: every role in local mode, the launcher's count when one
+        started us, unknown for a role started by hand."""
+        if self.settings.local_mode:
+            return len(self.topology.roles)
+        return self.settings.launch.local_size if self.settings.launch is not None else None
+
     def _thread_budget(self, processes: int | None) -> ThreadBudget:
         """Plan and apply this process's torch threads (``processes``: this run's on this host)."""
         s = self.settings
@@ -275,12 +282,17 @@ class LeaderSession(_Base):
         rdv = s.rendezvous or Rendezvous("tcp", host="127.0.0.1", port=0)
         if s.local_mode and self.token is None:
             self.token = Token.new()  # handed to the children in the environment
+        hosting = s.local_mode or s.hosts_store
         try:
-            raw, port = open_store(rdv, host=True, timeout=s.join_timeout)
+            raw, port = open_store(
+                rdv, host=hosting, timeout=s.join_timeout, dead_after=None if hosting else s.dead_after
+            )
         except PortInUse as exc:
             raise pytest.UsageError(f"kvtest: --rendezvous {rdv}: {exc}") from None
+        except RendezvousError as exc:
+            raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
         self._resolve_backend()
-        budget = self._thread_budget(len(self.topology.roles) if s.local_mode else None)
+        budget = self._thread_budget(self._local_processes())
         if s.local_mode:
             rdv = Rendezvous("tcp", host=rdv.host, port=port)
             secrets = {TOKEN_ENV: self.token.text()} if self.token else None
@@ -288,14 +300,20 @@ class LeaderSession(_Base):
                 self.config, s, self.me, self.topology, rdv, self.run_id, secrets, budget
             )
         watch = PeerWatch(raw, s.dead_after, self.cluster.exited if self.cluster else None)
-        self.store = RunStore(raw, self.run_id, self.me, watch, token=self.token, warn=self._say)
+        address = None if hosting or rdv.scheme != "tcp" else (rdv.host, port)
+        self.store = RunStore(
+            raw, self.run_id, self.me, watch, token=self.token, address=address, warn=self._say,
+            alive=self._last_round_trip, host_name=s.store_host_name(),
+        )
         announcement = (
             seal(self.token, self.run_id, keys.CURRENT_RUN, self.run_id) if self.token else self.run_id
         )
         raw.set(keys.CURRENT_RUN, announcement)
         self._start_heartbeat(rdv, port, keep=(keys.CURRENT_RUN, announcement))
         self.active = True
-        where = f"local mode, logs in {self.cluster.logdir}" if self.cluster else f"rendezvous {rdv}"
+        where = (
+            f"local mode, logs in {self.cluster.logdir}" if self.cluster else f"rendezvous {rdv.describe()}"
+        )
         signed = f", signed with token {self.token.id}" if self.token else ""
         self._write(
             f"kvtest: run {self.run_id}, topology {self.topology} ({where}{signed}), backend "
@@ -338,9 +356,11 @@ class LeaderSession(_Base):
         roles = item_topology(item).roles
         seq = self.seq
         self.seq += 1
-        self.store.set(
-            keys.item(seq), {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(nextitem)}
-        )
+        try:
+            announcement = {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(nextitem)}
+            self.store.set(keys.item(seq), announcement)
+        except RendezvousError:
+            pass  # the store is gone (hosted elsewhere under a launcher): the test fails on its first step
         self.new_scope(seq, item, roles)
         try:
             return (yield)
@@ -348,6 +368,8 @@ class LeaderSession(_Base):
             self.scope = None
             if self.dead:
                 item.session.shouldfail = "kvtest: " + "; ".join(self.dead.values()) + ": stopping the run"
+            elif self.store.lost is not None:
+                item.session.shouldfail = f"kvtest: {self.store.lost}: stopping the run"
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
@@ -455,6 +477,11 @@ class LeaderSession(_Base):
             self.cluster.stop(grace=20)
         if self.heartbeat is not None:
             self.heartbeat.stop()
+        if not self.settings.local_mode and not self.settings.hosts_store:
+            try:  # the role hosting the store (a launcher's rank 0) may leave now
+                self.store.set(keys.CLOSED, True)
+            except RendezvousError:
+                pass
 
     def _unreachable(self) -> bool:
         return bool(self.dead) or super()._unreachable()
@@ -509,9 +536,15 @@ class FollowerSession(_Base):
         s = self.settings
         assert s.rendezvous is not None
         self._resolve_backend()
-        self._write(f"kvtest: {self.me}: {self._thread_budget(None).describe()}")
+        self._write(f"kvtest: {self.me}: {self._thread_budget(self._local_processes()).describe()}")
+        hosting = s.hosts_store
         try:
-            raw, port = open_store(s.rendezvous, host=False, timeout=s.join_timeout, dead_after=s.dead_after)
+            raw, port = open_store(
+                s.rendezvous,
+                host=hosting,
+                timeout=s.join_timeout,
+                dead_after=None if hosting else s.dead_after,
+            )
             current = self._current_run(raw)
         except RendezvousError as exc:
             raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
@@ -521,10 +554,10 @@ class FollowerSession(_Base):
                 f"{s.run_id!r} (from {s.sources.get('run_id')}); give the leader's run id or none"
             )
         watch = PeerWatch(raw, s.dead_after)
-        address = (s.rendezvous.host, port) if s.rendezvous.scheme == "tcp" else None
+        address = (s.rendezvous.host, port) if s.rendezvous.scheme == "tcp" and not hosting else None
         self.store = RunStore(
             raw, current, self.me, watch, token=self.token, address=address, warn=self._say,
-            alive=self._last_round_trip,
+            alive=self._last_round_trip, host_name=s.store_host_name(),
         )
         self._start_heartbeat(s.rendezvous, port)
         warning = self._unauthenticated(s.rendezvous)
@@ -687,6 +720,8 @@ class FollowerSession(_Base):
         if self.store is not None:
             try:
                 self.store.set(keys.bye(self.me), {"failed": failed})
+                if self.settings.hosts_store:  # the others still use the store this process hosts
+                    self.store.wait(keys.CLOSED, what="p0 to close the run", timeout=30, peers=["p0"])
             except RendezvousError:
                 pass
         if self.heartbeat is not None:
