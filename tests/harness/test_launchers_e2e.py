@@ -132,12 +132,13 @@ def test_the_yaml_subset_reader_agrees_with_pyyaml():
 # ---------------------------------------------------------------- Kubernetes, simulated pod by pod
 
 
-def run_pods(pods: list[Pod], tmp: Path) -> dict[str, tuple[int, str]]:
+def run_pods(pods: list[Pod], tmp: Path, extra: Mapping[str, str] | None = None) -> dict[str, tuple[int, str]]:
     procs, logs = {}, {}
     for pod in pods:
         assert pod.env.get("KVTEST_BACKEND") == "npu", f"{pod.name}: the example should pin --backend npu"
         logs[pod.name] = tmp / f"{pod.name}.out"
-        procs[pod.name] = spawn(pod, logs[pod.name], {"KVTEST_BACKEND": "sim", "PYTEST_ADDOPTS": addopts(tmp, pod.name)})
+        env = {"KVTEST_BACKEND": "sim", "PYTEST_ADDOPTS": addopts(tmp, pod.name), **(extra or {})}
+        procs[pod.name] = spawn(pod, logs[pod.name], env)
     return finish(procs, logs)
 
 
@@ -162,6 +163,19 @@ def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path)
     files = artifacts_of(tmp_path)
     assert "results.json" in files, files
     assert any(f.endswith("p0/junit.xml") for f in files) and any(f.endswith("d0/junit.xml") for f in files), files
+
+
+@needs_netns
+@needs_artifacts
+def test_leaderworkerset_leader_exit_code_is_the_result(network2: Network, tmp_path: Path):
+    # a flipped byte on d0's side: the leader's exit code (what the example prints and exits with) says so
+    lws = only(load_manifest(EXAMPLES / "leaderworkerset.yaml"))
+    pods = pods_of_lws(lws, network2.hosts, SECRETS, tmp_path)
+    network2.names({pods[0].env["LWS_LEADER_ADDRESS"]: network2.hosts[0].ip})
+    out = run_pods(pods, tmp_path, {"KVTEST_SIM_FAULT": "flip@push_blocks:p0"})
+    leader_rc, leader = out["kvtest-0"]
+    assert leader_rc == 1 and "kvtest exit code: 1 (LWS_WORKER_INDEX=0)" in leader, show(out)
+    assert "1 failed" in leader, show(out)
 
 
 @needs_netns
