@@ -168,11 +168,11 @@ def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path)
 @needs_netns
 @needs_artifacts
 def test_leaderworkerset_leader_exit_code_is_the_result(network2: Network, tmp_path: Path):
-    # a flipped byte on d0's side: the leader's exit code (what the example prints and exits with) says so
+    # a flipped byte in d0's push: the leader's exit code (what the example prints and exits with) says so
     lws = only(load_manifest(EXAMPLES / "leaderworkerset.yaml"))
     pods = pods_of_lws(lws, network2.hosts, SECRETS, tmp_path)
     network2.names({pods[0].env["LWS_LEADER_ADDRESS"]: network2.hosts[0].ip})
-    out = run_pods(pods, tmp_path, {"KVTEST_SIM_FAULT": "flip@push_blocks:p0"})
+    out = run_pods(pods, tmp_path, {"KVTEST_SIM_FAULT": "flip@push_blocks:d0"})
     leader_rc, leader = out["kvtest-0"]
     assert leader_rc == 1 and "kvtest exit code: 1 (LWS_WORKER_INDEX=0)" in leader, show(out)
     assert "1 failed" in leader, show(out)
