@@ -15,6 +15,7 @@ from the launcher, on the sim backend.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -34,6 +35,7 @@ from podsim import (
     netns_unavailable,
     pods_of_ascendjob,
     pods_of_lws,
+    read_yaml,
     spawn,
 )
 
@@ -121,9 +123,34 @@ def test_example_manifests_run_one_command_on_every_pod():
     assert {"name": "ascendjob-port", "containerPort": 2222} in master["ports"]  # MASTER_PORT, kvtest's store
 
 
+@needs_artifacts
+def test_nightly_workflow_uses_options_that_exist():
+    # the workflow cannot run here (no Ascend runner): check that every kvtest flag it passes exists
+    workflow = read_yaml((ROOT / "examples" / "ci" / "ascend-nightly.yml").read_text())
+    steps = workflow["jobs"]["nightly"]["steps"]
+    script = "\n".join(step.get("run", "") for step in steps)
+    for needed in ("npu-smi info", "kvtest doctor", "--kv-results", "--kv-artifacts", "kvtest compare"):
+        assert needed in script, needed
+    assert any(step.get("uses", "").startswith("actions/upload-artifact@") for step in steps)
+    known = {o.flag for o in OPTIONS}
+    helps = {
+        sub: subprocess.run([sys.executable, "-m", "kvtest.cli", sub, "--help"], capture_output=True, text=True, timeout=60).stdout
+        for sub in ("doctor", "compare")
+    }  # fmt: skip
+    for line in script.replace("\\\n", " ").splitlines():
+        flags = re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", line)
+        if "pytest" in line:
+            unknown = [f for f in flags if f.startswith(("--kv-", "--backend", "--device-id")) and f not in known]
+            assert not unknown, f"{unknown} in {line!r}"
+        for sub, text in helps.items():
+            if f"kvtest {sub}" in line:
+                assert text, f"kvtest {sub} --help printed nothing"
+                missing = [f for f in flags if f not in text]
+                assert not missing, f"kvtest {sub} has no {missing}: {line!r}"
+
+
 def test_the_yaml_subset_reader_agrees_with_pyyaml():
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed: the subset reader runs alone")
-    from podsim import read_yaml
 
     for path in EXAMPLES.glob("*.yaml"):
         assert [read_yaml(path.read_text())] == list(yaml.safe_load_all(path.read_text())), path
