@@ -301,20 +301,37 @@ def test_open_mpi_environment(tmp_path: Path):
     assert "kvtest: MPI: rank 0 of 2 -> p0" in out["rank0"][1] and "kvtest: MPI: rank 1 of 2 -> d0" in out["rank1"][1], show(out)
 
 
-@pytest.mark.skipif(shutil.which("mpiexec", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")) is None,
-                    reason="no mpiexec: pip install mpich (in the dev extras)")
-def test_mpich_mpiexec(tmp_path: Path):
-    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+def find_mpiexec() -> str | None:
+    return shutil.which("mpiexec", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+
+
+needs_mpiexec = pytest.mark.skipif(find_mpiexec() is None, reason="no mpiexec: pip install mpich (in the dev extras)")
+
+
+def mpiexec_pytest(tmp_path: Path, ranks: int, args: list[str]) -> tuple[int, str]:
+    mpiexec = find_mpiexec()
     assert mpiexec
     log = tmp_path / "mpiexec.out"
     env = {**base_env(tmp_path), "KVTEST_TOKEN": TOKEN}
-    cmd = [mpiexec, "-n", "2", "-l", sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'pt'}", *SELECTION]
+    cmd = [mpiexec, "-n", str(ranks), "-l", sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'pt'}", *args]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    out = finish({"mpiexec": proc}, {"mpiexec": log})
-    rc, text = out["mpiexec"]
+    return finish({"mpiexec": proc}, {"mpiexec": log})["mpiexec"]
+
+
+@needs_mpiexec
+def test_mpich_mpiexec(tmp_path: Path):
+    rc, text = mpiexec_pytest(tmp_path, 2, SELECTION)
     assert rc == 0, text
     assert "kvtest: MPI: rank 0 of 2 -> p0" in text and "kvtest: MPI: rank 1 of 2 -> d0" in text, text
+
+
+@needs_mpiexec
+def test_mpich_mpiexec_world_size_mismatch_stops_every_rank(tmp_path: Path):
+    rc, text = mpiexec_pytest(tmp_path, 3, ["--topology", "1p1d", *SELECTION])
+    errors = [line for line in text.splitlines() if "ERROR: kvtest: MPI runs 3 processes" in line]
+    assert rc == 4 and sorted(line.split("]", 1)[0] for line in errors) == ["[0", "[1", "[2"], text
+    assert "Traceback" not in text, text
 
 
 def slurm_env(rank: int, size: int) -> dict[str, str]:
