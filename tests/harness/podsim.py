@@ -476,7 +476,10 @@ def spawn(pod: Pod, log: Path, extra_env: Mapping[str, str] | None = None) -> su
     argv = pod.argv if pod.host is None else pod.host.argv(pod.argv)
     fh = log.open("wb")
     try:
-        return subprocess.Popen(argv, cwd=pod.cwd, env={**pod.env, **(extra_env or {})}, stdout=fh, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            argv, cwd=pod.cwd, env={**pod.env, **(extra_env or {})}, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         fh.close()
 

@@ -72,7 +72,7 @@ def finish(procs: Mapping[str, subprocess.Popen[bytes]], logs: Mapping[str, Path
             hung.append(name)
     for proc in procs.values():
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, 9)  # each run is a session of its own: the shell and what it started
             proc.wait()
     out = {name: (proc.returncode, logs[name].read_text(errors="replace")) for name, proc in procs.items()}
     if hung:
@@ -259,7 +259,7 @@ def test_torchrun_two_nodes(network2: Network, tmp_path: Path):
         env = {**base_env(tmp_path), "KVTEST_TOKEN": TOKEN, "PYTEST_ADDOPTS": addopts(tmp_path, name)}
         logs[name] = tmp_path / f"{name}.out"
         with logs[name].open("wb") as fh:
-            procs[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            procs[name] = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     out = finish(procs, logs)
     assert all(rc == 0 for rc, _ in out.values()), show(out)
     texts = [text for _, text in out.values()]
@@ -291,7 +291,7 @@ def start_ranks(tmp: Path, size: int, args: list[str], env_of=mpi_env) -> dict[s
         logs[name] = tmp / f"{name}.out"
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={tmp / name / 'pytest'}", "--kv-logs", str(tmp / name / "logs"), *args]
         with logs[name].open("wb") as fh:
-            procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            procs[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     return finish(procs, logs, timeout=90)
 
 
@@ -315,7 +315,7 @@ def mpiexec_pytest(tmp_path: Path, ranks: int, args: list[str]) -> tuple[int, st
     env = {**base_env(tmp_path), "KVTEST_TOKEN": TOKEN}
     cmd = [mpiexec, "-n", str(ranks), "-l", sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'pt'}", *args]
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     return finish({"mpiexec": proc}, {"mpiexec": log})["mpiexec"]
 
 
