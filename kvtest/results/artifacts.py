@@ -129,15 +129,12 @@ class RoleArtifacts:
 
     # -- hooks ------------------------------------------------------------------------------------
 
-    def pytest_sessionstart(self, session: pytest.Session) -> None:
-        self.session = session
-
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
         try:
             return (yield)
         except BaseException as exc:
-            text = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+            text = str(getattr(exc, "msg", None) or exc or type(exc).__name__).removeprefix("kvtest: ")
             self.write(f"kvtest: {self.role} stopped: {text}")
             raise
 

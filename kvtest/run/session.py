@@ -118,7 +118,6 @@ class _Base:
         self.artifacts: RoleArtifacts | None = None
         if settings.artifacts is not None:
             self.artifacts = RoleArtifacts(config, settings.artifacts, self.me, settings.run_id)
-            config.pluginmanager.register(self.artifacts, "kvtest-artifacts")
 
     # -- collection -------------------------------------------------------------------------------
 
@@ -188,6 +187,13 @@ class _Base:
         budget = plan_threads(s.threads, s.sources.get("threads", "default"), processes=processes)
         apply_threads(budget)
         return budget
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # registered now, after this session: its runtestloop wrapper is then the outer one and logs
+        # why the loop stopped (a refused handshake, a lost peer) before pytest prints it
+        if self.artifacts is not None:
+            self.artifacts.session = session
+            self.config.pluginmanager.register(self.artifacts, "kvtest-artifacts")
 
     def _write(self, line: str) -> None:
         if self.artifacts is not None:
