@@ -2,8 +2,9 @@
 
 A role learns its run id late: p0 makes it when the session starts, a follower reads it from the
 rendezvous when it joins, both after pytest's junitxml plugin fixed its file at configure. So each role
-writes into ``DIR/.pending/`` first (pytest's JUnit XML, when the user named none, and the log) and
-moves the files into its folder as soon as it knows the run id (the log) or at unconfigure (the XML).
+writes into ``DIR/.pending/`` first (pytest's JUnit XML, when the user named none, and the log). As
+soon as it knows the run id it moves the log into its folder and points pytest's JUnit writer there;
+a JUnit XML written elsewhere (``--junitxml``, or no run id) is copied or moved in at unconfigure.
 
 A role that dies leaves what it had: the log is written line by line and sits in its folder from the
 moment the run id is known, and the folder holds a placeholder ``junit.xml`` (one error naming the
@@ -66,6 +67,7 @@ class RoleArtifacts:
         self._log_path = pending / f"{tag}.log"
         self._log: IO[str] | None = self._log_path.open("a", encoding="utf-8", buffering=1)
         # pytest's junitxml plugin reads its path in its own pytest_configure, after kvtest's (tryfirst)
+        self.config = config
         self.user_junit: Path | None = None
         self._staged_junit: Path | None = None
         if hasattr(config, "workerinput"):
@@ -82,7 +84,7 @@ class RoleArtifacts:
         """Where p0 writes the results file when ``--kv-results`` names none."""
         return self.root / run_id / RESULTS
 
-    def begin(self, run_id: str) -> Path:
+    def begin(self, run_id: str, redirect: bool = True) -> Path:
         """Take this role's folder in ``run_id`` and move the log there; return the folder.
 
         The folder is made with ``mkdir``, never reused: a second process started as the same role
@@ -112,7 +114,24 @@ class RoleArtifacts:
         if self._log is not None:
             os.replace(self._log_path, folder / LOG)  # the open file moves with its name
             self._log_path = folder / LOG
+        if redirect:
+            self._redirect_junit(folder / JUNIT)
         return folder
+
+    def _redirect_junit(self, path: Path) -> None:
+        """Point pytest's JUnit writer at ``path`` itself, so its "generated xml file" line names where
+        the file is. Its object is found under ``_pytest.junitxml.xml_key`` (pytest 7 to 9); without
+        it the staged file is moved there at unconfigure all the same."""
+        if self._staged_junit is None:
+            return
+        try:
+            from _pytest.junitxml import xml_key
+        except ImportError:
+            return
+        writer = self.config.stash.get(xml_key, None)
+        if writer is not None and isinstance(getattr(writer, "logfile", None), str):
+            writer.logfile = str(path)
+            self._staged_junit = None
 
     def write(self, line: str) -> None:
         """One line of the log, stamped with the time; written through at once."""
@@ -167,7 +186,7 @@ class RoleArtifacts:
         """Move pytest's JUnit XML into the folder and close the log (before a role that lost its peers
         leaves with ``os._exit``, which is the session's last unconfigure)."""
         folder = self.folder or self.begin(
-            self.given_run_id or f"no-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+            self.given_run_id or f"no-run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}", redirect=False
         )
         status = getattr(self.session, "exitstatus", None) if self.session is not None else None
         if status is not None:

@@ -145,6 +145,22 @@ def test_killed_role_leaves_its_files(pytester: pytest.Pytester):
     assert sorted(recorded["roles"]) == ["d0", "p0"]
 
 
+def test_role_that_never_joins_leaves_its_files(pytester: pytest.Pytester, port: int):
+    """A follower whose leader never comes stops with a usage error; its log says why, and its folder is
+    filed under no-run-<time>-<pid> (no run id was ever learned), next to nothing pending."""
+    pytester.makepyfile(test_pair=TESTS)
+    result = pytester.runpytest_subprocess(
+        "--role", "d", "--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-join-timeout", "2", "--kv-artifacts", "art"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    run = run_folder(pytester.path / "art")
+    assert re.fullmatch(r"no-run-\d{8}-\d{6}-\d+", run.name), run.name
+    assert junit_cases(run / "d0" / "junit.xml") == {}  # pytest's own report of a run that ran nothing
+    log = (run / "d0" / "kvtest.log").read_text()
+    assert "d0 stopped: d0: could not reach the rendezvous" in log and "exit status 4" in log, log
+    assert not (pytester.path / "art" / ".pending").exists()
+
+
 # --- two processes started by hand -----------------------------------------------------------------
 
 
