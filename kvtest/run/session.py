@@ -167,7 +167,8 @@ class _Base:
         self.artifacts.begin(run_id)
         stack = self._fingerprint()
         facts = ", ".join(f"{k} {stack.get(k, 'absent')}" for k in STACK_KEYS)
-        where = self.settings.rendezvous or "local mode"
+        rdv = self.settings.rendezvous
+        where = rdv.describe() if rdv is not None else "local mode"
         self.artifacts.write(f"kvtest: {self.me} on {stack.get('host')}, run {run_id} ({where}); {facts}")
 
     def _resolve_backend(self) -> None:
