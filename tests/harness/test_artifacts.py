@@ -9,7 +9,10 @@ fingerprint reads (:func:`kvtest.host.fingerprint.driver_version`).
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -232,6 +235,26 @@ def test_require_same_stack_lets_the_same_stack_run(pytester: pytest.Pytester, s
     assert p_out.returncode == 0, p_out.output
     assert d_out.returncode == 0, d_out.output
     assert "stack differs" not in p_out.output + d_out.output
+
+
+def test_torchrun_ranks_write_one_folder_each(pytester: pytest.Pytester):
+    """Under a launcher every rank is a role started by it: each files its own folder in the one run."""
+    pytester.makepyfile(test_pair=TESTS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVTEST_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "pytest",
+         "-p", "no:cacheprovider", "-k", "test_pass or test_follower_fails", "--kv-artifacts", "art"],
+        cwd=pytester.path, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode != 0, proc.stdout[-3000:]  # test_follower_fails fails on every rank
+    run = run_folder(pytester.path / "art")
+    assert sorted(p.name for p in run.iterdir()) == ["d0", "p0", "results.json"], proc.stdout[-3000:]
+    for role in ("p0", "d0"):
+        cases = junit_cases(run / role / "junit.xml")
+        assert cases["test_pass"] == ("passed", "") and cases["test_follower_fails"][0] == "failure", role
+        assert "test_pair.py::test_follower_fails FAILED" in (run / role / "kvtest.log").read_text()
+    assert "torchrun's agent store" in (run / "d0" / "kvtest.log").read_text()
+    assert sorted(load_results(run / "results.json").roles) == ["d0", "p0"]
 
 
 # --- units: the switch, the folder option, the stack comparison, the results member ----------------
