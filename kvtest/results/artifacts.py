@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -63,9 +64,16 @@ class RoleArtifacts:
         self.session: pytest.Session | None = None
         tag = f"{role}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         pending = root / PENDING
-        pending.mkdir(parents=True, exist_ok=True)
         self._log_path = pending / f"{tag}.log"
-        self._log: IO[str] | None = self._log_path.open("a", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()  # the heartbeat thread writes too (a peer's warnings)
+        self._log: IO[str] | None = None
+        for _ in range(3):  # another role that just finished may remove the shared .pending between the two
+            pending.mkdir(parents=True, exist_ok=True)
+            try:
+                self._log = self._log_path.open("a", encoding="utf-8", buffering=1)
+                break
+            except FileNotFoundError:
+                continue
         # pytest's junitxml plugin reads its path in its own pytest_configure, after kvtest's (tryfirst)
         self.config = config
         self.user_junit: Path | None = None
@@ -111,9 +119,10 @@ class RoleArtifacts:
                 f"report); see {LOG} in this folder",
             ),
         )
-        if self._log is not None:
-            os.replace(self._log_path, folder / LOG)  # the open file moves with its name
-            self._log_path = folder / LOG
+        with self._lock:
+            if self._log is not None:
+                os.replace(self._log_path, folder / LOG)  # the open file moves with its name
+                self._log_path = folder / LOG
         if redirect:
             self._redirect_junit(folder / JUNIT)
         return folder
@@ -135,16 +144,15 @@ class RoleArtifacts:
 
     def write(self, line: str) -> None:
         """One line of the log, stamped with the time; written through at once."""
-        if self._log is None:
-            return
         stamp = time.strftime("%H:%M:%S")
-        for part in line.splitlines() or [""]:
-            self._log.write(f"{stamp} {part}\n")
+        with self._lock:
+            if self._log is not None:
+                self._log.writelines(f"{stamp} {part}\n" for part in line.splitlines() or [""])
 
     def _text(self, text: str, indent: str = "    ") -> None:
-        if self._log is not None and text:
-            for part in text.rstrip().splitlines():
-                self._log.write(f"{indent}{part}\n")
+        with self._lock:
+            if self._log is not None and text:
+                self._log.writelines(f"{indent}{part}\n" for part in text.rstrip().splitlines())
 
     # -- hooks ------------------------------------------------------------------------------------
 
@@ -198,9 +206,10 @@ class RoleArtifacts:
             tmp = folder / f".{JUNIT}.tmp"
             shutil.copyfile(user, tmp)
             os.replace(tmp, folder / JUNIT)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        with self._lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
         try:
             (self.root / PENDING).rmdir()  # only when no other role still has files there
         except OSError:
