@@ -145,7 +145,9 @@ def compare_hello(leader: Hello, other: Hello) -> list[str]:
     return diffs
 
 
-#: the fingerprint facts that must agree between roles (``--kv-require-same-stack``), in print order
+#: the fingerprint facts that must agree between roles (``--kv-require-same-stack``), in print order.
+#: llm_datadist's own package version says little: hicann/hixl src/python/llm_datadist/setup.py pins
+#: version='0.0.1' for every release, so a CANN difference (which ships it) is what tells two apart.
 STACK_KEYS = ("cann", "driver", "firmware", "torch", "torch_npu", "llm_datadist")
 
 
