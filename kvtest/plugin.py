@@ -32,7 +32,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kvtest", f"kvtest (precedence: {PRECEDENCE})")
     for option in OPTIONS:
         text = f"{option.help} [env {option.env}, ini {option.ini}]"
-        group.addoption(option.flag, dest=option.cli_dest, default=None, metavar=option.metavar, help=text)
+        if option.switch:  # no value on the command line; "true" goes through the switch's parser
+            group.addoption(option.flag, dest=option.cli_dest, action="store_const", const="true",
+                            default=None, help=text)
+        else:
+            group.addoption(
+                option.flag, dest=option.cli_dest, default=None, metavar=option.metavar, help=text
+            )
         parser.addini(option.ini, help=f"{option.help} (command line: {option.flag})", default="")
 
 
@@ -55,6 +61,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if settings.backend == "npu":
         chosen_backend(config)  # a missing npu stack is a usage error now, not at the first test
     if _is_xdist_controller(config):
+        if settings.artifacts is not None:
+            raise pytest.UsageError(
+                "kvtest: --kv-artifacts cannot be combined with -n (pytest-xdist) yet: every worker "
+                "would lead a run of its own; drop -n, or drop --kv-artifacts and use --junitxml"
+            )
         if not settings.local_mode:
             by = f"{settings.launch.title}'s ranks" if settings.launch is not None else "--role"
             raise pytest.UsageError(

@@ -107,6 +107,8 @@ class Settings:
     role_map: Mapping[str, tuple[int, ...]] | None = None
     #: what the launcher's environment said (None: no launcher, or --role given)
     launch: Launch | None = None
+    artifacts: Path | None = None  # each role's JUnit XML and log under <artifacts>/<run id>/<role>/
+    require_same_stack: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -363,6 +365,31 @@ def parse_vendor_samples(text: str) -> Path:
     return path
 
 
+def parse_artifacts(text: str) -> Path:
+    path = parse_path(text)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a folder; give a folder (it is created when missing)")
+    existing = path.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{existing} is not a writable folder, so {path} cannot be made there; pick another")
+    return path.resolve()
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_switch(text: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"a switch is one of {'/'.join(_TRUE)} or {'/'.join(_FALSE)}, e.g. 1 or 0")
+
+
 @dataclass(frozen=True)
 class Option(Generic[T]):
     """One setting: its flag, ini key, environment variable, parser and help text."""
@@ -373,6 +400,9 @@ class Option(Generic[T]):
     default: T
     help: str
     metavar: str = "VALUE"
+    #: a switch: the flag takes no value on the command line (``--flag`` means on); the environment
+    #: and the ini file take 1/0, true/false, yes/no or on/off (see :func:`parse_switch`)
+    switch: bool = False
 
     @property
     def ini(self) -> str:
@@ -550,6 +580,29 @@ OPTIONS: tuple[Option[Any], ...] = (
         "which launcher ranks play which role, e.g. 'p=2,3 d=0,1' (default: ranks in topology order, "
         "p0..p{X-1} then d0..).",
         "'p=R,.. d=R,..'",
+    ),
+    Option(
+        "artifacts",
+        "--kv-artifacts",
+        parse_artifacts,
+        None,
+        "folder for every role's own files: DIR/<run id>/<role>/junit.xml (that role's JUnit XML) and "
+        "DIR/<run id>/<role>/kvtest.log (kvtest's session lines: run, topology, rendezvous, threads, "
+        "handshake and stack differences; then each test's outcome with its failure text), on every "
+        "role, local-mode children included; p0 also writes DIR/<run id>/results.json unless "
+        "--kv-results names a file.",
+        "DIR",
+    ),
+    Option(
+        "require_same_stack",
+        "--kv-require-same-stack",
+        parse_switch,
+        False,
+        "refuse to start (every role: a usage error, exit 4) when the roles' stacks differ: CANN, "
+        "driver, firmware, torch, torch_npu or llm_datadist version (without it the differences are "
+        "printed and stored). A switch; KVTEST_REQUIRE_SAME_STACK / kv_require_same_stack take 1 or 0.",
+        "",
+        switch=True,
     ),
 )
 

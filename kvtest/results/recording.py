@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kvtest.results.metrics import TransferRecord, summarize
-from kvtest.results.results import ResultsWriter, RoleEntry, role_entry
+from kvtest.results.results import ResultsWriter, RoleEntry, RoleInfo, role_entry
 from kvtest.run.messages import RoleResult
 
 __all__ = ["RunRecorder", "transfer_properties"]
@@ -49,10 +49,19 @@ class RunRecorder:
         self.path = path
         self.writer: ResultsWriter | None = None
         self._pending: dict[str, _Pending] = {}
+        self._roles: tuple[dict[str, RoleInfo], list[str]] | None = None
 
     def open(self, run_id: str, fingerprint: dict[str, str]) -> None:
         if self.writer is None:
             self.writer = ResultsWriter(self.path, run_id=run_id, fingerprint=fingerprint)
+            if self._roles is not None:
+                self.writer.set_roles(*self._roles)
+
+    def set_roles(self, roles: dict[str, RoleInfo], stack_differences: list[str]) -> None:
+        """Every role's host and fingerprint (from the handshake), kept for the file when it opens."""
+        self._roles = (roles, stack_differences)
+        if self.writer is not None:
+            self.writer.set_roles(roles, stack_differences)
 
     def report(self, nodeid: str, rep: pytest.TestReport, results: Sequence[RoleResult]) -> None:
         pending = self._pending.setdefault(nodeid, _Pending())

@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypedDict, Union
@@ -30,6 +30,7 @@ __all__ = [
     "ResultsWriter",
     "KnownIssueEntry",
     "RoleEntry",
+    "RoleInfo",
     "TestEntry",
     "TransferEntry",
     "load_results",
@@ -59,6 +60,15 @@ class KnownIssueEntry(TypedDict):
 
     id: str
     state: str
+
+
+class RoleInfo(TypedDict):
+    """One role of the run (top-level ``roles``, optional: newer than kvtest 0.2.0): where it ran and its
+    environment fingerprint, as it said at the handshake."""
+
+    host: str
+    pid: int
+    fingerprint: dict[str, str]
 
 
 class Cost(TypedDict):
@@ -126,6 +136,10 @@ class Results:
     fingerprint: dict[str, str]
     #: by pytest node id, in the order the tests finished
     tests: dict[str, TestEntry]
+    #: every role's host and fingerprint, by role (empty in files from kvtest 0.2.0 and before)
+    roles: dict[str, RoleInfo] = field(default_factory=dict)
+    #: how the roles' stacks differ ("driver 23.0 on p0 but 24.1 on d0"); empty when they agree
+    stack_differences: tuple[str, ...] = ()
 
 
 class ResultsWriter:
@@ -182,6 +196,16 @@ class ResultsWriter:
         tests[nodeid] = entry
         self._write()
         return entry
+
+    def set_roles(self, roles: Mapping[str, RoleInfo], stack_differences: Iterable[str] = ()) -> None:
+        """Record every role's host and fingerprint and how their stacks differ; rewrite the file."""
+        self._doc["roles"] = {
+            str(name): RoleInfo(host=str(r["host"]), pid=int(r["pid"]),
+                                fingerprint={str(k): str(v) for k, v in r["fingerprint"].items()})
+            for name, r in roles.items()
+        }
+        self._doc["stack_differences"] = [str(d) for d in stack_differences]
+        self._write()
 
     def _write(self) -> None:
         if self.path is None:
@@ -349,7 +373,33 @@ def _parse(doc: Any, path: Path) -> Results:
         run_id=_need(doc["run_id"], str, "run_id", "a string"),
         fingerprint=dict(fingerprint),
         tests={k: _test(v, f"tests[{k!r}]") for k, v in tests.items()},
+        roles=_roles(doc.get("roles")),
+        stack_differences=_strings(doc.get("stack_differences", []), "stack_differences"),
     )
+
+
+def _strings(obj: Any, where: str) -> tuple[str, ...]:
+    items = _need(obj, list, where, "a list")
+    return tuple(_need(d, str, f"{where}[{i}]", "a string") for i, d in enumerate(items))
+
+
+def _roles(obj: Any) -> dict[str, RoleInfo]:
+    """The optional top-level ``roles`` (files from kvtest 0.2.0 and before lack it)."""
+    if obj is None:
+        return {}
+    _need(obj, dict, "roles", "an object")
+    out: dict[str, RoleInfo] = {}
+    for name, info in obj.items():
+        where = f"roles[{name!r}]"
+        _need(info, dict, where, "an object")
+        _keys(info, ("host", "pid", "fingerprint"), where)
+        fingerprint = _need(info["fingerprint"], dict, f"{where}.fingerprint", "an object")
+        for k, v in fingerprint.items():
+            _need(v, str, f"{where}.fingerprint[{k!r}]", "a string")
+        out[name] = RoleInfo(host=_need(info["host"], str, f"{where}.host", "a string"),
+                             pid=_need(info["pid"], int, f"{where}.pid", "an integer"),
+                             fingerprint=dict(fingerprint))
+    return out
 
 
 def load_results(path: str | os.PathLike[str]) -> Results:

@@ -122,6 +122,7 @@ _CHILD_SETTINGS = (
     "device_ids",
     "local_host_ip",
     "remote_host_ips",
+    "artifacts",  # each child writes its own folder under it
 )
 
 

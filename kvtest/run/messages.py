@@ -16,8 +16,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -29,11 +29,13 @@ from kvtest.run.topology import Topology
 __all__ = [
     "HELLO_SHAPE",
     "RESULT_SHAPE",
+    "STACK_KEYS",
     "VERDICT_SHAPE",
     "Hello",
     "RoleResult",
     "collection_digest",
     "compare_hello",
+    "stack_differences",
 ]
 
 #: a follower may wait this long for the next announcement (the leader's heartbeat catches a dead one)
@@ -61,10 +63,15 @@ class Hello:
     nodeids: tuple[str, ...]
     host: str
     pid: int
+    #: the role's environment fingerprint (:func:`kvtest.host.fingerprint.fingerprint`); optional in
+    #: the JSON form, so a hello from an older kvtest is read (and refused for its version)
+    fingerprint: Mapping[str, str] = field(default_factory=dict)
+    require_same_stack: bool = False  # this role was started with --kv-require-same-stack
 
     @classmethod
     def make(
-        cls, role: str, backend: str, topology: Topology, seed: int, profile: str, nodeids: Sequence[str]
+        cls, role: str, backend: str, topology: Topology, seed: int, profile: str, nodeids: Sequence[str],
+        fingerprint: Mapping[str, str] | None = None, require_same_stack: bool = False,
     ) -> Hello:
         return cls(
             role,
@@ -77,14 +84,24 @@ class Hello:
             tuple(sorted(nodeids)),
             socket.gethostname(),
             os.getpid(),
+            dict(fingerprint or {}),
+            require_same_stack,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "nodeids": list(self.nodeids)}
+        return {**self.__dict__, "nodeids": list(self.nodeids), "fingerprint": dict(self.fingerprint)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Hello:
-        return cls(**{**{name: data[name] for name in HELLO_SHAPE}, "nodeids": tuple(data["nodeids"])})
+        raw = data.get("fingerprint")
+        fingerprint = (
+            {str(k): str(v) for k, v in raw.items() if isinstance(v, str)} if isinstance(raw, dict) else {}
+        )
+        return cls(
+            **{**{name: data[name] for name in HELLO_SHAPE}, "nodeids": tuple(data["nodeids"])},
+            fingerprint=fingerprint,
+            require_same_stack=data.get("require_same_stack") is True,
+        )
 
 
 #: what a hello must hold to be read (see :func:`kvtest.run.rendezvous.check_shape`)
@@ -125,6 +142,28 @@ def compare_hello(leader: Hello, other: Hello) -> list[str]:
         if only_other:
             parts.append(f"{len(only_other)} only on {other.role} ({_sample(only_other)})")
         diffs.append("collected tests differ: " + "; ".join(parts or ["same ids, different digest"]))
+    return diffs
+
+
+#: the fingerprint facts that must agree between roles (``--kv-require-same-stack``), in print order.
+#: llm_datadist's own package version says little: hicann/hixl src/python/llm_datadist/setup.py pins
+#: version='0.0.1' for every release, so a CANN difference (which ships it) is what tells two apart.
+STACK_KEYS = ("cann", "driver", "firmware", "torch", "torch_npu", "llm_datadist")
+
+
+def stack_differences(hellos: Sequence[Hello]) -> list[str]:
+    """Each stack fact on which a role differs from the first (p0), as a phrase
+    ("llm_datadist 1.0.0 on p0 but 1.1.0 on d0"); a hello without a fingerprint is left out."""
+    known = [h for h in hellos if h.fingerprint]
+    if len(known) < 2:
+        return []
+    first, diffs = known[0], []
+    for key in STACK_KEYS:
+        mine = first.fingerprint.get(key, "absent")
+        for other in known[1:]:
+            theirs = other.fingerprint.get(key, "absent")
+            if theirs != mine:
+                diffs.append(f"{key} {mine} on {first.role} but {theirs} on {other.role}")
     return diffs
 
 
@@ -177,6 +216,8 @@ class Handshake:
         self.me = me
         self.roles = tuple(roles)
         self.timeout = timeout
+        self.hellos: dict[str, Hello] = {me.role: me}  # p0: every hello it read, its own first
+        self.stack: list[str] = []  # p0: how the roles' stacks differ (a follower: as p0 said)
 
     def claim(self) -> None:
         """Take this role's slot; a second process claiming the same role is refused.
@@ -221,9 +262,17 @@ class Handshake:
             except RendezvousError as exc:
                 self._refuse(f"{role} did not join: {exc}")
             problems += [f"{role}: {d}" for d in compare_hello(self.me, other)]
+            self.hellos[role] = other
+        self.stack = stack_differences(list(self.hellos.values()))
+        strict = [h.role for h in self.hellos.values() if h.require_same_stack]
+        if self.stack and strict:
+            problems.append(
+                f"stack differs between roles ({', '.join(strict)} started with --kv-require-same-stack): "
+                + "; ".join(self.stack)
+            )
         if problems:
             self._refuse("roles disagree, refusing to start: " + "; ".join(problems))
-        self.store.set(keys.VERDICT, {"ok": True})
+        self.store.set(keys.VERDICT, {"ok": True, "stack": self.stack})
 
     def _refuse(self, reason: str) -> None:
         self.store.set(keys.VERDICT, {"ok": False, "reason": reason})
@@ -241,3 +290,5 @@ class Handshake:
         )
         if not verdict.get("ok"):
             raise pytest.UsageError(f"kvtest: p0 refused the run: {verdict.get('reason')}")
+        stack = verdict.get("stack")
+        self.stack = [str(d) for d in stack] if isinstance(stack, list) else []

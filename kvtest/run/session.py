@@ -21,14 +21,18 @@ from typing import Any
 
 import pytest
 
+from kvtest.host.fingerprint import fingerprint
+from kvtest.results.artifacts import RoleArtifacts
 from kvtest.results.known_issues import settle
 from kvtest.results.recording import RunRecorder, transfer_properties
 from kvtest.results.report import write_summary
+from kvtest.results.results import RoleInfo
 from kvtest.run.launcher import LocalCluster, start_roles
 from kvtest.run.merge import MergedRepr, fold
 from kvtest.run.messages import (
     IDLE_LIMIT,
     RESULT_SHAPE,
+    STACK_KEYS,
     Handshake,
     Hello,
     RoleResult,
@@ -111,6 +115,9 @@ class _Base:
         self.backend_why = ""
         self.token = token_from(settings.token_file, settings.sources.get("token_file", "default"))
         self.exitstatus: int = 0
+        self.artifacts: RoleArtifacts | None = None
+        if settings.artifacts is not None:
+            self.artifacts = RoleArtifacts(config, settings.artifacts, self.me, settings.run_id)
 
     # -- collection -------------------------------------------------------------------------------
 
@@ -143,8 +150,26 @@ class _Base:
 
     def _hello(self) -> Hello:
         return Hello.make(
-            self.me, self.backend_name, self.topology, self.settings.seed, self.settings.profile, self.all_ids
+            self.me, self.backend_name, self.topology, self.settings.seed, self.settings.profile,
+            self.all_ids, fingerprint=self._fingerprint(),
+            require_same_stack=self.settings.require_same_stack,
         )
+
+    def _fingerprint(self) -> dict[str, str]:
+        """This role's environment fingerprint, as its hello carries it (file reads only: ~3 ms)."""
+        device = self.settings.device_id()
+        return fingerprint(self.backend_name or self.settings.backend, None if device is None else [device])
+
+    def _begin_artifacts(self, run_id: str) -> None:
+        """Now that the run id is known: this role's artifacts folder, and its stack in the log."""
+        if self.artifacts is None:
+            return
+        self.artifacts.begin(run_id)
+        stack = self._fingerprint()
+        facts = ", ".join(f"{k} {stack.get(k, 'absent')}" for k in STACK_KEYS)
+        rdv = self.settings.rendezvous
+        where = rdv.describe() if rdv is not None else "local mode"
+        self.artifacts.write(f"kvtest: {self.me} on {stack.get('host')}, run {run_id} ({where}); {facts}")
 
     def _resolve_backend(self) -> None:
         backend, self.backend_why = chosen_backend(self.config)
@@ -164,7 +189,16 @@ class _Base:
         apply_threads(budget)
         return budget
 
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        # registered now, after this session: its runtestloop wrapper is then the outer one and logs
+        # why the loop stopped (a refused handshake, a lost peer) before pytest prints it
+        if self.artifacts is not None:
+            self.artifacts.session = session
+            self.config.pluginmanager.register(self.artifacts, "kvtest-artifacts")
+
     def _write(self, line: str) -> None:
+        if self.artifacts is not None:
+            self.artifacts.write(line)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(line)
@@ -279,6 +313,10 @@ class LeaderSession(_Base):
         if s.local_mode:  # a --device-id list that does not fit the roles: refused before anything starts
             s.local_device_ids(self.topology.roles)
         self.run_id = s.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        if self.artifacts is not None:
+            self._begin_artifacts(self.run_id)
+            if self.recorder.path is None:
+                self.recorder.path = self.artifacts.results_path(self.run_id)
         rdv = s.rendezvous or Rendezvous("tcp", host="127.0.0.1", port=0)
         if s.local_mode and self.token is None:
             self.token = Token.new()  # handed to the children in the environment
@@ -331,7 +369,23 @@ class LeaderSession(_Base):
             # no heartbeat thread may be inside the store when the process exits: torch aborts it
             # ("terminate called without an active exception")
             self.heartbeat.stop() if self.heartbeat else None
+            self._note_roles(handshake, refused=True)
             raise
+        self._note_roles(handshake, refused=False)
+
+    def _note_roles(self, handshake: Handshake, refused: bool) -> None:
+        """Every role's host and fingerprint into the results file; a stack difference in the header."""
+        if len(handshake.hellos) < 2 and not refused:
+            return
+        roles = {
+            role: RoleInfo(host=h.host, pid=h.pid, fingerprint=dict(h.fingerprint))
+            for role, h in handshake.hellos.items()
+        }
+        self.recorder.set_roles(roles, handshake.stack)
+        if handshake.stack and not refused:
+            self._write("kvtest: stack differs between roles: " + "; ".join(handshake.stack))
+        if refused and self.recorder.path is not None:
+            self._open_recorder()  # the refused run's file says who took part, on which stack
 
     # -- per test ---------------------------------------------------------------------------------
 
@@ -394,9 +448,11 @@ class LeaderSession(_Base):
         return rep
 
     def _record(self, nodeid: str, rep: pytest.TestReport, results: list[RoleResult]) -> None:
-        if self.recorder.writer is None:
-            from kvtest.host.fingerprint import fingerprint
+        self._open_recorder()
+        self.recorder.report(nodeid, rep, results)
 
+    def _open_recorder(self) -> None:
+        if self.recorder.writer is None:
             run_id = self.run_id or time.strftime("local-%Y%m%d-%H%M%S")
             self.recorder.open(
                 run_id,
@@ -404,7 +460,6 @@ class LeaderSession(_Base):
                     self.backend_name or self.settings.backend, list(self.settings.device_ids) or None
                 ),
             )
-        self.recorder.report(nodeid, rep, results)
 
     def _gather(self, phase: str) -> list[RoleResult]:
         assert self.scope is not None and self.store is not None
@@ -553,6 +608,7 @@ class FollowerSession(_Base):
                 f"kvtest: {self.me}: the rendezvous {s.rendezvous} belongs to run {current!r}, not "
                 f"{s.run_id!r} (from {s.sources.get('run_id')}); give the leader's run id or none"
             )
+        self._begin_artifacts(current)
         watch = PeerWatch(raw, s.dead_after)
         address = (s.rendezvous.host, port) if s.rendezvous.scheme == "tcp" and not hosting else None
         self.store = RunStore(
@@ -572,6 +628,8 @@ class FollowerSession(_Base):
             if isinstance(exc, pytest.UsageError):
                 raise
             raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
+        if handshake.stack:
+            self._write(f"kvtest: {self.me}: stack differs between roles: " + "; ".join(handshake.stack))
 
     def _current_run(self, raw: Any) -> str:
         """The run p0 announced. On a shared file an older run's id may linger: wait for ours.
