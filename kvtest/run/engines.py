@@ -10,8 +10,8 @@ torchrun          RANK, WORLD_SIZE (LOCAL_WORLD_SIZE), TORCHELASTIC_*    MASTER_
                                                                          agent's store when
                                                                          TORCHELASTIC_USE_AGENT_STORE)
 lws               LWS_WORKER_INDEX, LWS_GROUP_SIZE (1 per pod)           LWS_LEADER_ADDRESS
-ascend-operator   RANK (the pod), WORLD_SIZE / LOCAL_WORLD_SIZE (NPUs:  MASTER_ADDR:MASTER_PORT (the
-                  all / per pod), no TORCHELASTIC_*                      port its Service forwards)
+ascend-operator   RANK (the pod), WORLD_SIZE / LOCAL_WORLD_SIZE (NPUs:  MASTER_ADDR:MASTER_PORT (its
+                  all / per pod), no TORCHELASTIC_*                      Service, ascendjob-port)
 mpi               OMPI_COMM_WORLD_RANK/SIZE/LOCAL_SIZE (Open MPI),       MASTER_ADDR, or this host when
                   PMI_RANK/PMI_SIZE, MPI_LOCALNRANKS (MPICH, Intel MPI)  every rank runs here
 slurm             SLURM_PROCID, SLURM_STEP_NUM_TASKS or SLURM_NTASKS     MASTER_ADDR, or the step's
@@ -137,9 +137,10 @@ def _torchrun(env: Mapping[str, str], engine: str) -> Launch:
         "TORCHELASTIC_USE_AGENT_STORE",
     )
     if engine == "ascend-operator":
-        # Ascend Operator (MindCluster docs, "Ascend Operator环境变量说明"): RANK is the pod's node rank,
-        # WORLD_SIZE the job's NPUs, LOCAL_WORLD_SIZE each pod's; one kvtest process runs per pod. Its
-        # Service forwards only MASTER_PORT (ascendjob-port, 2222 by default) to the master pod.
+        # Ascend Operator (MindCluster docs, "Ascend Operator环境变量说明"; mind-cluster env.go): RANK is
+        # the pod's rank, WORLD_SIZE the job's NPUs, LOCAL_WORLD_SIZE each pod's; one kvtest process runs
+        # per pod. MASTER_ADDR is the Master's Service and MASTER_PORT (ascendjob-port, 2222 by default)
+        # a port that Service is known to forward to the Master pod, so the store goes there.
         world = _int(env, "WORLD_SIZE", 1)
         pods = world // local if local and world % local == 0 else world
         return Launch(engine, _int(env, "RANK"), pods, 1, env["MASTER_ADDR"].strip(), port, False, evidence)

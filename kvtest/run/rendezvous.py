@@ -8,6 +8,7 @@ and the test's abort flag, and says on timeout who waited for what, under which 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -206,13 +207,18 @@ class keys:
 _CONNECT_ERRORS = (dist.DistNetworkError, ConnectionError, OSError)
 
 
-def _listen_socket(host: str, port: int) -> socket.socket:
+def _listen_socket(host: str, port: int, anywhere: bool = False) -> socket.socket:
+    """A socket listening on exactly ``host:port``. With ``anywhere``, an address this host does not
+    have (a Kubernetes Service's ClusterIP, which kube-proxy forwards here) listens on every address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
+        if anywhere and exc.errno == errno.EADDRNOTAVAIL:
+            sock.close()
+            return _listen_socket("::" if family == socket.AF_INET6 else "0.0.0.0", port)
         sock.close()
         raise PortInUse(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick a free port "
@@ -274,11 +280,14 @@ def open_store(
     if rdv.scheme == "file":
         return dist.FileStore(rdv.path, -1), 0
     if host:
-        sock = _listen_socket(rdv.host, rdv.port)
-        port = sock.getsockname()[1]
+        # a launcher's leader address may be a Service's, not this host's: see _listen_socket
+        sock = _listen_socket(rdv.host, rdv.port, anywhere=rdv.hosted_by == "rank0")
+        bound, port = sock.getsockname()[:2]
+        # the host's own client connects where it listens (loopback when that is every address)
+        me = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound, rdv.host)
         # TCPStore would listen on every interface; handing it our bound socket keeps it on rdv.host.
         store = dist.TCPStore(
-            rdv.host,
+            me,
             port,
             is_master=True,
             wait_for_workers=False,

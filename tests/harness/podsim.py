@@ -1,7 +1,6 @@
 """Pods and nodes on one machine, for the launcher end-to-end tests.
 
-- ``load_manifest``: the examples' YAML (PyYAML when installed, else a reader of the subset the examples
-  use: block mappings and sequences, ``|`` blocks, plain/quoted scalars, ``[..]``/``{}`` flows).
+- ``load_manifest``: the examples' YAML documents (PyYAML).
 - ``Network``: hosts as network namespaces on one bridge (10.214.0.0/24, never the host's own NICs),
   per-namespace ``/etc/hosts`` (as ``ip netns exec`` mounts ``/etc/netns/<ns>/hosts``) for the pods'
   DNS names, and Services: a ClusterIP on the bridge's namespace forwarded to a pod, as kube-proxy
@@ -13,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -30,159 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBNET = "10.214.0"  # test-only addresses, on veths this module creates
 
 
-# ---------------------------------------------------------------- YAML (the subset the examples use)
+# ---------------------------------------------------------------- manifests
 
 
 def load_manifest(path: Path) -> list[dict[str, Any]]:
     """Every document of a manifest file."""
-    text = path.read_text()
-    try:
-        import yaml  # type: ignore[import-untyped]
-    except ImportError:
-        return [read_yaml(doc) for doc in re.split(r"(?m)^---\s*$", text) if doc.strip()]
-    return [d for d in yaml.safe_load_all(text) if d is not None]
+    import yaml
 
-
-def read_yaml(text: str) -> Any:
-    return _Reader(text.splitlines()).document()
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def _strip_comment(text: str) -> str:
-    quote = ""
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#" and (i == 0 or text[i - 1] in " \t"):
-            return text[:i].rstrip()
-    return text.rstrip()
-
-
-def _scalar(text: str) -> Any:
-    if text.startswith('"'):
-        return json.loads(text)
-    if text.startswith("'"):
-        return text[1:-1].replace("''", "'")
-    if text.startswith("["):
-        inner = text[1:-1].strip()
-        return [_scalar(part.strip()) for part in _split_flow(inner)] if inner else []
-    if text == "{}":
-        return {}
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    if text in ("true", "false"):
-        return text == "true"
-    if text in ("null", "~", ""):
-        return None
-    return text
-
-
-def _split_flow(text: str) -> list[str]:
-    parts, quote, start = [], "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch == ",":
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return parts
-
-
-_KEY = re.compile(r"^([^\s\"'\[{#][^:]*?):(?:\s+(.*))?$")
-
-
-class _Reader:
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-        self.i = 0
-
-    def _next(self) -> str | None:
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if line.strip() and not line.lstrip().startswith("#"):
-                return line
-            self.i += 1
-        return None
-
-    def document(self) -> Any:
-        line = self._next()
-        return None if line is None else self._block(_indent(line))
-
-    def _block(self, indent: int) -> Any:
-        line = self._next()
-        assert line is not None
-        if line.lstrip().startswith("- ") or line.strip() == "-":
-            return self._seq(indent)
-        return self._map(indent)
-
-    def _map(self, indent: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        while (line := self._next()) is not None and _indent(line) == indent and not line.lstrip().startswith("-"):
-            match = _KEY.match(line.strip())
-            if not match:
-                raise ValueError(f"line {self.i + 1}: not a 'key: value' line: {line!r}")
-            self.i += 1
-            out[match.group(1)] = self._value(match.group(2) or "", indent)
-        if line is not None and _indent(line) > indent:
-            raise ValueError(f"line {self.i + 1}: unexpected indentation: {line!r}")
-        return out
-
-    def _value(self, rest: str, indent: int) -> Any:
-        rest = _strip_comment(rest).strip()
-        if rest in ("|", "|-"):
-            return self._literal(indent, keep_newline=rest == "|")
-        if rest:
-            return _scalar(rest)
-        line = self._next()
-        if line is None:
-            return None
-        if _indent(line) > indent:
-            return self._block(_indent(line))
-        if _indent(line) == indent and line.lstrip().startswith("- "):
-            return self._seq(indent)
-        return None
-
-    def _seq(self, indent: int) -> list[Any]:
-        out: list[Any] = []
-        while (line := self._next()) is not None and _indent(line) == indent and line.lstrip().startswith("-"):
-            item = line.lstrip()[1:]
-            body = item.lstrip()
-            if not body or _strip_comment(body) in ("|", "|-"):
-                self.i += 1
-                out.append(self._value(body, indent))
-            elif _KEY.match(_strip_comment(body)):
-                # "- key: value": a mapping whose keys line up with this first one
-                sub = indent + 1 + (len(item) - len(body))
-                self.lines[self.i] = " " * sub + body
-                out.append(self._map(sub))
-            else:
-                self.i += 1
-                out.append(_scalar(_strip_comment(body).strip()))
-        return out
-
-    def _literal(self, indent: int, keep_newline: bool) -> str:
-        block: list[str] = []
-        while self.i < len(self.lines):
-            line = self.lines[self.i]
-            if line.strip() and _indent(line) <= indent:
-                break
-            block.append(line)
-            self.i += 1
-        while block and not block[-1].strip():
-            block.pop()
-        if not block:
-            return ""
-        cut = min(_indent(line) for line in block if line.strip())
-        text = "\n".join(line[cut:] for line in block)
-        return text + "\n" if keep_newline else text
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
 # ---------------------------------------------------------------- hosts: network namespaces on a bridge

@@ -191,3 +191,21 @@ def test_each_mismatch_is_a_one_line_usage_error(env, cli, needle):
     text = str(info.value)
     assert "\n" not in text and text.startswith("kvtest: ")
     assert __import__("re").search(needle, text), text
+
+
+def test_a_launchers_rank0_hosts_on_every_address_when_the_leader_address_is_not_its_own(port):
+    """Ascend Operator gives the Master pod its Service's ClusterIP as MASTER_ADDR: no interface has it."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from kvtest.run.rendezvous import PortInUse, open_store
+    from kvtest.settings import Rendezvous
+
+    elsewhere = "192.0.2.77"  # TEST-NET-1: never an address of this host
+    with pytest.raises(PortInUse, match=f"cannot listen on {elsewhere}:{port}"):
+        open_store(Rendezvous("tcp", host=elsewhere, port=port), host=True, timeout=2)  # p0 by hand: exact
+    store, bound = open_store(Rendezvous("tcp", host=elsewhere, port=port, hosted_by="rank0"), host=True, timeout=2)
+    store.set("k", "v")
+    client = dist.TCPStore("127.0.0.1", bound, is_master=False, timeout=timedelta(seconds=5))
+    assert (bound, client.get("k")) == (port, b"v")
