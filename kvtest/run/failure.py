@@ -81,11 +81,18 @@ class Verdict:
         return f"Verdict({self.failure!r}, {self.cause!r})"
 
 
+#: a cause longer than this is cut (the role's whole message stays in its role entry)
+CAUSE_LIMIT = 240
+
+
 def _line(result: RoleResult) -> str:
     """The failure's one line; a message that already names its role is kept as it is."""
     if result.died or not result.step or result.message.startswith(f"{result.role} "):
-        return result.message
-    return result.headline
+        line = result.message
+    else:
+        line = result.headline
+    line = " ".join(line.split())
+    return line if len(line) <= CAUSE_LIMIT else line[: CAUSE_LIMIT - 3] + "..."
 
 
 def resolve(results: Iterable[RoleResult]) -> tuple[list[RoleResult], Verdict]:

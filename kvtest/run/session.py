@@ -469,9 +469,12 @@ class LeaderSession(_Base):
             elif rep.when == "teardown":
                 results = self._merge(item, rep, "teardown", own)
         results, verdict = resolve(results)
-        if verdict.failure is not None and rep.failed:
-            rep.user_properties.append(("kv.failure", verdict.failure))
-            rep.user_properties.append(("kv.failure.cause", verdict.cause or ""))
+        labelled = any(name == "kv.failure" for name, _ in item.user_properties)
+        if verdict.failure is not None and rep.failed and not labelled:
+            # on the item too: pytest's JUnit XML writes the properties of the teardown report
+            props = [("kv.failure", verdict.failure), ("kv.failure.cause", verdict.cause or "")]
+            rep.user_properties.extend(props)
+            item.user_properties.extend(props)
         settle(item, rep, decides=True)  # a known upstream issue: strict xfail on the merged outcome
         self._record(item.nodeid, rep, results)
         return rep
