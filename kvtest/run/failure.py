@@ -98,14 +98,15 @@ def _line(result: RoleResult) -> str:
 def resolve(results: Iterable[RoleResult]) -> tuple[list[RoleResult], Verdict]:
     """Every role's result with its failure class filled in, and the test's :class:`Verdict`.
 
-    A failed primary result without a class (an older follower's) counts as ``product``; secondary
-    ones take the test's class.
+    A failed primary result without a class (an older follower's) counts as ``product``, and so does
+    a peer that died; secondary ones take the test's class. With secondary failures only (a follower
+    that saw another role fail, and nothing more), the class is not known here: both None.
     """
     results = list(results)
     failed = [r for r in results if r.outcome == "failed"]
-    primary = [r for r in failed if not r.secondary] or failed
+    primary = [r for r in failed if not r.secondary or r.died]
     product = [r for r in primary if (r.failure or PRODUCT) == PRODUCT]
-    if not failed:
+    if not primary:
         verdict = Verdict(None, None)
     elif product:
         verdict = Verdict(PRODUCT, _line(product[0]))

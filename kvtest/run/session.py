@@ -262,6 +262,21 @@ class _Base:
             failure=classify(exc) if failed else None,
         )
 
+    @staticmethod
+    def _label_failure(
+        item: pytest.Item, rep: pytest.TestReport, results: list[RoleResult]
+    ) -> list[RoleResult]:
+        """``kv.failure`` (environment or product) and ``kv.failure.cause`` JUnit properties, once per
+        test, on its first failing report; return ``results`` with their failure classes resolved."""
+        results, verdict = resolve(results)
+        labelled = any(name == "kv.failure" for name, _ in item.user_properties)
+        if verdict.failure is not None and rep.failed and not labelled:
+            # on the item too: pytest's JUnit XML writes the properties of the teardown report
+            props = [("kv.failure", verdict.failure), ("kv.failure.cause", verdict.cause or "")]
+            rep.user_properties.extend(props)
+            item.user_properties.extend(props)
+        return results
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         # before any fixture finalizer: a failure from here on is reported at step 'teardown'
@@ -468,13 +483,7 @@ class LeaderSession(_Base):
                 item.user_properties.extend(props)
             elif rep.when == "teardown":
                 results = self._merge(item, rep, "teardown", own)
-        results, verdict = resolve(results)
-        labelled = any(name == "kv.failure" for name, _ in item.user_properties)
-        if verdict.failure is not None and rep.failed and not labelled:
-            # on the item too: pytest's JUnit XML writes the properties of the teardown report
-            props = [("kv.failure", verdict.failure), ("kv.failure.cause", verdict.cause or "")]
-            rep.user_properties.extend(props)
-            item.user_properties.extend(props)
+        results = self._label_failure(item, rep, results)
         settle(item, rep, decides=True)  # a known upstream issue: strict xfail on the merged outcome
         self._record(item.nodeid, rep, results)
         return rep
@@ -801,6 +810,7 @@ class FollowerSession(_Base):
             return rep
         own = self._own_result(item, rep, call)
         self._abort_on_failure(rep, own)
+        self._label_failure(item, rep, [own])  # this role's own JUnit XML (p0's has the merged one)
         if rep.when == "call" or (rep.when == "setup" and not rep.passed) or rep.when == "teardown":
             try:
                 self.store.set(
