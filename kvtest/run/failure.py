@@ -3,13 +3,16 @@
 ``environment``: the run could not test the product because something around it broke:
 
 - a role never joined the run (:class:`PeerNeverJoined`: the leader waited ``--kv-join-timeout``);
-- the rendezvous store was lost or partitioned (:class:`~kvtest.run.rendezvous.RendezvousLost`,
-  :class:`~kvtest.run.rendezvous.RendezvousPartition`);
+- p0's rendezvous stopped answering: a network partition, or p0's host is down
+  (:class:`~kvtest.run.rendezvous.RendezvousPartition`, which a follower raises when p0's address does
+  not answer a new connection either);
 - kvtest's own host checks failed (:class:`~kvtest.host.problems.EnvironmentProblem`: ``hccn_tool``
   missing or failing, no device IP, ``/etc/hccn.conf`` missing, no NPU free in the device pool).
 
 ``product``: everything else, on purpose: a wrong byte, an llm_datadist error status, a peer process
-that died or stopped its heartbeat mid-test (a crash or a hang can be the product's), a timeout.
+that died or stopped its heartbeat mid-test (a crash or a hang can be the product's), a timeout, and
+p0's store gone while p0's host still answers (plain :class:`~kvtest.run.rendezvous.RendezvousLost`:
+the port refuses, so p0's process died, as a crash of any other role would be counted).
 When in doubt a failure is the product's, so nothing real is hidden from a regression gate.
 
 A role that failed only because another role failed (``RoleResult.secondary``) takes the class of
@@ -23,7 +26,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from kvtest.host.problems import EnvironmentProblem
-from kvtest.run.rendezvous import RendezvousError, RendezvousLost
+from kvtest.run.rendezvous import RendezvousError, RendezvousPartition
 
 if TYPE_CHECKING:
     from kvtest.run.messages import RoleResult
@@ -56,7 +59,7 @@ class PeerNeverJoined(RendezvousError, EnvironmentProblem):
 
 
 #: the exception types that make a failure ``environment``
-ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (EnvironmentProblem, RendezvousLost)
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (EnvironmentProblem, RendezvousPartition)
 
 
 def classify(exc: BaseException | None) -> str:

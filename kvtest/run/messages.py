@@ -27,7 +27,6 @@ from kvtest.run.failure import PeerNeverJoined, failure_class
 from kvtest.run.rendezvous import (
     ForgedValue,
     RendezvousError,
-    RendezvousLost,
     RendezvousTimeout,
     RunStore,
     Shape,
@@ -281,7 +280,7 @@ class Handshake:
                     f"{role} was started with another token or none, refusing it: {exc}; give every "
                     "role the same --kv-token-file (or KVTEST_TOKEN)"
                 )
-            except (RendezvousTimeout, RendezvousLost):
+            except RendezvousTimeout:
                 missing.append(role)
                 continue
             except RendezvousError as exc:

@@ -49,7 +49,6 @@ NEVER = "d0 never joined within 120s at tcp://10.0.0.1:29517"
         DeviceError("hccn_tool -i 0 -ip -g failed (exit 1): ..."),
         DevicePoolError("every NPU stays held"),
         PeerNeverJoined(["d0"], 120, "tcp://10.0.0.1:29517"),
-        RendezvousLost("d0 lost the rendezvous store (hosted by p0): the leader is gone"),
         RendezvousPartition("d0 cannot reach p0's rendezvous at 10.0.0.1:29517 for 9.0s"),
         EnvironmentProblem("anything kvtest's own host checks raise"),
     ],
@@ -66,6 +65,7 @@ def test_environment_errors_are_environment(exc: BaseException):
         AssertionError("[push_blocks] failed, error code is LLMStatusCode.LLM_LINK_FAILED"),
         RuntimeError("llm_datadist raised"),
         PeerDead("d0", "exited with status 70"),  # a crash mid-test can be the product
+        RendezvousLost("d0 lost the rendezvous store (hosted by p0): the leader is gone"),  # p0 crashed
         RendezvousTimeout("p0 timed out after 30.0s waiting for d0's call outcome"),  # a hang, too
         None,
     ],

@@ -293,6 +293,10 @@ def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path
     assert finished == {"test_before[0]": "passed", "test_before[1]": "passed", "test_before[2]": "passed",
                         "test_cut": "failed"}, finished
     assert 'name="test_before[2]"' in (tmp_path / "d0.xml").read_text()
+    # d0 knows it was cut off: the environment's failure in its own report; p0 only saw d0 go silent
+    # and its push time out, which a hung peer does too: the product's, as docs/results.md says
+    assert '<property name="kv.failure" value="environment" />' in (tmp_path / "d0.xml").read_text()
+    assert next(v["failure"] for k, v in recorded.items() if k.endswith("::test_cut")) == "product"
 
 
 def test_a_short_flap_never_hangs(two_hosts: Hosts, tmp_path: Path):
