@@ -16,5 +16,6 @@ class EnvironmentProblem(Exception):
 
     Subclasses: :class:`kvtest.host.devices.DeviceError` (``hccn_tool`` missing or failing, no device
     IP, ``/etc/hccn.conf`` absent, a device not visible), :class:`kvtest.host.devpool.DevicePoolError`
-    (no NPU free), ``kvtest.run.failure.PeerNeverJoined`` (a role never joined the run).
+    (no NPU free), :class:`kvtest.host.linkcheck.DeviceNetworkProblem` (a failed link the device
+    network explains), ``kvtest.run.failure.PeerNeverJoined`` (a role never joined the run).
     """

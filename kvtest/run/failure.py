@@ -7,7 +7,9 @@
   (:class:`~kvtest.run.rendezvous.RendezvousPartition`, which a follower raises when p0's address does
   not answer a new connection either);
 - kvtest's own host checks failed (:class:`~kvtest.host.problems.EnvironmentProblem`: ``hccn_tool``
-  missing or failing, no device IP, ``/etc/hccn.conf`` missing, no NPU free in the device pool).
+  missing or failing, no device IP, ``/etc/hccn.conf`` missing, no NPU free in the device pool, a
+  failed npu ``link`` that :mod:`kvtest.host.linkcheck` explains by a silent peer device IP or
+  different TLS switches).
 
 ``product``: everything else, on purpose: a wrong byte, an llm_datadist error status, a peer process
 that died or stopped its heartbeat mid-test (a crash or a hang can be the product's), a timeout, and
