@@ -483,8 +483,8 @@ class LeaderSession(_Base):
                 item.user_properties.extend(props)
             elif rep.when == "teardown":
                 results = self._merge(item, rep, "teardown", own)
-        results = self._label_failure(item, rep, results)
         settle(item, rep, decides=True)  # a known upstream issue: strict xfail on the merged outcome
+        results = self._label_failure(item, rep, results)  # after settle: an xfail is no failure
         self._record(item.nodeid, rep, results)
         return rep
 
@@ -810,7 +810,6 @@ class FollowerSession(_Base):
             return rep
         own = self._own_result(item, rep, call)
         self._abort_on_failure(rep, own)
-        self._label_failure(item, rep, [own])  # this role's own JUnit XML (p0's has the merged one)
         if rep.when == "call" or (rep.when == "setup" and not rep.passed) or rep.when == "teardown":
             try:
                 self.store.set(
@@ -819,6 +818,7 @@ class FollowerSession(_Base):
             except RendezvousError:
                 pass
         settle(item, rep, decides=False)  # p0 reported the raw outcome above and decides the test
+        self._label_failure(item, rep, [own])  # this role's own JUnit XML (p0's has the merged one)
         return rep
 
     @pytest.hookimpl(trylast=True)
