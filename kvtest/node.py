@@ -21,6 +21,7 @@ import torch
 
 from kvtest import patterns
 from kvtest.backends.protocol import Backend
+from kvtest.host.linkcheck import LinkPeer, explain_link_failure
 from kvtest.host.ranktable import cluster_rank_info, rank_table_json
 from kvtest.run.scope import TestScope
 from kvtest.settings import Settings
@@ -355,8 +356,9 @@ class Node:
         members = sorted({self.kv.me, *roles}, key=lambda r: (r[0] != "p", r))
         self.kv.step("rank table")
         self._refuse_loopback(self.host_ip, self._host_ip_source())
+        own_device = self.backend.physical_id(self.device_id)
         own = {
-            "device_id": self.backend.physical_id(self.device_id),
+            "device_id": own_device,
             "device_ip": self.backend.device_ip(self.device_id),
         }
         self.kv.publish(RANK_DEVICE, own)
@@ -375,7 +377,12 @@ class Node:
         rank_info = cluster_rank_info([i["cluster_id"] for i in infos])
         name = comm_name or f"kvtest-{self.kv.seq}-{'-'.join(members)}"
         self.kv.step("link")
-        comm_id = self.dd.link(name, rank_info, table)
+        peers = [LinkPeer(m, i["host_ip"], i["device_id"], i["device_ip"]) for m, i in zip(members, infos)]
+        try:
+            comm_id = self.dd.link(name, rank_info, table)
+        except Exception as exc:
+            self._blame_device_network(own_device, peers, exc)
+            raise
         self.comm_ids.append(comm_id)
         deadline = time.monotonic() + self.kv.timeout
         status = self.api.RegisterMemStatus
@@ -387,11 +394,26 @@ class Node:
             if time.monotonic() - checked > 0.2:  # a peer that failed or died: stop polling now
                 checked = time.monotonic()
                 self.kv.check_peers()
+            failed: Exception | None = None
             if state == status.FAILED:
-                raise RuntimeError("link failed")  # as the samples say
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"query_register_mem_status({comm_id}) not OK after {self.kv.timeout:g}s")
+                failed = RuntimeError("link failed")  # as the samples say
+            elif time.monotonic() > deadline:
+                waited = f"{self.kv.timeout:g}s"
+                failed = TimeoutError(f"query_register_mem_status({comm_id}) not OK after {waited}")
+            if failed is not None:
+                self._blame_device_network(own_device, peers, failed)
+                raise failed
             time.sleep(0.01)
+
+    def _blame_device_network(self, own_device: int, members: Sequence[LinkPeer], exc: Exception) -> None:
+        """On npu, raise a :class:`~kvtest.host.linkcheck.DeviceNetworkProblem` (an environment failure)
+        from ``exc`` when a device-network check finds why the link failed; else return."""
+        if self.backend.name != "npu":
+            return
+        peers = [m for m in members if m.role != self.kv.me]
+        problem = explain_link_failure(own_device, self.host_ip, peers)
+        if problem is not None:
+            raise type(problem)(f"link failed ({type(exc).__name__}: {exc}), and {problem}") from exc
 
     def unlink(self, comm_id: int) -> None:
         self.comm_ids.remove(comm_id)

@@ -36,9 +36,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvtest.host.problems import EnvironmentProblem
+
 __all__ = [
     "DEV_DIR",
     "DEFAULT_ASCEND_ROOT",
+    "HCCN_CONF",
     "DeviceError",
     "PingResult",
     "device_map",
@@ -57,6 +60,8 @@ __all__ = [
 
 #: where the driver creates one ``davinciN`` node per NPU
 DEV_DIR = "/dev"
+#: the device network plan hccn_tool reads; a container that lacks it cannot query device IPs
+HCCN_CONF = Path("/etc/hccn.conf")
 #: the driver and toolkit install root unless ``KVTEST_ASCEND_ROOT`` says otherwise
 DEFAULT_ASCEND_ROOT = "/usr/local/Ascend"
 
@@ -65,7 +70,7 @@ _BUSY = "hccn_tool is busy"
 _BUSY_RETRIES = 3
 
 
-class DeviceError(Exception):
+class DeviceError(EnvironmentProblem):
     """A device fact could not be read; ``str(exc)`` is one line: what failed and how to fix it."""
 
 
@@ -222,7 +227,17 @@ def _exec_hccn(args: Sequence[str], timeout: float) -> tuple[int, str, str]:
 def _tool_failed(args: Sequence[str], code: int, output: str) -> DeviceError:
     return DeviceError(
         f"hccn_tool {' '.join(args)} failed (exit {code}): {_first_line(output)}: "
-        "check the device id and the driver (npu-smi info)"
+        "check the device id and the driver (npu-smi info)" + _hccn_conf_note()
+    )
+
+
+def _hccn_conf_note() -> str:
+    """Why hccn_tool may fail in a container: the host's device-network plan was not mounted."""
+    if HCCN_CONF.exists():
+        return ""
+    return (
+        f"; {HCCN_CONF} is missing (a container needs the host's: mount it read-only, "
+        f"e.g. -v {HCCN_CONF}:{HCCN_CONF}:ro)"
     )
 
 

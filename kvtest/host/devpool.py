@@ -26,6 +26,7 @@ from types import TracebackType
 import filelock
 
 from kvtest.host import devices
+from kvtest.host.problems import EnvironmentProblem
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -39,7 +40,7 @@ __all__ = [
 DEFAULT_TIMEOUT = 60.0
 
 
-class DevicePoolError(Exception):
+class DevicePoolError(EnvironmentProblem):
     """No device could be claimed; the message names the devices, who holds them and what to do."""
 
 

@@ -7,7 +7,15 @@ Benchmark's ``compare.py`` and asv do) gives p below ``--alpha``, and, with seve
 drop is also beyond the run-to-run noise band those runs show. Only gateable figures (enough samples
 of enough bytes and time, :func:`kvtest.results.metrics.gate_note`) are gated; the rest are compared
 for outcome only and marked ``too small to gate``.
-Exit status: 0 no regression, 1 at least one, 2 a usage problem (unreadable file, bad option).
+
+A test that failed in CURRENT because of the environment (its ``failure`` is ``environment``: a peer
+never joined, the rendezvous was lost, a host check failed; see :mod:`kvtest.run.failure`) is never a
+regression: its rows say ``environment`` and it is listed apart, with its cause. A baseline run where
+a test failed because of the environment is passed over for that test's baseline outcome.
+
+Exit status: 0 no regression and no environment failure, 1 at least one regression (whatever else),
+2 a usage problem (unreadable file, bad option), 3 no regression but environment failures (the run
+tested too little to vouch for the product: fix the environment and run again).
 """
 
 from __future__ import annotations
@@ -29,13 +37,15 @@ from kvtest.results.metrics import (
     gate_note,
     sample_gbps,
 )
-from kvtest.results.results import Results, ResultsError, load_results, transfer_records
+from kvtest.results.results import Results, ResultsError, TestEntry, load_results, transfer_records
 from kvtest.results.stats import mann_whitney_u, median
 
 __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_HISTORY",
     "DROP",
+    "ENVIRONMENT",
+    "EXIT_ENVIRONMENT",
     "FASTER",
     "IN_BAND",
     "NOT_SIGNIFICANT",
@@ -46,6 +56,7 @@ __all__ = [
     "add_arguments",
     "compare_results",
     "decide",
+    "environment_lines",
     "fingerprint_lines",
     "format_p",
     "format_table",
@@ -60,7 +71,8 @@ HELP = ("Compare --kv-results files: BASELINE (one or more files, or a folder of
         "CURRENT. Print fingerprint differences and a per-test table; exit 1 when a test that passed "
         "now fails, is skipped or missing, or its GB/s dropped by more than --max-drop and the drop is "
         "significant (Mann-Whitney U, --alpha) and beyond the baseline runs' noise band; exit 2 on an "
-        "unusable file or option.")
+        "unusable file or option; exit 3 when the only problems are environment failures (a peer "
+        "never joined, the rendezvous was lost, a host check failed), listed apart, never regressions.")
 
 #: fingerprint keys always shown, in this order, even when they did not change
 IMPORTANT_KEYS = ("backend", "cann", "llm_datadist", "driver", "firmware", "torch", "torch_npu", "nixl")
@@ -73,6 +85,10 @@ DROP = "DROP"
 FASTER = "faster"
 NOT_SIGNIFICANT = "not significant"
 IN_BAND = "within noise band"
+#: the verdict of a test that failed because of the environment (lower case: never a regression)
+ENVIRONMENT = "environment"
+#: ``kvtest compare``'s exit status when environment failures are the only problem
+EXIT_ENVIRONMENT = 3
 
 
 def parse_max_drop(text: str) -> float:
@@ -202,6 +218,8 @@ class Row:
     band: tuple[float, float] | None = None
     #: why a row was not gated (``too small to gate: 1 sample (needs 5)``)
     note: str | None = None
+    #: for an ``environment`` row: the current run's cause (``d0 never joined within 120s at ...``)
+    cause: str | None = None
 
     @property
     def regression(self) -> bool:
@@ -300,13 +318,18 @@ def compare_results(baseline: Results | Sequence[Results], current: Results, max
         order.update(dict.fromkeys(results.tests))
     rows: list[Row] = []
     for test in order:
-        b = next((r.tests[test] for r in history if test in r.tests), None)
+        # the newest baseline outcome that says something about the product
+        b = next((r.tests[test] for r in history if test in r.tests and not _environment(r.tests[test])),
+                 None) or next((r.tests[test] for r in history if test in r.tests), None)
         c = current.tests.get(test)
         b_sum = b["summary"] if b else {}
         c_sum = c["summary"] if c else {}
         b_out = b["outcome"] if b else None
         c_out = c["outcome"] if c else None
         by_outcome = _outcome_verdict(b_out, c_out)
+        cause = None
+        if c is not None and _environment(c):
+            by_outcome, cause = ENVIRONMENT, c.get("failure_cause") or "no cause recorded"
         apis: list[str | None] = [*b_sum, *(a for a in c_sum if a not in b_sum)] or [None]
         for api in apis:
             if by_outcome is None and b_out is not None and api is not None:
@@ -315,8 +338,21 @@ def compare_results(baseline: Results | Sequence[Results], current: Results, max
             rows.append(Row(test=test, api=api, baseline=b_out, current=c_out,
                             baseline_gbps=b_sum[api]["gbps"] if api in b_sum else None,
                             current_gbps=c_sum[api]["gbps"] if api in c_sum else None,
-                            verdict=by_outcome or "ok"))
+                            verdict=by_outcome or "ok", cause=cause))
     return rows
+
+
+def _environment(entry: TestEntry) -> bool:
+    return entry["outcome"] in ("failed", "error") and entry.get("failure") == ENVIRONMENT
+
+
+def environment_lines(rows: Sequence[Row]) -> list[str]:
+    """The section of tests that failed because of the environment: one line each, with its cause."""
+    causes = {r.test: r.cause or "" for r in rows if r.verdict == ENVIRONMENT}
+    if not causes:
+        return []
+    return [f"environment failures (not regressions, not gated): {len(causes)}",
+            *(f"  {test}: {cause}" for test, cause in causes.items()), ""]
 
 
 def fingerprint_lines(baseline: Results, current: Results) -> list[str]:
@@ -424,6 +460,7 @@ def run(args: argparse.Namespace) -> int:
            "fingerprint:", *fingerprint_lines(baselines[0], current), f"max drop: {max_drop * 100:g}%",
            _gate_line(alpha, len(baselines)), "", *format_table(rows), ""]
     out += known_issue_lines(baselines[0], current)
+    out += environment_lines(rows)
     faster = [r for r in rows if r.verdict == FASTER]
     if faster:
         out.append(f"improvements: {len(faster)}: " + ", ".join(f"{r.label} ({r.figures})" for r in faster))
@@ -434,6 +471,10 @@ def run(args: argparse.Namespace) -> int:
         out.append(f"result: {len(regressions)} regression(s): {named}")
     else:
         out.append(f"result: no regression ({len(rows)} rows compared)")
+    environment = len({r.test for r in rows if r.verdict == ENVIRONMENT})
+    if environment and not regressions:
+        out.append(f"result: {environment} test(s) failed because of the environment, not compared: "
+                   f"fix the environment and run again (exit {EXIT_ENVIRONMENT})")
     if args.plot:
         from kvtest.results import chart
 
@@ -444,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
             return _error(f"cannot write {args.plot}: {exc.strerror or exc}")
         out.append(f"chart: {args.plot}")
     print("\n".join(out))
-    return 1 if regressions else 0
+    return 1 if regressions else EXIT_ENVIRONMENT if environment else 0
 
 
 def known_issue_lines(baseline: Results, current: Results) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 
 from kvtest.results.metrics import TransferRecord, summarize
 from kvtest.results.results import ResultsWriter, RoleEntry, RoleInfo, role_entry
+from kvtest.run.failure import resolve
 from kvtest.run.messages import RoleResult
 
 __all__ = ["RunRecorder", "transfer_properties"]
@@ -40,6 +41,8 @@ class _Pending:
         self.roles: dict[str, RoleEntry] = {}
         self.transfers: list[dict[str, Any]] = []
         self.known_issue: dict[str, str] | None = None
+        self.failure: str | None = None
+        self.failure_cause: str | None = None
 
 
 class RunRecorder:
@@ -72,6 +75,12 @@ class RunRecorder:
             pending.known_issue = getattr(rep, "known_issue", None)
         elif rep.when == "teardown" and rep.failed and pending.outcome in (None, "passed"):
             pending.outcome = "error"
+        results, verdict = resolve(results)
+        if pending.failure is None and rep.failed:
+            # the first failing phase decides; a report failed by the leader alone (a strict XPASS,
+            # a failed teardown with no role failing) is the product's
+            pending.failure = verdict.failure or "product"
+            pending.failure_cause = verdict.cause or _first_line(rep)
         for result in results:
             self._merge_role(pending, result)
             if rep.when == "call" or (rep.when == "setup" and not rep.passed):
@@ -80,7 +89,8 @@ class RunRecorder:
             del self._pending[nodeid]
             if self.writer is not None:
                 self.writer.add(
-                    nodeid, pending.outcome or "passed", pending.roles, pending.transfers, pending.known_issue
+                    nodeid, pending.outcome or "passed", pending.roles, pending.transfers,
+                    pending.known_issue, pending.failure, pending.failure_cause,
                 )
 
     @staticmethod
@@ -94,6 +104,13 @@ class RunRecorder:
                 step=result.step if failed else None,
                 message=result.message if failed else None,
                 duration_s=duration,
+                failure=result.failure if result.outcome == "failed" else None,
             )
         else:
             old["duration_s"] = duration
+
+
+def _first_line(rep: pytest.TestReport) -> str:
+    crash = getattr(rep.longrepr, "reprcrash", None)
+    text = crash.message if crash is not None else str(rep.longrepr or "")
+    return " ".join(text.split())[:200] or "failed"

@@ -13,6 +13,7 @@ __all__ = [
     "api_text",
     "cost_line",
     "cost_text",
+    "environment_lines",
     "format_bytes",
     "role_text",
     "summary_lines",
@@ -100,8 +101,28 @@ def summary_lines(tests: Mapping[str, TestEntry]) -> list[str]:
                 parts.append(cost_text(cost))
         else:
             parts.append("no transfers timed")
+        if entry.get("failure") == "environment":
+            parts.append("(environment)")
         lines.append("  ".join(parts))
     return lines
+
+
+def environment_lines(tests: Mapping[str, TestEntry]) -> list[str]:
+    """The tests that failed because of the environment, not the product, counted apart and grouped
+    by cause: ``kvtest: 3 environment failures (not the product): d0 never joined ... (3 tests)``."""
+    causes: dict[str, int] = {}
+    for entry in tests.values():
+        if entry.get("failure") == "environment":
+            cause = entry.get("failure_cause") or "no cause recorded"
+            causes[cause] = causes.get(cause, 0) + 1
+    if not causes:
+        return []
+    count = sum(causes.values())
+    head = f"kvtest: {count} environment failure{'s' if count > 1 else ''} (not the product):"
+    if len(causes) == 1:
+        (cause, n), = causes.items()
+        return [f"{head} {cause}" + (f" ({n} tests)" if n > 1 else "")]
+    return [head, *(f"  {cause} ({n} test{'s' if n > 1 else ''})" for cause, n in causes.items())]
 
 
 def cost_line(tests: Mapping[str, TestEntry]) -> str | None:
@@ -153,6 +174,8 @@ def write_summary(
     cost = cost_line(tests)
     if cost is not None:
         reporter.write_line(cost)
+    for line in environment_lines(tests):
+        reporter.write_line(line)
     rows = []
     for nodeid, entry in tests.items():
         point = points.get(nodeid)

@@ -22,6 +22,7 @@ from kvtest import __version__
 from kvtest.results.metrics import TOO_SMALL, ApiSummary, TransferEntry, TransferRecord, summarize
 
 __all__ = [
+    "FAILURES",
     "OUTCOMES",
     "Cost",
     "SCHEMA_VERSION",
@@ -43,6 +44,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 #: allowed test and role outcomes (pytest's, with "error" for setup/teardown failures)
 OUTCOMES = ("passed", "failed", "skipped", "error")
+#: what a failure is blamed on (kvtest.run.failure): optional fields, null when nothing failed
+FAILURES = ("environment", "product")
 
 
 class RoleEntry(TypedDict):
@@ -52,6 +55,8 @@ class RoleEntry(TypedDict):
     step: str | None
     message: str | None
     duration_s: float
+    #: "environment" or "product" when the role failed (see :data:`FAILURES`), else None
+    failure: str | None
 
 
 class KnownIssueEntry(TypedDict):
@@ -91,6 +96,10 @@ class TestEntry(TypedDict):
     summary: dict[str, ApiSummary]
     known_issue: KnownIssueEntry | None
     cost: Cost
+    #: "environment" or "product" when the test failed or errored, else None
+    failure: str | None
+    #: the one line that decided ``failure`` (``d0 never joined within 120s at tcp://...``)
+    failure_cause: str | None
 
 
 def cost_of(roles: Mapping[str, RoleEntry], transfers: Iterable[Mapping[str, Any]]) -> Cost:
@@ -108,12 +117,18 @@ class ResultsError(Exception):
 
 
 def role_entry(outcome: str, *, step: str | None = None, message: str | None = None,
-                duration_s: float = 0.0) -> RoleEntry:
+                duration_s: float = 0.0, failure: str | None = None) -> RoleEntry:
     """Build a :class:`RoleEntry`, checking the outcome; an empty step or message becomes None."""
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+    _check_failure(failure)
     return RoleEntry(outcome=outcome, step=step or None, message=message or None,
-                     duration_s=float(duration_s))
+                     duration_s=float(duration_s), failure=failure)
+
+
+def _check_failure(failure: str | None) -> None:
+    if failure is not None and failure not in FAILURES:
+        raise ValueError(f"failure must be one of {', '.join(FAILURES)} or None, got {failure!r}")
 
 
 def transfer_records(entry: TestEntry) -> list[TransferRecord]:
@@ -169,18 +184,25 @@ class ResultsWriter:
 
     def add(self, nodeid: str, outcome: str, roles: Mapping[str, RoleEntry],
             transfers: Iterable[TransferRecord | Mapping[str, Any]] = (),
-            known_issue: Mapping[str, str] | None = None) -> TestEntry:
+            known_issue: Mapping[str, str] | None = None, failure: str | None = None,
+            failure_cause: str | None = None) -> TestEntry:
         """Record one test (replacing an earlier entry for the same node id) and rewrite the file.
 
         :param roles: by role name; build entries with :func:`role_entry`.
         :param transfers: records, or their JSON form (:meth:`TransferRecord.to_json`) as peers
             publish them; GB/s is recomputed from bytes and seconds.
+        :param failure: what a failed or errored test is blamed on (:data:`FAILURES`), with the
+            line that says why in ``failure_cause``; kept only when the test failed or errored.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"{nodeid}: outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
+        _check_failure(failure)
+        if outcome not in ("failed", "error"):
+            failure = failure_cause = None
         recs = [t if isinstance(t, TransferRecord) else TransferRecord.from_json(t) for t in transfers]
         role_entries = {name: role_entry(r["outcome"], step=r["step"], message=r["message"],
-                                         duration_s=r["duration_s"]) for name, r in roles.items()}
+                                         duration_s=r["duration_s"], failure=r.get("failure"))
+                        for name, r in roles.items()}
         entries = [r.to_json() for r in recs]
         entry = TestEntry(
             outcome=outcome,
@@ -190,6 +212,8 @@ class ResultsWriter:
             known_issue=None if known_issue is None else KnownIssueEntry(
                 id=str(known_issue["id"]), state=str(known_issue["state"])),
             cost=cost_of(role_entries, entries),
+            failure=failure,
+            failure_cause=failure_cause or None if failure else None,
         )
         tests: dict[str, TestEntry] = self._doc["tests"]
         tests.pop(nodeid, None)
@@ -277,7 +301,18 @@ def _role(obj: Any, where: str) -> RoleEntry:
             _need(obj[key], str, f"{where}.{key}", "a string or null")
     return RoleEntry(outcome=_outcome(obj["outcome"], f"{where}.outcome"), step=obj["step"],
                       message=obj["message"], duration_s=float(_number(obj["duration_s"],
-                                                                        f"{where}.duration_s") or 0))
+                                                                        f"{where}.duration_s") or 0),
+                      failure=_failure(obj.get("failure"), f"{where}.failure"))
+
+
+def _failure(obj: Any, where: str) -> str | None:
+    """Optional (files written before kvtest classified failures lack it: read as null)."""
+    if obj is None:
+        return None
+    value: str = _need(obj, str, where, "a string or null")
+    if value not in FAILURES:
+        raise _Bad(f"{where} must be one of {'|'.join(FAILURES)} or null, got {value!r}")
+    return value
 
 
 def _transfer(obj: Any, where: str) -> TransferEntry:
@@ -340,7 +375,13 @@ def _test(obj: Any, where: str) -> TestEntry:
         summary={k: _summary(v, f"{where}.summary[{k!r}]", computed.get(k)) for k, v in summary.items()},
         known_issue=_known_issue(obj.get("known_issue"), f"{where}.known_issue"),
         cost=cost_of(role_entries, entries),  # derived, so recomputed (files before it have none)
+        failure=_failure(obj.get("failure"), f"{where}.failure"),
+        failure_cause=_optional_text(obj.get("failure_cause"), f"{where}.failure_cause"),
     )
+
+
+def _optional_text(obj: Any, where: str) -> str | None:
+    return None if obj is None else _need(obj, str, where, "a string or null")
 
 
 def _known_issue(obj: Any, where: str) -> KnownIssueEntry | None:

@@ -23,7 +23,16 @@ from typing import Any
 import pytest
 
 from kvtest import __version__
-from kvtest.run.rendezvous import ForgedValue, RendezvousError, RunStore, Shape, TokenMismatch, keys
+from kvtest.run.failure import PeerNeverJoined, failure_class
+from kvtest.run.rendezvous import (
+    ForgedValue,
+    RendezvousError,
+    RendezvousTimeout,
+    RunStore,
+    Shape,
+    TokenMismatch,
+    keys,
+)
 from kvtest.run.topology import Topology
 
 __all__ = [
@@ -180,13 +189,18 @@ class RoleResult:
     died: bool = False  # the role's process is gone; message says how
     duration: float = 0.0
     transfers: tuple[dict[str, Any], ...] = ()
+    #: "environment" or "product" for a failure (kvtest.run.failure); optional in the JSON
+    failure: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "transfers": list(self.transfers)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoleResult:
-        return cls(**{**{name: data[name] for name in RESULT_SHAPE}, "transfers": tuple(data["transfers"])})
+        return cls(
+            **{**{name: data[name] for name in RESULT_SHAPE}, "transfers": tuple(data["transfers"])},
+            failure=failure_class(data.get("failure")),
+        )
 
     @property
     def headline(self) -> str:
@@ -232,13 +246,20 @@ class Handshake:
                 "an earlier run may have used this --run-id: give a new one"
             )
 
-    def lead(self, exited: Any = None, grace: float = 5.0) -> None:
+    def lead(self, exited: Any = None, grace: float = 5.0, where: str = "") -> None:
         """p0: wait for every other role's hello, compare, publish the verdict; raise on a mismatch.
 
         A hello signed with another token (or none) is waited past for ``grace`` seconds, in case it
-        is a stranger's and the real role's is on its way; then the run is refused."""
+        is a stranger's and the real role's is on its way; then the run is refused.
+
+        :raises PeerNeverJoined: roles that never said hello in time (an environment failure, not a
+            usage error: the session records the run's tests as errors); ``where`` names the
+            rendezvous in its message.
+        :raises pytest.UsageError: every other refusal (versions, collection, token, a bad hello).
+        """
         self.store.set(keys.hello(self.me.role), self.me.to_json())
         problems: list[str] = []
+        missing: list[str] = []
         deadline = time.monotonic() + self.timeout
         for role in self.roles:
             if role == self.me.role:
@@ -259,6 +280,9 @@ class Handshake:
                     f"{role} was started with another token or none, refusing it: {exc}; give every "
                     "role the same --kv-token-file (or KVTEST_TOKEN)"
                 )
+            except RendezvousTimeout:
+                missing.append(role)
+                continue
             except RendezvousError as exc:
                 self._refuse(f"{role} did not join: {exc}")
             problems += [f"{role}: {d}" for d in compare_hello(self.me, other)]
@@ -272,6 +296,13 @@ class Handshake:
             )
         if problems:
             self._refuse("roles disagree, refusing to start: " + "; ".join(problems))
+        if missing:
+            never = PeerNeverJoined(missing, self.timeout, where)
+            try:  # a role that comes late reads the refusal instead of waiting for tests
+                self.store.set(keys.VERDICT, {"ok": False, "reason": str(never)})
+            except RendezvousError:
+                pass
+            raise never
         self.store.set(keys.VERDICT, {"ok": True, "stack": self.stack})
 
     def _refuse(self, reason: str) -> None:

@@ -27,6 +27,7 @@ from kvtest.results.known_issues import settle
 from kvtest.results.recording import RunRecorder, transfer_properties
 from kvtest.results.report import write_summary
 from kvtest.results.results import RoleInfo
+from kvtest.run.failure import ENVIRONMENT, PeerNeverJoined, classify, resolve
 from kvtest.run.launcher import LocalCluster, start_roles
 from kvtest.run.merge import MergedRepr, fold
 from kvtest.run.messages import (
@@ -246,6 +247,8 @@ class _Base:
             message = str(call.excinfo.value)
         step = self.scope.current_step if self.scope is not None else rep.when
         records = self.scope.metrics.records if self.scope is not None else []
+        failed = outcome == "failed" and not secondary  # a secondary one takes the primary's class
+        exc = call.excinfo.value if call.excinfo is not None else None
 
         return RoleResult(
             self.me,
@@ -256,7 +259,23 @@ class _Base:
             secondary=secondary,
             duration=rep.duration,
             transfers=tuple(dict(r.to_json()) for r in records),
+            failure=classify(exc) if failed else None,
         )
+
+    @staticmethod
+    def _label_failure(
+        item: pytest.Item, rep: pytest.TestReport, results: list[RoleResult]
+    ) -> list[RoleResult]:
+        """``kv.failure`` (environment or product) and ``kv.failure.cause`` JUnit properties, once per
+        test, on its first failing report; return ``results`` with their failure classes resolved."""
+        results, verdict = resolve(results)
+        labelled = any(name == "kv.failure" for name, _ in item.user_properties)
+        if verdict.failure is not None and rep.failed and not labelled:
+            # on the item too: pytest's JUnit XML writes the properties of the teardown report
+            props = [("kv.failure", verdict.failure), ("kv.failure.cause", verdict.cause or "")]
+            rep.user_properties.extend(props)
+            item.user_properties.extend(props)
+        return results
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
@@ -287,6 +306,8 @@ class LeaderSession(_Base):
         self.dead: dict[str, str] = {}
         self.run_id = ""
         self.recorder = RunRecorder(settings.results)
+        #: set when roles never joined: every selected multi-role test is then an environment error
+        self.never_joined: PeerNeverJoined | None = None
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
@@ -364,7 +385,11 @@ class LeaderSession(_Base):
         handshake = Handshake(self.store, self._hello(), self.topology.roles, s.join_timeout)
         try:
             handshake.claim()
-            handshake.lead(exited=self.cluster.exited if self.cluster else None, grace=s.dead_after)
+            handshake.lead(
+                exited=self.cluster.exited if self.cluster else None, grace=s.dead_after, where=rdv.describe()
+            )
+        except PeerNeverJoined as exc:
+            self._never_joined(exc)
         except BaseException:
             # no heartbeat thread may be inside the store when the process exits: torch aborts it
             # ("terminate called without an active exception")
@@ -386,6 +411,19 @@ class LeaderSession(_Base):
             self._write("kvtest: stack differs between roles: " + "; ".join(handshake.stack))
         if refused and self.recorder.path is not None:
             self._open_recorder()  # the refused run's file says who took part, on which stack
+
+    def _never_joined(self, exc: PeerNeverJoined) -> None:
+        """Not a usage error: the run goes on, and each multi-role test errors at setup with ``exc``."""
+        self.heartbeat.stop() if self.heartbeat else None
+        self.active = False
+        self.never_joined = exc
+        self._write(f"kvtest: {exc}: every test that needs it errors at setup (an environment failure)")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if self.never_joined is not None and item.nodeid in self.kv_items:
+            if not item.get_closest_marker("skip"):
+                raise self.never_joined
 
     # -- per test ---------------------------------------------------------------------------------
 
@@ -432,7 +470,9 @@ class LeaderSession(_Base):
         rep = yield
         own = self._own_result(item, rep, call)
         results = [own]
-        if self.scope is not None and item.nodeid in self.kv_items:
+        if call.excinfo is not None and call.excinfo.value is self.never_joined:
+            results = self._report_never_joined(rep, own)
+        elif self.scope is not None and item.nodeid in self.kv_items:
             self._abort_on_failure(rep, own)
             if call.excinfo is not None and isinstance(call.excinfo.value, PeerDead):
                 self.dead.setdefault(call.excinfo.value.role, str(call.excinfo.value))
@@ -444,8 +484,19 @@ class LeaderSession(_Base):
             elif rep.when == "teardown":
                 results = self._merge(item, rep, "teardown", own)
         settle(item, rep, decides=True)  # a known upstream issue: strict xfail on the merged outcome
+        results = self._label_failure(item, rep, results)  # after settle: an xfail is no failure
         self._record(item.nodeid, rep, results)
         return rep
+
+    def _report_never_joined(self, rep: pytest.TestReport, own: RoleResult) -> list[RoleResult]:
+        """The setup error of a test whose peers never joined: one line, no traceback."""
+        assert self.never_joined is not None
+        cause = str(self.never_joined)
+        rep.longrepr = f"kvtest: {cause} (environment)"
+        mine = RoleResult(self.me, "failed", "join", cause, secondary=True, duration=own.duration)
+        roles = self.never_joined.roles
+        absent = [RoleResult(r, "failed", "join", cause, failure=ENVIRONMENT) for r in roles]
+        return [mine, *absent]
 
     def _record(self, nodeid: str, rep: pytest.TestReport, results: list[RoleResult]) -> None:
         self._open_recorder()
@@ -484,7 +535,9 @@ class LeaderSession(_Base):
                 if phase != "teardown" or not scope.peer_step(role):
                     results.append(RoleResult(role, "failed", exc.step or "", str(exc), died=True))
             except RendezvousError as exc:
-                results.append(RoleResult(role, "failed", scope.peer_step(role) or "?", str(exc)))
+                results.append(
+                    RoleResult(role, "failed", scope.peer_step(role) or "?", str(exc), failure=classify(exc))
+                )
         return results
 
     def _merge(
@@ -765,6 +818,7 @@ class FollowerSession(_Base):
             except RendezvousError:
                 pass
         settle(item, rep, decides=False)  # p0 reported the raw outcome above and decides the test
+        self._label_failure(item, rep, [own])  # this role's own JUnit XML (p0's has the merged one)
         return rep
 
     @pytest.hookimpl(trylast=True)

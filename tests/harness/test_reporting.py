@@ -59,12 +59,14 @@ def test_junit_results_and_summary(pytester: pytest.Pytester):
     assert failed["outcome"] == "failed"
     assert failed["roles"]["d0"]["outcome"] == "failed" and failed["roles"]["d0"]["step"] == "check"
     assert failed["roles"]["p0"]["outcome"] == "passed"
+    assert failed["failure"] == failed["roles"]["d0"]["failure"] == "product"  # a wrong byte
     assert doc["tests"]["test_timed.py::test_solo"]["roles"] == {
         "p0": {
             "outcome": "passed",
             "step": None,
             "message": None,
             "duration_s": doc["tests"]["test_timed.py::test_solo"]["roles"]["p0"]["duration_s"],
+            "failure": None,
         }
     }
 
