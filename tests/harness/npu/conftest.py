@@ -275,3 +275,13 @@ def no_npu_stack(monkeypatch):
     for name in hidden:
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+@pytest.fixture
+def store():
+    """An in-process TCPStore for a pair built with npu_pair.node."""
+    from kvtest.run.rendezvous import open_store
+    from kvtest.settings import Rendezvous
+
+    raw, _ = open_store(Rendezvous("tcp", host="127.0.0.1", port=0), host=True, timeout=5)
+    return raw

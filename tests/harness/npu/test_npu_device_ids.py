@@ -10,19 +10,16 @@ rank table's ``device_id`` and the device IP lookup).
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import pytest
+from npu_pair import link_both, node
 
 from kvtest.backends import npu
 from kvtest.fixtures import _device_id
 from kvtest.host import devices
 from kvtest.host.devpool import DevicePool, DevicePoolError
-from kvtest.node import RANK_DEVICE, Node
-from kvtest.run.rendezvous import RunStore, open_store
-from kvtest.run.scope import TestScope
-from kvtest.run.topology import Topology
+from kvtest.node import RANK_DEVICE
 from kvtest.settings import Rendezvous, Settings
 
 NIC = "10.0.0.5"
@@ -39,42 +36,6 @@ def host_4_5(ascend_root, fake_dev, fake_npu_stack, monkeypatch, tmp_path):
     monkeypatch.setenv("ASCEND_RT_VISIBLE_DEVICES", "4,5")
     monkeypatch.setenv("KVTEST_DEVICE_POOL_DIR", str(tmp_path / "pool"))
     return fake_dev
-
-
-@pytest.fixture
-def store():
-    raw, port = open_store(Rendezvous("tcp", host="127.0.0.1", port=0), host=True, timeout=5)
-    return raw
-
-
-def scope(raw: Any, me: str) -> TestScope:
-    return TestScope(RunStore(raw, "r", me), 0, me, ("p0", "d0"), Topology(1, 1), 10.0)
-
-
-def node(raw: Any, me: str, device_id: int, settings: Settings) -> Node:
-    backend = npu.load()
-    backend.set_device(device_id)
-    made = Node(scope(raw, me), backend, settings, {"p0": 1, "d0": 2}[me], device_id)
-    made.init({"ge.exec.deviceId": str(device_id)}, me[0])
-    return made
-
-
-def link_both(p: Node, d: Node) -> dict[str, BaseException]:
-    """Both members call ``link``, as every two-sided sample does; return what each raised."""
-    errors: dict[str, BaseException] = {}
-
-    def run(member: Node, peer: str) -> None:
-        try:
-            member.link([peer])
-        except BaseException as exc:  # reported to the test below
-            errors[member.kv.me] = exc
-
-    thread = threading.Thread(target=run, args=(d, "p0"))
-    thread.start()
-    run(p, "d0")
-    thread.join(20)
-    assert not thread.is_alive(), "d0's link did not return"
-    return errors
 
 
 # -- point 3: ids ------------------------------------------------------------------------------------

@@ -9,19 +9,14 @@ network stays llm_datadist's own error (``product``).
 from __future__ import annotations
 
 import sys
-import threading
 from typing import Any
 
 import pytest
+from npu_pair import link_both, node
 
-from kvtest.backends import npu
 from kvtest.host.linkcheck import DeviceNetworkProblem, LinkPeer, explain_link_failure
-from kvtest.node import Node
 from kvtest.run.failure import classify
-from kvtest.run.rendezvous import RunStore, open_store
-from kvtest.run.scope import TestScope
-from kvtest.run.topology import Topology
-from kvtest.settings import Rendezvous, Settings
+from kvtest.settings import Settings
 
 NIC = "10.0.0.5"
 D0 = LinkPeer("d0", NIC, 1, "192.168.1.2")
@@ -62,37 +57,9 @@ def test_a_healthy_network_blames_nothing(fake_hccn, fake_dev):
 # -- through Node.link, both members ---------------------------------------------------------------
 
 
-@pytest.fixture
-def store():
-    raw, _ = open_store(Rendezvous("tcp", host="127.0.0.1", port=0), host=True, timeout=5)
-    return raw
-
-
-def _node(raw: Any, me: str, device_id: int) -> Node:
-    backend = npu.load()
-    backend.set_device(device_id)
-    scope = TestScope(RunStore(raw, "r", me), 0, me, ("p0", "d0"), Topology(1, 1), 10.0)
-    made = Node(scope, backend, Settings(local_host_ip=NIC), {"p0": 1, "d0": 2}[me], device_id)
-    made.init({"ge.exec.deviceId": str(device_id)}, me[0])
-    return made
-
-
 def _link_both(raw: Any) -> dict[str, BaseException]:
-    p, d = _node(raw, "p0", 0), _node(raw, "d0", 1)
-    errors: dict[str, BaseException] = {}
-
-    def run(member: Node, peer: str) -> None:
-        try:
-            member.link([peer])
-        except BaseException as exc:  # reported to the test below
-            errors[member.kv.me] = exc
-
-    thread = threading.Thread(target=run, args=(d, "p0"))
-    thread.start()
-    run(p, "d0")
-    thread.join(20)
-    assert not thread.is_alive(), "d0's link did not return"
-    return errors
+    settings = Settings(local_host_ip=NIC)
+    return link_both(node(raw, "p0", 0, settings), node(raw, "d0", 1, settings))
 
 
 @pytest.fixture
