@@ -7,6 +7,7 @@ d0's process. It must outlive p0's last read, and a death on either side is name
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -45,11 +46,16 @@ def lws(index: int, port: int, **extra: str) -> dict[str, str]:
     }
 
 
-def test_rank0_is_d0_and_hosts_the_store_until_p0_is_done(pytester: pytest.Pytester, start_role, port: int):
+def start_pods(pytester: pytest.Pytester, start_role, port: int, select: str, **extra: str) -> tuple[Any, Any]:
+    """Rank 0 (d0, the store's host) and, half a second later, rank 1 (p0), each running ``-k select``."""
     pytester.makepyfile(test_launched=SUITE)
-    host = start_role("rank0", "-v", "-k", "not dies", env={**lws(0, port)})
+    host = start_role("rank0", "-v", "-k", select, env=lws(0, port, **extra))
     time.sleep(0.5)
-    other = start_role("rank1", "-v", "-k", "not dies", env={**lws(1, port)})
+    return host, start_role("rank1", "-v", "-k", select, env=lws(1, port, **extra))
+
+
+def test_rank0_is_d0_and_hosts_the_store_until_p0_is_done(pytester: pytest.Pytester, start_role, port: int):
+    host, other = start_pods(pytester, start_role, port, "not dies")
     p0, d0 = other.wait(), host.wait()
     assert p0.returncode == 0, p0.output
     assert d0.returncode == 0, d0.output
@@ -59,10 +65,7 @@ def test_rank0_is_d0_and_hosts_the_store_until_p0_is_done(pytester: pytest.Pytes
 
 
 def test_the_store_hosts_death_is_named_by_p0(pytester: pytest.Pytester, start_role, port: int):
-    pytester.makepyfile(test_launched=SUITE)
-    host = start_role("rank0", "-v", "-k", "dies", env={**lws(0, port), "DIES": "d"})
-    time.sleep(0.5)
-    other = start_role("rank1", "-v", "-k", "dies", env={**lws(1, port), "DIES": "d"})
+    host, other = start_pods(pytester, start_role, port, "dies", DIES="d")
     p0 = other.wait(timeout=60)
     host.wait()
     assert p0.returncode == pytest.ExitCode.TESTS_FAILED, p0.output
@@ -72,10 +75,7 @@ def test_the_store_hosts_death_is_named_by_p0(pytester: pytest.Pytester, start_r
 
 
 def test_p0s_death_is_named_by_the_store_host(pytester: pytest.Pytester, start_role, port: int):
-    pytester.makepyfile(test_launched=SUITE)
-    host = start_role("rank0", "-v", "-k", "dies", env={**lws(0, port), "DIES": "p"})
-    time.sleep(0.5)
-    other = start_role("rank1", "-v", "-k", "dies", env={**lws(1, port), "DIES": "p"})
+    host, other = start_pods(pytester, start_role, port, "dies", DIES="p")
     d0 = host.wait(timeout=60)
     other.wait()
     assert d0.returncode == pytest.ExitCode.TESTS_FAILED, d0.output

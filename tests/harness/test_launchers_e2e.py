@@ -166,12 +166,17 @@ def artifacts_of(tmp: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
+def lws_pods(network: Network, tmp_path: Path) -> list[Pod]:
+    """The example LeaderWorkerSet's pods, one per namespace, the leader's DNS name resolving to node 0."""
+    pods = pods_of_lws(only(load_manifest(EXAMPLES / "leaderworkerset.yaml")), network.hosts, SECRETS, tmp_path)
+    network.names({pods[0].env["LWS_LEADER_ADDRESS"]: network.hosts[0].ip})
+    return pods
+
+
 @needs_netns
 @needs_artifacts
 def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path):
-    lws = only(load_manifest(EXAMPLES / "leaderworkerset.yaml"))
-    pods = pods_of_lws(lws, network2.hosts, SECRETS, tmp_path)
-    network2.names({pods[0].env["LWS_LEADER_ADDRESS"]: network2.hosts[0].ip})
+    pods = lws_pods(network2, tmp_path)
     out = run_pods(pods, tmp_path)
     (leader_rc, leader), (worker_rc, worker) = out["kvtest-0"], out["kvtest-0-1"]
     assert leader_rc == 0 and worker_rc == 0, show(out)
@@ -188,9 +193,7 @@ def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path)
 @needs_artifacts
 def test_leaderworkerset_leader_exit_code_is_the_result(network2: Network, tmp_path: Path):
     # a flipped byte in d0's push: the leader's exit code (what the example prints and exits with) says so
-    lws = only(load_manifest(EXAMPLES / "leaderworkerset.yaml"))
-    pods = pods_of_lws(lws, network2.hosts, SECRETS, tmp_path)
-    network2.names({pods[0].env["LWS_LEADER_ADDRESS"]: network2.hosts[0].ip})
+    pods = lws_pods(network2, tmp_path)
     out = run_pods(pods, tmp_path, {"KVTEST_SIM_FAULT": "flip@push_blocks:d0"})
     leader_rc, leader = out["kvtest-0"]
     assert leader_rc == 1 and "kvtest exit code: 1 (LWS_WORKER_INDEX=0)" in leader, show(out)
