@@ -67,14 +67,18 @@ class Rendezvous:
     def __str__(self) -> str:
         if self.scheme == "file":
             return f"file://{self.path}"
+        return f"tcp://{self.address}"
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` of a TCP rendezvous (``[V6]:PORT``)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
+        return f"{host}:{self.port}"
 
     def describe(self) -> str:
         """For the header: the address and who hosts the store there."""
         if self.hosted_by == "agent":
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            return f"torchrun's agent store at {host}:{self.port}"
+            return f"torchrun's agent store at {self.address}"
         if self.hosted_by == "rank0":
             return f"{self} (hosted by the launcher's rank 0)"
         return str(self)

@@ -116,6 +116,7 @@ class _Base:
         self.backend_why = ""
         self.token = token_from(settings.token_file, settings.sources.get("token_file", "default"))
         self.exitstatus: int = 0
+        self._stack: tuple[str, dict[str, str]] | None = None
         self.artifacts: RoleArtifacts | None = None
         if settings.artifacts is not None:
             self.artifacts = RoleArtifacts(config, settings.artifacts, self.me, settings.run_id)
@@ -157,9 +158,13 @@ class _Base:
         )
 
     def _fingerprint(self) -> dict[str, str]:
-        """This role's environment fingerprint, as its hello carries it (file reads only: ~3 ms)."""
-        device = self.settings.device_id()
-        return fingerprint(self.backend_name or self.settings.backend, None if device is None else [device])
+        """This role's environment fingerprint, as its hello carries it (file reads only: ~3 ms), read
+        once per backend name: the artifacts log may ask before the backend is resolved."""
+        backend = self.backend_name or self.settings.backend
+        if self._stack is None or self._stack[0] != backend:
+            device = self.settings.device_id()
+            self._stack = (backend, fingerprint(backend, None if device is None else [device]))
+        return self._stack[1]
 
     def _begin_artifacts(self, run_id: str) -> None:
         """Now that the run id is known: this role's artifacts folder, and its stack in the log."""
@@ -341,7 +346,7 @@ class LeaderSession(_Base):
         rdv = s.rendezvous or Rendezvous("tcp", host="127.0.0.1", port=0)
         if s.local_mode and self.token is None:
             self.token = Token.new()  # handed to the children in the environment
-        hosting = s.local_mode or s.hosts_store
+        hosting = s.hosts_store  # local mode: p0
         try:
             raw, port = open_store(
                 rdv, host=hosting, timeout=s.join_timeout, dead_after=None if hosting else s.dead_after
@@ -585,7 +590,7 @@ class LeaderSession(_Base):
             self.cluster.stop(grace=20)
         if self.heartbeat is not None:
             self.heartbeat.stop()
-        if not self.settings.local_mode and not self.settings.hosts_store:
+        if not self.settings.hosts_store:
             try:  # the role hosting the store (a launcher's rank 0) may leave now
                 self.store.set(keys.CLOSED, True)
             except RendezvousError:
