@@ -16,7 +16,6 @@ it did not finish. A role that never learns a run id (it never joined) files its
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from kvtest.results.results import write_atomically
 
 __all__ = ["JUNIT", "LOG", "PENDING", "RESULTS", "RoleArtifacts", "placeholder_junit"]
 
@@ -44,12 +45,6 @@ def placeholder_junit(role: str, message: str) -> str:
     case = ET.SubElement(suite, "testcase", classname="kvtest", name=role, time="0")
     ET.SubElement(case, "error", message=message)
     return '<?xml version="1.0" encoding="utf-8"?>' + ET.tostring(suites, encoding="unicode") + "\n"
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class RoleArtifacts:
@@ -111,7 +106,7 @@ class RoleArtifacts:
             except FileExistsError:
                 n += 1
         self.run_id, self.folder = run_id, folder
-        _replace_text(
+        write_atomically(
             folder / JUNIT,
             placeholder_junit(
                 self.role,
@@ -203,9 +198,7 @@ class RoleArtifacts:
         if staged is not None and staged.exists():
             os.replace(staged, folder / JUNIT)
         elif user is not None and user.exists():
-            tmp = folder / f".{JUNIT}.tmp"
-            shutil.copyfile(user, tmp)
-            os.replace(tmp, folder / JUNIT)
+            write_atomically(folder / JUNIT, user.read_text(encoding="utf-8"))
         with self._lock:
             if self._log is not None:
                 self._log.close()

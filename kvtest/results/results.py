@@ -38,6 +38,7 @@ __all__ = [
     "role_entry",
     "cost_of",
     "transfer_records",
+    "write_atomically",
 ]
 
 #: the value of the top-level ``"kvtest_results"`` key this kvtest writes and reads
@@ -235,17 +236,21 @@ class ResultsWriter:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self._doc, indent=2, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps(self._doc, indent=2, allow_nan=False) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step: a reader (or a kill) never sees a torn file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # -- loading -------------------------------------------------------------------------------------
