@@ -69,3 +69,12 @@ def start_role(pytester: pytest.Pytester):
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(autouse=True)
+def _no_xdist_worker_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``pytest -n`` a worker's PYTEST_XDIST_* variables would reach the pytest runs a test starts,
+    and kvtest would divide their thread budget by workers they are not: each test starts its runs as a
+    plain ``pytest`` would."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
