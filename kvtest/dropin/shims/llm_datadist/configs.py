@@ -2,5 +2,8 @@
 
 from kvtest.backends.sim.cluster import LLMClusterInfo
 from kvtest.backends.sim.config import LlmConfig, LLMRole
+from kvtest.backends.sim.config import ip_to_int as trans_str_ip
 
-__all__ = ["LLMClusterInfo", "LLMRole", "LlmConfig"]
+LLMConfig = LlmConfig
+
+__all__ = ["LLMClusterInfo", "LLMConfig", "LLMRole", "LlmConfig", "trans_str_ip"]

@@ -1,0 +1,6 @@
+"""``llm_datadist.v2.cache_manager`` (hicann/hixl src/python/llm_datadist/llm_datadist/v2/
+cache_manager.py)."""
+
+from kvtest.backends.sim.cache_manager import CacheManager
+
+__all__ = ["CacheManager"]
