@@ -471,8 +471,6 @@ class LLMDataDist:
             return LLMStatusCode.LLM_LINK_FAILED
         if len(info.remote_ip_info_list) != 1:  # "remote_ip_infos size != 1 is unsupported."
             return LLMStatusCode.LLM_PARAM_INVALID
-        if peer == self._cluster_id:
-            return LLMStatusCode.LLM_LINK_FAILED
         if not self._hixl and "client" in self._links().get(str(peer), []):
             return LLMStatusCode.LLM_ALREADY_LINK
         ip, port = info.remote_ip_info_list[0]
