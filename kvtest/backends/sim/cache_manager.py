@@ -336,8 +336,7 @@ class CacheManager:
         check_isinstance("cache_desc", cache_desc, CacheDesc)
         check_isinstance("cache_keys", cache_keys, [list, tuple], CacheKey)
         self._check_pool_desc(cache_desc)
-        self._native("allocate_cache", f"cache_desc = {cache_desc}")
-        with self._lock:
+        with self._engine("allocate_cache", f"cache_desc = {cache_desc}"), self._lock:
             self._sweep()
             entry = self._allocate("allocate_cache", cache_desc, blocks=False)
             self._bind_keys("allocate_cache", entry, cache_keys)
@@ -351,8 +350,7 @@ class CacheManager:
         check_isinstance("cache_desc", cache_desc, CacheDesc)
         check_isinstance("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
         self._check_pool_desc(cache_desc)
-        self._native("allocate_blocks_cache", f"cache_desc = {cache_desc}")
-        with self._lock:
+        with self._engine("allocate_blocks_cache", f"cache_desc = {cache_desc}"), self._lock:
             self._sweep()
             entry = self._allocate("allocate_blocks_cache", cache_desc, blocks=True)
             if blocks_cache_key is not None:
@@ -366,8 +364,7 @@ class CacheManager:
             raise_if_false(cache.is_blocks_cache, "param check failed, cache should be blocks cache.")
         else:
             raise_if_true(cache.is_blocks_cache, "param check failed, cache can not be blocks cache.")
-        self._native(api, f"cache_id = {cache.cache_id}")
-        with self._lock:
+        with self._engine(api, f"cache_id = {cache.cache_id}"), self._lock:
             entry = self._entries.get(cache.cache_id)
             # the native DeallocateCache is SUCCESS for an id it does not own: unknown, registered, or
             # already deallocated (cache_mgr/cache_manager.cc); the Python object is invalidated anyway
@@ -392,8 +389,7 @@ class CacheManager:
         for a registered cache's key (cache_manager.cc RemoveCacheKey skips caches it does not own)."""
         self._begin("remove_cache_key")
         check_isinstance("cache_key", cache_key, CacheKey)
-        self._native("remove_cache_key", f"cache_key = {cache_key}")
-        with self._lock:
+        with self._engine("remove_cache_key", f"cache_key = {cache_key}"), self._lock:
             plane, _ = self._ep.ctx()
             path = plane.key(*_key_path(self._ep.cluster_id, cache_key))
             record = plane.fetch(path)
@@ -470,8 +466,7 @@ class CacheManager:
         check_isinstance("addrs", addrs, list, int)
         check_isinstance("cache_keys", cache_keys, [tuple, list], CacheKey)
         self._check_register(cache_desc, addrs, remote_accessible)
-        self._native("register_cache", f"cache_desc = {cache_desc}")
-        with self._lock:
+        with self._engine("register_cache", f"cache_desc = {cache_desc}"), self._lock:
             entry = self._register("register_cache", cache_desc, addrs, remote_accessible, blocks=False)
             self._bind_keys("register_cache", entry, cache_keys)
             return entry.cache
@@ -489,8 +484,7 @@ class CacheManager:
         check_isinstance("addrs", addrs, list, int)
         check_isinstance("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
         self._check_register(cache_desc, addrs, remote_accessible)
-        self._native("register_blocks_cache", f"cache_desc = {cache_desc}")
-        with self._lock:
+        with self._engine("register_blocks_cache", f"cache_desc = {cache_desc}"), self._lock:
             entry = self._register("register_blocks_cache", cache_desc, addrs, remote_accessible, blocks=True)
             if blocks_cache_key is not None:
                 self._bind_blocks_key("register_blocks_cache", entry, blocks_cache_key)
@@ -501,8 +495,7 @@ class CacheManager:
         self._begin("unregister_cache")
         check_isinstance("cache_id", cache_id, int)
         check_int64("cache_id", cache_id)
-        self._native("unregister_cache", f"cache_id = {cache_id}")
-        with self._lock:
+        with self._engine("unregister_cache", f"cache_id = {cache_id}"), self._lock:
             entry = self._entries.get(cache_id)
             if entry is None:
                 return  # data_cache_engine.cc Unregister: an unknown id is SUCCESS

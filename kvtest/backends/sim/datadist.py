@@ -186,7 +186,6 @@ class LLMDataDist:
 
     def finalize(self) -> None:
         """Release everything; peers see this cluster as gone. A second call does nothing."""
-        global _live
         if not self._initialized:
             return
         self._fault_point("finalize")
