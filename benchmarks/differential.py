@@ -48,7 +48,9 @@ def sim_env(folder: Path) -> dict[str, str]:
 def real_env(python_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(python_dir)
-    libs = [str(p) for p in (python_dir, python_dir.parent / "lib", python_dir.parent / "lib64") if p.is_dir()]
+    libs = [
+        str(p) for p in (python_dir, python_dir.parent / "lib", python_dir.parent / "lib64") if p.is_dir()
+    ]
     env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -103,9 +105,15 @@ def compare(sim: dict[str, Any], real: dict[str, Any]) -> tuple[int, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--real", type=Path, help="the real build's python/ folder (default: the newest READY build)")
-    parser.add_argument("--sim-only", action="store_true", help="run the sim side alone and print its outcomes")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--real", type=Path, help="the real build's python/ folder (default: the newest READY build)"
+    )
+    parser.add_argument(
+        "--sim-only", action="store_true", help="run the sim side alone and print its outcomes"
+    )
     parser.add_argument("--port", type=int, default=26701, help="listen port base the calls use (and port+1)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds each side may take")
     parser.add_argument("--goal", type=float, default=95.0, help="percent identical needed to pass")
@@ -121,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     python_dir = find_real(args.real)
     if python_dir is None or not python_dir.is_dir():
         where = args.real or f"${CACHE_VAR} or ~/.cache/kvtest/upstream"
-        print(f"no real llm_datadist build found ({where}): build it with `kvtest upstream build`", file=sys.stderr)
+        print(
+            f"no real llm_datadist build found ({where}): build it with `kvtest upstream build`",
+            file=sys.stderr,
+        )
         return 2
     real, real_end = run_side(f"real ({python_dir})", real_env(python_dir), args.port, args.timeout)
     print(real_end)

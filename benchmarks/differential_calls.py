@@ -20,9 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 import llm_datadist as ld
+import torch
 from llm_datadist import (
     BlocksCacheKey,
     Cache,
@@ -147,13 +146,29 @@ def surface() -> None:
 
 
 def configs() -> None:
-    c = LlmConfig()
     for name in (
-        "device_id", "listen_ip_info", "sync_kv_timeout", "deploy_res_path", "ge_options", "enable_switch_role",
-        "link_total_time", "link_retry_count", "cluster_info", "output_max_size", "mem_utilization",
-        "buf_pool_cfg", "mem_pool_cfg", "host_mem_pool_cfg", "enable_cache_manager",
-        "enable_remote_cache_accessible", "rdma_traffic_class", "rdma_service_level", "local_comm_res",
-        "transfer_backend", "global_resource_config", "options",
+        "device_id",
+        "listen_ip_info",
+        "sync_kv_timeout",
+        "deploy_res_path",
+        "ge_options",
+        "enable_switch_role",
+        "link_total_time",
+        "link_retry_count",
+        "cluster_info",
+        "output_max_size",
+        "mem_utilization",
+        "buf_pool_cfg",
+        "mem_pool_cfg",
+        "host_mem_pool_cfg",
+        "enable_cache_manager",
+        "enable_remote_cache_accessible",
+        "rdma_traffic_class",
+        "rdma_service_level",
+        "local_comm_res",
+        "transfer_backend",
+        "global_resource_config",
+        "options",
     ):
         call(f"LlmConfig().{name} default", lambda name=name: getattr(LlmConfig(), name))
     call("LlmConfig().generate_options() default", lambda: LlmConfig().generate_options())
@@ -219,20 +234,36 @@ def configs() -> None:
     over.sync_kv_timeout = 7
     over.device_id = 1
     call("ge_options vs properties: precedence", over.generate_options)
-    call("generate_options twice is the same dict", lambda: over.generate_options() is over.generate_options())
+    call(
+        "generate_options twice is the same dict", lambda: over.generate_options() is over.generate_options()
+    )
 
 
 def cluster_info() -> None:
-    call("LLMClusterInfo() defaults", lambda: [
-        LLMClusterInfo().remote_cluster_id, LLMClusterInfo().remote_role_type,
-        LLMClusterInfo().local_ip_info_list, LLMClusterInfo().remote_ip_info_list,
-    ])
+    call(
+        "LLMClusterInfo() defaults",
+        lambda: [
+            LLMClusterInfo().remote_cluster_id,
+            LLMClusterInfo().remote_role_type,
+            LLMClusterInfo().local_ip_info_list,
+            LLMClusterInfo().remote_ip_info_list,
+        ],
+    )
     for v in (5, 0, U64, -1, U64 + 1, "1", None):
         call(f"LLMClusterInfo.remote_cluster_id = {v!r}", set_attr(LLMClusterInfo(), "remote_cluster_id", v))
     for v in (LLMRole.PROMPT, 2, "p", None):
         call(f"LLMClusterInfo.remote_role_type = {v!r}", set_attr(LLMClusterInfo(), "remote_role_type", v))
-    for ip, port in (("1.2.3.4", 26000), (16909060, 1), ("1.2.3.4", 70000), ("1.2.3.4", -1), ("bad ip", 1),
-                     (1.5, 1), ("1.2.3.4", "1"), (None, 1)):
+    for ip, port in (
+        ("1.2.3.4", 26000),
+        (16909060, 1),
+        ("1.2.3.4", 70000),
+        ("1.2.3.4", -1),
+        ("bad ip", 1),
+        (1.5, 1),
+        ("1.2.3.4", "1"),
+        (None, 1),
+    ):
+
         def add(ip: Any = ip, port: Any = port) -> Any:
             info = LLMClusterInfo()
             info.append_local_ip_info(ip, port)
@@ -259,9 +290,18 @@ def descs_and_keys() -> None:
         ("CacheDesc(batch_dim_index=1)", lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, batch_dim_index=1)),
         ("CacheDesc(batch_dim_index=2)", lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, batch_dim_index=2)),
         ("CacheDesc(batch_dim_index=-1)", lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, batch_dim_index=-1)),
-        ("CacheDesc(seq_len_dim_index=1)", lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, seq_len_dim_index=1)),
-        ("CacheDesc(seq_len_dim_index=5)", lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, seq_len_dim_index=5)),
-        ("CacheDesc(seq_len_dim_index=2**64-1)", lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, seq_len_dim_index=U64)),
+        (
+            "CacheDesc(seq_len_dim_index=1)",
+            lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, seq_len_dim_index=1),
+        ),
+        (
+            "CacheDesc(seq_len_dim_index=5)",
+            lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, seq_len_dim_index=5),
+        ),
+        (
+            "CacheDesc(seq_len_dim_index=2**64-1)",
+            lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, seq_len_dim_index=U64),
+        ),
         ("CacheDesc(kv_tensor_format=1)", lambda: CacheDesc(1, [2, 4], DataType.DT_INT8, kv_tensor_format=1)),
         ("CacheKey(1, 2)", lambda: CacheKey(1, 2)),
         ("CacheKey(1, 2, 3, 4)", lambda: CacheKey(1, 2, 3, 4)),
@@ -281,7 +321,10 @@ def descs_and_keys() -> None:
         ("BlocksCacheKey('a')", lambda: BlocksCacheKey("a")),
         ("BlocksCacheKey(1, 'b')", lambda: BlocksCacheKey(1, "b")),
         ("BlocksCacheKey(model_id=1)", lambda: BlocksCacheKey(model_id=1)),
-        ("BlocksCacheKey(prompt_cluster_id=1, model_id=1)", lambda: BlocksCacheKey(prompt_cluster_id=1, model_id=1)),
+        (
+            "BlocksCacheKey(prompt_cluster_id=1, model_id=1)",
+            lambda: BlocksCacheKey(prompt_cluster_id=1, model_id=1),
+        ),
         ("BlocksCacheKey(cluster_id=1, x=1)", lambda: BlocksCacheKey(cluster_id=1, x=1)),
         ("BlocksCacheKey(-1)", lambda: BlocksCacheKey(-1)),
         ("CacheKeyByIdAndIndex(1, 2, 3)", lambda: CacheKeyByIdAndIndex(1, 2, 3)),
@@ -297,8 +340,17 @@ def descs_and_keys() -> None:
     for label, fn in cases:
         call(label, lambda fn=fn: repr(fn()))
     desc = CacheDesc(2, [3, 10], DataType.DT_FLOAT16, Placement.HOST, 0, 1, "ND")
-    for name in ("num_tensors", "shape", "data_type", "placement", "batch_dim", "batch_size",
-                 "seq_len_dim_index", "kv_tensor_format", "size"):
+    for name in (
+        "num_tensors",
+        "shape",
+        "data_type",
+        "placement",
+        "batch_dim",
+        "batch_size",
+        "seq_len_dim_index",
+        "kv_tensor_format",
+        "size",
+    ):
         call(f"CacheDesc.{name}", lambda name=name: getattr(desc, name))
         call(f"CacheDesc.{name} = (read-only)", set_attr(desc, name, 1))
     call("CacheDesc.batch_dim_index", lambda: desc.batch_dim_index)  # type: ignore[attr-defined]
@@ -309,7 +361,10 @@ def descs_and_keys() -> None:
     for name in ("cluster_id", "prompt_cluster_id", "req_id", "model_id", "prefix_id"):
         call(f"CacheKey.{name}", lambda name=name: getattr(key, name))
     call("MemInfo str", lambda: str(MemInfo(Memtype.MEM_TYPE_DEVICE, 1, 2)))
-    call("MemInfo fields", lambda: [MemInfo(Memtype.MEM_TYPE_HOST, 3, 4).mem_type, MemInfo(Memtype.MEM_TYPE_HOST, 3, 4).addr])
+    call(
+        "MemInfo fields",
+        lambda: [MemInfo(Memtype.MEM_TYPE_HOST, 3, 4).mem_type, MemInfo(Memtype.MEM_TYPE_HOST, 3, 4).addr],
+    )
     host = CacheDesc(2, [4, 8], DataType.DT_INT8, Placement.HOST)
     device = CacheDesc(2, [4, 8], DataType.DT_INT8)
     call("Cache.create_cpu_cache(host, [a, b])", lambda: Cache.create_cpu_cache(host, [1, 2]))
@@ -319,7 +374,10 @@ def descs_and_keys() -> None:
     call("Cache.create_cpu_cache(None, [])", lambda: Cache.create_cpu_cache(None, []))
     call("str(Cache.create_cpu_cache)", lambda: str(Cache.create_cpu_cache(host, [1, 2])))
     call("KvCache.create_cpu_cache(host, [a, b])", lambda: str(KvCache.create_cpu_cache(host, [1, 2])))
-    call("KvCache.create_cpu_cache(host, [[a, b]])", lambda: str(KvCache.create_cpu_cache(host, [[1, 2], [3, 4]])))
+    call(
+        "KvCache.create_cpu_cache(host, [[a, b]])",
+        lambda: str(KvCache.create_cpu_cache(host, [[1, 2], [3, 4]])),
+    )
     call("KvCache.create_cpu_cache(host, [])", lambda: KvCache.create_cpu_cache(host, []))
     call("KvCache.create_cpu_cache(host, [1, [2]])", lambda: KvCache.create_cpu_cache(host, [1, [2, 3]]))
     call("KvCache.create_cpu_cache(device)", lambda: KvCache.create_cpu_cache(device, [1, 2]))
@@ -335,31 +393,59 @@ def descs_and_keys() -> None:
         ("TransferConfig(1, [1], range(2, 1))", lambda: TransferConfig(1, [1], range(2, 1))),
         ("TransferConfig(1, [1], [0, 1])", lambda: TransferConfig(1, [1], [0, 1])),
         ("TransferConfig(1, [1], None, -1)", lambda: TransferConfig(1, [1], None, -1)),
-        ("TransferWithCacheKeyConfig(B(1), r(0,2), r(0,2))",
-         lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 2), range(0, 2))),
-        ("TransferWithCacheKeyConfig(B(1), r(0,2), r(0,1))",
-         lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 2), range(0, 1))),
+        (
+            "TransferWithCacheKeyConfig(B(1), r(0,2), r(0,2))",
+            lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 2), range(0, 2)),
+        ),
+        (
+            "TransferWithCacheKeyConfig(B(1), r(0,2), r(0,1))",
+            lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 2), range(0, 1)),
+        ),
         ("TransferWithCacheKeyConfig(B(1)) no ranges", lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1))),
-        ("TransferWithCacheKeyConfig(B(1), step 2)",
-         lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 4, 2), range(0, 2))),
-        ("TransferWithCacheKeyConfig(B(1), batch 1)",
-         lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 1), range(0, 1), 1)),
-        ("TransferWithCacheKeyConfig(ById, batch 1)",
-         lambda: TransferWithCacheKeyConfig(CacheKeyByIdAndIndex(1, 1), range(0, 1), range(0, 1), 1)),
-        ("TransferWithCacheKeyConfig(CacheKey)",
-         lambda: TransferWithCacheKeyConfig(CacheKey(1, 1), range(0, 1), range(0, 1))),
-        ("TransferWithCacheKeyConfig(None)", lambda: TransferWithCacheKeyConfig(None, range(0, 1), range(0, 1))),
+        (
+            "TransferWithCacheKeyConfig(B(1), step 2)",
+            lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 4, 2), range(0, 2)),
+        ),
+        (
+            "TransferWithCacheKeyConfig(B(1), batch 1)",
+            lambda: TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 1), range(0, 1), 1),
+        ),
+        (
+            "TransferWithCacheKeyConfig(ById, batch 1)",
+            lambda: TransferWithCacheKeyConfig(CacheKeyByIdAndIndex(1, 1), range(0, 1), range(0, 1), 1),
+        ),
+        (
+            "TransferWithCacheKeyConfig(CacheKey)",
+            lambda: TransferWithCacheKeyConfig(CacheKey(1, 1), range(0, 1), range(0, 1)),
+        ),
+        (
+            "TransferWithCacheKeyConfig(None)",
+            lambda: TransferWithCacheKeyConfig(None, range(0, 1), range(0, 1)),
+        ),
     ]
     for label, fn in tcs:
         call(label, lambda fn=fn: repr(fn()))
     tc = TransferConfig(1, [1, 2])
-    for name, value in (("dst_cluster_id", 2), ("dst_cluster_id", -2), ("dst_addrs", [3, 4]), ("dst_addrs", 3),
-                        ("src_layer_range", range(1, 2)), ("src_layer_range", range(2, 2)), ("src_batch_index", 3),
-                        ("src_batch_index", -3)):
+    for name, value in (
+        ("dst_cluster_id", 2),
+        ("dst_cluster_id", -2),
+        ("dst_addrs", [3, 4]),
+        ("dst_addrs", 3),
+        ("src_layer_range", range(1, 2)),
+        ("src_layer_range", range(2, 2)),
+        ("src_batch_index", 3),
+        ("src_batch_index", -3),
+    ):
         call(f"TransferConfig.{name} = {value!r}", set_attr(tc, name, value))
     wc = TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 2), range(0, 2))
-    for name, value in (("src_batch_index", 1), ("src_batch_index", 0), ("dst_layer_range", range(1, 3)),
-                        ("dst_layer_range", range(3, 1)), ("cache_key", 5), ("cache_key", CacheKeyByIdAndIndex(1, 1))):
+    for name, value in (
+        ("src_batch_index", 1),
+        ("src_batch_index", 0),
+        ("dst_layer_range", range(1, 3)),
+        ("dst_layer_range", range(3, 1)),
+        ("cache_key", 5),
+        ("cache_key", CacheKeyByIdAndIndex(1, 1)),
+    ):
         call(f"TransferWithCacheKeyConfig.{name} = {value!r}", set_attr(wc, name, value))
     call("TransferWithCacheKeyConfig.dst_cluster_id", lambda: wc.dst_cluster_id)
 
@@ -469,7 +555,9 @@ def link_clusters_checks(dd: LLMDataDist, port: int) -> None:
     call("unlink_clusters(no remote id)", lambda: dd.unlink_clusters([LLMClusterInfo()], 1000))
     call("switch_role('p')", lambda: dd.switch_role("p"))
     call("switch_role(DECODER, 'x')", lambda: dd.switch_role(LLMRole.DECODER, "x"))
-    call("switch_role(DECODER, bad listen)", lambda: dd.switch_role(LLMRole.DECODER, {"llm.listenIpInfo": "x"}))
+    call(
+        "switch_role(DECODER, bad listen)", lambda: dd.switch_role(LLMRole.DECODER, {"llm.listenIpInfo": "x"})
+    )
     call("check_link_status(1)", lambda: dd.check_link_status(1))
     call("kv_cache_manager", lambda: dd.kv_cache_manager)
 
@@ -486,12 +574,19 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("allocate_blocks_cache(desc, 'k')", lambda: cm.allocate_blocks_cache(blocks, "k"))
     call("allocate_blocks_cache(None)", lambda: cm.allocate_blocks_cache(None))
     call("allocate_cache(too big)", lambda: cm.allocate_cache(CacheDesc(1, [4096, 4096], DataType.DT_INT8)))
-    src = call("allocate_cache(plain, keys)", lambda: cm.allocate_cache(plain, [CacheKey(1, 10), CacheKey(1, 11)]))
+    src = call(
+        "allocate_cache(plain, keys)", lambda: cm.allocate_cache(plain, [CacheKey(1, 10), CacheKey(1, 11)])
+    )
     dst = call("allocate_cache(plain)", lambda: cm.allocate_cache(plain))
-    bsrc = call("allocate_blocks_cache(blocks, key)", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(1, 0)))
+    bsrc = call(
+        "allocate_blocks_cache(blocks, key)", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(1, 0))
+    )
     bdst = call("allocate_blocks_cache(blocks)", lambda: cm.allocate_blocks_cache(blocks))
     hb = call("allocate_blocks_cache(host)", lambda: cm.allocate_blocks_cache(host_blocks))
-    call("allocate_blocks_cache(blocks, same key)", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(1, 0)))
+    call(
+        "allocate_blocks_cache(blocks, same key)",
+        lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(1, 0)),
+    )
     call("allocate_cache(plain, same keys)", lambda: cm.allocate_cache(plain, [CacheKey(1, 10)]))
     # local copies
     call("copy_cache(dst, src)", lambda: cm.copy_cache(dst, src))
@@ -518,7 +613,9 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("swap_blocks(bsrc, cpu, {0: 4})", lambda: cm.swap_blocks(bsrc, cpu, {0: 4}))
     call("swap_blocks(src, cpu, {0: 1})", lambda: cm.swap_blocks(src, cpu, {0: 1}))
     call("swap_blocks(bsrc, cpu, 'x')", lambda: cm.swap_blocks(bsrc, cpu, "x"))
-    small = Cache.create_cpu_cache(CacheDesc(2, [4, 8], DataType.DT_INT8, Placement.HOST), [host_bytes(32), host_bytes(32)])
+    small = Cache.create_cpu_cache(
+        CacheDesc(2, [4, 8], DataType.DT_INT8, Placement.HOST), [host_bytes(32), host_bytes(32)]
+    )
     call("swap_blocks(bsrc, small block)", lambda: cm.swap_blocks(bsrc, small, {0: 1}))
     # registered caches
     a0, a1 = device_bytes(64), device_bytes(64)
@@ -529,8 +626,10 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("register_cache(desc, [a, b], 'k')", lambda: cm.register_cache(blocks, [a0, a1], "k"))
     call("register_cache(remote_accessible='y')", lambda: cm.register_cache(blocks, [a0, a1], [], "y"))
     call("register_blocks_cache(desc, [a, b], 'k')", lambda: cm.register_blocks_cache(blocks, [a0, a1], "k"))
-    reg = call("register_cache(host, remote_accessible=False)",
-               lambda: cm.register_cache(plain, [host_bytes(32), host_bytes(32)], [CacheKey(1, 20)], False))
+    reg = call(
+        "register_cache(host, remote_accessible=False)",
+        lambda: cm.register_cache(plain, [host_bytes(32), host_bytes(32)], [CacheKey(1, 20)], False),
+    )
     rblocks = call("register_blocks_cache(device)", lambda: cm.register_blocks_cache(blocks, [a0, a1]))
     call("unregister_cache('1')", lambda: cm.unregister_cache("1"))
     call("unregister_cache(-2**63-1)", lambda: cm.unregister_cache(-(2**63) - 1))
@@ -538,13 +637,28 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("remove_cache_key(1)", lambda: cm.remove_cache_key(1))
     call("remove_cache_key(unknown)", lambda: cm.remove_cache_key(CacheKey(1, 99)))
     call("remove_cache_key(registered cache's key)", lambda: cm.remove_cache_key(CacheKey(1, 20)))
-    call("remap_registered_memory(MemInfo)", lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_DEVICE, 1234, 1)))
-    call("remap_registered_memory([MemInfo])", lambda: cm.remap_registered_memory([MemInfo(Memtype.MEM_TYPE_DEVICE, 1234, 1)]))
+    call(
+        "remap_registered_memory(MemInfo)",
+        lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_DEVICE, 1234, 1)),
+    )
+    call(
+        "remap_registered_memory([MemInfo])",
+        lambda: cm.remap_registered_memory([MemInfo(Memtype.MEM_TYPE_DEVICE, 1234, 1)]),
+    )
     call("remap_registered_memory('x')", lambda: cm.remap_registered_memory("x"))
     call("remap_registered_memory([1])", lambda: cm.remap_registered_memory([1]))
-    call("remap_registered_memory(HOST)", lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_HOST, 1, 1)))
-    call("remap_registered_memory(addr 0)", lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_DEVICE, 0, 1)))
-    call("remap_registered_memory(size 0)", lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_DEVICE, 1, 0)))
+    call(
+        "remap_registered_memory(HOST)",
+        lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_HOST, 1, 1)),
+    )
+    call(
+        "remap_registered_memory(addr 0)",
+        lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_DEVICE, 0, 1)),
+    )
+    call(
+        "remap_registered_memory(size 0)",
+        lambda: cm.remap_registered_memory(MemInfo(Memtype.MEM_TYPE_DEVICE, 1, 0)),
+    )
     call("check_cache_key(req)", lambda: cm.check_cache_key(CacheKey(1, 1)))
     call("check_cache_key(prefix)", lambda: cm.check_cache_key(CacheKey(1, U64, prefix_id=1)))
     call("check_cache_key(neither)", lambda: cm.check_cache_key(CacheKey(1, U64)))
@@ -555,9 +669,15 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("pull_cache(blocks dst)", lambda: cm.pull_cache(CacheKey(1, 10), bdst))
     call("pull_cache(size 0)", lambda: cm.pull_cache(CacheKey(1, 10), dst, 0, 0))
     call("pull_cache(batch -1)", lambda: cm.pull_cache(CacheKey(1, 10), dst, -1))
-    call("pull_cache(tensor_num_per_layer 0)", lambda: cm.pull_cache(CacheKey(1, 10), dst, tensor_num_per_layer=0))
+    call(
+        "pull_cache(tensor_num_per_layer 0)",
+        lambda: cm.pull_cache(CacheKey(1, 10), dst, tensor_num_per_layer=0),
+    )
     call("pull_cache(key neither)", lambda: cm.pull_cache(CacheKey(1, U64), dst))
-    call("pull_cache(range step 2)", lambda: cm.pull_cache(CacheKey(1, 10), dst, src_layer_range=range(0, 2, 2)))
+    call(
+        "pull_cache(range step 2)",
+        lambda: cm.pull_cache(CacheKey(1, 10), dst, src_layer_range=range(0, 2, 2)),
+    )
     call("pull_cache(unknown kwarg)", lambda: cm.pull_cache(CacheKey(1, 10), dst, bogus=1))
     call("pull_blocks(not linked)", lambda: cm.pull_blocks(BlocksCacheKey(1), bdst, [0], [1]))
     call("pull_blocks(dst plain)", lambda: cm.pull_blocks(BlocksCacheKey(1), dst, [0], [1]))
@@ -568,24 +688,62 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("pull_blocks(key 'k')", lambda: cm.pull_blocks("k", bdst, [0], [0]))
     call("push_cache(remote off)", lambda: cm.push_cache(CacheKeyByIdAndIndex(1, 1), src))
     call("push_blocks(remote off)", lambda: cm.push_blocks(BlocksCacheKey(1), bsrc, [0], [0]))
-    call("transfer_cache_async(HOST)", lambda: cm.transfer_cache_async(hb, Always(), [TransferConfig(1, [1, 2])]))
-    call("transfer_cache_async(sync None)", lambda: cm.transfer_cache_async(bsrc, None, [TransferConfig(1, [1, 2])]))
-    call("transfer_cache_async(cfg key)",
-         lambda: cm.transfer_cache_async(bsrc, Always(), [TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 1), range(0, 1))]))
-    call("transfer_cache_async(src blocks only)", lambda: cm.transfer_cache_async(bsrc, Always(), [TransferConfig(1, [1, 2])], [0]))
-    call("transfer_cache_async(block count)", lambda: cm.transfer_cache_async(bsrc, Always(), [TransferConfig(1, [1, 2])], [0], [0, 1]))
-    call("transfer_cache_async(dst blocks no size)", lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1, 2])], None, [0]))
-    call("transfer_cache_async(size not blocks)", lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1, 2])], None, None, 8))
-    call("transfer_cache_async(odd tensors)", lambda: cm.transfer_cache_async(
-        cm.allocate_cache(CacheDesc(3, [2, 4], DataType.DT_INT8)), Always(), [TransferConfig(1, [1, 2])]))
-    call("transfer_cache_async(layer out)", lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1, 2], range(1, 2))]))
-    call("transfer_cache_async(addrs count)", lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1])]))
-    task = call("transfer_cache_async(not linked)", lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [a0, a1])]))
+    call(
+        "transfer_cache_async(HOST)",
+        lambda: cm.transfer_cache_async(hb, Always(), [TransferConfig(1, [1, 2])]),
+    )
+    call(
+        "transfer_cache_async(sync None)",
+        lambda: cm.transfer_cache_async(bsrc, None, [TransferConfig(1, [1, 2])]),
+    )
+    call(
+        "transfer_cache_async(cfg key)",
+        lambda: cm.transfer_cache_async(
+            bsrc, Always(), [TransferWithCacheKeyConfig(BlocksCacheKey(1), range(0, 1), range(0, 1))]
+        ),
+    )
+    call(
+        "transfer_cache_async(src blocks only)",
+        lambda: cm.transfer_cache_async(bsrc, Always(), [TransferConfig(1, [1, 2])], [0]),
+    )
+    call(
+        "transfer_cache_async(block count)",
+        lambda: cm.transfer_cache_async(bsrc, Always(), [TransferConfig(1, [1, 2])], [0], [0, 1]),
+    )
+    call(
+        "transfer_cache_async(dst blocks no size)",
+        lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1, 2])], None, [0]),
+    )
+    call(
+        "transfer_cache_async(size not blocks)",
+        lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1, 2])], None, None, 8),
+    )
+    call(
+        "transfer_cache_async(odd tensors)",
+        lambda: cm.transfer_cache_async(
+            cm.allocate_cache(CacheDesc(3, [2, 4], DataType.DT_INT8)), Always(), [TransferConfig(1, [1, 2])]
+        ),
+    )
+    call(
+        "transfer_cache_async(layer out)",
+        lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1, 2], range(1, 2))]),
+    )
+    call(
+        "transfer_cache_async(addrs count)",
+        lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [1])]),
+    )
+    task = call(
+        "transfer_cache_async(not linked)",
+        lambda: cm.transfer_cache_async(src, Always(), [TransferConfig(1, [a0, a1])]),
+    )
     if task is not None:
         call("CacheTask.synchronize (not linked)", lambda: task.synchronize(5000))
         call("CacheTask.get_results (not linked)", lambda: task.get_results(5000))
         call("CacheTask.synchronize(-1)", lambda: task.synchronize(-1))
-    never = call("transfer_cache_async(sync fails)", lambda: cm.transfer_cache_async(src, Never(), [TransferConfig(1, [a0, a1])]))
+    never = call(
+        "transfer_cache_async(sync fails)",
+        lambda: cm.transfer_cache_async(src, Never(), [TransferConfig(1, [a0, a1])]),
+    )
     if never is not None:
         call("CacheTask.get_results (sync fails)", lambda: never.get_results(5000))
     # a link to oneself
@@ -599,9 +757,20 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("pull_cache(ById) self", lambda: cm.pull_cache(CacheKeyByIdAndIndex(1, src.cache_id, 1), dst, 1))
     call("pull_cache(ById batch 5)", lambda: cm.pull_cache(CacheKeyByIdAndIndex(1, src.cache_id, 5), dst))
     call("pull_cache(ById unknown id)", lambda: cm.pull_cache(CacheKeyByIdAndIndex(1, 999), dst))
-    call("pull_cache(layers)", lambda: cm.pull_cache(CacheKey(1, 11), dst, src_layer_range=range(0, 1), dst_layer_range=range(0, 1)))
-    call("pull_cache(layers, tnpl 3)", lambda: cm.pull_cache(CacheKey(1, 11), dst, src_layer_range=range(0, 1),
-                                                             dst_layer_range=range(0, 1), tensor_num_per_layer=3))
+    call(
+        "pull_cache(layers)",
+        lambda: cm.pull_cache(CacheKey(1, 11), dst, src_layer_range=range(0, 1), dst_layer_range=range(0, 1)),
+    )
+    call(
+        "pull_cache(layers, tnpl 3)",
+        lambda: cm.pull_cache(
+            CacheKey(1, 11),
+            dst,
+            src_layer_range=range(0, 1),
+            dst_layer_range=range(0, 1),
+            tensor_num_per_layer=3,
+        ),
+    )
     call("pull_cache(size 8)", lambda: cm.pull_cache(CacheKey(1, 11), dst, 0, 8))
     call("pull_cache(unknown key)", lambda: cm.pull_cache(CacheKey(1, 55), dst))
     call("pull_cache(unknown cluster)", lambda: cm.pull_cache(CacheKey(7, 11), dst))
@@ -610,9 +779,16 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("pull_blocks(src block 9)", lambda: cm.pull_blocks(BlocksCacheKey(1), bdst, [9], [0]))
     call("pull_blocks(dst block 9)", lambda: cm.pull_blocks(BlocksCacheKey(1), bdst, [0], [9]))
     call("pull_blocks(count mismatch)", lambda: cm.pull_blocks(BlocksCacheKey(1), bdst, [0, 1], [0]))
-    call("pull_blocks(ById -> blocks)", lambda: cm.pull_blocks(CacheKeyByIdAndIndex(1, src.cache_id), bdst, [], [0, 1]))
-    call("pull_blocks(layers)", lambda: cm.pull_blocks(BlocksCacheKey(1), bdst, [0], [1], src_layer_range=range(0, 1),
-                                                       dst_layer_range=range(0, 1)))
+    call(
+        "pull_blocks(ById -> blocks)",
+        lambda: cm.pull_blocks(CacheKeyByIdAndIndex(1, src.cache_id), bdst, [], [0, 1]),
+    )
+    call(
+        "pull_blocks(layers)",
+        lambda: cm.pull_blocks(
+            BlocksCacheKey(1), bdst, [0], [1], src_layer_range=range(0, 1), dst_layer_range=range(0, 1)
+        ),
+    )
     call("switch_role(while linked)", lambda: dd.switch_role(LLMRole.DECODER))
     call("unlink_clusters(self)", lambda: dd.unlink_clusters([own], 5000))
     call("unlink_clusters(self) again", lambda: dd.unlink_clusters([own], 5000))
@@ -620,7 +796,10 @@ def cache_manager_calls(dd: LLMDataDist, port: int) -> None:
     call("unlink_clusters([])", lambda: dd.unlink_clusters([], 5000))
     call("pull_blocks(after unlink)", lambda: cm.pull_blocks(BlocksCacheKey(1), bdst, [0], [1]))
     call("switch_role(DECODER)", lambda: dd.switch_role(LLMRole.DECODER))
-    call("switch_role(PROMPT, listen)", lambda: dd.switch_role(LLMRole.PROMPT, {"llm.listenIpInfo": f"127.0.0.1:{port}"}))
+    call(
+        "switch_role(PROMPT, listen)",
+        lambda: dd.switch_role(LLMRole.PROMPT, {"llm.listenIpInfo": f"127.0.0.1:{port}"}),
+    )
     # deallocation
     call("deallocate_cache(bsrc)", lambda: cm.deallocate_cache(bsrc))
     call("deallocate_blocks_cache(src)", lambda: cm.deallocate_blocks_cache(src))
@@ -642,36 +821,64 @@ def remote_mode_calls(dd: LLMDataDist, port: int) -> None:
     blocks = CacheDesc(2, [4, 16], DataType.DT_INT8)
     plain = CacheDesc(2, [2, 16], DataType.DT_INT8)
     src = call("remote: allocate_cache(plain)", lambda: cm.allocate_cache(plain))
-    bsrc = call("remote: allocate_blocks_cache(key)", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(2, 0)))
-    bdst = call("remote: allocate_blocks_cache", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(2, 1)))
+    bsrc = call(
+        "remote: allocate_blocks_cache(key)", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(2, 0))
+    )
+    call(
+        "remote: allocate_blocks_cache", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(2, 1))
+    )
     call("remote: pull_cache(CacheKey)", lambda: cm.pull_cache(CacheKey(2, 1), src))
     call("remote: push_cache(bad key)", lambda: cm.push_cache(BlocksCacheKey(2), src))
     call("remote: push_cache(None)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), None))
     call("remote: push_cache(blocks src)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), bsrc))
     call("remote: push_cache(size 8)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), src, size=8))
-    call("remote: push_cache(range mismatch)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), src, 0, range(0, 1), range(0, 2)))
-    call("remote: push_cache(tnpl 0)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), src, tensor_num_per_layer=0))
+    call(
+        "remote: push_cache(range mismatch)",
+        lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), src, 0, range(0, 1), range(0, 2)),
+    )
+    call(
+        "remote: push_cache(tnpl 0)",
+        lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), src, tensor_num_per_layer=0),
+    )
     call("remote: push_cache(not linked)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), src))
     call("remote: push_blocks(bad key)", lambda: cm.push_blocks(CacheKeyByIdAndIndex(2, 1), bsrc, [0], [0]))
     call("remote: push_blocks(plain src)", lambda: cm.push_blocks(BlocksCacheKey(2), src, [0], [0]))
     call("remote: push_blocks(dst [])", lambda: cm.push_blocks(BlocksCacheKey(2), bsrc, [0], []))
     call("remote: push_blocks(not linked)", lambda: cm.push_blocks(BlocksCacheKey(2), bsrc, [0], [1]))
-    call("remote: transfer_cache_async(TransferConfig)",
-         lambda: cm.transfer_cache_async(bsrc, Always(), [TransferConfig(2, [1, 2])]))
+    call(
+        "remote: transfer_cache_async(TransferConfig)",
+        lambda: cm.transfer_cache_async(bsrc, Always(), [TransferConfig(2, [1, 2])]),
+    )
     own = cluster(2, port)
     call("remote: link_clusters(self)", lambda: dd.link_clusters([own], 5000))
     call("remote: push_blocks(self)", lambda: cm.push_blocks(BlocksCacheKey(2, 1), bsrc, [0, 1], [2, 3]))
     call("remote: push_blocks(self, dst 9)", lambda: cm.push_blocks(BlocksCacheKey(2, 1), bsrc, [0], [9]))
-    call("remote: push_blocks(self, layers)", lambda: cm.push_blocks(BlocksCacheKey(2, 1), bsrc, [0], [1], range(0, 1), range(1, 2)))
+    call(
+        "remote: push_blocks(self, layers)",
+        lambda: cm.push_blocks(BlocksCacheKey(2, 1), bsrc, [0], [1], range(0, 1), range(1, 2)),
+    )
     call("remote: push_cache(self)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, src.cache_id, 1), src))
     call("remote: push_cache(self, unknown id)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 999), src))
-    call("remote: pull_cache(ById self)", lambda: cm.pull_cache(CacheKeyByIdAndIndex(2, src.cache_id, 1), src))
-    task = call("remote: transfer_cache_async(self)", lambda: cm.transfer_cache_async(
-        bsrc, Always(), [TransferWithCacheKeyConfig(BlocksCacheKey(2, 1), range(0, 1), range(0, 1))], [0], [1]))
+    call(
+        "remote: pull_cache(ById self)", lambda: cm.pull_cache(CacheKeyByIdAndIndex(2, src.cache_id, 1), src)
+    )
+    task = call(
+        "remote: transfer_cache_async(self)",
+        lambda: cm.transfer_cache_async(
+            bsrc,
+            Always(),
+            [TransferWithCacheKeyConfig(BlocksCacheKey(2, 1), range(0, 1), range(0, 1))],
+            [0],
+            [1],
+        ),
+    )
     if task is not None:
         call("remote: CacheTask.synchronize", lambda: task.synchronize(5000))
         call("remote: CacheTask.get_results", lambda: task.get_results(5000))
-    call("remote: register_cache after link", lambda: cm.register_cache(blocks, [device_bytes(64), device_bytes(64)], [], True))
+    call(
+        "remote: register_cache after link",
+        lambda: cm.register_cache(blocks, [device_bytes(64), device_bytes(64)], [], True),
+    )
     call("remote: unlink_clusters(self)", lambda: dd.unlink_clusters([own], 5000))
 
 
@@ -694,7 +901,10 @@ def single(port: int) -> None:
     call("finalize again", dd.finalize)
     call("cache_manager after finalize", lambda: dd.cache_manager)
     dd2 = LLMDataDist(LLMRole.DECODER, 2)
-    call("init(remote accessible, listen)", lambda: dd2.init(pool_config(remote=True, listen=f"127.0.0.1:{port + 1}")))
+    call(
+        "init(remote accessible, listen)",
+        lambda: dd2.init(pool_config(remote=True, listen=f"127.0.0.1:{port + 1}")),
+    )
     remote_mode_calls(dd2, port + 1)
     cm2 = dd2.cache_manager
     call("finalize (remote)", dd2.finalize)

@@ -536,7 +536,17 @@ class LLMDataDist:
         check_isinstance("switch_options", switch_options, dict)
         options = dict(switch_options) if switch_options is not None else {}
         if "llm.listenIpInfo" in options:
-            parse_listen_ip_info(options["llm.listenIpInfo"])
+            ip, port = parse_listen_ip_info(options["llm.listenIpInfo"])
+            options["llm.ListenIp"] = ip
+            options["llm.ListenPort"] = str(port)
+        # the native failure is worded as the real package words it; the sim's reason is the cause
+        details = f"Failed to switch role, role = {role}, options = {options}"
+        try:
+            self._switch_role(role, options)
+        except LLMException as exc:
+            raise native_error("switch_role", exc.status_code, details) from exc
+
+    def _switch_role(self, role: LLMRole, options: dict[str, str]) -> None:
         if self._hixl:
             self._switch_role_hixl(role, options)
             return

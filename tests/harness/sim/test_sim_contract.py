@@ -573,10 +573,12 @@ def test_switch_role_refused_while_linked(dd, fake_peer):
     comm = linked(dd, fake_peer)
     with pytest.raises(
         sim.LLMException,
-        match=r"^\[switch_role\] failed, error code is LLMStatusCode\.LLM_EXIST_LINK, links to clusters \[9\] still exist",
+        match=r"^\[switch_role\] failed, error code is LLMStatusCode\.LLM_EXIST_LINK, "
+        r"Failed to switch role, role = LLMRole\.DECODER, options = \{\}\.$",
     ) as e:
         dd.switch_role(sim.LLMRole.DECODER)
     assert e.value.status_code == S.LLM_EXIST_LINK
+    assert "links to clusters [9] still exist" in str(e.value.__cause__)
     dd.unlink(comm)
     dd.switch_role(sim.LLMRole.DECODER)
 
