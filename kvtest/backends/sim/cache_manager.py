@@ -508,7 +508,8 @@ class CacheManager:
             elif entry.pool is not None:  # the entry owned the pool memory
                 for addr in entry.addrs:
                     entry.pool.free(addr)
-            entry.cache._invalidate()
+            # the real unregister_cache takes an id: the Cache object's fields stay as they are
+            entry.cache._valid = False
             del self._entries[cache_id]
 
     # -- remote lookups -----------------------------------------------------------------------

@@ -324,7 +324,7 @@ def test_cache_ids_start_at_one(dd):
     assert (first.cache_id, second.cache_id) == (1, 2)
     assert first.is_blocks_cache and len(first.tensor_addrs) == 2
     dd.cache_manager.unregister_cache(first.cache_id)
-    assert first.tensor_addrs == []
+    assert len(first.tensor_addrs) == 2  # unregister_cache takes an id: the Cache object is untouched
     dd.cache_manager.unregister_cache(first.cache_id)  # an unknown id is SUCCESS upstream
 
 
