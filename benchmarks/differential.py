@@ -55,23 +55,37 @@ def real_env(python_dir: Path) -> dict[str, str]:
     return env
 
 
-def run_side(name: str, env: dict[str, str], port: int, timeout_s: float) -> tuple[dict[str, Any], str]:
-    """``{label: outcome}`` in call order (a repeated label gets ``#2``, ...), and how the run ended."""
+def _finish(proc: subprocess.Popen[str], timeout_s: float) -> tuple[str, str]:
+    """The process's stdout and how it ended (killed at the deadline)."""
     try:
-        proc = subprocess.run(
-            [sys.executable, str(CALLS), "--port", str(port)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-        stdout, ended = proc.stdout, f"exit {proc.returncode}"
-        if proc.returncode != 0:
-            ended += ": " + (proc.stderr.strip().splitlines() or ["(no stderr)"])[-1]
-    except subprocess.TimeoutExpired as exc:
-        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        ended = f"timed out after {timeout_s:.0f} s"
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, _ = proc.communicate()
+        return stdout, f"timed out after {timeout_s:.0f} s"
+    ended = f"exit {proc.returncode}"
+    if proc.returncode != 0:
+        ended += ": " + (stderr.strip().splitlines() or ["(no stderr)"])[-1]
+    return stdout, ended
+
+
+def run_side(name: str, env: dict[str, str], port: int, timeout_s: float) -> tuple[dict[str, Any], str]:
+    """``{label: outcome}`` in call order (a repeated label gets ``#2``, ...), and how the runs ended:
+    the one-process sequence, then the two-process one (a server and a client process)."""
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        cmd = [sys.executable, str(CALLS), "--port", *args]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    stdout, ended = _finish(start(str(port)), timeout_s)
+    with tempfile.TemporaryDirectory(prefix="kvtest-differential-2p-") as tmp:
+        flag = str(Path(tmp) / "flag")
+        peer = start(str(port + 2), "--phase", "server", "--flag", flag)
+        mine = start(str(port + 2), "--phase", "client", "--flag", flag)
+        client_out, client_end = _finish(mine, timeout_s)
+        server_out, server_end = _finish(peer, timeout_s)
+    stdout += server_out + client_out
+    ended = f"one process: {ended}; two: server {server_end}, client {client_end}"
     outcomes: dict[str, Any] = {}
     seen: Counter[str] = Counter()
     for line in stdout.splitlines():

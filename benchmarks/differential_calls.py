@@ -824,9 +824,7 @@ def remote_mode_calls(dd: LLMDataDist, port: int) -> None:
     bsrc = call(
         "remote: allocate_blocks_cache(key)", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(2, 0))
     )
-    call(
-        "remote: allocate_blocks_cache", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(2, 1))
-    )
+    call("remote: allocate_blocks_cache", lambda: cm.allocate_blocks_cache(blocks, BlocksCacheKey(2, 1)))
     call("remote: pull_cache(CacheKey)", lambda: cm.pull_cache(CacheKey(2, 1), src))
     call("remote: push_cache(bad key)", lambda: cm.push_cache(BlocksCacheKey(2), src))
     call("remote: push_cache(None)", lambda: cm.push_cache(CacheKeyByIdAndIndex(2, 1), None))
@@ -913,12 +911,69 @@ def single(port: int) -> None:
     call("unregister_cache after finalize", lambda: cm2.unregister_cache(1))
 
 
+def wait_for(path: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def server(port: int, flag: str) -> None:
+    """The peer of the two-process calls: listens until the client says it is done."""
+    dd = LLMDataDist(LLMRole.PROMPT, 10)
+    call("2p server: init(listen)", lambda: dd.init(pool_config(listen=f"127.0.0.1:{port}")))
+    call(
+        "2p server: allocate_blocks_cache(key)",
+        lambda: dd.cache_manager.allocate_blocks_cache(
+            CacheDesc(2, [4, 16], DataType.DT_INT8), BlocksCacheKey(10)
+        ),
+    )
+    with open(f"{flag}.ready", "w"):
+        pass
+    call("2p server: client finished", lambda: wait_for(f"{flag}.done", 120))
+    call("2p server: finalize", dd.finalize)
+
+
+def client(port: int, flag: str) -> None:
+    """Links to the server process over TCP and back; no transfers (hixl's unit-test stubs copy
+    between raw addresses and cannot cross processes)."""
+    try:
+        call("2p client: server ready", lambda: wait_for(f"{flag}.ready", 120))
+        dd = LLMDataDist(LLMRole.DECODER, 11)
+        call("2p client: init", lambda: dd.init(pool_config()))
+        peer = cluster(10, port)
+        call("2p client: link_clusters", lambda: dd.link_clusters([peer], 5000))
+        call("2p client: link_clusters again", lambda: dd.link_clusters([peer], 5000))
+        call("2p client: link_clusters(wrong remote id)", lambda: dd.link_clusters([cluster(12, port)], 3000))
+        call("2p client: switch_role while linked", lambda: dd.switch_role(LLMRole.PROMPT))
+        call("2p client: unlink_clusters", lambda: dd.unlink_clusters([peer], 5000))
+        call("2p client: unlink_clusters again", lambda: dd.unlink_clusters([peer], 5000))
+        call("2p client: link_clusters after unlink", lambda: dd.link_clusters([peer], 5000))
+        call("2p client: unlink_clusters(force)", lambda: dd.unlink_clusters([peer], 5000, True))
+        call("2p client: link_clusters after forced unlink", lambda: dd.link_clusters([peer], 5000))
+        call("2p client: unlink_clusters (end)", lambda: dd.unlink_clusters([peer], 5000))
+        call("2p client: switch_role(PROMPT)", lambda: dd.switch_role(LLMRole.PROMPT))
+        call("2p client: finalize", dd.finalize)
+    finally:
+        with open(f"{flag}.done", "w"):
+            pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=int(os.environ.get("KVTEST_DIFF_PORT", "26701")))
+    parser.add_argument("--phase", choices=("single", "server", "client"), default="single")
+    parser.add_argument("--flag", default="", help="path prefix the two processes signal each other with")
     args = parser.parse_args()
     began = time.monotonic()
-    single(args.port)
+    if args.phase == "server":
+        server(args.port, args.flag)
+    elif args.phase == "client":
+        client(args.port, args.flag)
+    else:
+        single(args.port)
     print(json.dumps({"done": round(time.monotonic() - began, 2)}), flush=True)
     return 0
 
