@@ -108,12 +108,16 @@ class MemInfo:
     __repr__ = __str__
 
 
+#: GE sizes a DT_STRING element as a 16-byte string head (measured: calc_tensor_size([2], DT_STRING) == 32)
+STRING_ELEMENT_BYTES = 16
+
+
 def tensor_size(shape: Sequence[int], data_type: DataType) -> int:
     """Bytes of one tensor of ``shape``; -1 when a dimension is negative (unknown), as GE computes it."""
     if any(dim < 0 for dim in shape):
         return -1
     if data_type == DataType.DT_STRING:
-        return -1
+        return math.prod(shape) * STRING_ELEMENT_BYTES
     return math.prod(shape) * torch_dtype(data_type).itemsize
 
 

@@ -285,6 +285,9 @@ class CacheManager:
         )
 
     def _allocate(self, api: str, cache_desc: CacheDesc, blocks: bool) -> _Entry:
+        # the engine numbers the cache before it allocates (llm_datadist_v2.cc, cache_manager.cc
+        # Allocate(cache_id, ...)): a failed allocation uses up its id too
+        cache_id = next(self._ids)
         pool = self._ep.pools[cache_desc.placement.name]
         addrs: list[int] = []
         for _ in range(cache_desc.num_tensors):
@@ -300,7 +303,7 @@ class CacheManager:
                 )
             addrs.append(addr)
         cache_desc._is_blocks = blocks
-        cache = Cache(next(self._ids), cache_desc, list(addrs), self, False, blocks)
+        cache = Cache(cache_id, cache_desc, list(addrs), self, False, blocks)
         entry = _Entry(cache, exported=True, pool=pool, addrs=addrs)
         self._entries[cache.cache_id] = entry
         self._publish_cache(entry)
@@ -413,6 +416,7 @@ class CacheManager:
     def _register(
         self, api: str, cache_desc: Any, addrs: Any, remote_accessible: Any, blocks: bool
     ) -> _Entry:
+        cache_id = next(self._ids)  # numbered before anything can fail, as the engine does
         for addr in addrs:
             check_uint64("addrs", addr)
         if remote_accessible is None:
@@ -436,7 +440,7 @@ class CacheManager:
                 api, LLMStatusCode.LLM_FAILED, f"nixl could not register memory: {exc!r}"
             ) from exc
         cache_desc._is_blocks = blocks
-        cache = Cache(next(self._ids), cache_desc, [int(a) for a in addrs], self, True, blocks)
+        cache = Cache(cache_id, cache_desc, [int(a) for a in addrs], self, True, blocks)
         entry = _Entry(cache, exported=bool(remote_accessible), reg=reg)
         self._entries[cache.cache_id] = entry
         self._ep.publish_agent()

@@ -8,28 +8,25 @@ import importlib
 import os
 from typing import Any
 
-from kvtest.backends.sim import (
+from llm_datadist.configs import LLMClusterInfo, LlmConfig, LLMRole
+from llm_datadist.configs import LlmConfig as LLMConfig
+from llm_datadist.data_type import DataType
+from llm_datadist.status import LLMException, LLMStatusCode, Status
+from llm_datadist.v2.cache_manager import CacheManager  # noqa: F401 - names its class's module
+from llm_datadist.v2.llm_datadist import LLMDataDist
+from llm_datadist.v2.llm_types import (
     BlocksCacheKey,
     Cache,
     CacheDesc,
     CacheKey,
     CacheKeyByIdAndIndex,
     CacheTask,
-    DataType,
     KvCache,
     LayerSynchronizer,
-    LLMClusterInfo,
-    LLMConfig,
-    LlmConfig,
-    LLMDataDist,
-    LLMException,
-    LLMRole,
-    LLMStatusCode,
     MemInfo,
     Memtype,
     Placement,
     RegisterMemStatus,
-    Status,
     TransferConfig,
     TransferWithCacheKeyConfig,
 )

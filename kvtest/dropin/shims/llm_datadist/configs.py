@@ -7,3 +7,11 @@ from kvtest.backends.sim.config import ip_to_int as trans_str_ip
 LLMConfig = LlmConfig
 
 __all__ = ["LLMClusterInfo", "LLMConfig", "LLMRole", "LlmConfig", "trans_str_ip"]
+
+# the real package defines these here: tracebacks, reprs and TypeError messages name this module
+for _cls in (
+    LLMClusterInfo,
+    LLMRole,
+    LlmConfig,
+):
+    _cls.__module__ = __name__

@@ -39,3 +39,8 @@ def __getattr__(name: str) -> Any:
     }
     globals().update(tables)
     return tables[name]
+
+
+# the real package defines these here: tracebacks, reprs and TypeError messages name this module
+for _cls in (DataType,):
+    _cls.__module__ = __name__

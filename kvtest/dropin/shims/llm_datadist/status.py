@@ -12,3 +12,12 @@ def code_2_status(status: int) -> LLMStatusCode:
     except ValueError:
         return LLMStatusCode.LLM_FAILED
     return LLMStatusCode.LLM_FAILED if code == LLMStatusCode.LLM_UNKNOWN_ERROR else code
+
+
+# the real package defines these here: tracebacks, reprs and TypeError messages name this module
+for _cls in (
+    LLMStatusCode,
+    LLMException,
+    Status,
+):
+    _cls.__module__ = __name__

@@ -35,3 +35,22 @@ __all__ = [
     "TransferWithCacheKeyConfig",
     "check_layer_range",
 ]
+
+# the real package defines these here: tracebacks, reprs and TypeError messages name this module
+for _cls in (
+    BlocksCacheKey,
+    Cache,
+    CacheDesc,
+    CacheKey,
+    CacheKeyByIdAndIndex,
+    CacheTask,
+    KvCache,
+    LayerSynchronizer,
+    MemInfo,
+    Memtype,
+    Placement,
+    RegisterMemStatus,
+    TransferConfig,
+    TransferWithCacheKeyConfig,
+):
+    _cls.__module__ = __name__
