@@ -705,6 +705,7 @@ class CacheManager:
         dst_layer_range: range | None,
         tensor_num_per_layer: int,
     ) -> None:
+        self._not_own_cluster(cache_key.cluster_id)
         entry = self._entry(cache)
         desc = entry.cache.cache_desc
         check_in_range("batch_index", [batch_index], desc.batch_size)
@@ -786,6 +787,7 @@ class CacheManager:
         dst_layer_range: range | None,
         tensor_num_per_layer: int,
     ) -> None:
+        self._not_own_cluster(src_cache_key.cluster_id)
         src = block_list("src_blocks", src_blocks)
         dst = block_list("dst_blocks", dst_blocks)
         entry = self._entry(dst_cache, "dst_cache")
@@ -816,6 +818,11 @@ class CacheManager:
         moves = self._expand("pull_blocks", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
         self._move("pull_blocks", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
+
+    def _not_own_cluster(self, cluster_id: int) -> None:
+        """The engine refuses a pull from its own cluster, linked or not (llm_datadist_v2.cc PullCache)."""
+        if cluster_id == self._ep.cluster_id:
+            raise_param_invalid(f"data can not be pulled from own cluster:{cluster_id}")
 
     # -- pushes -------------------------------------------------------------------------------
     def _require_remote_mode(self, api: str) -> None:
