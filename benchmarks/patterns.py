@@ -68,17 +68,23 @@ def measure(shape: tuple[int, ...], dtype: torch.dtype, repeat: int) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mib", type=int, default=32, help="MiB per tensor (default 32)")
     parser.add_argument("--repeat", type=int, default=5, help="rounds; the best is kept (default 5)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     total = args.mib * MiB
-    head = (f"{'shape':<20} {'dtype':<9} {'copy_':>7} {'fill':>7} {'ratio':>6} {'check':>7} {'ratio':>6} "
-            f"{'clone':>7} {'pattern':>8} {'ratio':>6}")
-    print(f"kvtest.patterns, {args.mib} MiB per tensor, {torch.get_num_threads()} thread(s), "
-          f"best of {args.repeat}, GB/s (1e9 bytes/s)")
+    head = (
+        f"{'shape':<20} {'dtype':<9} {'copy_':>7} {'fill':>7} {'ratio':>6} {'check':>7} {'ratio':>6} "
+        f"{'clone':>7} {'pattern':>8} {'ratio':>6}"
+    )
+    print(
+        f"kvtest.patterns, {args.mib} MiB per tensor, {torch.get_num_threads()} thread(s), "
+        f"best of {args.repeat}, GB/s (1e9 bytes/s)"
+    )
     print(head)
     print("-" * len(head))
     worst = float("inf")
@@ -88,9 +94,11 @@ def main() -> None:
         fill_ratio, check_ratio = rate["fill"] / rate["copy_"], rate["check"] / rate["copy_"]
         worst = min(worst, fill_ratio, check_ratio)
         dtype_name = str(dtype).removeprefix("torch.")
-        print(f"{label:<20} {dtype_name:<9} {rate['copy_']:>7.2f} {rate['fill']:>7.2f} {fill_ratio:>5.2f}x "
-              f"{rate['check']:>7.2f} {check_ratio:>5.2f}x {rate['clone']:>7.2f} {rate['pattern']:>8.2f} "
-              f"{rate['pattern'] / rate['clone']:>5.2f}x")
+        print(
+            f"{label:<20} {dtype_name:<9} {rate['copy_']:>7.2f} {rate['fill']:>7.2f} {fill_ratio:>5.2f}x "
+            f"{rate['check']:>7.2f} {check_ratio:>5.2f}x {rate['clone']:>7.2f} {rate['pattern']:>8.2f} "
+            f"{rate['pattern'] / rate['clone']:>5.2f}x"
+        )
     print(f"worst fill/check ratio to copy_: {worst:.2f}x (goal 0.3x, moonshot 0.5x)")
 
 

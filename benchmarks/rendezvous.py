@@ -34,18 +34,24 @@ def follower(rdv: Rendezvous, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--file", action="store_true", help="FileStore instead of TCPStore")
     args = parser.parse_args()
     if args.file:
         rdv = Rendezvous("file", path=str(Path(tempfile.mkdtemp()) / "store"))
         raw, port = open_store(rdv, host=True, timeout=30)
-        p0 = TestScope(RunStore(raw, "bench", "p0", PeerWatch(raw, 30)), 0, "p0", ("p0", "d0"), Topology(1, 1), 30)
+        p0 = TestScope(
+            RunStore(raw, "bench", "p0", PeerWatch(raw, 30)), 0, "p0", ("p0", "d0"), Topology(1, 1), 30
+        )
     else:
         raw, port = open_store(Rendezvous("tcp", host="127.0.0.1", port=0), host=True, timeout=30)
         rdv = Rendezvous("tcp", host="127.0.0.1", port=port)
-        p0 = TestScope(RunStore(raw, "bench", "p0", PeerWatch(raw, 30)), 0, "p0", ("p0", "d0"), Topology(1, 1), 30)
+        p0 = TestScope(
+            RunStore(raw, "bench", "p0", PeerWatch(raw, 30)), 0, "p0", ("p0", "d0"), Topology(1, 1), 30
+        )
     child = mp.get_context("spawn").Process(target=follower, args=(rdv, args.rounds))
     child.start()
     samples = []
@@ -57,8 +63,10 @@ def main() -> None:
     steady = sorted(samples[10:])  # the first rounds include the follower's start-up
     p99 = steady[min(len(steady) - 1, int(0.99 * len(steady)))]
     kind = "FileStore" if args.file else "TCPStore (loopback)"
-    print(f"barrier round trip, 2 processes, {kind}, {len(steady)} rounds: "
-          f"median {statistics.median(steady):.3f} ms, p99 {p99:.3f} ms, max {steady[-1]:.3f} ms")
+    print(
+        f"barrier round trip, 2 processes, {kind}, {len(steady)} rounds: "
+        f"median {statistics.median(steady):.3f} ms, p99 {p99:.3f} ms, max {steady[-1]:.3f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def test_no_shim_leaks_into_a_normal_process(tmp_path):
 def test_sim_init_without_a_store_says_to_use_kvtest_run(tmp_path):
     program = (
         "from kvtest.backends.sim import LLMDataDist, LLMRole, LLMException\n"
-        "try:\n    LLMDataDist(LLMRole.PROMPT, 1).init({})\n"
+        "try:\n    LLMDataDist(LLMRole.PROMPT, 1).init({'llm.EnableCacheManager': '1'})\n"
         "except LLMException as exc:\n    print(exc)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVTEST_SIM_")}

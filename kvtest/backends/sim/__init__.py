@@ -18,6 +18,8 @@ from kvtest.backends.sim.cache import (
     CacheKey,
     CacheKeyByIdAndIndex,
     DataType,
+    KvCache,
+    MemInfo,
     Memtype,
     Placement,
     RegisterMemStatus,
@@ -28,7 +30,7 @@ from kvtest.backends.sim.cluster import LLMClusterInfo
 from kvtest.backends.sim.config import LLMConfig, LlmConfig, LLMRole
 from kvtest.backends.sim.control import configure
 from kvtest.backends.sim.datadist import LLMDataDist
-from kvtest.backends.sim.status import LLMException, LLMStatusCode
+from kvtest.backends.sim.status import LLMException, LLMStatusCode, Status
 
 __all__ = [
     "BlocksCacheKey",
@@ -39,6 +41,7 @@ __all__ = [
     "CacheManager",
     "CacheTask",
     "DataType",
+    "KvCache",
     "LLMClusterInfo",
     "LLMConfig",
     "LLMDataDist",
@@ -47,9 +50,11 @@ __all__ = [
     "LLMStatusCode",
     "LayerSynchronizer",
     "LlmConfig",
+    "MemInfo",
     "Memtype",
     "Placement",
     "RegisterMemStatus",
+    "Status",
     "TransferConfig",
     "TransferWithCacheKeyConfig",
     "configure",

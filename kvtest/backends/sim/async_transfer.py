@@ -5,11 +5,18 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from kvtest.backends.sim.cache import BlocksCacheKey, CacheKeyByIdAndIndex
-from kvtest.backends.sim.checks import UINT32_MAX, UINT64_MAX, check_int, check_type
-from kvtest.backends.sim.status import LLMStatusCode, raise_param_invalid
+from kvtest.backends.sim.checks import (
+    UINT32_MAX,
+    check_int,
+    check_isinstance,
+    check_list_uint64,
+    check_uint32,
+    check_uint64,
+)
+from kvtest.backends.sim.status import LLMStatusCode, raise_if_false, raise_if_true
 
 
 class LayerSynchronizer(ABC):
@@ -20,15 +27,18 @@ class LayerSynchronizer(ABC):
         """Return True once layer ``layer_index`` may be sent."""
 
 
-def check_layer_range(arg: str, value: range | None) -> range | None:
-    if value is None:
+def check_layer_range(name: str, layer_range: range | None, allow_none: bool = True) -> range | None:
+    """``check_layer_range`` of hicann/hixl v2/llm_types.py: a range with step 1 and 0 <= start < stop."""
+    if allow_none and layer_range is None:
         return None
-    check_type(arg, value, range)
-    if value.step != 1 or value.start < 0 or value.start >= value.stop:
-        raise ValueError(
-            f"{arg}'s value is out of range, range with step 1 and 0 <= start < stop, but got {value}"
-        )
-    return value
+    check_isinstance(name, layer_range, range, allow_none=allow_none)
+    assert layer_range is not None
+    raise_if_false(layer_range.step == 1, f"check {name}.step == 1 failed")
+    raise_if_false(
+        0 <= layer_range.start < layer_range.stop,
+        f"check 0 <= range.start < range.stop failed, {name} = {layer_range}",
+    )
+    return layer_range
 
 
 class TransferWithCacheKeyConfig:
@@ -37,27 +47,75 @@ class TransferWithCacheKeyConfig:
     def __init__(
         self,
         cache_key: BlocksCacheKey | CacheKeyByIdAndIndex,
-        src_layer_range: range,
-        dst_layer_range: range,
+        src_layer_range: range | None = None,
+        dst_layer_range: range | None = None,
         src_batch_index: int = 0,
     ) -> None:
-        check_type("cache_key", cache_key, BlocksCacheKey, CacheKeyByIdAndIndex)
-        src = check_layer_range("src_layer_range", src_layer_range)
-        dst = check_layer_range("dst_layer_range", dst_layer_range)
-        if src is None or dst is None:
-            raise_param_invalid("src_layer_range and dst_layer_range are required.")
-        if len(src) != len(dst):
-            raise_param_invalid("src_layer_range and dst_layer_range should have the same length.")
-        self.src_batch_index = check_int("src_batch_index", src_batch_index, 0, UINT32_MAX)
-        if isinstance(cache_key, BlocksCacheKey) and self.src_batch_index != 0:
-            raise_param_invalid("src_batch_index should be 0 when cache_key is BlocksCacheKey.")
-        self.cache_key = cache_key
-        self.src_layer_range = src
-        self.dst_layer_range = dst
+        check_isinstance("cache_key", cache_key, [BlocksCacheKey, CacheKeyByIdAndIndex], allow_none=False)
+        self._cache_key = cache_key
+        check_layer_range("src_layer_range", src_layer_range, allow_none=False)
+        self._src_layer_range = src_layer_range
+        check_layer_range("dst_layer_range", dst_layer_range, allow_none=False)
+        self._dst_layer_range = dst_layer_range
+        assert src_layer_range is not None and dst_layer_range is not None
+        raise_if_false(
+            len(src_layer_range) == len(dst_layer_range),
+            "src_layer_range size should be equal to dst_layer_range size",
+        )
+        check_uint32("src_batch_index", src_batch_index)
+        raise_if_true(
+            isinstance(cache_key, BlocksCacheKey) and src_batch_index != 0,
+            "src_batch_index should be 0 when cache_key is BlocksCacheKey.",
+        )
+        self._src_batch_index = src_batch_index
+        self.dst_cluster_id = cache_key.cluster_id
+
+    def __repr__(self) -> str:
+        return (
+            f"TransferWithCacheKeyConfig(cache_key={self._cache_key}, "
+            f"src_layer_range={self._src_layer_range}, "
+            f"dst_layer_range={self._dst_layer_range}, src_batch_index={self._src_batch_index})"
+        )
 
     @property
-    def dst_cluster_id(self) -> int:
-        return int(self.cache_key.cluster_id)
+    def cache_key(self) -> BlocksCacheKey | CacheKeyByIdAndIndex:
+        return self._cache_key
+
+    @cache_key.setter
+    def cache_key(self, cache_key: BlocksCacheKey | CacheKeyByIdAndIndex) -> None:
+        check_isinstance("cache_key", cache_key, [BlocksCacheKey, CacheKeyByIdAndIndex])
+        self._cache_key = cache_key
+
+    @property
+    def src_layer_range(self) -> range | None:
+        return self._src_layer_range
+
+    @src_layer_range.setter
+    def src_layer_range(self, value: range | None) -> None:
+        check_layer_range("src_layer_range", value)
+        self._src_layer_range = value
+
+    @property
+    def dst_layer_range(self) -> range | None:
+        return self._dst_layer_range
+
+    @dst_layer_range.setter
+    def dst_layer_range(self, value: range | None) -> None:
+        check_layer_range("dst_layer_range", value)
+        self._dst_layer_range = value
+
+    @property
+    def src_batch_index(self) -> int:
+        return self._src_batch_index
+
+    @src_batch_index.setter
+    def src_batch_index(self, value: int) -> None:
+        raise_if_true(
+            isinstance(self.cache_key, BlocksCacheKey) and value != 0,
+            "src_batch_index should be 0 when cache_key is BlocksCacheKey.",
+        )
+        check_uint32("src_batch_index", value)
+        self._src_batch_index = value
 
 
 class TransferConfig:
@@ -66,17 +124,70 @@ class TransferConfig:
     def __init__(
         self,
         dst_cluster_id: int,
-        dst_addrs: Sequence[int],
+        dst_addrs: list[int] | tuple[int, ...],
         src_layer_range: range | None = None,
         src_batch_index: int = 0,
     ) -> None:
-        self.dst_cluster_id = check_int("dst_cluster_id", dst_cluster_id, 0, UINT64_MAX)
-        check_type("dst_addrs", dst_addrs, list, tuple)
-        self.dst_addrs = [check_int("dst_addrs item", a, 1, UINT64_MAX) for a in dst_addrs]
-        self.src_layer_range = check_layer_range("src_layer_range", src_layer_range)
-        self.src_batch_index = check_int("src_batch_index", src_batch_index, 0, UINT32_MAX)
+        check_uint64("dst_cluster_id", dst_cluster_id)
+        self._check_dst_addrs(dst_addrs)
+        check_layer_range("src_layer_range", src_layer_range)
+        check_uint32("src_batch_index", src_batch_index)
+        self._dst_cluster_id = dst_cluster_id
+        self._dst_addrs = dst_addrs
+        self._src_layer_range = src_layer_range
+        self._src_batch_index = src_batch_index
         # as upstream (v2/llm_types.py): destination layer = source layer
         self.dst_layer_range: range | None = None
+
+    @staticmethod
+    def _check_dst_addrs(dst_addrs: object) -> None:
+        check_isinstance("dst_addrs", dst_addrs, [list, tuple], int, allow_none=False)
+        assert isinstance(dst_addrs, (list, tuple))
+        check_list_uint64("dst_addrs", dst_addrs)
+
+    def __repr__(self) -> str:
+        return (
+            f"TransferConfig(dst_cluster_id={self._dst_cluster_id}, dst_addrs={self._dst_addrs}, "
+            f"src_layer_range={self._src_layer_range}, src_batch_index={self._src_batch_index})"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def dst_cluster_id(self) -> int:
+        return self._dst_cluster_id
+
+    @dst_cluster_id.setter
+    def dst_cluster_id(self, value: int) -> None:
+        check_uint64("dst_cluster_id", value)
+        self._dst_cluster_id = value
+
+    @property
+    def dst_addrs(self) -> list[int] | tuple[int, ...]:
+        return self._dst_addrs
+
+    @dst_addrs.setter
+    def dst_addrs(self, value: list[int] | tuple[int, ...]) -> None:
+        self._check_dst_addrs(value)
+        self._dst_addrs = value
+
+    @property
+    def src_layer_range(self) -> range | None:
+        return self._src_layer_range
+
+    @src_layer_range.setter
+    def src_layer_range(self, value: range | None) -> None:
+        check_layer_range("src_layer_range", value)
+        self._src_layer_range = value
+
+    @property
+    def src_batch_index(self) -> int:
+        return self._src_batch_index
+
+    @src_batch_index.setter
+    def src_batch_index(self, value: int) -> None:
+        check_uint32("src_batch_index", value)
+        self._src_batch_index = value
 
 
 class CacheTask:

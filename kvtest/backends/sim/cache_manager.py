@@ -7,12 +7,13 @@ a CacheKey's batch slot, ``bkey/<cluster>/<model>`` a BlocksCacheKey's cache id.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union, cast
 
@@ -29,9 +30,19 @@ from kvtest.backends.sim.cache import (
     CacheDesc,
     CacheKey,
     CacheKeyByIdAndIndex,
+    MemInfo,
+    Memtype,
     Placement,
 )
-from kvtest.backends.sim.checks import INT64_MAX, UINT64_MAX, check_int, check_type
+from kvtest.backends.sim.checks import (
+    UINT64_MAX,
+    check_int64,
+    check_isinstance,
+    check_list_uint64,
+    check_type,
+    check_uint32,
+    check_uint64,
+)
 from kvtest.backends.sim.layer_job import LayerJob
 from kvtest.backends.sim.layout import (
     Span,
@@ -44,7 +55,14 @@ from kvtest.backends.sim.layout import (
 )
 from kvtest.backends.sim.placement import check_pull_placements
 from kvtest.backends.sim.pool import MemoryPool
-from kvtest.backends.sim.status import LLMStatusCode, native_error, raise_param_invalid
+from kvtest.backends.sim.status import (
+    LLMException,
+    LLMStatusCode,
+    native_error,
+    raise_if_false,
+    raise_if_true,
+    raise_param_invalid,
+)
 from kvtest.backends.sim.transport import TransferError
 
 if TYPE_CHECKING:
@@ -123,10 +141,66 @@ class CacheManager:
 
     # -- common -------------------------------------------------------------------------------
     def _begin(self, api: str) -> float:
-        if not self._ep.initialized:
-            raise RuntimeError("llm datadist is not initialized")
-        self._ep.fault_point(api)
+        if self._ep.initialized:
+            self._ep.fault_point(api)
         return time.monotonic() + self._ep.sync_timeout_ms / 1000
+
+    @contextlib.contextmanager
+    def _engine(self, api: str, details: str) -> Iterator[None]:
+        """The native phase of ``api``: an LLMException the sim raises inside is reported as the real
+        package reports its engine's status (``[api] failed, error code is X, <details>.``), with the
+        sim's own explanation chained to it (``__cause__``)."""
+        self._native(api, details)
+        prefix = f"[{api}] failed, error code is "
+        try:
+            yield
+        except LLMException as exc:
+            if str(exc).startswith(prefix) and str(exc).endswith(f", {details.rstrip('.')}."):
+                raise
+            raise native_error(api, exc.status_code, details) from exc
+
+    def _native(self, api: str, details: str) -> None:
+        """Where the real package, its Python checks passed, calls its engine: after ``finalize`` that
+        call fails with LLM_FAILED ("Llm datadist of cluster:N is not initialized.",
+        hicann/hixl src/llm_datadist/llm_datadist_v2.cc)."""
+        if not self._ep.initialized:
+            raise native_error(api, LLMStatusCode.LLM_FAILED, details)
+
+    @staticmethod
+    def check_cache_key(cache_key: CacheKey) -> None:
+        """Exactly one of req_id and prefix_id must be valid (hicann/hixl v2/cache_manager.py)."""
+        req_bad = cache_key.req_id < 0 or cache_key.req_id == UINT64_MAX
+        prefix_bad = cache_key.prefix_id < 0 or cache_key.prefix_id == UINT64_MAX
+        raise_if_true(
+            req_bad and prefix_bad,
+            "one of req id and prefix id should contain valid value:[0, 2**64-1), "
+            f"req id:{cache_key.req_id},prefix id:{cache_key.prefix_id}.",
+        )
+        raise_if_true(
+            not req_bad and not prefix_bad,
+            "only one of req id and prefix id should contain valid value:[0, 2**64-1), "
+            f"req id:{cache_key.req_id}, prefix id:{cache_key.prefix_id}.",
+        )
+
+    def remap_registered_memory(self, mem_infos: MemInfo | list[MemInfo]) -> None:
+        """Checks as the real one; the native remap (re-mapping physical pages after a device memory
+        fault) has nothing to do on the sim's CPU memory, so it succeeds."""
+        raise_if_false(
+            isinstance(mem_infos, (list, MemInfo)),
+            f"mem_infos type only support list of MemInfo or MemInfo, but got {type(mem_infos)}.",
+        )
+        infos = mem_infos if isinstance(mem_infos, list) else [mem_infos]
+        for i, info in enumerate(infos):
+            raise_if_false(
+                isinstance(info, MemInfo), f"mem_infos[{i}] type only support MemInfo, but got {type(info)}."
+            )
+            raise_if_false(
+                info.mem_type == Memtype.MEM_TYPE_DEVICE,
+                f"check mem_info.mem_type failed, only support Memtype.MEM_TYPE_DEVICE, index={i}.",
+            )
+            raise_if_false(info.addr != 0, f"check mem_info.addr failed, addr can not be zero, index={i}.")
+            raise_if_false(info.size > 0, f"check mem_info.size failed, size must be > 0, index={i}.")
+        self._native("remap_registered_memory", f"mem_info_list = {infos}")
 
     def _entry(self, cache: Any, arg: str = "cache") -> _Entry:
         check_type(arg, cache, Cache)
@@ -202,12 +276,19 @@ class CacheManager:
             self._entries.clear()
 
     # -- pool caches --------------------------------------------------------------------------
+    def _check_pool_desc(self, cache_desc: CacheDesc) -> None:
+        """The real ``allocate_cache`` / ``allocate_blocks_cache`` precondition on the descriptor."""
+        raise_if_false(cache_desc.num_tensors > 0, "num_tensors should be bigger than zero.")
+        raise_if_false(
+            cache_desc.placement.name in self._ep.pools,
+            "you should config memory pool firstly and then set placement that matches it.",
+        )
+
     def _allocate(self, api: str, cache_desc: CacheDesc, blocks: bool) -> _Entry:
-        check_type("cache_desc", cache_desc, CacheDesc)
-        pool = self._ep.pools.get(cache_desc.placement.name)
-        if pool is None:
-            option = "mem_pool_cfg" if cache_desc.placement == Placement.DEVICE else "host_mem_pool_cfg"
-            raise_param_invalid(f"you should config memory pool firstly, {option} is not set.")
+        # the engine numbers the cache before it allocates (llm_datadist_v2.cc, cache_manager.cc
+        # Allocate(cache_id, ...)): a failed allocation uses up its id too
+        cache_id = next(self._ids)
+        pool = self._ep.pools[cache_desc.placement.name]
         addrs: list[int] = []
         for _ in range(cache_desc.num_tensors):
             addr = pool.allocate(cache_desc.size)
@@ -221,16 +302,14 @@ class CacheManager:
                     f"{cache_desc.size} bytes ({pool.bytes_in_use} in use)",
                 )
             addrs.append(addr)
-        cache = Cache(next(self._ids), cache_desc, addrs, blocks)
+        cache_desc._is_blocks = blocks
+        cache = Cache(cache_id, cache_desc, list(addrs), self, False, blocks)
         entry = _Entry(cache, exported=True, pool=pool, addrs=addrs)
         self._entries[cache.cache_id] = entry
         self._publish_cache(entry)
         return entry
 
     def _bind_keys(self, api: str, entry: _Entry, cache_keys: Any) -> None:
-        check_type("cache_keys", cache_keys, list, tuple)
-        for key in cache_keys:
-            check_type("cache_keys item", key, CacheKey)
         if len(cache_keys) > entry.cache.cache_desc.batch_size:
             raise_param_invalid("cache_keys length should not be bigger than batch size.")
         plane, _ = self._ep.ctx()
@@ -257,9 +336,11 @@ class CacheManager:
     def allocate_cache(self, cache_desc: CacheDesc, cache_keys: Sequence[CacheKey] = ()) -> Cache:
         """A cache from the memory pool; key *i* names batch slot *i* (req_id UINT64_MAX skips a slot)."""
         self._begin("allocate_cache")
-        with self._lock:
+        check_isinstance("cache_desc", cache_desc, CacheDesc)
+        check_isinstance("cache_keys", cache_keys, [list, tuple], CacheKey)
+        self._check_pool_desc(cache_desc)
+        with self._engine("allocate_cache", f"cache_desc = {cache_desc}"), self._lock:
             self._sweep()
-            check_type("cache_keys", cache_keys, list, tuple)
             entry = self._allocate("allocate_cache", cache_desc, blocks=False)
             self._bind_keys("allocate_cache", entry, cache_keys)
             return entry.cache
@@ -269,10 +350,11 @@ class CacheManager:
     ) -> Cache:
         """A blocks cache from the memory pool, optionally published under ``blocks_cache_key``."""
         self._begin("allocate_blocks_cache")
-        with self._lock:
+        check_isinstance("cache_desc", cache_desc, CacheDesc)
+        check_isinstance("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
+        self._check_pool_desc(cache_desc)
+        with self._engine("allocate_blocks_cache", f"cache_desc = {cache_desc}"), self._lock:
             self._sweep()
-            if blocks_cache_key is not None:
-                check_type("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
             entry = self._allocate("allocate_blocks_cache", cache_desc, blocks=True)
             if blocks_cache_key is not None:
                 self._bind_blocks_key("allocate_blocks_cache", entry, blocks_cache_key)
@@ -280,12 +362,18 @@ class CacheManager:
 
     def _deallocate(self, api: str, cache: Cache, blocks: bool) -> None:
         self._begin(api)
-        with self._lock:
-            entry = self._entry(cache)
-            if entry.pool is None:
-                raise_param_invalid(f"{api} only supports caches from allocate, use unregister_cache.")
-            if entry.cache.is_blocks_cache != blocks:
-                raise_param_invalid(f"{api} does not support this cache type (is_blocks={not blocks}).")
+        check_isinstance("cache", cache, Cache)
+        if blocks:
+            raise_if_false(cache.is_blocks_cache, "param check failed, cache should be blocks cache.")
+        else:
+            raise_if_true(cache.is_blocks_cache, "param check failed, cache can not be blocks cache.")
+        with self._engine(api, f"cache_id = {cache.cache_id}"), self._lock:
+            entry = self._entries.get(cache.cache_id)
+            # the native DeallocateCache is SUCCESS for an id it does not own: unknown, registered, or
+            # already deallocated (cache_mgr/cache_manager.cc); the Python object is invalidated anyway
+            if entry is None or entry.pool is None or entry.deallocated:
+                cache._invalidate()
+                return
             self._release_records(entry)
             entry.exported = False
             entry.deallocated = True
@@ -303,8 +391,8 @@ class CacheManager:
         """Drop a key so its slot can no longer be pulled; nothing happens if a pull consumed it, or
         for a registered cache's key (cache_manager.cc RemoveCacheKey skips caches it does not own)."""
         self._begin("remove_cache_key")
-        check_type("cache_key", cache_key, CacheKey)
-        with self._lock:
+        check_isinstance("cache_key", cache_key, CacheKey)
+        with self._engine("remove_cache_key", f"cache_key = {cache_key}"), self._lock:
             plane, _ = self._ep.ctx()
             path = plane.key(*_key_path(self._ep.cluster_id, cache_key))
             record = plane.fetch(path)
@@ -314,21 +402,23 @@ class CacheManager:
             self._sweep()
 
     # -- registered caches --------------------------------------------------------------------
+    def _check_register(self, cache_desc: Any, addrs: Any, remote_accessible: Any) -> None:
+        """The real ``register_cache`` / ``register_blocks_cache`` checks after the key's type check."""
+        check_isinstance("remote_accessible", remote_accessible, bool)
+        raise_if_true(
+            self._ep.linked and remote_accessible, "you can not register remote accessible cache after link."
+        )
+        raise_if_false(len(addrs) > 0, "addrs can not be empty.")
+        raise_if_false(len(addrs) == cache_desc.num_tensors, "addrs length should be equal to num_tensors.")
+        for addr in addrs:
+            raise_if_false(addr != 0, "addr can not be zero.")
+
     def _register(
         self, api: str, cache_desc: Any, addrs: Any, remote_accessible: Any, blocks: bool
     ) -> _Entry:
-        check_type("cache_desc", cache_desc, CacheDesc)
-        check_type("addrs", addrs, list, tuple)
+        cache_id = next(self._ids)  # numbered before anything can fail, as the engine does
         for addr in addrs:
-            check_int("addrs item", addr, 0, UINT64_MAX)
-        if remote_accessible is not None:
-            check_type("remote_accessible", remote_accessible, bool)
-        if len(addrs) != cache_desc.num_tensors:
-            raise_param_invalid("addrs length should be equal to num_tensors.")
-        if any(a == 0 for a in addrs):
-            raise_param_invalid("addrs should not contain 0.")
-        if remote_accessible and self._ep.linked:
-            raise_param_invalid("you can not register remote accessible cache after link.")
+            check_uint64("addrs", addr)
         if remote_accessible is None:
             remote_accessible = cache_desc.placement == Placement.DEVICE and not self._ep.linked
         if remote_accessible and cache_desc.placement == Placement.DEVICE:
@@ -349,7 +439,8 @@ class CacheManager:
             raise native_error(
                 api, LLMStatusCode.LLM_FAILED, f"nixl could not register memory: {exc!r}"
             ) from exc
-        cache = Cache(next(self._ids), cache_desc, [int(a) for a in addrs], blocks)
+        cache_desc._is_blocks = blocks
+        cache = Cache(cache_id, cache_desc, [int(a) for a in addrs], self, True, blocks)
         entry = _Entry(cache, exported=bool(remote_accessible), reg=reg)
         self._entries[cache.cache_id] = entry
         self._ep.publish_agent()
@@ -375,8 +466,11 @@ class CacheManager:
     ) -> Cache:
         """Register memory the caller owns (e.g. ``tensor.data_ptr()``) as a cache."""
         self._begin("register_cache")
-        with self._lock:
-            check_type("cache_keys", cache_keys, list, tuple)
+        check_isinstance("cache_desc", cache_desc, CacheDesc)
+        check_isinstance("addrs", addrs, list, int)
+        check_isinstance("cache_keys", cache_keys, [tuple, list], CacheKey)
+        self._check_register(cache_desc, addrs, remote_accessible)
+        with self._engine("register_cache", f"cache_desc = {cache_desc}"), self._lock:
             entry = self._register("register_cache", cache_desc, addrs, remote_accessible, blocks=False)
             self._bind_keys("register_cache", entry, cache_keys)
             return entry.cache
@@ -390,9 +484,11 @@ class CacheManager:
     ) -> Cache:
         """Register caller memory as a blocks cache, optionally published under ``blocks_cache_key``."""
         self._begin("register_blocks_cache")
-        with self._lock:
-            if blocks_cache_key is not None:
-                check_type("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
+        check_isinstance("cache_desc", cache_desc, CacheDesc)
+        check_isinstance("addrs", addrs, list, int)
+        check_isinstance("blocks_cache_key", blocks_cache_key, BlocksCacheKey)
+        self._check_register(cache_desc, addrs, remote_accessible)
+        with self._engine("register_blocks_cache", f"cache_desc = {cache_desc}"), self._lock:
             entry = self._register("register_blocks_cache", cache_desc, addrs, remote_accessible, blocks=True)
             if blocks_cache_key is not None:
                 self._bind_blocks_key("register_blocks_cache", entry, blocks_cache_key)
@@ -401,8 +497,9 @@ class CacheManager:
     def unregister_cache(self, cache_id: int) -> None:
         """Forget a registered cache; peers can no longer reach it."""
         self._begin("unregister_cache")
-        check_int("cache_id", cache_id, -(2**63), INT64_MAX)
-        with self._lock:
+        check_isinstance("cache_id", cache_id, int)
+        check_int64("cache_id", cache_id)
+        with self._engine("unregister_cache", f"cache_id = {cache_id}"), self._lock:
             entry = self._entries.get(cache_id)
             if entry is None:
                 return  # data_cache_engine.cc Unregister: an unknown id is SUCCESS
@@ -415,7 +512,8 @@ class CacheManager:
             elif entry.pool is not None:  # the entry owned the pool memory
                 for addr in entry.addrs:
                     entry.pool.free(addr)
-            entry.cache._invalidate()
+            # the real unregister_cache takes an id: the Cache object's fields stay as they are
+            entry.cache._valid = False
             del self._entries[cache_id]
 
     # -- remote lookups -----------------------------------------------------------------------
@@ -560,24 +658,56 @@ class CacheManager:
         cache: Cache,
         batch_index: int = 0,
         size: int = -1,
-        *,
-        src_layer_range: range | None = None,
-        dst_layer_range: range | None = None,
-        tensor_num_per_layer: int = 2,
+        **kwargs: Any,
     ) -> None:
         """Pull the remote batch slot ``cache_key`` names into ``cache[batch_index]`` (READ)."""
         deadline = self._begin("pull_cache")
-        if self._ep.remote_accessible:  # a TypeError, as check_isinstance raises it (v2/cache_manager.py)
-            check_type("cache_key", cache_key, CacheKeyByIdAndIndex)
-        check_type("cache_key", cache_key, CacheKey, CacheKeyByIdAndIndex)
-        check_int("batch_index", batch_index, 0, UINT64_MAX)
-        check_int("size", size, -1, INT64_MAX)
-        if size == 0:
-            raise_param_invalid("size should be -1 or bigger than 0.")
+        # the Python layer's checks, in its order and words (hicann/hixl v2/cache_manager.py pull_cache)
+        if self._ep.remote_accessible:
+            check_isinstance("cache_key", cache_key, CacheKeyByIdAndIndex)
+        else:
+            check_isinstance("cache_key", cache_key, [CacheKey, CacheKeyByIdAndIndex])
+        src_layer_range = kwargs.get("src_layer_range")
+        dst_layer_range = kwargs.get("dst_layer_range")
+        tensor_num_per_layer = kwargs.get("tensor_num_per_layer", 2)
+        check_isinstance("cache", cache, Cache)
+        check_uint32("batch_index", batch_index)
+        check_int64("size", size)
+        raise_if_true(cache.is_blocks_cache, "param check failed, cache can not be blocks cache.")
+        raise_if_false(
+            size == -1 or size > 0,
+            f"[pull_cache] param check failed, size ({size}) is invalid, should be = -1 or > 0",
+        )
+        _check_tensor_num_per_layer("pull_cache", tensor_num_per_layer, cache)
+        if isinstance(cache_key, CacheKey):
+            self.check_cache_key(cache_key)
+        check_layer_ranges(src_layer_range, dst_layer_range)
+        with self._engine("pull_cache", f"cache_key = {cache_key}"):
+            self._pull_cache(
+                deadline,
+                cache_key,
+                cache,
+                batch_index,
+                size,
+                src_layer_range,
+                dst_layer_range,
+                tensor_num_per_layer,
+            )
+
+    def _pull_cache(
+        self,
+        deadline: float,
+        cache_key: AnyCacheKey,
+        cache: Cache,
+        batch_index: int,
+        size: int,
+        src_layer_range: range | None,
+        dst_layer_range: range | None,
+        tensor_num_per_layer: int,
+    ) -> None:
+        self._not_own_cluster(cache_key.cluster_id)
         entry = self._entry(cache)
         desc = entry.cache.cache_desc
-        if entry.cache.is_blocks_cache:
-            raise_param_invalid("pull_cache does not support blocks cache, please use pull_blocks.")
         check_in_range("batch_index", [batch_index], desc.batch_size)
         remote, remote_index, claim = self._resolve("pull_cache", cache_key)
         self._check_placements("pull_cache", entry, remote)
@@ -609,30 +739,63 @@ class CacheManager:
         dst_cache: Cache,
         src_blocks: Sequence[int] = (),
         dst_blocks: Sequence[int] = (),
-        *,
-        src_layer_range: range | None = None,
-        dst_layer_range: range | None = None,
-        tensor_num_per_layer: int = 2,
+        **kwargs: Any,
     ) -> None:
         """Pull remote blocks (BlocksCacheKey) or a remote batch slot (cache keys) into local blocks."""
         deadline = self._begin("pull_blocks")
-        check_type("src_cache_key", src_cache_key, CacheKey, CacheKeyByIdAndIndex, BlocksCacheKey)
+        # the Python layer's checks, in its order and words (hicann/hixl v2/cache_manager.py pull_blocks)
+        src_layer_range = kwargs.get("src_layer_range")
+        dst_layer_range = kwargs.get("dst_layer_range")
+        tensor_num_per_layer = kwargs.get("tensor_num_per_layer", 2)
+        check_isinstance("src_cache_key", src_cache_key, [CacheKey, CacheKeyByIdAndIndex, BlocksCacheKey])
+        check_isinstance("dst_cache", dst_cache, Cache)
+        check_isinstance("src_blocks", src_blocks, [list, tuple], int)
+        check_isinstance("dst_blocks", dst_blocks, [list, tuple], int)
+        raise_if_false(dst_cache.is_blocks_cache, "param check failed, dst_cache should be blocks cache.")
+        raise_if_false(len(dst_blocks) > 0, "dst_blocks can not be empty.")
+        _check_tensor_num_per_layer("pull_blocks", tensor_num_per_layer, dst_cache)
+        if isinstance(src_cache_key, BlocksCacheKey):
+            raise_if_false(len(src_blocks) > 0, "src_blocks can not be empty.")
+        else:
+            if isinstance(src_cache_key, CacheKey):
+                self.check_cache_key(src_cache_key)
+            raise_if_false(
+                len(src_blocks) == 0,
+                "src_blocks should be empty when src_cache_key is not instance of BlocksCacheKey.",
+            )
+        check_layer_ranges(src_layer_range, dst_layer_range)
+        with self._engine("pull_blocks", f"src_cache_key = {src_cache_key}"):
+            self._pull_blocks(
+                deadline,
+                src_cache_key,
+                dst_cache,
+                src_blocks,
+                dst_blocks,
+                src_layer_range,
+                dst_layer_range,
+                tensor_num_per_layer,
+            )
+
+    def _pull_blocks(
+        self,
+        deadline: float,
+        src_cache_key: AnyCacheKey | BlocksCacheKey,
+        dst_cache: Cache,
+        src_blocks: Sequence[int],
+        dst_blocks: Sequence[int],
+        src_layer_range: range | None,
+        dst_layer_range: range | None,
+        tensor_num_per_layer: int,
+    ) -> None:
+        self._not_own_cluster(src_cache_key.cluster_id)
         src = block_list("src_blocks", src_blocks)
         dst = block_list("dst_blocks", dst_blocks)
         entry = self._entry(dst_cache, "dst_cache")
         desc = entry.cache.cache_desc
-        if not entry.cache.is_blocks_cache:
-            raise_param_invalid("dst_cache should be blocks cache.")
-        if not dst:
-            raise_param_invalid("dst_blocks can not be empty.")
         check_in_range("dst_blocks", dst, desc.batch_size)
         claim = None
         spans: list[Span]
         if isinstance(src_cache_key, BlocksCacheKey):
-            if not src:
-                raise_param_invalid(
-                    "src_blocks can not be empty when src_cache_key is instance of BlocksCacheKey."
-                )
             if len(src) != len(dst):
                 raise_param_invalid("src_blocks and dst_blocks should have the same length.")
             remote = self._remote_blocks("pull_blocks", src_cache_key)
@@ -641,10 +804,6 @@ class CacheManager:
             self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
             spans = block_spans(src, dst, desc.slot_bytes)
         else:
-            if src:
-                raise_param_invalid(
-                    "src_blocks should be empty when src_cache_key is not instance of BlocksCacheKey."
-                )
             remote, remote_index, claim = self._resolve("pull_blocks", src_cache_key)
             self._check_placements("pull_blocks", entry, remote)
             spans = slot_to_blocks_spans(remote_index, remote.slot_bytes, dst, desc.slot_bytes)
@@ -659,6 +818,11 @@ class CacheManager:
         moves = self._expand("pull_blocks", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
         self._move("pull_blocks", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
+
+    def _not_own_cluster(self, cluster_id: int) -> None:
+        """The engine refuses a pull from its own cluster, linked or not (llm_datadist_v2.cc PullCache)."""
+        if cluster_id == self._ep.cluster_id:
+            raise_param_invalid(f"data can not be pulled from own cluster:{cluster_id}")
 
     # -- pushes -------------------------------------------------------------------------------
     def _require_remote_mode(self, api: str) -> None:
@@ -678,16 +842,43 @@ class CacheManager:
     ) -> None:
         """Write ``src_cache[src_batch_index]`` into the remote cache slot ``dst_cache_key`` names (WRITE)."""
         deadline = self._begin("push_cache")
+        # the Python layer's checks, in its order and words (hicann/hixl v2/cache_manager.py push_cache)
         self._require_remote_mode("push_cache")
-        check_type("dst_cache_key", dst_cache_key, CacheKeyByIdAndIndex)
-        check_int("src_batch_index", src_batch_index, 0, UINT64_MAX)
-        check_int("size", size, -1, INT64_MAX)
-        if size != -1:
-            raise_param_invalid("size only support -1 in push_cache.")
+        check_isinstance("dst_cache_key", dst_cache_key, [CacheKeyByIdAndIndex], allow_none=False)
+        check_isinstance("src_cache", src_cache, Cache, allow_none=False)
+        check_uint32("src_batch_index", src_batch_index)
+        raise_if_false(not src_cache.is_blocks_cache, "param check failed, cache can not be blocks cache.")
+        _check_tensor_num_per_layer("push_cache", tensor_num_per_layer, src_cache)
+        src_layer_range, dst_layer_range = _push_layer_ranges(
+            src_layer_range, dst_layer_range, src_cache, tensor_num_per_layer
+        )
+        check_int64("size", size)
+        raise_if_false(
+            size == -1, f"[push_cache] param check failed, size ({size}) is invalid, should be = -1."
+        )
+        with self._engine("push_cache", f"dst_cache_key = {dst_cache_key}"):
+            self._push_cache(
+                deadline,
+                dst_cache_key,
+                src_cache,
+                src_batch_index,
+                src_layer_range,
+                dst_layer_range,
+                tensor_num_per_layer,
+            )
+
+    def _push_cache(
+        self,
+        deadline: float,
+        dst_cache_key: CacheKeyByIdAndIndex,
+        src_cache: Cache,
+        src_batch_index: int,
+        src_layer_range: range,
+        dst_layer_range: range,
+        tensor_num_per_layer: int,
+    ) -> None:
         entry = self._entry(src_cache, "src_cache")
         desc = entry.cache.cache_desc
-        if entry.cache.is_blocks_cache:
-            raise_param_invalid("src_cache should not be blocks cache, please use push_blocks.")
         check_in_range("src_batch_index", [src_batch_index], desc.batch_size)
         remote, remote_index, _ = self._resolve("push_cache", dst_cache_key)
         self._same_block(desc.slot_bytes, remote.slot_bytes, "batch slot")
@@ -717,16 +908,45 @@ class CacheManager:
     ) -> None:
         """Write local block ``src_blocks[i]`` to remote block ``dst_blocks[i]`` (WRITE)."""
         deadline = self._begin("push_blocks")
+        # the Python layer's checks, in its order and words (hicann/hixl v2/cache_manager.py push_blocks)
         self._require_remote_mode("push_blocks")
-        check_type("dst_cache_key", dst_cache_key, BlocksCacheKey)
+        check_isinstance("dst_cache_key", dst_cache_key, [BlocksCacheKey])
+        check_isinstance("src_cache", src_cache, Cache)
+        check_isinstance("src_blocks", src_blocks, [list, tuple], int)
+        check_isinstance("dst_blocks", dst_blocks, [list, tuple], int)
+        raise_if_false(src_cache.is_blocks_cache, "param check failed, cache should be blocks cache.")
+        raise_if_false(len(dst_blocks) > 0, "dst_blocks can not be empty.")
+        _check_tensor_num_per_layer("push_blocks", tensor_num_per_layer, src_cache)
+        src_layer_range, dst_layer_range = _push_layer_ranges(
+            src_layer_range, dst_layer_range, src_cache, tensor_num_per_layer
+        )
+        with self._engine("push_blocks", f"dst_cache_key = {dst_cache_key}"):
+            self._push_blocks(
+                deadline,
+                dst_cache_key,
+                src_cache,
+                src_blocks,
+                dst_blocks,
+                src_layer_range,
+                dst_layer_range,
+                tensor_num_per_layer,
+            )
+
+    def _push_blocks(
+        self,
+        deadline: float,
+        dst_cache_key: BlocksCacheKey,
+        src_cache: Cache,
+        src_blocks: Sequence[int],
+        dst_blocks: Sequence[int],
+        src_layer_range: range,
+        dst_layer_range: range,
+        tensor_num_per_layer: int,
+    ) -> None:
         src = block_list("src_blocks", src_blocks)
         dst = block_list("dst_blocks", dst_blocks)
         entry = self._entry(src_cache, "src_cache")
         desc = entry.cache.cache_desc
-        if not entry.cache.is_blocks_cache:
-            raise_param_invalid("src_cache should be blocks cache.")
-        if not dst:
-            raise_param_invalid("dst_blocks can not be empty.")
         if len(src) != len(dst):
             raise_param_invalid("src_blocks and dst_blocks should have the same length.")
         check_in_range("src_blocks", src, desc.batch_size)
@@ -762,28 +982,45 @@ class CacheManager:
         as per-config result codes from the worker, as from the native per-layer call.
         """
         self._begin("transfer_cache_async")
-        entry = self._entry(src_cache, "src_cache")
-        desc = entry.cache.cache_desc
-        if desc.placement == Placement.HOST:
-            raise_param_invalid("src cache not support placement HOST")
-        src_idx = [] if src_block_indices is None else block_list("src_block_indices", src_block_indices)
-        dst_idx = [] if dst_block_indices is None else block_list("dst_block_indices", dst_block_indices)
+        check_isinstance("src_cache", src_cache, Cache, allow_none=False)
+        desc = src_cache.cache_desc
+        raise_if_true(desc.placement == Placement.HOST, "src cache not support placement HOST")
+        for name, indices in (
+            ("dst_block_indices", dst_block_indices),
+            ("src_block_indices", src_block_indices),
+        ):
+            if indices is not None:
+                check_isinstance(name, indices, [list, tuple], int)
+                check_list_uint64(name, indices)
         if dst_block_memory_size is not None:
-            check_int("dst_block_memory_size", dst_block_memory_size, 0, UINT64_MAX)
+            check_uint64("dst_block_memory_size", dst_block_memory_size)
+        src_idx = list(src_block_indices or [])
+        dst_idx = list(dst_block_indices or [])
         if src_idx:
-            if not dst_idx:
-                raise_param_invalid("transfer from blocks to cache is not supported")
-            if len(src_idx) != len(dst_idx):
-                raise_param_invalid(
-                    f"num_block_indices mismatches, src_num = {len(src_idx)}, dst_num = {len(dst_idx)}"
-                )
-        elif dst_idx and dst_block_memory_size is None:
-            raise_param_invalid("dst_block_memory_size must be set when transfer from cache to blocks")
-        check_type("layer_synchronizer", layer_synchronizer, LayerSynchronizer)
-        check_type("transfer_configs", transfer_configs, list, tuple)
-        wanted = TransferWithCacheKeyConfig if self._ep.remote_accessible else TransferConfig
-        for config in transfer_configs:
-            check_type("transfer_configs item", config, wanted)
+            raise_if_false(dst_idx, "transfer from blocks to cache is not supported")
+            raise_if_false(
+                len(src_idx) == len(dst_idx),
+                f"num_block_indices mismatches, src_num = {len(src_idx)}, dst_num = {len(dst_idx)}",
+            )
+        elif dst_idx:
+            raise_if_false(
+                dst_block_memory_size is not None,
+                "dst_block_memory_size must be set when transfer from cache to blocks",
+            )
+        check_isinstance("layer_synchronizer", layer_synchronizer, LayerSynchronizer, allow_none=False)
+        if self._ep.remote_accessible:
+            check_isinstance(
+                "transfer_configs",
+                transfer_configs,
+                [list, tuple],
+                TransferWithCacheKeyConfig,
+                "While enable_remote_cache_accessible is True, ",
+                allow_none=False,
+            )
+        else:
+            check_isinstance(
+                "transfer_configs", transfer_configs, [list, tuple], TransferConfig, allow_none=False
+            )
         if not dst_idx and dst_block_memory_size not in (None, 0):
             raise_param_invalid(
                 f"dst_block_memory_size ({dst_block_memory_size}) is neither None nor 0 "
@@ -796,6 +1033,8 @@ class CacheManager:
             if config.src_layer_range is None:
                 config.src_layer_range = range(0, num_layers)
             self._check_async_config(config, src_idx, num_layers, desc.batch_size)
+        self._native("transfer_cache_async", f"src_cache = {src_cache}")
+        entry = self._entry(src_cache, "src_cache")
         job = LayerJob(
             self, entry, layer_synchronizer, transfer_configs, src_idx, dst_idx, dst_block_memory_size or 0
         )
@@ -833,23 +1072,36 @@ class CacheManager:
     def swap_blocks(self, src_cache: Cache, dst_cache: Cache, src_to_dst: dict[int, int]) -> None:
         """Copy blocks between a HOST and a DEVICE blocks cache (swap-in or swap-out)."""
         self._begin("swap_blocks")
+        # the Python layer's checks, in its order and words (hicann/hixl v2/cache_manager.py _verify_caches)
+        check_isinstance("src", src_cache, Cache)
+        check_isinstance("dst", dst_cache, Cache)
+        raise_if_false(src_cache.is_blocks_cache, "param check failed, src cache should be blocks cache.")
+        raise_if_false(dst_cache.is_blocks_cache, "param check failed, dst cache should be blocks cache.")
+        check_isinstance("src_to_dst", src_to_dst, dict, int)
+        sd, dd = src_cache.cache_desc, dst_cache.cache_desc
+        src_block, dst_block = sd.size // sd.batch_size, dd.size // dd.batch_size
+        raise_if_false(
+            src_block == dst_block, f"src block size:{src_block} and dst block size:{dst_block} must be equal"
+        )
+        raise_if_false(
+            sd.num_tensors == dd.num_tensors,
+            f"src num_tensors:{sd.num_tensors} and dst num_tensors:{dd.num_tensors} must be equal",
+        )
+        for s, d in src_to_dst.items():
+            raise_if_false(0 <= s < sd.batch_size, f"src_block_index:{s} must be in [0, {sd.batch_size})")
+            raise_if_false(0 <= d < dd.batch_size, f"dst_block_index:{d} must be in [0, {dd.batch_size})")
+        raise_if_false(
+            (sd.placement, dd.placement)
+            in ((Placement.HOST, Placement.DEVICE), (Placement.DEVICE, Placement.HOST)),
+            f"swap src placement:{sd.placement} to dst placement:{dd.placement} is not support",
+        )
+        with self._engine("swap_blocks", "swap blocks failed"):
+            self._swap_blocks(src_cache, dst_cache, src_to_dst)
+
+    def _swap_blocks(self, src_cache: Cache, dst_cache: Cache, src_to_dst: dict[int, int]) -> None:
         src = self._local_cache("src_cache", src_cache)
         dst = self._local_cache("dst_cache", dst_cache)
-        check_type("src_to_dst", src_to_dst, dict)
-        for s, d in src_to_dst.items():
-            check_int("src_to_dst key", s, 0, INT64_MAX)
-            check_int("src_to_dst value", d, 0, INT64_MAX)
         sd, dd = src.cache_desc, dst.cache_desc
-        if not (src.is_blocks_cache and dst.is_blocks_cache):
-            raise_param_invalid("swap_blocks only support blocks cache.")
-        if sd.num_tensors != dd.num_tensors or sd.slot_bytes != dd.slot_bytes:
-            raise_param_invalid("src_cache and dst_cache should have the same num_tensors and block size.")
-        if {sd.placement, dd.placement} != {Placement.HOST, Placement.DEVICE}:
-            raise_param_invalid(
-                "swap_blocks only support swap in (HOST to DEVICE) and swap out (DEVICE to HOST)."
-            )
-        check_in_range("src block", list(src_to_dst), sd.batch_size)
-        check_in_range("dst block", list(src_to_dst.values()), dd.batch_size)
         n = sd.slot_bytes
         ignore_dst = self._ep.fault_active("mapping", "swap_blocks")
         spans = [(s * n, (s if ignore_dst else d) * n, n) for s, d in src_to_dst.items()]
@@ -875,11 +1127,71 @@ class CacheManager:
     ) -> None:
         """Copy one batch slot (from ``offset``, ``size`` bytes or the rest) of every tensor, locally."""
         self._begin("copy_cache")
+        if not self._ep.initialized:
+            raise native_error("copy_cache", LLMStatusCode.LLM_FAILED, "llm datadist is not initialized")
         with self._lock:
             local_copy.copy_cache(self, dst, src, dst_batch_index, src_batch_index, offset, size, req_id)
 
     def copy_blocks(self, cache: Cache, copy_block_info: dict[int, list[int]]) -> None:
         """Inside one blocks cache, copy block ``src`` to every block of ``copy_block_info[src]``."""
         self._begin("copy_blocks")
+        if not self._ep.initialized:
+            raise native_error("copy_blocks", LLMStatusCode.LLM_FAILED, "llm datadist is not initialized")
         with self._lock:
             local_copy.copy_blocks(self, cache, copy_block_info)
+
+
+def _check_tensor_num_per_layer(api: str, tensor_num_per_layer: Any, cache: Cache) -> None:
+    check_uint32("tensor_num_per_layer", tensor_num_per_layer)
+    raise_if_false(
+        tensor_num_per_layer > 0,
+        f"[{api}] param check failed, tensor_num_per_layer ({tensor_num_per_layer}) is invalid, "
+        f"should [1, {cache.cache_desc.num_tensors}]",
+    )
+
+
+def _check_one_range(name: str, layer_range: Any) -> None:
+    """``check_layer_range`` of hicann/hixl v2/llm_types.py (None allowed)."""
+    if layer_range is None:
+        return
+    check_isinstance(name, layer_range, range)
+    raise_if_false(layer_range.step == 1, f"check {name}.step == 1 failed")
+    raise_if_false(
+        0 <= layer_range.start < layer_range.stop,
+        f"check 0 <= range.start < range.stop failed, {name} = {layer_range}",
+    )
+
+
+def _push_layer_ranges(
+    src_layer_range: Any, dst_layer_range: Any, src_cache: Cache, tensor_num_per_layer: int
+) -> tuple[range, range]:
+    """The push APIs' layer checks and defaults (every layer of the source cache)."""
+    _check_one_range("src_layer_range", src_layer_range)
+    _check_one_range("dst_layer_range", dst_layer_range)
+    layers = range(0, src_cache.cache_desc.num_tensors // tensor_num_per_layer)
+    src = layers if src_layer_range is None else src_layer_range
+    dst = layers if dst_layer_range is None else dst_layer_range
+    raise_if_false(
+        len(src) == len(dst), "src_layer_range size should be equal to size of dst_layer_range size."
+    )
+    return src, dst
+
+
+def check_layer_ranges(src_layer_range: Any, dst_layer_range: Any) -> None:
+    """``layer_range_to_tensor_indices``'s checks (hicann/hixl v2/llm_utils.py), for the pulls."""
+    check_isinstance("src_layer_range", src_layer_range, range)
+    check_isinstance("dst_layer_range", dst_layer_range, range)
+    raise_if_true(
+        src_layer_range is not None and src_layer_range.step != 1,
+        "param check failed, src_layer_range step must be 1.",
+    )
+    raise_if_true(
+        dst_layer_range is not None and dst_layer_range.step != 1,
+        "param check failed, dst_layer_range step must be 1.",
+    )
+    for name, layers in (("src_layer_range", src_layer_range), ("dst_layer_range", dst_layer_range)):
+        if layers is None or len(layers) == 0:
+            continue
+        raise_if_true(layers[0] < 0, f"{name} is invalid, the start value:{layers[0]} is < 0")
+        check_uint32(name, layers[0])
+        check_uint32(name, layers[-1])

@@ -19,13 +19,27 @@ from typing import TYPE_CHECKING, Any
 
 from kvtest.backends.sim import control, device
 from kvtest.backends.sim.cache import RegisterMemStatus
-from kvtest.backends.sim.checks import INT32_MAX, UINT32_MAX, UINT64_MAX, check_int, check_type
+from kvtest.backends.sim.checks import (
+    check_dict,
+    check_int32,
+    check_isinstance,
+    check_type,
+    check_uint32,
+    check_uint64,
+)
 from kvtest.backends.sim.cluster import LLMClusterInfo, int_to_ip
 from kvtest.backends.sim.config import ROLE_OPTION, LLMRole, parse_listen_ip_info, pool_size
 from kvtest.backends.sim.faults import MOVE_KINDS, Fault, crash_now, distort, fault_from_env
 from kvtest.backends.sim.listener import Listener, connectable, probe
 from kvtest.backends.sim.pool import MemoryPool
-from kvtest.backends.sim.status import LLMException, LLMStatusCode, native_error, raise_param_invalid
+from kvtest.backends.sim.status import (
+    LLMException,
+    LLMStatusCode,
+    native_error,
+    raise_if_false,
+    raise_if_true,
+    raise_param_invalid,
+)
 from kvtest.backends.sim.transport import Transport
 from kvtest.backends.sim.upstream import fixed_from_env
 
@@ -35,7 +49,6 @@ if TYPE_CHECKING:
 DEFAULT_SYNC_KV_TIMEOUT_MS = 1000
 DEFAULT_COMM_LINK_TIMEOUT_MS = 30000
 
-_live: LLMDataDist | None = None
 _live_lock = threading.Lock()
 _agent_seq = itertools.count(1)
 
@@ -57,10 +70,13 @@ def _require_init(instance: LLMDataDist) -> None:
 class LLMDataDist:
     """A process's endpoint: ``init``, link, transfer through ``cache_manager``, ``finalize``."""
 
+    #: the initialized instance of this process (the real package refuses a second one)
+    llm_engine_instance: LLMDataDist | None = None
+
     def __init__(self, role: LLMRole, cluster_id: int) -> None:
-        check_type("role", role, LLMRole)
+        check_isinstance("role", role, LLMRole)
         self._role = role
-        self._cluster_id = check_int("cluster_id", cluster_id, 0, UINT64_MAX)
+        self._cluster_id = check_uint64("cluster_id", cluster_id)
         self._initialized = False
         self._options: dict[str, str] = {}
         self._cm_enabled = False
@@ -85,18 +101,26 @@ class LLMDataDist:
     # -- lifecycle -----------------------------------------------------------------------------
     def init(self, options: dict[str, str]) -> None:
         """Start the endpoint; a second call on the same object does nothing."""
-        global _live
         if self._initialized:
             return
-        check_type("options", options, dict)
-        for k, v in options.items():
-            check_type("options key", k, str)
-            check_type("options value", v, str)
         with _live_lock:
-            if _live is not None:
-                raise LLMException("Cannot init multiple LLMDataDists", LLMStatusCode.LLM_FAILED)
-            self._start(dict(options))
-            _live = self
+            # the real package's order and words (hicann/hixl v2/llm_datadist.py ``init``,
+            # ``_check_flow_graph_max_size``, ``_setup_engine_option``)
+            raise_if_false(
+                LLMDataDist.llm_engine_instance is None,
+                "Cannot init multiple LLMDataDists",
+                status_code=LLMStatusCode.LLM_FAILED,
+            )
+            check_isinstance("options", options, dict)
+            options = _engine_options(self._role, options)
+            if options.get("llm.EnableCacheManager") != "1":
+                # the real package imports its v1 engine (llm_datadist_v1) here, which it does not ship
+                raise ModuleNotFoundError("No module named 'llm_datadist_v1'", name="llm_datadist_v1")
+            for k, v in options.items():
+                check_type("options key", k, str)
+                check_type("options value", v, str)
+            self._start(options)
+            LLMDataDist.llm_engine_instance = self
         self._initialized = True
         self._fault_point("init")
 
@@ -114,17 +138,9 @@ class LLMDataDist:
             raise self._init_error(options, str(exc)) from None
         if plane is None:
             raise self._init_error(options, control.NOT_CONFIGURED)
-        flow = options.get("ge.flowGraphMemMaxSize")
-        if flow is not None and not flow.isdigit():
-            raise_param_invalid("ge.flowGraphMemMaxSize should be a single digit str.")
-        cm = options.get("llm.EnableCacheManager") == "1" or "llm.LocalCommRes" in options
+        cm = options.get("llm.EnableCacheManager") == "1"
         remote = options.get("llm.EnableRemoteCacheAccessible") == "1"
         listen = options.get("llm.listenIpInfo")
-        if options.get("llm.TransferBackend") == "hixl" and not (cm and remote and listen):
-            raise_param_invalid(
-                "llm.TransferBackend hixl needs llm.EnableCacheManager, llm.EnableRemoteCacheAccessible "
-                "and llm.listenIpInfo."
-            )
         timeout = options.get("llm.SyncKvCacheWaitTime")
         if timeout is not None:
             if not timeout.isdigit() or int(timeout) <= 0:
@@ -142,10 +158,9 @@ class LLMDataDist:
             self._fixed = fixed_from_env()
         except ValueError as exc:
             raise self._init_error(options, f"KVTEST_SIM_FIXED: {exc}") from None
-        options["llm.Role"] = ROLE_OPTION[self._role]
         listener = None
         if listen is not None:
-            host, port = parse_listen_ip_info(listen)
+            host, port = options["llm.ListenIp"], int(options["llm.ListenPort"])
             try:
                 listener = Listener(host, port, self._cluster_id)
             except Exception as exc:  # noqa: BLE001 - the native init reports any listen failure
@@ -171,7 +186,6 @@ class LLMDataDist:
 
     def finalize(self) -> None:
         """Release everything; peers see this cluster as gone. A second call does nothing."""
-        global _live
         if not self._initialized:
             return
         self._fault_point("finalize")
@@ -197,8 +211,8 @@ class LLMDataDist:
             self._transport = None
             self._cache_manager = None
             with _live_lock:
-                if _live is self:
-                    _live = None
+                if LLMDataDist.llm_engine_instance is self:
+                    LLMDataDist.llm_engine_instance = None
         # after the release, so that a failing finalize still leaves the process able to init again
         self._fail_point("finalize")
 
@@ -215,8 +229,18 @@ class LLMDataDist:
 
     @property
     def kv_cache_manager(self) -> Any:
+        """The v1 API: an initialized instance always has the cache manager (v2), so this refuses."""
         _require_init(self)
-        raise_param_invalid("kv_cache_manager is not supported by the sim backend (v1 API).")
+        raise_param_invalid("kv_cache_manager is not supported when llm.EnableCacheManager is configured.")
+
+    def check_link_status(self, remote_cluster_id: int) -> None:
+        """The v1 API: an initialized instance always has the cache manager (v2), so this refuses."""
+        _require_init(self)
+        raise_param_invalid("check_link_status is not supported when llm.EnableCacheManager is configured.")
+
+    @staticmethod
+    def _role_to_str(role: LLMRole) -> str:
+        return ROLE_OPTION[role]
 
     # -- internals shared with the cache manager ------------------------------------------------
     def _require_cm(self, api: str) -> None:
@@ -322,37 +346,29 @@ class LLMDataDist:
         self._require_cm("link")
         self._fault_point("link")
         # the Python layer's checks, in its order and words (hicann/hixl v2/llm_datadist.py ``link``)
-        check_type("comm_name", comm_name, str)
-        if not comm_name:
-            raise_param_invalid("comm_name can not be empty")
-        if len(comm_name) >= 128:
-            raise_param_invalid("comm_name length should be smaller than 128.")
-        check_type("cluster_rank_info", cluster_rank_info, dict)
-        if len(cluster_rank_info) > 4:
-            raise_param_invalid("cluster_rank_info size can not be greater than 4.")
+        check_isinstance("comm_name", comm_name, str, allow_none=False)
+        raise_if_true(len(comm_name) == 0, "comm_name can not be empty")
+        raise_if_false(len(comm_name) < 128, "comm_name length should be smaller than 128.")
+        check_isinstance("cluster_rank_info", cluster_rank_info, dict)
+        check_dict("cluster_rank_info", cluster_rank_info, int, int)
+        raise_if_false(len(cluster_rank_info) <= 4, "cluster_rank_info size can not be greater than 4.")
         for cid, rank in cluster_rank_info.items():
-            check_int("cluster_rank_info key", cid, 0, UINT64_MAX)
-            check_int("cluster_rank_info value", rank, 0, UINT32_MAX)
-        check_type("rank_table", rank_table, str)
+            check_uint64("cluster_rank_info key", cid)
+            check_uint32("cluster_rank_info value", rank)
+        check_isinstance("rank_table", rank_table, str)
         ranks = list(cluster_rank_info.values())
-        if len(ranks) < 2:
-            raise_param_invalid("cluster num must be bigger than 1.")
-        if ranks != sorted(ranks):
-            raise_param_invalid("rank in cluster_rank_info must be ordered")
+        raise_if_false(len(ranks) > 1, "cluster num must be bigger than 1.")
+        raise_if_false(ranks == sorted(ranks), "rank in cluster_rank_info must be ordered")
+        # below: what the native Link refuses (details worded by the sim; see docs/sim.md)
+        details = f"cluster_rank_info = {cluster_rank_info}"
         if self._hixl:  # HixlTransferEngine::Link (src/llm_datadist/transfer_engine/hixl_transfer_engine.cc)
-            raise native_error(
-                "link", LLMStatusCode.LLM_FEATURE_NOT_ENABLED, f"cluster_rank_info = {cluster_rank_info}"
-            )
-        if len(set(ranks)) != len(ranks):
-            raise_param_invalid("rank ids in cluster_rank_info should be ascending.")
-        if self._cluster_id not in cluster_rank_info:
-            raise_param_invalid(f"cluster_rank_info should contain local cluster id {self._cluster_id}.")
+            raise native_error("link", LLMStatusCode.LLM_FEATURE_NOT_ENABLED, details)
+        if len(set(ranks)) != len(ranks) or self._cluster_id not in cluster_rank_info:
+            raise native_error("link", LLMStatusCode.LLM_PARAM_INVALID, details)
         try:
-            table = json.loads(rank_table)
+            json.loads(rank_table)
         except json.JSONDecodeError:
-            raise_param_invalid("rank_table should be a json str.")
-        if not isinstance(table, dict) or "version" not in table:
-            raise_param_invalid("rank_table should be a json object with a version.")
+            raise native_error("link", LLMStatusCode.LLM_PARAM_INVALID, details) from None
         if self._fault_active("linkfail", "link"):
             raise native_error("link", LLMStatusCode.LLM_LINK_FAILED, str(cluster_rank_info))
         plane, transport = self._ctx()
@@ -371,17 +387,16 @@ class LLMDataDist:
         """PREPARING until every member has joined, then OK; FAILED past the link timeout or on a mismatch."""
         _require_init(self)
         self._require_cm("query_register_mem_status")
-        check_int("comm_id", comm_id, 0, UINT64_MAX)
+        check_isinstance("comm_id", comm_id, int)
+        check_uint64("comm_id", comm_id)
         if self._hixl:
             raise native_error(
                 "query_register_mem_status", LLMStatusCode.LLM_FEATURE_NOT_ENABLED, f"comm_id = {comm_id}"
             )
         comm = self._comm_links.get(comm_id)
-        if comm is None:
+        if comm is None:  # CommLinkManager::QueryRegisterMemStatus (link_mgr/comm_link_manager.cc)
             raise native_error(
-                "query_register_mem_status",
-                LLMStatusCode.LLM_PARAM_INVALID,
-                f"comm_id {comm_id} does not exist",
+                "query_register_mem_status", LLMStatusCode.LLM_NOT_YET_LINK, f"comm_id = {comm_id}"
             )
         if comm.status != RegisterMemStatus.PREPARING:
             return comm.status
@@ -405,23 +420,21 @@ class LLMDataDist:
         _require_init(self)
         self._require_cm("unlink")
         self._fault_point("unlink")
-        check_int("comm_id", comm_id, 0, UINT64_MAX)
+        check_isinstance("comm_id", comm_id, int)
+        check_uint64("comm_id", comm_id)
         if self._hixl:
             raise native_error("unlink", LLMStatusCode.LLM_FEATURE_NOT_ENABLED, f"comm_id = {comm_id}")
         comm = self._comm_links.pop(comm_id, None)
-        if comm is None:
-            raise native_error("unlink", LLMStatusCode.LLM_PARAM_INVALID, f"comm_id {comm_id} does not exist")
+        if comm is None:  # CommLinkManager::Unlink (link_mgr/comm_link_manager.cc)
+            raise native_error("unlink", LLMStatusCode.LLM_NOT_YET_LINK, f"comm_id = {comm_id}")
         for cid in comm.peers:
             self._change_links(self._cluster_id, cid, remove=("comm",))
 
     # -- one-sided link (client / server) -------------------------------------------------------
     def _check_clusters(self, clusters: Any, timeout: Any) -> int:
-        check_int("timeout", timeout, -(2**31), INT32_MAX)
-        if timeout <= 0:
-            raise_param_invalid("Param timeout should be greater than 0.")
-        check_type("clusters", clusters, list, tuple)
-        for info in clusters:
-            check_type("clusters item", info, LLMClusterInfo)
+        check_int32("timeout", timeout)
+        raise_if_false(timeout > 0, "Param timeout should be greater than 0.")
+        check_isinstance("clusters", clusters, [list, tuple], LLMClusterInfo)
         return int(timeout)
 
     def link_clusters(
@@ -437,13 +450,14 @@ class LLMDataDist:
         self._require_cm("link_clusters")
         self._fault_point("link_clusters")
         timeout = self._check_clusters(clusters, timeout)
-        if not self._options.get("llm.LocalCommRes"):
-            for info in clusters:
-                if not info.local_ip_info_list:
-                    raise_param_invalid(
-                        "local_ip_info_list is empty. Call append_local_ip_info to add local_ip_info "
-                        "when local_comm_res option is unspecified or empty."
-                    )
+        for info in clusters:
+            if not self._options.get("llm.LocalCommRes"):
+                raise_if_false(
+                    info.local_ip_info_list,
+                    "local_ip_info_list is empty. Call append_local_ip_info to add local_ip_info "
+                    "when local_comm_res option is unspecified or empty.",
+                )
+            check_uint64("remote_cluster_id", info.remote_cluster_id)
         if not clusters:
             return LLMStatusCode.LLM_PARAM_INVALID, []
         deadline = time.monotonic() + timeout / 1000
@@ -451,13 +465,11 @@ class LLMDataDist:
         return _overall(codes), codes
 
     def _link_one(self, info: LLMClusterInfo, deadline: float) -> LLMStatusCode:
-        peer = info.remote_cluster_id
+        peer = int(info.remote_cluster_id or 0)  # checked as a uint64 before
         if self._fault_active("linkfail", "link_clusters"):
             return LLMStatusCode.LLM_LINK_FAILED
         if len(info.remote_ip_info_list) != 1:  # "remote_ip_infos size != 1 is unsupported."
             return LLMStatusCode.LLM_PARAM_INVALID
-        if peer == self._cluster_id:
-            return LLMStatusCode.LLM_LINK_FAILED
         if not self._hixl and "client" in self._links().get(str(peer), []):
             return LLMStatusCode.LLM_ALREADY_LINK
         ip, port = info.remote_ip_info_list[0]
@@ -486,7 +498,9 @@ class LLMDataDist:
         self._require_cm("unlink_clusters")
         self._fault_point("unlink_clusters")
         timeout = self._check_clusters(clusters, timeout)
-        check_type("force", force, bool)
+        check_isinstance("force", force, bool)
+        for info in clusters:
+            check_uint64("remote_cluster_id", info.remote_cluster_id)
         if not clusters:
             return LLMStatusCode.LLM_PARAM_INVALID, []
         deadline = time.monotonic() + timeout / 1000
@@ -494,7 +508,7 @@ class LLMDataDist:
         return _overall(codes), codes
 
     def _unlink_one(self, info: LLMClusterInfo, force: bool, deadline: float) -> LLMStatusCode:
-        peer = info.remote_cluster_id
+        peer = int(info.remote_cluster_id or 0)  # checked as a uint64 before
         if self._hixl:
             self._change_links(self._cluster_id, peer, remove=("client",))
             return LLMStatusCode.LLM_SUCCESS
@@ -518,10 +532,21 @@ class LLMDataDist:
         _require_init(self)
         self._require_cm("switch_role")
         self._fault_point("switch_role")
-        check_type("role", role, LLMRole)
-        if switch_options is not None:
-            check_type("switch_options", switch_options, dict)
-        options = switch_options or {}
+        check_isinstance("role", role, LLMRole)
+        check_isinstance("switch_options", switch_options, dict)
+        options = dict(switch_options) if switch_options is not None else {}
+        if "llm.listenIpInfo" in options:
+            ip, port = parse_listen_ip_info(options["llm.listenIpInfo"])
+            options["llm.ListenIp"] = ip
+            options["llm.ListenPort"] = str(port)
+        # the native failure is worded as the real package words it; the sim's reason is the cause
+        details = f"Failed to switch role, role = {role}, options = {options}"
+        try:
+            self._switch_role(role, options)
+        except LLMException as exc:
+            raise native_error("switch_role", exc.status_code, details) from exc
+
+    def _switch_role(self, role: LLMRole, options: dict[str, str]) -> None:
         if self._hixl:
             self._switch_role_hixl(role, options)
             return
@@ -578,14 +603,56 @@ def _overall(codes: list[LLMStatusCode]) -> LLMStatusCode:
     return next((c for c in reversed(codes) if c != LLMStatusCode.LLM_SUCCESS), LLMStatusCode.LLM_SUCCESS)
 
 
-@atexit.register
-def _finalize_at_exit() -> None:
-    instance = _live
+def _shutdown_handler() -> None:
+    """Finalize the live instance at interpreter exit, as the real package's atexit handler does."""
+    instance = LLMDataDist.llm_engine_instance
     if instance is not None:
         try:
             instance.finalize()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except LLMException:
             pass
+
+
+atexit.register(_shutdown_handler)
+
+
+def _engine_options(role: LLMRole, options: dict[str, str]) -> dict[str, str]:
+    """The options the engine starts with, checked in the real order: ``ge.flowGraphMemMaxSize``, then
+    what ``llm.LocalCommRes`` and ``llm.TransferBackend`` imply and need, then ``llm.listenIpInfo``."""
+    flow = options.get("ge.flowGraphMemMaxSize")
+    if flow is not None:
+        check_isinstance("ge.flowGraphMemMaxSize", flow, str)
+        raise_if_false(
+            len(flow.split(",")) == 1, "ge.flowGraphMemMaxSize only support one mem pool in llm datadist"
+        )
+        raise_if_false(flow.isdigit(), f"ge.flowGraphMemMaxSize must be digit, config value={flow}")
+    engine = dict(options)
+    engine["llm.Role"] = ROLE_OPTION[role]
+    local_comm_res = "llm.LocalCommRes" in options
+    if local_comm_res:
+        engine.setdefault("llm.EnableCacheManager", "1")
+        engine.setdefault("llm.EnableRemoteCacheAccessible", "1")
+    cm = engine.get("llm.EnableCacheManager") == "1"
+    if local_comm_res:
+        raise_if_false(cm, "llm.LocalCommRes is not supported when llm.EnableCacheManager is not configured.")
+    if "llm.TransferBackend" in options:
+        raise_if_false(
+            cm, "llm.TransferBackend is not supported when llm.EnableCacheManager is not configured."
+        )
+        engine.setdefault("llm.EnableRemoteCacheAccessible", "1")
+        raise_if_false(
+            engine["llm.EnableRemoteCacheAccessible"] == "1",
+            "llm.TransferBackend is not supported when llm.EnableRemoteCacheAccessible is not enable.",
+        )
+        raise_if_false(
+            "llm.listenIpInfo" in options,
+            "llm.TransferBackend is not supported when llm.listenIpInfo is not configured.",
+        )
+    if cm and "llm.listenIpInfo" in options:
+        host, port = parse_listen_ip_info(options["llm.listenIpInfo"])
+        engine["llm.ListenIp"] = host
+        engine["llm.ListenPort"] = str(port)
+    return engine
 
 
 class _Endpoint:

@@ -113,7 +113,7 @@ class LayerJob:
             return layer
         if self._cm._ep.fault_active("dstlayers", API):  # the destination range ignored
             return layer - _src_range(config).start
-        dst = list(config.dst_layer_range)
+        dst = list(config.dst_layer_range or ())
         if self._absolute:
             return dst[layer]  # IndexError past the range's length ends the thread, as upstream
         return dst[layer - _src_range(config).start]

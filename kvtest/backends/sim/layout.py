@@ -33,6 +33,12 @@ def tensor_pairs(
                 "when no layer range is given."
             )
         return [(t, t) for t in range(src_tensors)]
+    for count in (src_tensors, dst_tensors):  # data_cache_engine.cc CheckTensorIndices
+        if count % tpl:
+            raise_param_invalid(
+                f"When using layer wise transfer, the tensor_num [{count}] of caches must be a multiple of "
+                f"tensor_num_per_layer[{tpl}]."
+            )
     src = src if src is not None else range(0, src_tensors // tpl)
     dst = dst if dst is not None else range(0, dst_tensors // tpl)
     if len(src) != len(dst):

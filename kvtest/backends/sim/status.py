@@ -48,19 +48,51 @@ class LLMStatusCode(IntEnum):
 
 
 class LLMException(RuntimeError):
-    """An llm_datadist failure; ``status_code`` says which."""
+    """An llm_datadist failure; ``status_code`` says which (LLM_SUCCESS unless given, as in the real
+    package: hicann/hixl src/python/llm_datadist/llm_datadist/status.py)."""
 
-    def __init__(self, message: str, status_code: LLMStatusCode = LLMStatusCode.LLM_PARAM_INVALID) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+    def __init__(self, *args: object, status_code: LLMStatusCode = LLMStatusCode.LLM_SUCCESS) -> None:
+        super().__init__(*args)
+        self._status_code = status_code
+
+    @property
+    def status_code(self) -> LLMStatusCode:
+        return self._status_code
+
+
+class Status:
+    """A status code with ``is_ok()``, as the real package's ``Status``."""
+
+    def __init__(self, status: LLMStatusCode) -> None:
+        self._status_code = status
+
+    def is_ok(self) -> bool:
+        return bool(self._status_code == LLMStatusCode.LLM_SUCCESS)
+
+    @property
+    def status_code(self) -> LLMStatusCode:
+        return self._status_code
 
 
 def native_error(api: str, code: LLMStatusCode, details: str) -> LLMException:
     """An exception worded like a native failure: ``[api] failed, error code is LLMStatusCode.X, details.``"""
     details = details.rstrip(".")
-    return LLMException(f"[{api}] failed, error code is {code}, {details}.", code)
+    return LLMException(f"[{api}] failed, error code is {code}, {details}.", status_code=code)
 
 
 def raise_param_invalid(message: str) -> NoReturn:
     """A Python-side precondition failure, as ``raise_if_*`` in the real package raises it."""
-    raise LLMException(message, LLMStatusCode.LLM_PARAM_INVALID)
+    raise LLMException(message, status_code=LLMStatusCode.LLM_PARAM_INVALID)
+
+
+_PARAM_INVALID = LLMStatusCode.LLM_PARAM_INVALID
+
+
+def raise_if_false(pred: object, message: str, status_code: LLMStatusCode = _PARAM_INVALID) -> None:
+    if not pred:
+        raise LLMException(message, status_code=status_code)
+
+
+def raise_if_true(pred: object, message: str, status_code: LLMStatusCode = _PARAM_INVALID) -> None:
+    if pred:
+        raise LLMException(message, status_code=status_code)

@@ -93,6 +93,8 @@ class Transport:
     def load_peer(self, agent_name: str, metadata: bytes, version: int) -> None:
         """Load (or reload, when ``version`` changed) a peer's metadata: its registered memory."""
         with self._lock:
+            if agent_name == self.name:  # a link to oneself: NIXL transfers to its own agent as is
+                return
             if self._peer_versions.get(agent_name) == version:
                 return
             if agent_name in self._peer_versions:

@@ -167,6 +167,6 @@ def configured(store: dist.Store, request: pytest.FixtureRequest) -> dist.Store:
 def _no_live_datadist() -> Iterator[None]:
     """Finalize whatever LLMDataDist a test left initialized, so the next one can init."""
     yield
-    live = datadist._live
+    live = datadist.LLMDataDist.llm_engine_instance
     if live is not None:
         live.finalize()

@@ -2,5 +2,16 @@
 
 from kvtest.backends.sim.cluster import LLMClusterInfo
 from kvtest.backends.sim.config import LlmConfig, LLMRole
+from kvtest.backends.sim.config import ip_to_int as trans_str_ip
 
-__all__ = ["LLMClusterInfo", "LLMRole", "LlmConfig"]
+LLMConfig = LlmConfig
+
+__all__ = ["LLMClusterInfo", "LLMConfig", "LLMRole", "LlmConfig", "trans_str_ip"]
+
+# the real package defines these here: tracebacks, reprs and TypeError messages name this module
+for _cls in (
+    LLMClusterInfo,
+    LLMRole,
+    LlmConfig,
+):
+    _cls.__module__ = __name__

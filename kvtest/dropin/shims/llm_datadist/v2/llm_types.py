@@ -7,13 +7,16 @@ from kvtest.backends.sim import (
     CacheKey,
     CacheKeyByIdAndIndex,
     CacheTask,
+    KvCache,
     LayerSynchronizer,
+    MemInfo,
     Memtype,
     Placement,
     RegisterMemStatus,
     TransferConfig,
     TransferWithCacheKeyConfig,
 )
+from kvtest.backends.sim.async_transfer import check_layer_range
 
 __all__ = [
     "BlocksCacheKey",
@@ -22,10 +25,32 @@ __all__ = [
     "CacheKey",
     "CacheKeyByIdAndIndex",
     "CacheTask",
+    "KvCache",
     "LayerSynchronizer",
+    "MemInfo",
     "Memtype",
     "Placement",
     "RegisterMemStatus",
     "TransferConfig",
     "TransferWithCacheKeyConfig",
+    "check_layer_range",
 ]
+
+# the real package defines these here: tracebacks, reprs and TypeError messages name this module
+for _cls in (
+    BlocksCacheKey,
+    Cache,
+    CacheDesc,
+    CacheKey,
+    CacheKeyByIdAndIndex,
+    CacheTask,
+    KvCache,
+    LayerSynchronizer,
+    MemInfo,
+    Memtype,
+    Placement,
+    RegisterMemStatus,
+    TransferConfig,
+    TransferWithCacheKeyConfig,
+):
+    _cls.__module__ = __name__
