@@ -66,6 +66,11 @@ SWITCH_ROLE_LAYERS = "test_switch_role.py::test_switch_role[bf16-L2x2-5x256-laye
 ASYNC = "test_transfer_cache_async.py::test_transfer_cache_async[fp16-L4x2-4x512-layers[0:4]->[0:4]]"
 ASYNC_REFUSED = "test_transfer_cache_async.py::test_transfer_cache_async[int8-L3x2-8x1024-layers[0:3]->[0:3]-refuse1]"
 ASYNC_LINK_LOST = "test_transfer_cache_async.py::test_transfer_cache_async_reports_a_failed_layer"
+#: the case that hits the known upstream issue transfer-layers-absolute-dst-index: a strict xfail
+#: unfaulted, and every fault below must FAIL it (the issue hides only its own symptom)
+ASYNC_KNOWN_ISSUE = "test_transfer_cache_async.py::test_transfer_cache_async[bf16-L6x2-5x256-layers[1:4]->[2:5]-partial]"
+#: matrix cases that are strict xfails unfaulted (a known upstream issue)
+XFAIL_UNFAULTED = {ASYNC_KNOWN_ISSUE}
 HIXL = "test_hixl_transfer_backend.py::test_hixl_transfer_backend[bf16-pull(1)->(3)-push(2)->(0)]"
 CLOSED_PORT = "test_error_paths.py::test_link_clusters_to_closed_port"
 ALLOC_BLOCKS = "test_transfer_apis.py::test_allocate_blocks_cache[fp16-blocks(0,3,5)->(7,1,2)]"
@@ -162,6 +167,7 @@ MATRIX: list[Row] = [
     Row("flip@push_blocks:d0", HIXL, mismatch("p0", "cache after pull_blocks and d's push_blocks")),
     Row("flip@push_cache:d0", PUSH_CACHE, mismatch("p0", "cache after push_cache")),
     Row("flip@transfer_cache_async:p0", ASYNC, mismatch("d0", "cache after transfer_cache_async")),
+    Row("flip@transfer_cache_async:p0", ASYNC_KNOWN_ISSUE, mismatch("d0", "cache after transfer_cache_async")),
     Row("flip@swap_blocks:d0", PULL_BLOCKS, mismatch("d0", "host cache after swap_blocks out")),
     Row("flip@copy_cache:p0", COPY_CACHE, mismatch("p0", "destination cache after copy_cache")),
     Row("flip@copy_blocks:p0", COPY_BLOCKS, mismatch("p0", "blocks cache after copy_blocks")),
@@ -170,16 +176,25 @@ MATRIX: list[Row] = [
     Row("stall@pull_blocks:d0", PULL_BLOCKS, status("pull_blocks", "LLM_TIMEOUT")),
     Row("stall@push_blocks:d0", PUSH_BLOCKS, status("push_blocks", "LLM_TIMEOUT")),
     Row("stall@push_cache:d0", PUSH_CACHE, status("push_cache", "LLM_TIMEOUT")),
-    Row(
-        "stall@transfer_cache_async:p0",
-        ASYNC,
-        r"transfer_cache_async results \[<LLMStatusCode\.LLM_TIMEOUT: \d+>\], expected \[LLMStatusCode\.LLM_SUCCESS\]",
+    *(
+        Row(
+            "stall@transfer_cache_async:p0",
+            test,
+            r"transfer_cache_async results \[<LLMStatusCode\.LLM_TIMEOUT: \d+>\], expected \[LLMStatusCode\.LLM_SUCCESS\]",
+        )
+        for test in (ASYNC, ASYNC_KNOWN_ISSUE)
     ),
     # linkfail
     Row("linkfail@link:d0", PULL_CACHE, status("link", "LLM_LINK_FAILED")),
     Row("linkfail@link_clusters:d0", PUSH_BLOCKS, r"link_clusters to p0 failed: LLMStatusCode\.LLM_LINK_FAILED"),
+    Row("linkfail@link_clusters:p0", ASYNC_KNOWN_ISSUE, r"link_clusters to d0 failed: LLMStatusCode\.LLM_LINK_FAILED"),
     # crash (every api: tests/harness/test_reliability.py); here one, against a sample
     Row("crash@pull_blocks:d0", PULL_BLOCKS, r"peer d0 died at step 'pull_blocks': its process \(pid \d+\) exited"),
+    Row(
+        "crash@register_blocks_cache:d0",
+        ASYNC_KNOWN_ISSUE,
+        r"peer d0 died at step 'register_blocks_cache': its process \(pid \d+\) exited",
+    ),
     # misplace: a block or batch slot lands one off
     Row("misplace@pull_cache:d0", PULL_CACHE_MOVED, mismatch("d0", "cache after pull_cache")),
     Row("misplace@pull_blocks:d0", PULL_BLOCKS_MANY, mismatch("d0", "cache after pull_blocks") + ".*" + MISPLACED),
@@ -374,11 +389,18 @@ def test_every_mutation_is_caught(batch: list[Row], tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.skipif(not FULL, reason="set KVTEST_HARNESS_FULL=1")
 def test_the_matrix_cases_pass_without_faults(tmp_path: Path):
-    """Every case the matrix uses passes unfaulted: each failure above is its fault's doing."""
+    """Every case the matrix uses passes unfaulted (a known issue's case is its strict xfail): each
+    failure above is its fault's doing."""
     nodeids = sorted({row.nodeid for row in MATRIX})
     result, junit = run_samples(nodeids, tmp_path, None)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert {k: v[0] for k, v in junit_outcomes(junit).items()} == dict.fromkeys(nodeids, "passed")
+    outcomes = junit_outcomes(junit)
+    xfail = {f"tests/samples/{test}" for test in XFAIL_UNFAULTED}
+    assert {k: v[0] for k, v in outcomes.items()} == {
+        nodeid: "skipped" if nodeid in xfail else "passed" for nodeid in nodeids
+    }
+    for nodeid in xfail:
+        assert "known upstream issue" in outcomes[nodeid][1], outcomes[nodeid]
 
 
 # -- the table is complete ------------------------------------------------------------------------
