@@ -27,6 +27,17 @@ Semantic faults: the call succeeds but does the wrong thing, as a broken stack c
   push_cache's ``src_batch_index``.
 - ``lie``: a failure is reported as LLM_SUCCESS: a transfer_cache_async result, a link_clusters code.
 
+Spill faults: the right bytes arrive AND something more is written where nothing may change (they
+prove the checks of "this must not change"):
+
+- ``nextblock``: the first block (or slot) moved also lands in the next block the call does not write
+  (or the one before, at the end of the cache).
+- ``overrun``: the first block moved runs ``OVERRUN_BYTES`` past its end (into bytes the call does not
+  write).
+- ``nextlayer``: the first source tensor also lands in a destination tensor outside the layer range.
+- ``source``: the transfer also writes into its source (16 bytes of the first block, shifted).
+- ``refused``: a call that is refused still inverts 16 bytes where it would have written.
+
 Without ``@api`` a fault applies to every api of its default set; without ``:role`` to every process.
 Several faults, comma-separated (``drop@pull_cache:d0,drop@push_cache:d0``), are all active at once:
 kvtest's mutation matrix runs one kind against several apis in one pytest run that way.
@@ -62,6 +73,10 @@ OTHER_APIS = (
 )
 #: transfers that take layer ranges
 LAYERED_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "transfer_cache_async")
+#: synchronous transfers (one call, every layer: ``nextlayer`` has the other tensors in reach)
+SYNC_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks")
+#: calls whose refusal could still write (the destination is local)
+REFUSABLE_APIS = ("pull_cache", "pull_blocks", "copy_cache", "copy_blocks")
 TEARDOWN_APIS = ("unregister_cache", "finalize")
 KIND_APIS: dict[str, tuple[str, ...]] = {
     "flip": TRANSFER_APIS + ("swap_blocks", "copy_cache", "copy_blocks"),
@@ -78,6 +93,11 @@ KIND_APIS: dict[str, tuple[str, ...]] = {
     "batch": ("pull_cache", "push_cache"),
     "lie": ("transfer_cache_async", "link_clusters"),
     "teardown": TEARDOWN_APIS,
+    "nextblock": TRANSFER_APIS,
+    "overrun": TRANSFER_APIS,
+    "nextlayer": SYNC_APIS,
+    "source": TRANSFER_APIS,
+    "refused": REFUSABLE_APIS,
 }
 #: apis a fault without ``@api`` applies to
 DEFAULT_APIS: dict[str, tuple[str, ...]] = {
@@ -88,9 +108,14 @@ DEFAULT_APIS: dict[str, tuple[str, ...]] = {
     "slow": TRANSFER_APIS,
     **{kind: KIND_APIS[kind] for kind in ("misplace", "drop", "partial", "swaptensors", "dstlayers")},
     **{kind: KIND_APIS[kind] for kind in ("mapping", "batch", "lie", "teardown")},
+    **{kind: KIND_APIS[kind] for kind in ("nextblock", "overrun", "nextlayer", "source", "refused")},
 }
 #: kinds that rewrite which bytes a transfer moves (see :func:`distort`)
 MOVE_KINDS = ("misplace", "drop", "partial", "swaptensors")
+#: kinds that write more than the right bytes inside a transfer (see :func:`spill`)
+SPILL_KINDS = ("nextblock", "overrun", "nextlayer")
+#: bytes an ``overrun`` writes past a block's end; bytes ``source`` and ``refused`` change
+OVERRUN_BYTES = 16
 #: kinds that take ``=<factor>``, with the factor they get without one
 FACTOR_DEFAULTS: dict[str, float] = {"slow": 2.0}
 #: the largest factor accepted
@@ -209,3 +234,48 @@ def distort(
         if moved >= 0:
             return pairs, [(so, moved, n), *spans[1:]]
     return pairs, spans
+
+
+def _free(spans: list[_Span], start: int, n: int, dst_bytes: int) -> bool:
+    """Whether ``n`` bytes from ``start`` lie inside the tensor and outside every span's destination."""
+    if start < 0 or start + n > dst_bytes:
+        return False
+    return all(start + n <= do or do + size <= start for _, do, size in spans)
+
+
+def spill(
+    kind: str, pairs: list[tuple[int, int]], spans: list[_Span], dst_bytes: int | None, dst_tensors: int
+) -> tuple[list[tuple[int, int]], list[_Span]]:
+    """The extra (tensor pairs, spans) a ``SPILL_KINDS`` fault moves besides the right ones, never
+    onto bytes the right ones write (so the right bytes still arrive); empty where nothing is free.
+
+    ``dst_tensors``: how many destination tensors the addresses reach; ``dst_bytes`` as for
+    :func:`distort`.
+    """
+    if not pairs or not spans:
+        return [], []
+    if kind == "nextlayer":
+        targeted = {d for _, d in pairs}
+        free = [t for t in range(dst_tensors) if t not in targeted]
+        if not free:
+            return [], []
+        after = [t for t in free if t > max(targeted)]
+        return [(pairs[0][0], after[0] if after else free[-1])], spans
+    if dst_bytes is None:
+        return [], []
+    if kind == "nextblock":
+        for so, do, n in spans:
+            last, first = max(d + size for _, d, size in spans), min(d for _, d, _ in spans)
+            for start in (last, first - n, do + n, do - n):
+                if _free(spans, start, n, dst_bytes):
+                    return pairs[:1], [(so, start, n)]
+        return [], []
+    if kind == "overrun":
+        for so, do, n in spans:
+            k = min(OVERRUN_BYTES, n)
+            if _free(spans, do + n, k, dst_bytes):
+                return pairs[:1], [(so, do + n, k)]
+            if _free(spans, do - k, k, dst_bytes):
+                return pairs[:1], [(so + n - k, do - k, k)]
+        return [], []
+    return [], []
