@@ -60,6 +60,7 @@ from kvtest.run.threads import ThreadBudget
 from kvtest.run.threads import apply as apply_threads
 from kvtest.run.threads import plan as plan_threads
 from kvtest.run.topology import Topology
+from kvtest.run.watchdog import Watchdog
 from kvtest.settings import Rendezvous, Settings
 from kvtest.state import chosen_backend, marker_settings
 
@@ -107,6 +108,8 @@ class _Base:
         self.me = settings.role_name
         self.store: RunStore | None = None
         self.heartbeat: Heartbeat | None = None
+        self.watchdog: Watchdog | None = None
+        self._dog_watch: PeerWatch | None = None
         self.scope: TestScope | None = None
         self.topology = settings.topology or Topology(1, 1)
         self.all_ids: list[str] = []
@@ -136,6 +139,45 @@ class _Base:
         assert self.store is not None
         hb_store = reconnect(rdv, port, self.settings.join_timeout, self.settings.dead_after)
         self.heartbeat = Heartbeat(hb_store, self.store.key(keys.heartbeat(self.me)), keep=keep).start()
+        if self.store.address is None:  # this role hosts the store: it watches its peers' heartbeats
+            dog_store = reconnect(rdv, port, self.settings.join_timeout, self.settings.dead_after)
+            cluster: LocalCluster | None = getattr(self, "cluster", None)
+            exited = cluster.exited if cluster is not None else None
+            self._dog_watch = PeerWatch(dog_store, self.settings.dead_after, exited)
+            self._dog_watch.prefix = self.store.watch.prefix if self.store.watch is not None else ""
+        self.watchdog = Watchdog(self._peers_lost).start()
+
+    def _peers_lost(self) -> BaseException | None:
+        """The watchdog's question, while a test body runs: are this test's peers gone? The store's
+        host asks their heartbeats; a role that reaches the store over the network asks whether it
+        still makes round trips to it (the heartbeat thread's last one)."""
+        scope, store = self.scope, self.store
+        if scope is None or store is None or store.lost is not None:
+            return None
+        peers = [role for role in scope.roles if role != self.me]
+        if self._dog_watch is not None:
+            try:
+                self._dog_watch.check(peers)
+            except PeerDead as exc:
+                step = store.watch.last_steps.get(exc.role) if store.watch is not None else None
+                return PeerDead(exc.role, str(exc).split(": ", 1)[1], step) if step else exc
+            return None
+        silent = time.monotonic() - max(self._last_round_trip(), store.last_ok)
+        if silent <= self.settings.dead_after + 0.5:
+            return None
+        lost = store._lost(f"no round trip to the store for {silent:.1f}s")
+        store.lost = lost
+        return lost
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        if self.watchdog is None or item.nodeid not in self.kv_items:
+            return (yield)
+        self.watchdog.arm()
+        try:
+            return (yield)
+        finally:
+            self.watchdog.disarm()
 
     def _last_round_trip(self) -> float:
         return self.heartbeat.last_ok if self.heartbeat is not None else 0.0
@@ -399,6 +441,7 @@ class LeaderSession(_Base):
         except BaseException:
             # no heartbeat thread may be inside the store when the process exits: torch aborts it
             # ("terminate called without an active exception")
+            self.watchdog.stop() if self.watchdog else None
             self.heartbeat.stop() if self.heartbeat else None
             self._note_roles(handshake, refused=True)
             raise
@@ -420,6 +463,7 @@ class LeaderSession(_Base):
 
     def _never_joined(self, exc: PeerNeverJoined) -> None:
         """Not a usage error: the run goes on, and each multi-role test errors at setup with ``exc``."""
+        self.watchdog.stop() if self.watchdog else None
         self.heartbeat.stop() if self.heartbeat else None
         self.active = False
         self.never_joined = exc
@@ -590,6 +634,8 @@ class LeaderSession(_Base):
             self._write(f"kvtest: {exc}")
         if self.cluster is not None:
             self.cluster.stop(grace=20)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if not self.settings.hosts_store:
@@ -684,6 +730,7 @@ class FollowerSession(_Base):
             handshake.claim()
             handshake.follow()
         except (RendezvousError, pytest.UsageError) as exc:
+            self.watchdog.stop() if self.watchdog else None
             self.heartbeat.stop() if self.heartbeat else None  # as in LeaderSession._start
             if isinstance(exc, pytest.UsageError):
                 raise
@@ -843,5 +890,7 @@ class FollowerSession(_Base):
                     self.store.wait(keys.CLOSED, what="p0 to close the run", timeout=30, peers=["p0"])
             except RendezvousError:
                 pass
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop(wait=not self._unreachable())
