@@ -304,6 +304,8 @@ MATRIX: list[Row] = [
     Row("source@push_cache:d0", PUSH_CACHE, mismatch("d0", "source cache after push_cache")),
     Row("source@push_blocks:d0", PUSH_BLOCKS, mismatch("d0", "source cache after push_blocks")),
     Row("source@transfer_cache_async:p0", ASYNC, mismatch("p0", "source cache after transfer_cache_async")),
+    Row("source@pull_cache:d0", PULL_REMOVED_KEY, mismatch("p0", "source cache after d's pulls")),
+    Row("source@pull_cache:d0", PULL_CACHE_PREFIX, mismatch("p0", "source cache after d's pulls")),
     # refused: a refused call still writes 16 bytes where it would have
     Row("refused@pull_cache:d0", PULL_CACHE, mismatch("d0", "cache after a refused pull_cache")),
     Row(
@@ -317,6 +319,7 @@ MATRIX: list[Row] = [
         mismatch("d0", "host cache after a refused host -> host pull_cache"),
     ),
     Row("refused@pull_cache:d0", PULL_CACHE_PREFIX, mismatch("d0", "cache after refused pulls")),
+    Row("refused@transfer_cache_async:p0", ASYNC_REFUSED, mismatch("d0", "cache after transfer_cache_async")),
     Row("refused@pull_blocks:d0", CACHE_TO_BLOCKS, mismatch("d0", "blocks after a refused second pull_blocks")),
     # (copy_cache(blocks, cache) names the blocks cache, checked first; copy_blocks(cache, ...) the other)
     Row("refused@copy_cache:p0", COPY_REFUSALS, mismatch("p0", "blocks cache after refusals")),

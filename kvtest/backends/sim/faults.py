@@ -36,7 +36,8 @@ prove the checks of "this must not change"):
   write).
 - ``nextlayer``: the first source tensor also lands in a destination tensor outside the layer range.
 - ``source``: the transfer also writes into its source (16 bytes of the first block, shifted).
-- ``refused``: a call that is refused still inverts 16 bytes where it would have written.
+- ``refused``: a call that is refused still inverts 16 bytes where it would have written; a
+  transfer_cache_async layer the synchronizer refused is sent all the same.
 
 Without ``@api`` a fault applies to every api of its default set; without ``:role`` to every process.
 Several faults, comma-separated (``drop@pull_cache:d0,drop@push_cache:d0``), are all active at once:
@@ -75,8 +76,9 @@ OTHER_APIS = (
 LAYERED_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "transfer_cache_async")
 #: synchronous transfers (one call, every layer: ``nextlayer`` has the other tensors in reach)
 SYNC_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks")
-#: calls whose refusal could still write (the destination is local)
-REFUSABLE_APIS = ("pull_cache", "pull_blocks", "copy_cache", "copy_blocks")
+#: calls whose refusal could still write (the destination is local; transfer_cache_async: a layer the
+#: synchronizer refused)
+REFUSABLE_APIS = ("pull_cache", "pull_blocks", "copy_cache", "copy_blocks", "transfer_cache_async")
 TEARDOWN_APIS = ("unregister_cache", "finalize")
 KIND_APIS: dict[str, tuple[str, ...]] = {
     "flip": TRANSFER_APIS + ("swap_blocks", "copy_cache", "copy_blocks"),
