@@ -377,8 +377,8 @@ DEFAULT: list[list[tuple[str, str]]] = [
     [
         ("source@pull_cache:d0", PULL_CACHE),
         ("mapping@swap_blocks:d0", PULL_BLOCKS),
-        ("nextlayer@push_blocks:d0", SWITCH_ROLE_MID),
-        ("lie@transfer_cache_async:p0", ASYNC_LINK_LOST),
+        ("nextlayer@push_cache:d0", PUSH_CACHE_LAYERS),
+        ("lie@link_clusters:p0", CLOSED_PORT),
     ],
     # the kinds that act everywhere: the teardown row's test runs first (sorted), the crash ends the run
     [("teardown@unregister_cache:d0", PUSH_CACHE), ("crash@register_blocks_cache:d0", ASYNC_KNOWN_ISSUE)],
@@ -565,6 +565,8 @@ def test_the_matrix_rows_are_sound():
         assert re.search(r"block|tensor|layer|LLM_|died", row.expect), f"{row.fault}: the message must name the cause"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not FULL, reason="set KVTEST_HARNESS_FULL=1 (the default runs fail on a missing id themselves)")
 def test_sample_ids_in_the_matrix_exist():
     listed = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "tests/samples"],
