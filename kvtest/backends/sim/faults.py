@@ -42,10 +42,15 @@ prove the checks of "this must not change"):
 Without ``@api`` a fault applies to every api of its default set; without ``:role`` to every process.
 Several faults, comma-separated (``drop@pull_cache:d0,drop@push_cache:d0``), are all active at once:
 kvtest's mutation matrix runs one kind against several apis in one pytest run that way.
+
+``KVTEST_SIM_FAULT_SCOPE`` (JSON, ``{"<fault>": ["<pytest node id>", ...]}``) limits a fault to the
+tests named (``PYTEST_CURRENT_TEST`` when the LLMDataDist initialises), so faults that would touch
+each other's tests can share one pytest run; a fault it does not name applies in every test.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -53,6 +58,7 @@ import sys
 from dataclasses import dataclass
 
 ENV_VAR = "KVTEST_SIM_FAULT"
+SCOPE_ENV_VAR = "KVTEST_SIM_FAULT_SCOPE"
 CRASH_EXIT_CODE = 70
 
 TRANSFER_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "transfer_cache_async")
@@ -200,8 +206,34 @@ def parse_faults(text: str) -> tuple[Fault, ...]:
 
 
 def fault_from_env() -> tuple[Fault, ...]:
+    """The faults of ``KVTEST_SIM_FAULT`` that apply in the running test (``KVTEST_SIM_FAULT_SCOPE``)."""
     text = os.environ.get(ENV_VAR, "")
-    return parse_faults(text) if text.strip() else ()
+    faults = parse_faults(text) if text.strip() else ()
+    scope = fault_scope(os.environ.get(SCOPE_ENV_VAR, ""))
+    if not scope:
+        return faults
+    running = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    return tuple(f for f in faults if str(f) not in scope or running in scope[str(f)])
+
+
+def fault_scope(text: str) -> dict[str, list[str]]:
+    """Parse ``KVTEST_SIM_FAULT_SCOPE``; ValueError names the bad value and the form."""
+    if not text.strip():
+        return {}
+    try:
+        scope = json.loads(text)
+    except ValueError:
+        scope = None
+    if not isinstance(scope, dict) or not all(
+        isinstance(tests, list) and all(isinstance(t, str) for t in tests) for tests in scope.values()
+    ):
+        raise ValueError(
+            f"invalid {SCOPE_ENV_VAR} value {text[:200]!r}: a JSON object of fault -> list of test node ids, "
+            'e.g. {"flip@pull_blocks:d0": ["tests/samples/test_pull_blocks.py::test_pull_blocks[...]"]}'
+        )
+    for fault in scope:
+        parse_fault(fault)  # a fault the scope names is spelled as KVTEST_SIM_FAULT spells it
+    return scope
 
 
 def crash_now(fault: Fault, api: str, role: str) -> None:
