@@ -110,6 +110,7 @@ class _Base:
         self.heartbeat: Heartbeat | None = None
         self.watchdog: Watchdog | None = None
         self._dog_watch: PeerWatch | None = None
+        self._dog_store: RunStore | None = None
         self.scope: TestScope | None = None
         self.topology = settings.topology or Topology(1, 1)
         self.all_ids: list[str] = []
@@ -144,7 +145,10 @@ class _Base:
             cluster: LocalCluster | None = getattr(self, "cluster", None)
             exited = cluster.exited if cluster is not None else None
             self._dog_watch = PeerWatch(dog_store, self.settings.dead_after, exited)
-            self._dog_watch.prefix = self.store.watch.prefix if self.store.watch is not None else ""
+            # the watchdog's own view of the run (a store client is not shared between threads)
+            self._dog_store = RunStore(
+                dog_store, self.store.run_id, self.me, self._dog_watch, token=self.token
+            )
         self.watchdog = Watchdog(self._peers_lost).start()
 
     def _peers_lost(self) -> BaseException | None:
@@ -155,12 +159,21 @@ class _Base:
         if scope is None or store is None or store.lost is not None:
             return None
         peers = [role for role in scope.roles if role != self.me]
-        if self._dog_watch is not None:
+        if self._dog_watch is not None and self._dog_store is not None:
+            dog = self._dog_store
+
+            def step(role: str) -> str | None:  # the step the peer announced last, read now
+                try:
+                    value = dog.read(keys.step(scope.seq, role))
+                except RendezvousError:
+                    return None
+                return None if value is None else str(value)
+
+            self._dog_watch.describe_step_with(step)
             try:
                 self._dog_watch.check(peers)
             except PeerDead as exc:
-                step = store.watch.last_steps.get(exc.role) if store.watch is not None else None
-                return PeerDead(exc.role, str(exc).split(": ", 1)[1], step) if step else exc
+                return exc
             return None
         silent = time.monotonic() - max(self._last_round_trip(), store.last_ok)
         if silent <= self.settings.dead_after + 0.5:
