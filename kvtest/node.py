@@ -219,6 +219,13 @@ class Node:
             tensors_per_layer=tensors_per_layer,
         )
 
+    def same(self, expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> bool:
+        """Whether ``actual`` holds exactly ``expected``'s bytes, tensor for tensor (no report: for a
+        test that tells which of two outcomes it saw before it checks that one)."""
+        return len(expected) == len(actual) and all(
+            patterns.same_bytes(e, self.backend.to_host(a)) for e, a in zip(expected, actual)
+        )
+
     @contextmanager
     def measure(self, api: str, nbytes: int) -> Iterator[None]:
         """Time one transfer call; the figure goes to JUnit properties and the results file."""

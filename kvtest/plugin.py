@@ -108,6 +108,12 @@ def _check_fault_spec() -> None:
         raise pytest.UsageError(
             f"kvtest: {text!r} from the environment (KVTEST_SIM_FAULT) is invalid: {exc}"
         ) from None
+    from kvtest.backends.sim.faults import SCOPE_ENV_VAR, fault_scope
+
+    try:
+        fault_scope(os.environ.get(SCOPE_ENV_VAR, ""))
+    except ValueError as exc:
+        raise pytest.UsageError(f"kvtest: {exc} (from the environment)") from None
 
 
 def _check_sim_fixed() -> None:

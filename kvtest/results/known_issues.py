@@ -1,10 +1,16 @@
 """The registry of known upstream issues and documented limits, and what they do to an outcome.
 
 A known issue is a behaviour where the real llm_datadist is wrong. A test that hits one keeps the
-documented expectation; where the issue applies (backend, CANN version) the test's merged call
-outcome goes through :func:`settle`: a failure is the expected ``xfailed``, a pass fails the run with
-``[XPASS(strict)] ... fixed upstream: drop the entry``, so a CANN upgrade that fixes it shows up.
-Tests mark themselves with :func:`kvtest.known_issues.expect_issue`.
+documented expectation and recognises the issue's symptom itself: each role that expects the issue
+records what it saw of the symptom (:data:`SHOWN`, through :class:`kvtest.known_issues.Expectation`),
+only where the symptom showed exactly. :func:`settle` decides the merged call outcome from that:
+
+- any failure stays a failure (a link failure, a crash, a byte the issue does not explain, a timeout);
+- a pass where every role that expected the issue showed its symptom is the expected ``xfailed``;
+- a pass where none showed it fails the run with ``[XPASS(strict)] ... fixed upstream: drop the
+  entry``, so a CANN upgrade that fixes it shows up;
+- a pass where some roles showed it and others did not fails, naming them: half a symptom is neither
+  the documented behaviour nor the issue.
 
 A documented limit is a case the real API says it does not support (:data:`LIMITS`).
 
@@ -25,10 +31,12 @@ __all__ = [
     "KNOWN",
     "KNOWN_ISSUES",
     "LIMITS",
+    "SHOWN",
     "KnownIssue",
     "Limit",
     "applies",
     "at_least",
+    "expectation",
     "issue_changes",
     "settle",
 ]
@@ -45,6 +53,8 @@ class KnownIssue:
     backends: frozenset[str]
     affected: str
     fixed_in: str | None = None
+    #: the exception that ends a worker thread of the real package as part of the symptom, if any
+    worker_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ KNOWN_ISSUES: dict[str, KnownIssue] = {
             source="src/python/llm_datadist/llm_datadist/v2/llm_utils.py TransferCacheJob.transfer_layers",
             backends=frozenset({"npu", "sim"}),
             affected="every release with TransferCacheJob (CANN 8.2.RC1 on); still in hicann/hixl 9ed283b",
+            worker_error="IndexError",  # TransferAsyncThread.run: the exception ends the thread
         ),
     )
 }
@@ -93,6 +104,8 @@ LIMITS: dict[str, Limit] = {
 
 #: set on an item (by kvtest.known_issues.expect_issue) whose test hits a known issue that applies
 KNOWN = pytest.StashKey[KnownIssue]()
+#: what this role saw of the issue's symptom, one line per part (kvtest.known_issues.Expectation.shows)
+SHOWN = pytest.StashKey[list[str]]()
 
 
 def _version_key(text: str) -> tuple[int, ...]:
@@ -132,24 +145,69 @@ def _reason(issue: KnownIssue) -> str:
     )
 
 
-def settle(item: pytest.Item, rep: pytest.TestReport, *, decides: bool) -> None:
-    """Turn the call report of a test that hit a known issue into a strict-xfail outcome.
-
-    ``decides``: this report is the merged one (p0, or a run without peers): a pass becomes the
-    strict XPASS failure. A follower only turns its own failure into xfailed and leaves a pass alone,
-    since p0 decides the test. ``rep.known_issue`` is set for the results file.
-    """
+def expectation(item: pytest.Item) -> dict[str, Any] | None:
+    """This role's expectation of a known issue for its :class:`~kvtest.run.messages.RoleResult`:
+    ``{"id": ..., "shown": [...]}``, or None when the test expects no issue that applies."""
     issue = item.stash.get(KNOWN, None)
-    if issue is None or rep.when != "call" or rep.skipped:
+    if issue is None:
+        return None
+    shown: list[str] = item.stash.get(SHOWN, [])
+    return {"id": issue.id, "shown": list(shown)}
+
+
+def settle(
+    item: pytest.Item,
+    rep: pytest.TestReport,
+    *,
+    decides: bool,
+    roles: Mapping[str, Mapping[str, Any] | None] | None = None,
+) -> None:
+    """Decide the call report of a test that expects a known issue (see the module docstring).
+
+    ``decides``: this report is the merged one (p0, or a run without peers); a follower only turns
+    its own pass that showed the symptom into xfailed, since p0 decides the test. ``roles``: each
+    role's :func:`expectation` (None: this role's own only). ``rep.known_issue`` is set for the
+    results file.
+    """
+    if rep.when != "call" or rep.skipped:
         return
-    if rep.failed:
+    if roles is None or not decides:
+        roles = {"": expectation(item)}
+    expecting = {role: e for role, e in roles.items() if e is not None}
+    if not expecting:
+        return
+    ids = {str(e["id"]) for e in expecting.values()}
+    issue = KNOWN_ISSUES.get(min(ids)) if len(ids) == 1 else None
+    if issue is None:
+        rep.outcome = "failed"
+        rep.longrepr = f"kvtest: the roles expect different known issues: {sorted(ids)}"
+        return
+    if rep.failed:  # whatever failed, it was not the symptom alone: a failure as usual
+        rep.known_issue = {"id": issue.id, "state": "failed"}  # type: ignore[attr-defined]
+        return
+    shown = {role: list(e.get("shown") or []) for role, e in expecting.items()}
+    missing = sorted(role or "this role" for role, seen in shown.items() if not seen)
+    if not missing:
+        seen = "; ".join(
+            f"{role + ': ' if role else ''}{', '.join(lines)}" for role, lines in sorted(shown.items())
+        )
         rep.outcome = "skipped"
-        rep.wasxfail = _reason(issue)
+        rep.wasxfail = f"{_reason(issue)} Seen: {seen}"
         rep.known_issue = {"id": issue.id, "state": "hit"}  # type: ignore[attr-defined]
-    elif decides:
+    elif not decides:
+        return
+    elif len(missing) == len(shown):
         rep.outcome = "failed"
         rep.longrepr = f"[XPASS(strict)] {_reason(issue)}"
         rep.known_issue = {"id": issue.id, "state": "fixed"}  # type: ignore[attr-defined]
+    else:
+        showed = sorted(role for role, seen in shown.items() if seen)
+        rep.outcome = "failed"
+        rep.longrepr = (
+            f"known upstream issue {issue.id}: {', '.join(showed)} showed its symptom but "
+            f"{', '.join(missing)} did not: neither the documented behaviour nor the issue"
+        )
+        rep.known_issue = {"id": issue.id, "state": "failed"}  # type: ignore[attr-defined]
 
 
 def issue_changes(

@@ -191,6 +191,9 @@ class RoleResult:
     transfers: tuple[dict[str, Any], ...] = ()
     #: "environment" or "product" for a failure (kvtest.run.failure); optional in the JSON
     failure: str | None = None
+    #: the known issue this role expects and what it saw of its symptom
+    #: (kvtest.results.known_issues.expectation); optional in the JSON
+    known_issue: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "transfers": list(self.transfers)}
@@ -200,6 +203,7 @@ class RoleResult:
         return cls(
             **{**{name: data[name] for name in RESULT_SHAPE}, "transfers": tuple(data["transfers"])},
             failure=failure_class(data.get("failure")),
+            known_issue=_known_issue(data.get("known_issue")),
         )
 
     @property
@@ -207,6 +211,13 @@ class RoleResult:
         if self.died:
             return self.message
         return f"{self.role} failed at step {self.step!r}: {self.message}"
+
+
+def _known_issue(data: object) -> dict[str, Any] | None:
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        return None
+    shown = data.get("shown")
+    return {"id": data["id"], "shown": [str(s) for s in shown] if isinstance(shown, list) else []}
 
 
 RESULT_SHAPE: Shape = {

@@ -23,7 +23,7 @@ import pytest
 
 from kvtest.host.fingerprint import fingerprint
 from kvtest.results.artifacts import RoleArtifacts
-from kvtest.results.known_issues import settle
+from kvtest.results.known_issues import expectation, settle
 from kvtest.results.recording import RunRecorder, transfer_properties
 from kvtest.results.report import write_summary
 from kvtest.results.results import RoleInfo
@@ -60,6 +60,7 @@ from kvtest.run.threads import ThreadBudget
 from kvtest.run.threads import apply as apply_threads
 from kvtest.run.threads import plan as plan_threads
 from kvtest.run.topology import Topology
+from kvtest.run.watchdog import Watchdog
 from kvtest.settings import Rendezvous, Settings
 from kvtest.state import chosen_backend, marker_settings
 
@@ -107,6 +108,9 @@ class _Base:
         self.me = settings.role_name
         self.store: RunStore | None = None
         self.heartbeat: Heartbeat | None = None
+        self.watchdog: Watchdog | None = None
+        self._dog_watch: PeerWatch | None = None
+        self._dog_store: RunStore | None = None
         self.scope: TestScope | None = None
         self.topology = settings.topology or Topology(1, 1)
         self.all_ids: list[str] = []
@@ -136,6 +140,57 @@ class _Base:
         assert self.store is not None
         hb_store = reconnect(rdv, port, self.settings.join_timeout, self.settings.dead_after)
         self.heartbeat = Heartbeat(hb_store, self.store.key(keys.heartbeat(self.me)), keep=keep).start()
+        if self.store.address is None:  # this role hosts the store: it watches its peers' heartbeats
+            dog_store = reconnect(rdv, port, self.settings.join_timeout, self.settings.dead_after)
+            cluster: LocalCluster | None = getattr(self, "cluster", None)
+            exited = cluster.exited if cluster is not None else None
+            self._dog_watch = PeerWatch(dog_store, self.settings.dead_after, exited)
+            # the watchdog's own view of the run (a store client is not shared between threads)
+            self._dog_store = RunStore(
+                dog_store, self.store.run_id, self.me, self._dog_watch, token=self.token
+            )
+        self.watchdog = Watchdog(self._peers_lost).start()
+
+    def _peers_lost(self) -> BaseException | None:
+        """The watchdog's question, while a test body runs: are this test's peers gone? The store's
+        host asks their heartbeats; a role that reaches the store over the network asks whether it
+        still makes round trips to it (the heartbeat thread's last one)."""
+        scope, store = self.scope, self.store
+        if scope is None or store is None or store.lost is not None:
+            return None
+        peers = [role for role in scope.roles if role != self.me]
+        if self._dog_watch is not None and self._dog_store is not None:
+            dog = self._dog_store
+
+            def step(role: str) -> str | None:  # the step the peer announced last, read now
+                try:
+                    value = dog.read(keys.step(scope.seq, role))
+                except RendezvousError:
+                    return None
+                return None if value is None else str(value)
+
+            self._dog_watch.describe_step_with(step)
+            try:
+                self._dog_watch.check(peers)
+            except PeerDead as exc:
+                return exc
+            return None
+        silent = time.monotonic() - max(self._last_round_trip(), store.last_ok)
+        if silent <= self.settings.dead_after + 0.5:
+            return None
+        lost = store._lost(f"no round trip to the store for {silent:.1f}s")
+        store.lost = lost
+        return lost
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, object, object]:
+        if self.watchdog is None or item.nodeid not in self.kv_items:
+            return (yield)
+        self.watchdog.arm()
+        try:
+            return (yield)
+        finally:
+            self.watchdog.disarm()
 
     def _last_round_trip(self) -> float:
         return self.heartbeat.last_ok if self.heartbeat is not None else 0.0
@@ -265,6 +320,7 @@ class _Base:
             duration=rep.duration,
             transfers=tuple(dict(r.to_json()) for r in records),
             failure=classify(exc) if failed else None,
+            known_issue=expectation(item) if rep.when == "call" else None,
         )
 
     @staticmethod
@@ -398,6 +454,7 @@ class LeaderSession(_Base):
         except BaseException:
             # no heartbeat thread may be inside the store when the process exits: torch aborts it
             # ("terminate called without an active exception")
+            self.watchdog.stop() if self.watchdog else None
             self.heartbeat.stop() if self.heartbeat else None
             self._note_roles(handshake, refused=True)
             raise
@@ -419,6 +476,7 @@ class LeaderSession(_Base):
 
     def _never_joined(self, exc: PeerNeverJoined) -> None:
         """Not a usage error: the run goes on, and each multi-role test errors at setup with ``exc``."""
+        self.watchdog.stop() if self.watchdog else None
         self.heartbeat.stop() if self.heartbeat else None
         self.active = False
         self.never_joined = exc
@@ -488,7 +546,8 @@ class LeaderSession(_Base):
                 item.user_properties.extend(props)
             elif rep.when == "teardown":
                 results = self._merge(item, rep, "teardown", own)
-        settle(item, rep, decides=True)  # a known upstream issue: strict xfail on the merged outcome
+        # a known upstream issue: strict xfail when every role that expects it showed its symptom
+        settle(item, rep, decides=True, roles={r.role: r.known_issue for r in results})
         results = self._label_failure(item, rep, results)  # after settle: an xfail is no failure
         self._record(item.nodeid, rep, results)
         return rep
@@ -588,6 +647,8 @@ class LeaderSession(_Base):
             self._write(f"kvtest: {exc}")
         if self.cluster is not None:
             self.cluster.stop(grace=20)
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if not self.settings.hosts_store:
@@ -682,6 +743,7 @@ class FollowerSession(_Base):
             handshake.claim()
             handshake.follow()
         except (RendezvousError, pytest.UsageError) as exc:
+            self.watchdog.stop() if self.watchdog else None
             self.heartbeat.stop() if self.heartbeat else None  # as in LeaderSession._start
             if isinstance(exc, pytest.UsageError):
                 raise
@@ -841,5 +903,7 @@ class FollowerSession(_Base):
                     self.store.wait(keys.CLOSED, what="p0 to close the run", timeout=30, peers=["p0"])
             except RendezvousError:
                 pass
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop(wait=not self._unreachable())

@@ -21,3 +21,23 @@ def test_each_case_repeats_as_its_own_profile_list_says():
 def test_unknown_profile_lists_are_refused():
     with pytest.raises(ValueError, match="unknown profile"):
         cases_for({"weekly": [SMOKE]}, "smoke")
+
+
+def test_npu_runs_a_push_blocks_case_whose_equal_layer_ranges_are_a_strict_middle():
+    """push_blocks's layer ranges proven on npu: the unequal-range cases are skipped there (documented
+    limit), so a smoke case with equal ranges starting above layer 0 and ending before the last one
+    must exist (a push that ignored its ranges would write layers outside them)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tests" / "samples" / "test_switch_role.py"
+    spec = importlib.util.spec_from_file_location("switch_role_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    middle = [
+        case
+        for case in module.CASES["smoke"]
+        if case.src_layers == case.dst_layers and case.src_layers[0] > 0 and case.src_layers[1] < case.layers
+    ]
+    assert middle, "no switch_role smoke case pushes equal layer ranges strictly inside the cache"

@@ -6,10 +6,10 @@ d0's process. It must outlive p0's last read, and a death on either side is name
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
+from waits import listening, wait_until
 
 SUITE = """
 import os, signal
@@ -50,7 +50,7 @@ def start_pods(pytester: pytest.Pytester, start_role, port: int, select: str, **
     """Rank 0 (d0, the store's host) and, half a second later, rank 1 (p0), each running ``-k select``."""
     pytester.makepyfile(test_launched=SUITE)
     host = start_role("rank0", "-v", "-k", select, env=lws(0, port, **extra))
-    time.sleep(0.5)
+    wait_until(lambda: listening(port), "rank 0's store")
     return host, start_role("rank1", "-v", "-k", select, env=lws(1, port, **extra))
 
 

@@ -50,10 +50,6 @@ RUN_S = 150  # one run's deadline: a hang fails the test, never blocks it
 
 _NETNS = netns_unavailable()
 needs_netns = pytest.mark.skipif(_NETNS is not None, reason=_NETNS or "")
-# the examples write every role's files with --kv-artifacts (issue 16 point 3, another branch)
-needs_artifacts = pytest.mark.skipif(
-    not any(o.flag == "--kv-artifacts" for o in OPTIONS), reason="--kv-artifacts is not an option of this kvtest yet"
-)
 
 
 def addopts(tmp: Path, name: str, selection: list[str] = SELECTION) -> str:
@@ -122,7 +118,6 @@ def test_example_manifests_run_one_command_on_every_pod():
     assert {"name": "ascendjob-port", "containerPort": 2222} in master["ports"]  # MASTER_PORT, kvtest's store
 
 
-@needs_artifacts
 def test_nightly_workflow_uses_options_that_exist():
     # the workflow cannot run here (no Ascend runner): check that every kvtest flag it passes exists
     workflow = load_manifest(ROOT / "examples" / "ci" / "ascend-nightly.yml")[0]
@@ -174,7 +169,6 @@ def lws_pods(network: Network, tmp_path: Path) -> list[Pod]:
 
 
 @needs_netns
-@needs_artifacts
 def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path):
     pods = lws_pods(network2, tmp_path)
     out = run_pods(pods, tmp_path)
@@ -190,7 +184,6 @@ def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path)
 
 
 @needs_netns
-@needs_artifacts
 def test_leaderworkerset_leader_exit_code_is_the_result(network2: Network, tmp_path: Path):
     # a flipped byte in d0's push: the leader's exit code (what the example prints and exits with) says so
     pods = lws_pods(network2, tmp_path)
@@ -201,7 +194,6 @@ def test_leaderworkerset_leader_exit_code_is_the_result(network2: Network, tmp_p
 
 
 @needs_netns
-@needs_artifacts
 def test_ascendjob_pods_run_the_example(network2: Network, tmp_path: Path):
     job = only(load_manifest(EXAMPLES / "ascendjob.yaml"))
     cluster_ip = "10.214.0.200"

@@ -154,3 +154,33 @@ def test_the_cycle_check_finds_cycles(tmp_path, source, expected):
         assert cycles(import_graph(pkg)) == expected
     finally:
         ROOT = saved
+
+
+def _skips_on_own_options(path: Path) -> list[str]:
+    return _skips_on_own_options_text(path.read_text(), path)
+
+
+def _skips_on_own_options_text(source: str, path: Path) -> list[str]:
+    """``skipif`` marks in ``source`` whose condition asks whether kvtest has one of its own options
+    (``OPTIONS``, a ``--kv-`` flag): a test of kvtest's own feature must fail when it goes, not skip."""
+    found = []
+    for node in ast.walk(ast.parse(source, str(path))):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "skipif"):
+            continue
+        condition = ast.unparse(node.args[0]) if node.args else ""
+        if "OPTIONS" in condition or "--kv-" in condition:
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: skipif({condition})")
+    return found
+
+
+def test_no_skip_detects_kvtests_own_options():
+    found = [line for path in sorted((ROOT / "tests").rglob("*.py")) for line in _skips_on_own_options(path)]
+    assert not found, "feature-detection skips on kvtest's own options:\n" + "\n".join(found)
+
+
+def test_the_own_option_skip_check_finds_one():
+    probe = ROOT / "tests" / "harness" / "probe.py"
+    source = 'import pytest\nneeds = pytest.mark.skipif(not any(o.flag == "--kv-x" for o in OPTIONS), reason="")\n'
+    found = _skips_on_own_options_text(source, probe)
+    assert found == ["tests/harness/probe.py:2: skipif(not any((o.flag == '--kv-x' for o in OPTIONS)))"], found
+    assert _skips_on_own_options_text("import pytest\nx = pytest.mark.skipif(NETNS is None, reason='')\n", probe) == []

@@ -24,7 +24,7 @@ def test_measure_records_bytes_seconds_and_role():
         pass
     (record,) = log.records
     assert (record.api, record.nbytes, record.role) == ("pull_blocks", 8 << 20, "d0")
-    assert 0 <= record.seconds < 1
+    assert 0 <= record.seconds and math.isfinite(record.seconds)
     assert math.isfinite(record.gbps) and record.gbps > 0
 
 

@@ -43,7 +43,8 @@ def test_junit_results_and_summary(pytester: pytest.Pytester):
     props = properties(pytester.path / "j.xml")["test_timed"]
     for role in ("p0", "d0"):
         assert props[f"kv.{role}.pull_blocks.bytes"] == "12000000"
-        assert 0.05 < float(props[f"kv.{role}.pull_blocks.gbps"]) < 0.5  # 4 MB per ~10 ms
+        # 4 MB per at least 10 ms: at most 0.4 GB/s (a loaded machine only sleeps longer)
+        assert 0 < float(props[f"kv.{role}.pull_blocks.gbps"]) <= 0.4
         assert float(props[f"kv.{role}.pull_blocks.p50_ms"]) >= 10
 
     doc = json.loads((pytester.path / "r.json").read_text())
@@ -53,7 +54,7 @@ def test_junit_results_and_summary(pytester: pytest.Pytester):
     assert set(timed["roles"]) == {"p0", "d0"} and {t["role"] for t in timed["transfers"]} == {"p0", "d0"}
     # each role slept 3 x 10 ms inside its transfers; the cost puts the rest of the test beside them
     cost = timed["cost"]
-    assert 0.03 <= cost["transfer_s"] < 0.5 and cost["wall_s"] >= cost["transfer_s"]
+    assert 0.03 <= cost["transfer_s"] and cost["wall_s"] >= cost["transfer_s"]
     assert cost["other_s"] == pytest.approx(cost["wall_s"] - cost["transfer_s"])
     failed = doc["tests"]["test_timed.py::test_d_fails"]
     assert failed["outcome"] == "failed"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+from waits import listening, wait_until
 
 from kvtest.run.messages import RoleResult
 from kvtest.run.rendezvous import keys, open_store
@@ -35,6 +36,8 @@ def test_pair(kv):
 def test_slow_pair(kv):
     kv.barrier("start")
     gate = os.environ.get("KVTEST_HARNESS_GATE")  # the harness opens it when it has seen what it needs
+    if gate:
+        open(f"{gate}.{kv.me}", "w").close()  # this role is inside the run: the harness may go on
     deadline = time.monotonic() + (50 if gate else 2)
     while time.monotonic() < deadline and not (gate and os.path.exists(gate)):
         time.sleep(0.05)
@@ -97,12 +100,14 @@ def test_two_local_runs_at_once_do_not_talk(pytester: pytest.Pytester, start_rol
     assert len(runs) == 2
 
 
-def _pair(start_role, tag: str, *args: str, d_first: bool = False):
+def _pair(start_role, tag: str, *args: str, d_first: bool = False, store: Path | None = None):
     p_args = ("--role", "p", *args)
     d_args = ("--role", "d", *args)
     if d_first:
+        assert store is not None, "d first: the file store shows when d0 is in"
+        before = store.stat().st_size if store.exists() else 0
         d = start_role(f"d-{tag}", *d_args)
-        time.sleep(1)
+        wait_until(lambda: store.exists() and store.stat().st_size > before, "d0 writing to the store first")
         p = start_role(f"p-{tag}", *p_args)
     else:
         p, d = start_role(f"p-{tag}", *p_args), start_role(f"d-{tag}", *d_args)
@@ -115,7 +120,7 @@ def test_file_store_left_over_is_never_read(pytester: pytest.Pytester, start_rol
     rdv = ["--rendezvous", f"file://{store}", "-k", "not slow", "--kv-join-timeout", "60"]
     for run_id, d_first in (("r1", False), ("r2", False), ("r3", True)):
         # r3: d0 comes first, finds r2's keys (and r2 as the current run) and must wait for r3's
-        p_out, d_out = _pair(start_role, run_id, *rdv, "--run-id", run_id, d_first=d_first)
+        p_out, d_out = _pair(start_role, run_id, *rdv, "--run-id", run_id, d_first=d_first, store=store)
         assert p_out.returncode == 0 and "1 passed" in p_out.output, p_out.output
         assert d_out.returncode == 0 and "1 passed" in d_out.output, d_out.output
         assert store.exists()  # the file keeps every earlier run's keys
@@ -147,7 +152,7 @@ def test_strangers_are_refused_and_the_pair_passes(pytester: pytest.Pytester, st
     # the pair holds its second test open until the strangers are done, so they meet a live run
     p = start_role("p", "--role", "p", *rdv, env=env)
     d = start_role("d", "--role", "d", *rdv, env=env)
-    time.sleep(3)
+    wait_until(lambda: all(Path(f"{gate}.{role}").exists() for role in ("p0", "d0")), "the pair's second test")
     wrong = start_role("wrong", "--role", "d", *rdv[:2], "--run-id", "bad", "--kv-join-timeout", "30")
     twin = start_role("twin", "--role", "d", *rdv[:2], "--kv-join-timeout", "30")
     wrong_out, twin_out = wrong.wait(), twin.wait()
@@ -293,7 +298,7 @@ def test_a_role_with_another_token_is_refused_on_both_sides(
     pytester.makepyfile(test_pair=PAIR)
     rdv = ["--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-dead-after", "1", "-k", "not slow"]
     p = start_role("p", "--role", "p", *rdv, env={"KVTEST_TOKEN": "the-run-token-0123456789"})
-    time.sleep(2)
+    wait_until(lambda: listening(port), "p0's rendezvous store")
     env = {"KVTEST_TOKEN": "a-different-token-0123456789"} if d_token == "other" else {}
     d = start_role("d", "--role", "d", *rdv, env=env)
     p_out, d_out = p.wait(), d.wait()

@@ -281,12 +281,12 @@ def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path
     assert "network partition or p0's host is down; p0 was last seen at step 'push'" in line, line
     detected = float(line.split(":29533 for ", 1)[1].split("s:", 1)[0])
     print(f"partition: d0 measured {detected:.1f}s without a round trip to p0's store")
-    assert DEAD_AFTER - 0.5 <= detected <= DEAD_AFTER + 3, line
+    assert DEAD_AFTER - 0.5 <= detected <= DEAD_AFTER + 5, line
     # p0 was pushing: the transfer ended by sync_kv_timeout, and d0's silence reads as what it may be
     assert "LLM_TIMEOUT" in outs["p0"], outs["p0"]
     push_s = float((tmp_path / "pushing").read_text())
     print(f"partition: the push that met the cut returned LLM_TIMEOUT after {push_s:.2f}s")
-    assert 1.0 <= push_s < 2.0
+    assert 1.0 <= push_s < 6.0  # sync_kv_timeout (1 s), with room for a loaded machine
     assert "peer d0 died" in outs["p0"] and "network to it is down" in outs["p0"], outs["p0"]
     # every test p0 finished is in its results file; d0 wrote its own report
     finished = {k.rsplit("::", 1)[1]: v["outcome"] for k, v in recorded.items()}
@@ -313,3 +313,81 @@ def test_a_short_flap_never_hangs(two_hosts: Hosts, tmp_path: Path):
     assert "cannot reach p0's rendezvous" not in outs["d0"], outs["d0"]
     assert "peer d0 died" not in outs["p0"], outs["p0"]
     assert len(recorded) == 7, recorded  # the run went on to its end
+
+
+# The cut lands while p0 is inside a long local operation of a nightly-sized case (copy_blocks over
+# 1 MiB blocks, as the nightly profile's copy_blocks case) and d0 waits at a barrier: p0 makes no
+# store call for as long as the copies take, so before the watchdog (kvtest/run/watchdog.py) it
+# noticed d0's silence only after them (measured with dead-after 5: d0 15-18 s, p0 20-22 s after
+# the cut).
+LOCAL = """
+import os
+import time
+
+from kvtest.cases import CopyBlocksCase
+
+CASE = CopyBlocksCase("bf16", 8, 32, 512 * 1024, tuple((i, (i + 16,)) for i in range(16)), "1MiB-blocks")
+BUSY_FOR = 120  # seconds p0 keeps copying
+
+
+def test_cut_while_busy(kv, datadist):
+    me = 0 if kv.role == "p" else 1
+    node = datadist(me)
+    api = node.api
+    desc = api.CacheDesc(CASE.num_tensors, CASE.shape, node.datatype(CASE.torch_dtype), api.Placement.DEVICE)
+    tensors = node.tensors(CASE.num_tensors, CASE.shape, CASE.torch_dtype, side=kv.role)
+    cache = node.register_blocks_cache(desc, tensors)
+    kv.barrier("registered")
+    if kv.role == "p":
+        kv.step("copy_blocks")
+        end = time.monotonic() + BUSY_FOR
+        while time.monotonic() < end:
+            node.cm.copy_blocks(cache, CASE.copy_info)
+            open(os.environ["KVTEST_HARNESS_GATE"], "w").close()
+    kv.barrier("copied")
+"""
+
+
+def test_partition_during_a_long_local_operation_ends_every_role_in_time(two_hosts: Hosts, tmp_path: Path):
+    dead_after = 5.0
+    (tmp_path / "test_busy.py").write_text(LOCAL)
+    gate = tmp_path / "pushing"
+    env = {"KVTEST_HARNESS_GATE": str(gate)}
+    rdv = f"tcp://{two_hosts.ip_a}:29534"
+    common = ["--kv-dead-after", str(dead_after), "--kv-profile", "nightly", "-p", "no:randomly", "test_busy.py"]
+    p = start(two_hosts.ns_a, "p", rdv, tmp_path, *common, cwd=tmp_path, env=env)
+    d = start(two_hosts.ns_b, "d", rdv, tmp_path, *common, cwd=tmp_path, env=env)
+    outs: dict[str, str] = {}
+    ended: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while not gate.exists():
+            assert time.monotonic() < deadline and p.poll() is None and d.poll() is None, "never busy"
+            time.sleep(0.05)
+        cut = two_hosts.link("down")
+        readers = {name: threading.Thread(target=lambda n=name, q=proc: outs.update({n: q.communicate()[0]}))
+                   for name, proc in (("p0", p), ("d0", d))}
+        for reader in readers.values():
+            reader.start()
+        while any(r.is_alive() for r in readers.values()) and time.monotonic() < cut + 90:
+            for name, reader in readers.items():
+                if name not in ended and not reader.is_alive():
+                    ended[name] = time.monotonic() - cut
+            time.sleep(0.05)
+        for name, reader in readers.items():
+            if name not in ended and not reader.is_alive():
+                ended[name] = time.monotonic() - cut
+    finally:
+        for proc in (p, d):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    print(f"\npartition during copy_blocks (nightly-sized, dead-after {dead_after:g}): "
+          + ", ".join(f"{role} ended {ended.get(role, float('nan')):.1f}s after the cut" for role in ("p0", "d0")))
+    for role in ("p0", "d0"):
+        assert role in ended, f"{role} still running 90 s after the cut: {outs}"
+        assert p.returncode not in (0, None) and d.returncode not in (0, None), outs
+        assert ended[role] <= dead_after + 5, (role, ended[role], outs.get(role))
+        assert "Traceback" not in outs[role] and "INTERNALERROR" not in outs[role], outs[role]
+    assert "peer d0 died at step" in outs["p0"], outs["p0"]
+    assert "cannot reach p0's rendezvous" in outs["d0"], outs["d0"]

@@ -133,7 +133,10 @@ def _refused(api, call, code: str, message: str) -> None:
 
 @pytest.mark.kv(topology="1p1d")
 def test_copy_refusals(kv, datadist):
-    """The documented refusals of copy_cache and copy_blocks; none of them changes a byte."""
+    """The documented refusals of copy_cache and copy_blocks; none of them changes a byte. Every cache
+    a refused call names (the blocks cache, the pool cache, the host cache) holds a pattern of its own
+    before, checked after; a refused copy inside one cache names two different slots, so a copy that
+    went ahead would show."""
     shape, dtype, n = [4, 256], torch.float16, 2
     node = datadist(P if kv.role == "p" else D, mem_pool=pool_bytes(4 * 512, tensors=2 * n))
     api = node.api
@@ -143,7 +146,8 @@ def test_copy_refusals(kv, datadist):
     cache = node.allocate_cache(api.CacheDesc(n, shape, node.datatype(dtype), api.Placement.DEVICE))
     contents = node.expected(n, shape, dtype, side=kv.role, first_index=n)
     views = node.pool_views(cache, contents)
-    host = [torch.zeros(shape, dtype=dtype) for _ in range(n)]
+    host_contents = node.expected(n, shape, dtype, side=kv.role, first_index=2 * n)
+    host = [t.clone() for t in host_contents]
     cpu_cache = api.Cache.create_cpu_cache(
         api.CacheDesc(n, shape, node.datatype(dtype), api.Placement.HOST), [t.data_ptr() for t in host]
     )
@@ -169,7 +173,7 @@ def test_copy_refusals(kv, datadist):
     )
     _refused(
         api,
-        lambda: node.cm.copy_cache(cache, cache, offset=8, size=512),
+        lambda: node.cm.copy_cache(cache, cache, dst_batch_index=1, src_batch_index=0, offset=8, size=512),
         invalid,
         "[copy_cache] failed, error code is LLMStatusCode.LLM_PARAM_INVALID",
     )
@@ -195,7 +199,7 @@ def test_copy_refusals(kv, datadist):
         node.expected(n, shape, dtype, side=kv.role), blocks_tensors, name="blocks cache after refusals"
     )
     node.check(contents, views, name="cache after refusals")
-    node.check([torch.zeros(shape, dtype=dtype)] * n, host, name="host cache after refusals")
+    node.check(host_contents, host, name="host cache after refusals")
     node.unregister(blocks)
     node.deallocate(cache)
     node.finalize()

@@ -67,10 +67,23 @@ def lone(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Callable[..., An
         dd.finalize()
 
 
+#: the seed of the lone tests' contents (they have no run seed: no peers)
+LONE_SEED = 23
+
+
+def _contents() -> list[torch.Tensor]:
+    return [patterns.pattern([3, 10], torch.float32, seed=LONE_SEED, tensor_index=i, side="p") for i in range(2)]
+
+
 def _device_tensors(backend: Any) -> list[torch.Tensor]:
     """Device memory, as a DEVICE cache needs: registration hands it to HCCL/HIXL as device memory
-    (hicann/hixl src/llm_datadist/cache_mgr/comm_mem_manager.cc), which refuses host memory."""
-    return [backend.to_device(torch.zeros(3, 10, dtype=torch.float32)) for _ in range(2)]
+    (hicann/hixl src/llm_datadist/cache_mgr/comm_mem_manager.cc), which refuses host memory. It holds
+    :func:`_contents`, so a refused call that wrote into it shows."""
+    return [backend.to_device(t) for t in _contents()]
+
+
+def _unchanged(backend: Any, tensors: list[torch.Tensor], name: str) -> None:
+    patterns.check_all(_contents(), [backend.to_host(t) for t in tensors], name=name)
 
 
 def _blocks_cache(api: Any, dd: Any, backend: Any, key: Any = None) -> tuple[Any, list[torch.Tensor]]:
@@ -83,13 +96,14 @@ def _blocks_cache(api: Any, dd: Any, backend: Any, key: Any = None) -> tuple[Any
 def test_push_without_link(lone):
     api, make, backend = lone
     dd = make(P, local_comm_res="")
-    cache, _tensors = _blocks_cache(api, dd, backend, api.BlocksCacheKey(P, 0))
+    cache, tensors = _blocks_cache(api, dd, backend, api.BlocksCacheKey(P, 0))
     with pytest.raises(api.LLMException) as raised:
         dd.cache_manager.push_blocks(api.BlocksCacheKey(D, 0), cache, src_blocks=[0], dst_blocks=[0])
     assert raised.value.status_code == _code(api, "LLM_NOT_YET_LINK"), str(raised.value)
     assert str(raised.value).startswith(
         "[push_blocks] failed, error code is LLMStatusCode.LLM_NOT_YET_LINK"
     ), str(raised.value)
+    _unchanged(backend, tensors, "source cache after a refused push_blocks")
     dd.cache_manager.unregister_cache(cache.cache_id)
 
 
@@ -105,6 +119,7 @@ def test_push_cache_without_link(lone):
     assert str(raised.value).startswith(
         "[push_cache] failed, error code is LLMStatusCode.LLM_NOT_YET_LINK"
     ), str(raised.value)
+    _unchanged(backend, tensors, "source cache after a refused push_cache")
     dd.cache_manager.unregister_cache(cache.cache_id)
 
 
@@ -147,7 +162,9 @@ GA_P, GA_D = 1, 2
 def test_pull_removed_key(kv, datadist):
     """P allocates a cache keyed on slots 0 and 1 and removes key 0; d's pull of it fails with
     LLM_KV_CACHE_NOT_EXIST, its pull of key 1 succeeds (byte-checked), and pulling key 1 again fails
-    the same way (a pull releases the key), as documented."""
+    the same way (a pull releases the key), as documented. d's cache holds its own pattern in both
+    slots from the start: after each refused pull nothing changed, after the pull only slot 1; p's
+    source is unchanged by the pulls."""
     shape, dtype, num = [2, 64], torch.float16, 2
     pool = 1 << 20
     if kv.role == "p":
@@ -157,11 +174,13 @@ def test_pull_removed_key(kv, datadist):
         desc = api.CacheDesc(num, shape, api.DataType.DT_FLOAT16, api.Placement.DEVICE)
         keys = [api.CacheKey(GA_P, 0, 0), api.CacheKey(GA_P, 1, 0)]
         cache = node.allocate_cache(desc, keys)
-        for i, view in enumerate(node.backend.tensors_at(shape, dtype, cache.tensor_addrs)):
+        views = node.backend.tensors_at(shape, dtype, cache.tensor_addrs)
+        for i, view in enumerate(views):
             patterns.fill(view, seed=kv.seed, tensor_index=i, side="p")
         node.cm.remove_cache_key(keys[0])
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
+        node.check(node.expected(num, shape, dtype, side="p"), views, name="source cache after d's pulls")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         node.cm.remove_cache_key(keys[1])  # a no-op: d's pull consumed it
@@ -173,6 +192,8 @@ def test_pull_removed_key(kv, datadist):
         comm_id = node.link(["p0"])
         desc = api.CacheDesc(num, shape, api.DataType.DT_FLOAT16, api.Placement.DEVICE)
         cache = node.allocate_cache(desc)
+        ours = node.expected(num, shape, dtype, side="d")  # both slots: what no refused pull may change
+        views = node.pool_views(cache, ours)
         kv.barrier("cache ready")
         not_exist = _code(api, "LLM_KV_CACHE_NOT_EXIST")
         prefix = "[pull_cache] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST"
@@ -181,17 +202,18 @@ def test_pull_removed_key(kv, datadist):
             node.cm.pull_cache(api.CacheKey(GA_P, 0, 0), cache, batch_index=0)
         assert raised.value.status_code == not_exist, str(raised.value)
         assert str(raised.value).startswith(prefix), str(raised.value)
+        node.check(ours, views, name="cache after a refused pull_cache of a removed key")
         with node.measure("pull_cache", 64 * 2 * num):
             node.cm.pull_cache(api.CacheKey(GA_P, 1, 0), cache, batch_index=1)
         theirs = node.expected(num, shape, dtype, side="p")
-        views = node.backend.tensors_at(shape, dtype, cache.tensor_addrs)
-        got = [v.select(0, 1) for v in views]
-        node.check([t.select(0, 1) for t in theirs], got, name="slot 1 after pull_cache")
+        expected = [torch.stack([mine[0], pulled[1]]) for mine, pulled in zip(ours, theirs)]
+        node.check(expected, views, name="cache after pull_cache of slot 1")
         kv.step("pull_cache consumed key")
         with pytest.raises(api.LLMException) as again:
             node.cm.pull_cache(api.CacheKey(GA_P, 1, 0), cache, batch_index=0)
         assert again.value.status_code == not_exist, str(again.value)
         assert str(again.value).startswith(prefix), str(again.value)
+        node.check(expected, views, name="cache after a refused pull_cache of a consumed key")
         kv.barrier("decoder pull end")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")

@@ -145,6 +145,7 @@ def test_pull_from_cache_to_blocks(kv, datadist, case: CacheToBlocksCase):
         with pytest.raises(api.LLMException, match=re.escape(message)) as raised:
             node.cm.pull_blocks(key, cache, src_blocks=[], dst_blocks=list(case.dst))
         assert raised.value.status_code == api.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
+        node.check(expected, tensors, name="blocks after a refused second pull_blocks")
         kv.barrier("decoder pull end")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")

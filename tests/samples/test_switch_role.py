@@ -11,7 +11,9 @@ Six barriers keep the two in step, as the sample's b1..b6:
 6. d push_blocks every block of the source layers into p's destination layers, with
    tensor_num_per_layer as the case says (the sample's: 1, layers 0..2 -> 0..2). Cases whose source
    and destination ranges differ are skipped on npu: the docs support only equal ranges
-   (documented limit ``push-unequal-layer-ranges``, kvtest/results/known_issues.py).
+   (documented limit ``push-unequal-layer-ranges``, kvtest/results/known_issues.py); the
+   ``mid-layers`` case (equal ranges 1..3 of 5 layers) is what proves on npu that push_blocks honours
+   its layer ranges.
 
 Afterwards d holds p's pulled blocks, and p's destination layers hold d's (post-pull) cache, other
 layers of p unchanged. Both unlink forced, unregister and finalize.
@@ -34,6 +36,8 @@ CASES = {
         LayersCase("fp16", 6, 4, 512, (1, 3), (0, 2), 1, (3, 0), (1, 2)),
         LayersCase("bf16", 4, 5, 256, (0, 1), (1, 2), 2, (4,), (0,)),
         LayersCase("int8", 8, 8, 2048, (0, 4), (0, 4), 2, (0, 1, 2, 3), (4, 5, 6, 7)),
+        # equal ranges, neither from layer 0 nor to the last: what npu runs to prove the ranges honoured
+        LayersCase("fp16", 10, 4, 512, (1, 3), (1, 3), 2, (2,), (1,), label="mid-layers"),
     ],
     "nightly": [
         LayersCase(

@@ -406,12 +406,13 @@ def test_pull_cache_prefix(kv, datadist):
         comm_id = node.link(["d0"])
         keys = [api.CacheKey(GA_P, UINT64_MAX, 0, prefix), api.CacheKey(GA_P, req)]
         cache = node.allocate_cache(api.CacheDesc(n, shape, node.datatype(dtype), api.Placement.DEVICE), keys)
-        node.pool_views(cache, node.expected(n, shape, dtype, side="p"))
+        source = node.pool_views(cache, node.expected(n, shape, dtype, side="p"))
         kv.barrier("cache ready")
         kv.barrier("pulled")
         node.cm.remove_cache_key(keys[0])
         kv.barrier("prefix removed")
         kv.barrier("decoder pull end")
+        node.check(node.expected(n, shape, dtype, side="p"), source, name="source cache after d's pulls")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         node.cm.remove_cache_key(keys[1])  # a no-op: d's pull consumed it
@@ -470,14 +471,17 @@ def test_pull_cache_host(kv, datadist, host_case: HostPullCase):
         host_keys = [api.CacheKey(GA_P, 100)]
         host_desc = api.CacheDesc(n, [1, case.row], node.datatype(dtype), api.Placement.HOST)
         host_cache = node.allocate_cache(host_desc, host_keys)
+        host_source = node.expected(n, [1, case.row], dtype, side="p", first_index=n)
+        host_views = node.pool_views(host_cache, host_source)
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
         node.check(source, views, name="source cache after pull_cache")
+        node.check(host_source, host_views, name="host cache after d's refused host -> host pull")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         for key in keys + host_keys:
             node.cm.remove_cache_key(key)
-        del views
+        del views, host_views
         node.deallocate(cache)
         node.deallocate(host_cache)
         node.finalize()
@@ -502,12 +506,15 @@ def test_pull_cache_host(kv, datadist, host_case: HostPullCase):
         kv.step("pull_cache host -> host")
         host_desc = api.CacheDesc(n, [1, case.row], node.datatype(dtype), api.Placement.HOST)
         host_cache = node.allocate_cache(host_desc)
+        host_before = node.expected(n, [1, case.row], dtype, side="d", first_index=n)
+        host_views = node.pool_views(host_cache, host_before)
         _refused(api, lambda: node.cm.pull_cache(api.CacheKey(GA_P, 100), host_cache, batch_index=0),
                  "LLM_FEATURE_NOT_ENABLED", "[pull_cache] failed, error code is LLMStatusCode.LLM_FEATURE_NOT_ENABLED")
+        node.check(host_before, host_views, name="host cache after a refused host -> host pull_cache")
         kv.barrier("decoder pull end")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
-        del views
+        del views, host_views
         node.deallocate(cache)
         node.deallocate(host_cache)
         node.finalize()

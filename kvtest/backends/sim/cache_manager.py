@@ -43,6 +43,7 @@ from kvtest.backends.sim.checks import (
     check_uint32,
     check_uint64,
 )
+from kvtest.backends.sim.faults import OVERRUN_BYTES, SPILL_KINDS, spill
 from kvtest.backends.sim.layer_job import LayerJob
 from kvtest.backends.sim.layout import (
     Span,
@@ -128,6 +129,38 @@ def _slowed(api: str) -> Callable[[_Call], _Call]:
         return cast(_Call, call)
 
     return wrap
+
+
+def _spoils_when_refused(api: str, target: Callable[..., tuple[Any, int]]) -> Callable[[_Call], _Call]:
+    """The ``refused`` fault: a call that is refused still inverts ``OVERRUN_BYTES`` bytes of its
+    destination's first tensor, at the byte offset ``target(*args, **kwargs)`` gives with the cache."""
+
+    def wrap(method: _Call) -> _Call:
+        @functools.wraps(method)
+        def call(self: CacheManager, *args: Any, **kwargs: Any) -> None:
+            try:
+                method(self, *args, **kwargs)
+            except LLMException:
+                if self._ep.fault_active("refused", api):
+                    try:
+                        cache, offset = target(*args, **kwargs)
+                    except (TypeError, ValueError, IndexError, AttributeError):
+                        pass  # arguments too broken to name a destination: nothing to write into
+                    else:
+                        self._spoil(cache, offset)
+                raise
+
+        return cast(_Call, call)
+
+    return wrap
+
+
+def _slot(cache: Any, index: Any) -> tuple[Any, int]:
+    return cache, int(index) * cache.cache_desc.slot_bytes
+
+
+def _first_block(cache: Any, blocks: Any) -> tuple[Any, int]:
+    return _slot(cache, list(blocks)[0] if blocks else 0)
 
 
 class CacheManager:
@@ -600,12 +633,43 @@ class CacheManager:
             )
             if slow is not None:
                 _throttle(slow, time.monotonic() - began)
+            if self._ep.fault_active("source", api):
+                self._spoil_source(op, agent, segments, deadline)
         except TransferError as exc:
             if exc.code == LLMStatusCode.LLM_TIMEOUT:
                 details = f"{exc.details}: sync_kv_timeout is {self._ep.sync_timeout_ms} ms"
             else:
                 details = exc.details
             raise native_error(api, exc.code, details) from None
+
+    def _spoil(self, cache: Any, offset: int) -> None:
+        """Invert ``OVERRUN_BYTES`` bytes of ``cache``'s first tensor from ``offset`` (a ``refused``
+        fault), where that lies inside a tensor this process still has."""
+        entry = self._entries.get(getattr(cache, "cache_id", -1))
+        if entry is None or not entry.cache.tensor_addrs:
+            return
+        desc = entry.cache.cache_desc
+        k = min(OVERRUN_BYTES, desc.batch_size * desc.slot_bytes - offset)
+        if offset < 0 or k <= 0:
+            return
+        for i in range(k):
+            cell = ctypes.c_uint8.from_address(entry.cache.tensor_addrs[0] + offset + i)
+            cell.value ^= 0xFF
+
+    def _spoil_source(
+        self, op: str, agent: str, segments: list[tuple[int, int, int]], deadline: float
+    ) -> None:
+        """The ``source`` fault: after the move, 16 bytes of the first segment's source take the 16
+        that follow them (a pull writes back into the peer's cache, a push into its own)."""
+        _, transport = self._ep.ctx()
+        k = OVERRUN_BYTES
+        for local, remote, n in segments:
+            if n >= 2 * k:
+                if op == "WRITE":  # the source is this process's memory
+                    ctypes.memmove(local, local + k, k)
+                else:
+                    transport.transfer("WRITE", agent, [(local + k, remote, k)], deadline)
+                return
 
     def _check_placements(self, api: str, entry: _Entry, remote: _Remote) -> None:
         """Host and device pulls on a two-sided link (see :mod:`kvtest.backends.sim.placement`)."""
@@ -646,11 +710,20 @@ class CacheManager:
         spans: list[Span],
         dst_bytes: int | None,
     ) -> list[tuple[int, int, int]]:
-        """:func:`expand`, after any semantic fault rewrote the pairs and spans."""
+        """:func:`expand`, after any semantic fault rewrote the pairs and spans; a spill fault adds
+        moves onto bytes the right ones do not write."""
         pairs, spans = self._ep.distort(api, pairs, spans, dst_bytes)
-        return expand(pairs, src_addrs, dst_addrs, spans)
+        moves = expand(pairs, src_addrs, dst_addrs, spans)
+        for kind in SPILL_KINDS:
+            if self._ep.fault_active(kind, api):
+                extra_pairs, extra_spans = spill(kind, pairs, spans, dst_bytes, len(dst_addrs))
+                moves += expand(extra_pairs, src_addrs, dst_addrs, extra_spans)
+        return moves
 
     # -- pulls --------------------------------------------------------------------------------
+    @_spoils_when_refused(
+        "pull_cache", lambda cache_key, cache, batch_index=0, *a, **k: _slot(cache, batch_index)
+    )
     @_slowed("pull_cache")
     def pull_cache(
         self,
@@ -732,6 +805,12 @@ class CacheManager:
         self._move("pull_cache", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
+    @_spoils_when_refused(
+        "pull_blocks",
+        lambda src_cache_key, dst_cache, src_blocks=(), dst_blocks=(), *a, **k: _first_block(
+            dst_cache, dst_blocks
+        ),
+    )
     @_slowed("pull_blocks")
     def pull_blocks(
         self,
@@ -1115,6 +1194,12 @@ class CacheManager:
             cell = ctypes.c_uint8.from_address(dst.tensor_addrs[0] + next(iter(src_to_dst.values())) * n)
             cell.value ^= 0xFF
 
+    @_spoils_when_refused(
+        "copy_cache",
+        lambda dst, src, dst_batch_index=0, src_batch_index=0, offset=0, *a, **k: (
+            dst, _slot(dst, dst_batch_index)[1] + max(0, int(offset))
+        ),
+    )
     def copy_cache(
         self,
         dst: Cache,
@@ -1132,6 +1217,12 @@ class CacheManager:
         with self._lock:
             local_copy.copy_cache(self, dst, src, dst_batch_index, src_batch_index, offset, size, req_id)
 
+    @_spoils_when_refused(
+        "copy_blocks",
+        lambda cache, copy_block_info, *a, **k: _first_block(
+            cache, [b for v in dict(copy_block_info).values() for b in v][:1]
+        ),
+    )
     def copy_blocks(self, cache: Cache, copy_block_info: dict[int, list[int]]) -> None:
         """Inside one blocks cache, copy block ``src`` to every block of ``copy_block_info[src]``."""
         self._begin("copy_blocks")

@@ -27,13 +27,30 @@ Semantic faults: the call succeeds but does the wrong thing, as a broken stack c
   push_cache's ``src_batch_index``.
 - ``lie``: a failure is reported as LLM_SUCCESS: a transfer_cache_async result, a link_clusters code.
 
+Spill faults: the right bytes arrive AND something more is written where nothing may change (they
+prove the checks of "this must not change"):
+
+- ``nextblock``: the first block (or slot) moved also lands in the next block the call does not write
+  (or the one before, at the end of the cache).
+- ``overrun``: the first block moved runs ``OVERRUN_BYTES`` past its end (into bytes the call does not
+  write).
+- ``nextlayer``: the first source tensor also lands in a destination tensor outside the layer range.
+- ``source``: the transfer also writes into its source (16 bytes of the first block, shifted).
+- ``refused``: a call that is refused still inverts 16 bytes where it would have written; a
+  transfer_cache_async layer the synchronizer refused is sent all the same.
+
 Without ``@api`` a fault applies to every api of its default set; without ``:role`` to every process.
 Several faults, comma-separated (``drop@pull_cache:d0,drop@push_cache:d0``), are all active at once:
 kvtest's mutation matrix runs one kind against several apis in one pytest run that way.
+
+``KVTEST_SIM_FAULT_SCOPE`` (JSON, ``{"<fault>": ["<pytest node id>", ...]}``) limits a fault to the
+tests named (``PYTEST_CURRENT_TEST`` when the LLMDataDist initialises), so faults that would touch
+each other's tests can share one pytest run; a fault it does not name applies in every test.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -41,6 +58,7 @@ import sys
 from dataclasses import dataclass
 
 ENV_VAR = "KVTEST_SIM_FAULT"
+SCOPE_ENV_VAR = "KVTEST_SIM_FAULT_SCOPE"
 CRASH_EXIT_CODE = 70
 
 TRANSFER_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "transfer_cache_async")
@@ -62,6 +80,11 @@ OTHER_APIS = (
 )
 #: transfers that take layer ranges
 LAYERED_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks", "transfer_cache_async")
+#: synchronous transfers (one call, every layer: ``nextlayer`` has the other tensors in reach)
+SYNC_APIS = ("pull_cache", "pull_blocks", "push_cache", "push_blocks")
+#: calls whose refusal could still write (the destination is local; transfer_cache_async: a layer the
+#: synchronizer refused)
+REFUSABLE_APIS = ("pull_cache", "pull_blocks", "copy_cache", "copy_blocks", "transfer_cache_async")
 TEARDOWN_APIS = ("unregister_cache", "finalize")
 KIND_APIS: dict[str, tuple[str, ...]] = {
     "flip": TRANSFER_APIS + ("swap_blocks", "copy_cache", "copy_blocks"),
@@ -78,6 +101,11 @@ KIND_APIS: dict[str, tuple[str, ...]] = {
     "batch": ("pull_cache", "push_cache"),
     "lie": ("transfer_cache_async", "link_clusters"),
     "teardown": TEARDOWN_APIS,
+    "nextblock": TRANSFER_APIS,
+    "overrun": TRANSFER_APIS,
+    "nextlayer": SYNC_APIS,
+    "source": TRANSFER_APIS,
+    "refused": REFUSABLE_APIS,
 }
 #: apis a fault without ``@api`` applies to
 DEFAULT_APIS: dict[str, tuple[str, ...]] = {
@@ -88,9 +116,14 @@ DEFAULT_APIS: dict[str, tuple[str, ...]] = {
     "slow": TRANSFER_APIS,
     **{kind: KIND_APIS[kind] for kind in ("misplace", "drop", "partial", "swaptensors", "dstlayers")},
     **{kind: KIND_APIS[kind] for kind in ("mapping", "batch", "lie", "teardown")},
+    **{kind: KIND_APIS[kind] for kind in ("nextblock", "overrun", "nextlayer", "source", "refused")},
 }
 #: kinds that rewrite which bytes a transfer moves (see :func:`distort`)
 MOVE_KINDS = ("misplace", "drop", "partial", "swaptensors")
+#: kinds that write more than the right bytes inside a transfer (see :func:`spill`)
+SPILL_KINDS = ("nextblock", "overrun", "nextlayer")
+#: bytes an ``overrun`` writes past a block's end; bytes ``source`` and ``refused`` change
+OVERRUN_BYTES = 16
 #: kinds that take ``=<factor>``, with the factor they get without one
 FACTOR_DEFAULTS: dict[str, float] = {"slow": 2.0}
 #: the largest factor accepted
@@ -173,8 +206,34 @@ def parse_faults(text: str) -> tuple[Fault, ...]:
 
 
 def fault_from_env() -> tuple[Fault, ...]:
+    """The faults of ``KVTEST_SIM_FAULT`` that apply in the running test (``KVTEST_SIM_FAULT_SCOPE``)."""
     text = os.environ.get(ENV_VAR, "")
-    return parse_faults(text) if text.strip() else ()
+    faults = parse_faults(text) if text.strip() else ()
+    scope = fault_scope(os.environ.get(SCOPE_ENV_VAR, ""))
+    if not scope:
+        return faults
+    running = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    return tuple(f for f in faults if str(f) not in scope or running in scope[str(f)])
+
+
+def fault_scope(text: str) -> dict[str, list[str]]:
+    """Parse ``KVTEST_SIM_FAULT_SCOPE``; ValueError names the bad value and the form."""
+    if not text.strip():
+        return {}
+    try:
+        scope = json.loads(text)
+    except ValueError:
+        scope = None
+    if not isinstance(scope, dict) or not all(
+        isinstance(tests, list) and all(isinstance(t, str) for t in tests) for tests in scope.values()
+    ):
+        raise ValueError(
+            f"invalid {SCOPE_ENV_VAR} value {text[:200]!r}: a JSON object of fault -> list of test node ids, "
+            'e.g. {"flip@pull_blocks:d0": ["tests/samples/test_pull_blocks.py::test_pull_blocks[...]"]}'
+        )
+    for fault in scope:
+        parse_fault(fault)  # a fault the scope names is spelled as KVTEST_SIM_FAULT spells it
+    return scope
 
 
 def crash_now(fault: Fault, api: str, role: str) -> None:
@@ -209,3 +268,48 @@ def distort(
         if moved >= 0:
             return pairs, [(so, moved, n), *spans[1:]]
     return pairs, spans
+
+
+def _free(spans: list[_Span], start: int, n: int, dst_bytes: int) -> bool:
+    """Whether ``n`` bytes from ``start`` lie inside the tensor and outside every span's destination."""
+    if start < 0 or start + n > dst_bytes:
+        return False
+    return all(start + n <= do or do + size <= start for _, do, size in spans)
+
+
+def spill(
+    kind: str, pairs: list[tuple[int, int]], spans: list[_Span], dst_bytes: int | None, dst_tensors: int
+) -> tuple[list[tuple[int, int]], list[_Span]]:
+    """The extra (tensor pairs, spans) a ``SPILL_KINDS`` fault moves besides the right ones, never
+    onto bytes the right ones write (so the right bytes still arrive); empty where nothing is free.
+
+    ``dst_tensors``: how many destination tensors the addresses reach; ``dst_bytes`` as for
+    :func:`distort`.
+    """
+    if not pairs or not spans:
+        return [], []
+    if kind == "nextlayer":
+        targeted = {d for _, d in pairs}
+        free = [t for t in range(dst_tensors) if t not in targeted]
+        if not free:
+            return [], []
+        after = [t for t in free if t > max(targeted)]
+        return [(pairs[0][0], after[0] if after else free[-1])], spans
+    if dst_bytes is None:
+        return [], []
+    if kind == "nextblock":
+        for so, do, n in spans:
+            last, first = max(d + size for _, d, size in spans), min(d for _, d, _ in spans)
+            for start in (last, first - n, do + n, do - n):
+                if _free(spans, start, n, dst_bytes):
+                    return pairs[:1], [(so, start, n)]
+        return [], []
+    if kind == "overrun":
+        for so, do, n in spans:
+            k = min(OVERRUN_BYTES, n)
+            if _free(spans, do + n, k, dst_bytes):
+                return pairs[:1], [(so, do + n, k)]
+            if _free(spans, do - k, k, dst_bytes):
+                return pairs[:1], [(so + n - k, do - k, k)]
+        return [], []
+    return [], []

@@ -94,6 +94,9 @@ class LayerJob:
             if not wanted:
                 continue
             if not self._synchronizer.synchronize_layer(layer, None):
+                if self._cm._ep.fault_active("refused", API):  # the refused layer goes all the same
+                    for config in wanted:
+                        self._layer(layer, self._dst_layer(layer, config), config)
                 for config in wanted:
                     self._rets[config.dst_cluster_id] = self._reported(LLMStatusCode.LLM_PARAM_INVALID)
                 return

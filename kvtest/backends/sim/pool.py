@@ -1,17 +1,27 @@
-"""The memory pool behind ``allocate_cache`` (``mem_pool_cfg``): one registered CPU buffer, first fit."""
+"""The memory pool behind ``allocate_cache`` (``mem_pool_cfg``): one registered CPU buffer, first fit.
+
+The real pool hands out uninitialised device memory, so the sim's starts as :data:`POISON` (repeated),
+not zeros: a test that reads a pool cache it never filled sees bytes it cannot mistake for zeros or
+for its own patterns, and a stray zero write shows."""
 
 from __future__ import annotations
 
 import torch
 
 _ALIGN = 512
+#: what pool memory holds before anything writes it
+POISON = bytes.fromhex("deadbeef")
 
 
 class MemoryPool:
-    """``memory_size`` bytes of zeroed CPU memory handed out in aligned chunks."""
+    """``memory_size`` bytes of CPU memory (:data:`POISON` repeated) handed out in aligned chunks."""
 
     def __init__(self, memory_size: int) -> None:
-        self._buffer = torch.zeros(memory_size, dtype=torch.uint8)
+        self._buffer = torch.empty(memory_size, dtype=torch.uint8)
+        poison = torch.frombuffer(bytearray(POISON), dtype=torch.uint8)
+        whole = memory_size // len(POISON) * len(POISON)
+        self._buffer[:whole].view(-1, len(POISON)).copy_(poison)
+        self._buffer[whole:] = poison[: memory_size - whole]
         self.base = int(self._buffer.data_ptr())
         self.size = memory_size
         self._free: list[tuple[int, int]] = [(0, memory_size)]

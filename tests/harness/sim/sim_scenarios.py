@@ -519,7 +519,7 @@ def stall_d(ctx: Ctx) -> None:
             sim.LLMStatusCode.LLM_TIMEOUT, lambda: cm.pull_blocks(sim.BlocksCacheKey(1, 0), cache, [0], [0])
         )
         took = time.monotonic() - began
-        assert 0.25 <= took < 3.0, took
+        assert 0.3 <= took < 30, took  # ends at sync_kv_timeout (300 ms), never a hang
         assert msg.startswith("[pull_blocks] failed, error code is LLMStatusCode.LLM_TIMEOUT, "), msg
         try:  # the sim's explanation (the deadline it waited) is the exception's cause
             cm.pull_blocks(sim.BlocksCacheKey(1, 0), cache, [0], [0])

@@ -528,10 +528,14 @@ def test_two_sided_link_validation(dd):
 def test_two_sided_link_fails_when_the_peer_never_comes(plane):
     d = make(link_total_time=200)
     try:
+        began = time.monotonic()
         comm = d.link("c", {1: 0, 2: 1}, RANK_TABLE)
         assert d.query_register_mem_status(comm) == sim.RegisterMemStatus.PREPARING
-        time.sleep(0.25)
-        assert d.query_register_mem_status(comm) == sim.RegisterMemStatus.FAILED
+        while (status := d.query_register_mem_status(comm)) == sim.RegisterMemStatus.PREPARING:
+            assert time.monotonic() - began < 30, "still PREPARING 30 s after a 200 ms LinkTotalTime"
+            time.sleep(0.01)
+        assert status == sim.RegisterMemStatus.FAILED
+        assert time.monotonic() - began >= 0.2, "FAILED before LinkTotalTime ran out"
     finally:
         d.finalize()
 
