@@ -1,0 +1,365 @@
+// kvtest's HCCL transport for the real llm_datadist built against hixl's unit-test stubs.
+//
+// In that build (hixl tests/depends/llm_datadist/src/mmpa_stub.cc) a mock inside libllm_datadist_base.so
+// answers dlopen("libhcomm.so") and dlsym(): HcclBatchGet/HcclBatchPut become memcpy on raw addresses,
+// which only works while both ends live in one process. libllm_datadist_base.so is linked with
+// --wrap=dlsym (hixl tests/depends/llm_datadist/CMakeLists.txt), so its dlsym calls go to a global
+// __wrap_dlsym. This library, loaded first (LD_PRELOAD), defines __wrap_dlsym too: the dynamic linker
+// binds the calls to ours, we answer the HCCL names with the functions below and hand every other name
+// to the stub's own __wrap_dlsym. Everything above HCCL stays the real, unmodified llm_datadist.
+//
+// Bytes cross processes with process_vm_readv/process_vm_writev. The peer of a HcclComm rank is found
+// through the rank table passed to HcclCommInitClusterInfoMemConfig: every process writes its pid
+// under $KVTEST_HCCL_DIR (default /tmp/kvtest-hccl-<uid>) in a file named after its own rank entry
+// (server_id, device_id, device_ip), and a batch looks the remote entry's file up.
+//
+// Faults for kvtest's own checks: KVTEST_HCCL_FAULT=flip|drop[:get|:put][:INDEX] flips the first byte
+// of, or drops, descriptor INDEX (default: the middle one) of every matching batch, and says so on stderr.
+
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <csignal>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "acl/acl.h"
+#include "hccl/hccl_types.h"
+#include "hcomm/hcomm_res_defs.h"
+#include "comm_adapter/comm_types.h"
+
+#define KV_EXPORT __attribute__((visibility("default")))
+
+namespace {
+
+using Json = nlohmann::json;
+
+struct Comm {
+  uint32_t rank = 0;
+  std::map<uint32_t, std::string> identity;  // rank id -> "server_id device_id device_ip"
+};
+
+std::mutex g_mutex;
+
+std::string RegistryDir() {
+  const char *dir = std::getenv("KVTEST_HCCL_DIR");
+  if (dir != nullptr && dir[0] != '\0') {
+    return dir;
+  }
+  return "/tmp/kvtest-hccl-" + std::to_string(getuid());
+}
+
+std::string FileName(const std::string &identity) {
+  std::string out;
+  for (char c : identity) {
+    out += (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-') ? c : '_';
+  }
+  return RegistryDir() + "/" + out;
+}
+
+void Say(const std::string &text) {
+  std::fprintf(stderr, "kvtest-hccl[%d]: %s\n", static_cast<int>(getpid()), text.c_str());
+}
+
+std::string AsText(const Json &value) {
+  return value.is_string() ? value.get<std::string>() : value.dump();
+}
+
+bool ParseRankTable(const char *cluster, Comm *comm) {
+  Json table = Json::parse(cluster, nullptr, false);
+  if (table.is_discarded() || !table.contains("server_list")) {
+    Say(std::string("rank table is not JSON with a server_list: ") + cluster);
+    return false;
+  }
+  for (const auto &server : table["server_list"]) {
+    const std::string server_id = server.contains("server_id") ? AsText(server["server_id"]) : "";
+    if (!server.contains("device")) {
+      continue;
+    }
+    for (const auto &device : server["device"]) {
+      const uint32_t rank = static_cast<uint32_t>(std::stoul(AsText(device.at("rank_id"))));
+      const std::string device_id = device.contains("device_id") ? AsText(device["device_id"]) : "";
+      const std::string device_ip = device.contains("device_ip") ? AsText(device["device_ip"]) : "";
+      comm->identity[rank] = server_id + " " + device_id + " " + device_ip;
+    }
+  }
+  return comm->identity.count(comm->rank) == 1;
+}
+
+pid_t ReadPid(const std::string &path) {
+  std::ifstream in(path);
+  long pid = 0;
+  if (in >> pid && pid > 0 && (kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM)) {
+    return static_cast<pid_t>(pid);
+  }
+  return 0;
+}
+
+bool Publish(const std::string &identity) {
+  const std::string dir = RegistryDir();
+  (void)mkdir(dir.c_str(), 0700);
+  const std::string path = FileName(identity);
+  const pid_t other = ReadPid(path);
+  if (other != 0 && other != getpid()) {
+    Say("rank '" + identity + "' is already held by live process " + std::to_string(other) +
+        ": two processes of a run share server_id, device_id and device_ip; give each its own device");
+    return false;
+  }
+  const std::string tmp = path + ".tmp" + std::to_string(getpid());
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << getpid() << "\n";
+    if (!out) {
+      Say("cannot write " + tmp + ": " + std::strerror(errno));
+      return false;
+    }
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+pid_t PeerPid(const Comm *comm, uint32_t remote_rank) {
+  const auto found = comm->identity.find(remote_rank);
+  if (found == comm->identity.end()) {
+    Say("rank " + std::to_string(remote_rank) + " is not in this communicator's rank table");
+    return 0;
+  }
+  const std::string path = FileName(found->second);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    const pid_t pid = ReadPid(path);
+    if (pid != 0) {
+      return pid;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      Say("no live process for rank " + std::to_string(remote_rank) + " ('" + found->second + "') in " + path +
+          " after 10 s: the peer is gone or never initialised its communicator");
+      return 0;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+struct Fault {
+  enum Kind { kNone, kFlip, kDrop } kind = kNone;
+  bool get = true;
+  bool put = true;
+  long index = -1;  // -1: the middle descriptor of the batch
+};
+
+Fault ReadFault() {
+  Fault fault;
+  const char *spec = std::getenv("KVTEST_HCCL_FAULT");
+  if (spec == nullptr || spec[0] == '\0') {
+    return fault;
+  }
+  std::stringstream parts(spec);
+  std::string part;
+  while (std::getline(parts, part, ':')) {
+    if (part == "flip") {
+      fault.kind = Fault::kFlip;
+    } else if (part == "drop") {
+      fault.kind = Fault::kDrop;
+    } else if (part == "get") {
+      fault.put = false;
+    } else if (part == "put") {
+      fault.get = false;
+    } else if (!part.empty() && std::isdigit(static_cast<unsigned char>(part[0]))) {
+      fault.index = std::strtol(part.c_str(), nullptr, 10);
+    } else {
+      Say(std::string("ignoring KVTEST_HCCL_FAULT=") + spec + ": expected flip|drop[:get|:put][:INDEX]");
+      return Fault{};
+    }
+  }
+  return fault;
+}
+
+// Moves every descriptor of one batch; `get` reads the remote into local memory, else writes it.
+HcclResult Move(const Comm *comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, bool get) {
+  if (count == 0) {
+    return HCCL_SUCCESS;
+  }
+  if (comm == nullptr || desc == nullptr) {
+    return HCCL_E_PTR;
+  }
+  const pid_t peer = PeerPid(comm, remote_rank);
+  if (peer == 0) {
+    return HCCL_E_NOT_FOUND;
+  }
+  const Fault fault = ReadFault();
+  const bool faulty = fault.kind != Fault::kNone && (get ? fault.get : fault.put);
+  const uint32_t chosen = fault.index >= 0 ? static_cast<uint32_t>(fault.index) : count / 2;
+  const char *op = get ? "HcclBatchGet" : "HcclBatchPut";
+  std::vector<iovec> local;
+  std::vector<iovec> remote;
+  for (uint32_t i = 0; i < count; ++i) {
+    if (faulty && fault.kind == Fault::kDrop && i == chosen) {
+      Say(std::string("fault: dropped descriptor ") + std::to_string(i) + " of " + std::to_string(count) + " in " + op);
+      continue;
+    }
+    local.push_back({desc[i].localAddr, static_cast<size_t>(desc[i].count)});
+    remote.push_back({desc[i].remoteAddr, static_cast<size_t>(desc[i].count)});
+  }
+  if (peer == getpid()) {  // a loopback link, as in hixl's one-process unit tests
+    for (size_t i = 0; i < local.size(); ++i) {
+      std::memmove(get ? local[i].iov_base : remote[i].iov_base, get ? remote[i].iov_base : local[i].iov_base,
+                   local[i].iov_len);
+    }
+  } else {
+    for (size_t first = 0; first < local.size(); first += IOV_MAX) {
+      const size_t n = std::min<size_t>(IOV_MAX, local.size() - first);
+      size_t want = 0;
+      for (size_t i = first; i < first + n; ++i) {
+        want += local[i].iov_len;
+      }
+      const ssize_t done = get ? process_vm_readv(peer, &local[first], n, &remote[first], n, 0)
+                               : process_vm_writev(peer, &local[first], n, &remote[first], n, 0);
+      if (done < 0 || static_cast<size_t>(done) != want) {
+        Say(std::string(op) + " to pid " + std::to_string(peer) + " moved " + std::to_string(done) + " of " +
+            std::to_string(want) + " bytes: " + std::strerror(errno));
+        return errno == ESRCH ? HCCL_E_NOT_FOUND : HCCL_E_REMOTE;
+      }
+    }
+  }
+  if (faulty && fault.kind == Fault::kFlip && chosen < count && desc[chosen].count > 0) {
+    auto *local_byte = static_cast<unsigned char *>(desc[chosen].localAddr);
+    unsigned char flipped = static_cast<unsigned char>(*local_byte ^ 0xFFU);
+    if (get) {
+      *local_byte = flipped;
+    } else {
+      iovec from{&flipped, 1};
+      iovec to{desc[chosen].remoteAddr, 1};
+      if (peer == getpid()) {
+        *static_cast<unsigned char *>(desc[chosen].remoteAddr) = flipped;
+      } else {
+        (void)process_vm_writev(peer, &from, 1, &to, 1, 0);
+      }
+    }
+    Say(std::string("fault: flipped byte 0 of descriptor ") + std::to_string(chosen) + " of " +
+        std::to_string(count) + " in " + op);
+  }
+  return HCCL_SUCCESS;
+}
+
+HcclResult CommInit(const char *cluster, uint32_t rank, HcclCommConfig *, HcclComm *comm) {
+  if (cluster == nullptr || comm == nullptr) {
+    return HCCL_E_PTR;
+  }
+  auto *ours = new Comm();
+  ours->rank = rank;
+  if (!ParseRankTable(cluster, ours)) {
+    Say("rank " + std::to_string(rank) + " is missing from the rank table");
+    delete ours;
+    return HCCL_E_PARA;
+  }
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (!Publish(ours->identity[rank])) {
+    delete ours;
+    return HCCL_E_INTERNAL;
+  }
+  *comm = reinterpret_cast<HcclComm>(ours);
+  return HCCL_SUCCESS;
+}
+
+HcclResult CommDestroy(HcclComm comm) {
+  delete reinterpret_cast<Comm *>(comm);
+  return HCCL_SUCCESS;
+}
+
+// As hixl's stub (tests/depends/llm_datadist/src/hccl_test_helper.h): the descriptors come back unchanged;
+// the real llm_datadist exchanges cache addresses over its own control plane, not through these.
+HcclResult ExchangeMemDesc(HcclComm, uint32_t, HcclMemDescs *local, int, HcclMemDescs *remote, uint32_t *actual) {
+  if (local == nullptr || remote == nullptr || actual == nullptr) {
+    return HCCL_E_PTR;
+  }
+  for (uint32_t i = 0; i < local->arrayLength; ++i) {
+    std::memcpy(remote->array[i].desc, local->array[i].desc, HCCL_MEM_DESC_LENGTH);
+  }
+  *actual = local->arrayLength;
+  remote->arrayLength = local->arrayLength;
+  return HCCL_SUCCESS;
+}
+
+HcclResult BatchGet(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream) {
+  return Move(reinterpret_cast<Comm *>(comm), remote_rank, desc, count, true);
+}
+
+HcclResult BatchPut(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream) {
+  return Move(reinterpret_cast<Comm *>(comm), remote_rank, desc, count, false);
+}
+
+int64_t g_mem_handle = 1;
+HcclResult RegisterGlobalMem(CommMem *, void **handle) {
+  if (handle != nullptr) {
+    *handle = &g_mem_handle;
+  }
+  return HCCL_SUCCESS;
+}
+HcclResult Success0(void *) { return HCCL_SUCCESS; }
+HcclResult Success2(HcclComm, void *) { return HCCL_SUCCESS; }
+HcclResult Remap(HcclComm *, CommMem *, uint64_t, uint64_t) { return HCCL_SUCCESS; }
+HcclResult Prepare(HcclComm, HcclPrepareConfig *, int32_t) { return HCCL_SUCCESS; }
+
+void *Ours(const char *name) {
+  static const std::map<std::string, void *> table = {
+      {"HcclCommInitClusterInfoMemConfig", reinterpret_cast<void *>(&CommInit)},
+      {"HcclCommDestroy", reinterpret_cast<void *>(&CommDestroy)},
+      {"HcclExchangeMemDesc", reinterpret_cast<void *>(&ExchangeMemDesc)},
+      {"HcclBatchGet", reinterpret_cast<void *>(&BatchGet)},
+      {"HcclBatchPut", reinterpret_cast<void *>(&BatchPut)},
+      {"HcclRemapRegistedMemory", reinterpret_cast<void *>(&Remap)},
+      {"HcclRegisterGlobalMem", reinterpret_cast<void *>(&RegisterGlobalMem)},
+      {"HcclDeregisterGlobalMem", reinterpret_cast<void *>(&Success0)},
+      {"HcclCommBindMem", reinterpret_cast<void *>(&Success2)},
+      {"HcclCommUnbindMem", reinterpret_cast<void *>(&Success2)},
+      {"HcclCommPrepare", reinterpret_cast<void *>(&Prepare)},
+  };
+  const auto found = name == nullptr ? table.end() : table.find(name);
+  return found == table.end() ? nullptr : found->second;
+}
+
+using DlsymFn = void *(*)(void *, const char *);
+
+DlsymFn StubDlsym() {
+  static DlsymFn stub = []() -> DlsymFn {
+    void *base = dlopen("libllm_datadist_base.so", RTLD_NOW | RTLD_NOLOAD);
+    return base == nullptr ? nullptr : reinterpret_cast<DlsymFn>(dlsym(base, "__wrap_dlsym"));
+  }();
+  return stub;
+}
+
+__attribute__((constructor)) void AllowPeers() {
+  // Under Yama ptrace_scope=1 a peer may read our memory only if we say so.
+  (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+}
+
+}  // namespace
+
+extern "C" KV_EXPORT void *__wrap_dlsym(void *handle, const char *name) {
+  void *ours = Ours(name);
+  if (ours != nullptr) {
+    return ours;
+  }
+  const DlsymFn stub = StubDlsym();
+  return stub != nullptr && stub != &__wrap_dlsym ? stub(handle, name) : dlsym(handle, name);
+}
+
+extern "C" KV_EXPORT int kvtest_hccl_transport_version() { return 1; }
