@@ -14,7 +14,7 @@ from kvtest.upstream.cache import Entry, cache_root
 from kvtest.upstream.errors import UpstreamError
 from kvtest.upstream.selfcheck import run_upstream_tests
 
-__all__ = ["DESCRIPTION", "HELP", "add_arguments", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_arguments", "cached_entry", "run"]
 
 HELP = "build the real llm_datadist (hicann/hixl) on CPU against its unit-test stubs, into a cache"
 DESCRIPTION = (
@@ -53,9 +53,10 @@ def _sources_folder(given: Path | None) -> Path:
     return Path(os.environ.get(ENV_SOURCES) or archives.DEFAULT_SOURCES)
 
 
-def _entry(args: argparse.Namespace) -> Entry:
-    sources = archives.locate(_sources_folder(args.sources), RECIPE)
-    return Entry(cache_root() / sources.key)
+def cached_entry(sources: Path | None = None) -> Entry:
+    """The finished build for the archives in ``sources`` (default as ``build``), or an UpstreamError."""
+    located = archives.locate(_sources_folder(sources), RECIPE)
+    return Entry(cache_root() / located.key).require()
 
 
 def _say(text: str) -> None:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             status = 0 if args.no_check else _self_check(entry)
             print(entry.python)
             return status
-        entry = _entry(args).require()
+        entry = cached_entry(args.sources)
         if args.action == "test":
             return _self_check(entry)
         if args.what == "transport":
