@@ -115,6 +115,7 @@ def _compile(work: Path, logs: Path, jobs: int, tools: dict[str, str], say: Say)
         tools["cmake"],
         str(src / "hixl"),
         "-DENABLE_TEST=ON",
+        "-DCMAKE_BUILD_TYPE=DT",  # hixl cmake/variables.cmake: the unit-test flags (-O0 -g, no -Werror)
         f"-DCANN_3RD_LIB_PATH={third}",
         f"-DPython3_EXECUTABLE={sys.executable}",
         f"-DPython3_INCLUDE_DIR={stage.python_include()}",
