@@ -79,8 +79,9 @@ def main(side: str, port: int, folder: Path) -> None:
                     first = next(i for i in range(BLOCK_BYTES) if got[i] != want[i])
                     wrong.append({"tensor": t, "block": b, "offset": first})
         dd.unlink_clusters([cluster], 5000, force=True)
-        (folder / "d.json").write_text(json.dumps({"checked_bytes": NUM_TENSORS * NUM_BLOCKS * BLOCK_BYTES,
-                                                   "wrong": wrong}))
+        (folder / "d.json").write_text(
+            json.dumps({"checked_bytes": NUM_TENSORS * NUM_BLOCKS * BLOCK_BYTES, "wrong": wrong})
+        )
     finally:
         dd.finalize()
 
