@@ -284,18 +284,67 @@ HcclResult CommDestroy(HcclComm comm) {
   return HCCL_SUCCESS;
 }
 
-// As hixl's stub (tests/depends/llm_datadist/src/hccl_test_helper.h): the descriptors come back unchanged;
-// the real llm_datadist exchanges cache addresses over its own control plane, not through these.
-HcclResult ExchangeMemDesc(HcclComm, uint32_t, HcclMemDescs *local, int, HcclMemDescs *remote, uint32_t *actual) {
-  if (local == nullptr || remote == nullptr || actual == nullptr) {
+// The real HCCL swaps memory descriptors with the peer rank; hixl's stub hands a process its own back
+// (tests/depends/llm_datadist/src/hccl_test_helper.h), which in two processes would make each side read
+// its own cache table at the peer (hixl src/llm_datadist/link_mgr/comm_link_manager.cc, ExchangeMem).
+// Ours swaps them through files under the registry: "<local>.to.<remote>.desc", written atomically,
+// read (and removed) by the peer, who checks the writer is the process registered for that rank.
+std::string DescFile(const std::string &from, const std::string &to) {
+  return FileName(from) + ".to." + FileName(to).substr(RegistryDir().size() + 1) + ".desc";
+}
+
+HcclResult ExchangeMemDesc(HcclComm comm, uint32_t remote_rank, HcclMemDescs *local, int timeout,
+                           HcclMemDescs *remote, uint32_t *actual) {
+  auto *ours = reinterpret_cast<Comm *>(comm);
+  if (ours == nullptr || local == nullptr || remote == nullptr || actual == nullptr) {
     return HCCL_E_PTR;
   }
-  for (uint32_t i = 0; i < local->arrayLength; ++i) {
-    std::memcpy(remote->array[i].desc, local->array[i].desc, HCCL_MEM_DESC_LENGTH);
+  const auto found = ours->identity.find(remote_rank);
+  if (found == ours->identity.end()) {
+    Say("HcclExchangeMemDesc: rank " + std::to_string(remote_rank) + " is not in the rank table");
+    return HCCL_E_PARA;
   }
-  *actual = local->arrayLength;
-  remote->arrayLength = local->arrayLength;
-  return HCCL_SUCCESS;
+  const std::string &me = ours->identity[ours->rank];
+  const std::string out_path = DescFile(me, found->second);
+  const std::string tmp = out_path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    const int32_t pid = getpid();
+    out.write(reinterpret_cast<const char *>(&pid), sizeof(pid));
+    out.write(reinterpret_cast<const char *>(&local->arrayLength), sizeof(local->arrayLength));
+    out.write(reinterpret_cast<const char *>(local->array), sizeof(HcclMemDesc) * local->arrayLength);
+    if (!out) {
+      Say("HcclExchangeMemDesc: cannot write " + tmp);
+      return HCCL_E_INTERNAL;
+    }
+  }
+  if (std::rename(tmp.c_str(), out_path.c_str()) != 0) {
+    return HCCL_E_INTERNAL;
+  }
+  const std::string in_path = DescFile(found->second, me);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout > 0 ? timeout : 30);
+  for (;;) {
+    std::ifstream in(in_path, std::ios::binary);
+    int32_t writer = 0;
+    uint32_t count = 0;
+    if (in.read(reinterpret_cast<char *>(&writer), sizeof(writer)) &&
+        in.read(reinterpret_cast<char *>(&count), sizeof(count)) && writer == PeerPid(ours, remote_rank)) {
+      const uint32_t keep = std::min(count, remote->arrayLength);
+      in.read(reinterpret_cast<char *>(remote->array), sizeof(HcclMemDesc) * keep);
+      if (in) {
+        (void)std::remove(in_path.c_str());
+        remote->arrayLength = keep;
+        *actual = keep;
+        return HCCL_SUCCESS;
+      }
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      Say("HcclExchangeMemDesc: no descriptors from rank " + std::to_string(remote_rank) + " ('" + found->second +
+          "') within " + std::to_string(timeout) + " s");
+      return HCCL_E_TIMEOUT;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
 }
 
 HcclResult BatchGet(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream) {
