@@ -5,5 +5,5 @@ sha256 (``cache.py``): a fake CANN install and third-party folder (``stage.py``)
 build (``build.py``), the importable package plus the wrapper libraries under ``<cache>/<key>/python``,
 and our HCCL transport (``transport.py``, C++ in ``transport/``) that lets two processes move bytes
 through the real C++. ``selfcheck.py`` runs hixl's own Python unit tests on the result.
-Standard library only: nothing here imports the rest of kvtest.
+Nothing here imports the rest of kvtest.
 """
