@@ -13,8 +13,10 @@
 // under $KVTEST_HCCL_DIR (default /tmp/kvtest-hccl-<uid>) in a file named after its own rank entry
 // (server_id, device_id, device_ip), and a batch looks the remote entry's file up.
 //
-// Faults for kvtest's own checks: KVTEST_HCCL_FAULT=flip|drop[:get|:put][:INDEX] flips the first byte
-// of, or drops, descriptor INDEX (default: the middle one) of every matching batch, and says so on stderr.
+// Faults for kvtest's own checks: KVTEST_HCCL_FAULT=flip|drop[:get|:put][:INDEX][:min=N] flips the first
+// byte of, or drops, descriptor INDEX (default: the middle one) of every matching batch of at least N
+// descriptors (default 2, which spares the one-descriptor control messages), and says so on stderr.
+// KVTEST_HCCL_TRACE=1 prints every batch (peer, descriptors, sizes).
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -163,6 +165,8 @@ struct Fault {
   bool get = true;
   bool put = true;
   long index = -1;  // -1: the middle descriptor of the batch
+  long min = 2;     // batches with fewer descriptors are left alone: llm_datadist's control traffic
+                    // (request, response, flags, cache-table reads) is one descriptor per batch
 };
 
 Fault ReadFault() {
@@ -182,10 +186,12 @@ Fault ReadFault() {
       fault.put = false;
     } else if (part == "put") {
       fault.get = false;
+    } else if (part.rfind("min=", 0) == 0) {
+      fault.min = std::strtol(part.c_str() + 4, nullptr, 10);
     } else if (!part.empty() && std::isdigit(static_cast<unsigned char>(part[0]))) {
       fault.index = std::strtol(part.c_str(), nullptr, 10);
     } else {
-      Say(std::string("ignoring KVTEST_HCCL_FAULT=") + spec + ": expected flip|drop[:get|:put][:INDEX]");
+      Say(std::string("ignoring KVTEST_HCCL_FAULT=") + spec + ": expected flip|drop[:get|:put][:INDEX][:min=N]");
       return Fault{};
     }
   }
@@ -204,8 +210,17 @@ HcclResult Move(const Comm *comm, uint32_t remote_rank, HcclOneSideOpDesc *desc,
   if (peer == 0) {
     return HCCL_E_NOT_FOUND;
   }
+  if (std::getenv("KVTEST_HCCL_TRACE") != nullptr) {
+    std::string sizes;
+    for (uint32_t i = 0; i < count && i < 8; ++i) {
+      sizes += (i ? "," : "") + std::to_string(desc[i].count);
+    }
+    Say(std::string(get ? "HcclBatchGet" : "HcclBatchPut") + " rank " + std::to_string(remote_rank) + " pid " +
+        std::to_string(peer) + ": " + std::to_string(count) + " descriptors, bytes " + sizes);
+  }
   const Fault fault = ReadFault();
-  const bool faulty = fault.kind != Fault::kNone && (get ? fault.get : fault.put);
+  const bool faulty =
+      fault.kind != Fault::kNone && (get ? fault.get : fault.put) && static_cast<long>(count) >= fault.min;
   const uint32_t chosen = fault.index >= 0 ? static_cast<uint32_t>(fault.index) : count / 2;
   const char *op = get ? "HcclBatchGet" : "HcclBatchPut";
   std::vector<iovec> local;
@@ -409,6 +424,29 @@ extern "C" KV_EXPORT void *__wrap_dlsym(void *handle, const char *name) {
   }
   const DlsymFn stub = StubDlsym();
   return stub != nullptr && stub != &__wrap_dlsym ? stub(handle, name) : dlsym(handle, name);
+}
+
+// The device network config: hixl's mock maps /etc/hccn.conf to /tmp/hccn.conf, a copy of a test file
+// whose path is baked into the build (so it is gone once the build folder moves into the cache) and that
+// every process of the stub world deletes at exit. Ours: $KVTEST_HCCN_CONF when set, else "no such file",
+// on which the real code asks `hccn_tool -i N -ip -g` (hixl src/hixl/common/hixl_utils.cc GetDeviceIp):
+// kvtest's hccn_tool shim on PATH answers, so the real code and kvtest agree on every device IP.
+using RealpathFn = char *(*)(const char *, char *);
+
+extern "C" KV_EXPORT char *__wrap_realpath(const char *path, char *resolved) {
+  if (path != nullptr && std::strcmp(path, "/etc/hccn.conf") == 0) {
+    const char *conf = std::getenv("KVTEST_HCCN_CONF");
+    if (conf == nullptr || conf[0] == '\0') {
+      errno = ENOENT;
+      return nullptr;
+    }
+    path = conf;
+  }
+  static RealpathFn stub = []() -> RealpathFn {
+    void *base = dlopen("libllm_datadist_base.so", RTLD_NOW | RTLD_NOLOAD);
+    return base == nullptr ? nullptr : reinterpret_cast<RealpathFn>(dlsym(base, "__wrap_realpath"));
+  }();
+  return stub != nullptr && stub != &__wrap_realpath ? stub(path, resolved) : realpath(path, resolved);
 }
 
 extern "C" KV_EXPORT int kvtest_hccl_transport_version() { return 1; }
