@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <csignal>
@@ -45,6 +46,7 @@
 #include <nlohmann/json.hpp>
 
 #include "acl/acl.h"
+#include "acl/error_codes/rt_error_codes.h"
 #include "hccl/hccl_types.h"
 #include "hcomm/hcomm_res_defs.h"
 #include "comm_adapter/comm_types.h"
@@ -61,6 +63,29 @@ struct Comm {
 };
 
 std::mutex g_mutex;
+
+// Streams: the stub runs every batch at once and its stream syncs return at once, so a batch that took
+// longer than a sync's timeout could never time out as it does on a device, where the batch is queued
+// and the sync waits for it. We keep, per stream, the time the batches queued since its last sync took;
+// aclrtSynchronizeStreamWithTimeout reports ACL_ERROR_RT_STREAM_SYNC_TIMEOUT when that exceeds it.
+std::mutex g_stream_mutex;
+std::map<aclrtStream, double> g_pending_ms;
+
+void AddPending(aclrtStream stream, double ms) {
+  std::lock_guard<std::mutex> lock(g_stream_mutex);
+  g_pending_ms[stream] += ms;
+}
+
+double TakePending(aclrtStream stream) {
+  std::lock_guard<std::mutex> lock(g_stream_mutex);
+  const auto found = g_pending_ms.find(stream);
+  if (found == g_pending_ms.end()) {
+    return 0.0;
+  }
+  const double ms = found->second;
+  g_pending_ms.erase(found);
+  return ms;
+}
 
 std::string RegistryDir() {
   const char *dir = std::getenv("KVTEST_HCCL_DIR");
@@ -362,12 +387,20 @@ HcclResult ExchangeMemDesc(HcclComm comm, uint32_t remote_rank, HcclMemDescs *lo
   }
 }
 
-HcclResult BatchGet(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream) {
-  return Move(reinterpret_cast<Comm *>(comm), remote_rank, desc, count, true);
+HcclResult Timed(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream stream,
+                 bool get) {
+  const auto start = std::chrono::steady_clock::now();
+  const HcclResult result = Move(reinterpret_cast<Comm *>(comm), remote_rank, desc, count, get);
+  AddPending(stream, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  return result;
 }
 
-HcclResult BatchPut(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream) {
-  return Move(reinterpret_cast<Comm *>(comm), remote_rank, desc, count, false);
+HcclResult BatchGet(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream stream) {
+  return Timed(comm, remote_rank, desc, count, stream, true);
+}
+
+HcclResult BatchPut(HcclComm comm, uint32_t remote_rank, HcclOneSideOpDesc *desc, uint32_t count, aclrtStream stream) {
+  return Timed(comm, remote_rank, desc, count, stream, false);
 }
 
 int64_t g_mem_handle = 1;
@@ -447,6 +480,60 @@ extern "C" KV_EXPORT char *__wrap_realpath(const char *path, char *resolved) {
     return base == nullptr ? nullptr : reinterpret_cast<RealpathFn>(dlsym(base, "__wrap_realpath"));
   }();
   return stub != nullptr && stub != &__wrap_realpath ? stub(path, resolved) : realpath(path, resolved);
+}
+
+// Devices: the stub's aclrtGetDevice always answers 0, so two processes on devices 0 and 1 of one host
+// build rank tables in which both are device 0 (hixl src/llm_datadist/adxl/channel_msg_handler.cc then
+// refuses "connect with self device"). Ours remembers the device the process set, as the runtime does.
+namespace {
+std::atomic<int32_t> g_device{-1};
+
+template <typename Fn>
+Fn StubAcl(const char *name) {
+  void *acl = dlopen("libascendcl_stub.so", RTLD_NOW | RTLD_NOLOAD);
+  return acl == nullptr ? nullptr : reinterpret_cast<Fn>(dlsym(acl, name));
+}
+}  // namespace
+
+extern "C" KV_EXPORT aclError aclrtSetDevice(int32_t device) {
+  using Fn = aclError (*)(int32_t);
+  static Fn stub = StubAcl<Fn>("aclrtSetDevice");
+  const aclError ret = stub != nullptr && stub != &aclrtSetDevice ? stub(device) : ACL_ERROR_NONE;
+  if (ret == ACL_ERROR_NONE) {
+    g_device.store(device);
+  }
+  return ret;
+}
+
+extern "C" KV_EXPORT aclError aclrtGetDevice(int32_t *device) {
+  using Fn = aclError (*)(int32_t *);
+  static Fn stub = StubAcl<Fn>("aclrtGetDevice");
+  const aclError ret = stub != nullptr && stub != &aclrtGetDevice ? stub(device) : ACL_ERROR_NONE;
+  if (ret == ACL_ERROR_NONE && device != nullptr && g_device.load() >= 0) {
+    *device = g_device.load();
+  }
+  return ret;
+}
+
+extern "C" KV_EXPORT aclError aclrtSynchronizeStreamWithTimeout(aclrtStream stream, int32_t timeout) {
+  using Fn = aclError (*)(aclrtStream, int32_t);
+  static Fn stub = StubAcl<Fn>("aclrtSynchronizeStreamWithTimeout");
+  const aclError ret =
+      stub != nullptr && stub != &aclrtSynchronizeStreamWithTimeout ? stub(stream, timeout) : ACL_ERROR_NONE;
+  const double pending = TakePending(stream);
+  if (ret == ACL_ERROR_NONE && timeout > 0 && pending > timeout) {
+    Say("aclrtSynchronizeStreamWithTimeout: the batches queued on the stream took " + std::to_string(pending) +
+        " ms, more than the timeout of " + std::to_string(timeout) + " ms");
+    return ACL_ERROR_RT_STREAM_SYNC_TIMEOUT;
+  }
+  return ret;
+}
+
+extern "C" KV_EXPORT aclError aclrtSynchronizeStream(aclrtStream stream) {
+  using Fn = aclError (*)(aclrtStream);
+  static Fn stub = StubAcl<Fn>("aclrtSynchronizeStream");
+  (void)TakePending(stream);
+  return stub != nullptr && stub != &aclrtSynchronizeStream ? stub(stream) : ACL_ERROR_NONE;
 }
 
 extern "C" KV_EXPORT int kvtest_hccl_transport_version() { return 1; }
