@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,8 @@ def _sha256(path: Path) -> str:
 def locate(folder: Path, recipe: str) -> Sources:
     """Check that ``folder`` holds every pinned archive with its pinned sha256.
 
-    ``recipe`` is a version of our own build steps, folded into the key so a change of recipe
-    never reuses a cache built by the old one.
+    ``recipe`` is a version of our own build steps, folded into the key (with the interpreter's ABI tag)
+    so a change of recipe or of Python never reuses a cache built for another.
     """
     if not folder.is_dir():
         raise UpstreamError(
@@ -92,7 +93,8 @@ def locate(folder: Path, recipe: str) -> Sources:
             f"({', '.join(a.name for a in PINNED)})"
         )
     paths: dict[str, Path] = {}
-    lines = [f"recipe {recipe}"]
+    # the wrappers are CPython extension modules: one build per interpreter ABI
+    lines = [f"recipe {recipe}", f"abi {sys.implementation.cache_tag}"]
     for archive in PINNED:
         path = folder / archive.name
         if not path.is_file():
