@@ -1,5 +1,6 @@
 """The ``kvtest`` command: ``kvtest doctor`` (preflight), ``kvtest compare`` (CANN-upgrade gate) and
-``kvtest run`` (llm_datadist programs as one P/D group, on sim through kvtest's shims)."""
+``kvtest run`` (llm_datadist programs as one P/D group, on sim through kvtest's shims) and ``kvtest upstream``
+(the real llm_datadist built on CPU)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kvtest.dropin import runner
 
     runner.add_arguments(sub.add_parser("run", help=runner.HELP, description=runner.DESCRIPTION))
+    from kvtest.upstream import cli as upstream
+
+    upstream.add_arguments(sub.add_parser("upstream", help=upstream.HELP, description=upstream.DESCRIPTION))
     args = parser.parse_args(argv)
-    handlers = {"doctor": doctor.run, "compare": compare.run, "run": runner.run}
+    handlers = {"doctor": doctor.run, "compare": compare.run, "run": runner.run, "upstream": upstream.run}
     return handlers[args.command](args)
 
 

@@ -58,16 +58,29 @@ def _prepend(entry: str, value: str | None) -> str:
 
 
 def child_env(
-    base: Mapping[str, str], folder: Path, store_url: str, namespace: str, role: str
+    base: Mapping[str, str],
+    folder: Path,
+    store_url: str,
+    namespace: str,
+    role: str,
+    first: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """``base`` plus what a command needs to run on the sim through the shims."""
+    """``base`` plus what a command needs to run on the sim through the shims.
+
+    ``first`` (``kvtest run --backend upstream``) puts its ``PYTHONPATH`` before the shims, so the real
+    llm_datadist built by ``kvtest upstream build`` shadows the shim of the same name while torch_npu,
+    torchair and hccn_tool stay kvtest's; its other variables (our HCCL transport's) are set as given.
+    """
     site, bin_dir = shim_root(folder)
     env = dict(base)
     # kvtest itself must stay importable from the shims (it is, when installed; PYTHONPATH keeps a checkout)
     kvtest_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = _prepend(
-        f"{SHIMS_DIR}{os.pathsep}{site}{os.pathsep}{kvtest_root}", base.get("PYTHONPATH")
-    )
+    path = f"{SHIMS_DIR}{os.pathsep}{site}{os.pathsep}{kvtest_root}"
+    extra = dict(first or {})
+    if "PYTHONPATH" in extra:
+        path = f"{extra.pop('PYTHONPATH')}{os.pathsep}{path}"
+    env.update(extra)
+    env["PYTHONPATH"] = _prepend(path, base.get("PYTHONPATH"))
     env["PATH"] = _prepend(str(bin_dir), base.get("PATH"))
     env[STORE_VAR] = store_url
     env[NAMESPACE_VAR] = namespace

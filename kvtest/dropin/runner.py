@@ -28,8 +28,9 @@ DESCRIPTION = (
     "Start every command at once as one group (p0.., d0..), stop the rest at the first failure (non-zero "
     "exit, or a line matching --fail-on), and exit 0 only when all passed. On sim, kvtest hosts the sim's "
     "store and each command finds kvtest's llm_datadist, torch_npu and torchair stand-ins first on its "
-    "import path and a fake hccn_tool on PATH, so an unmodified llm_datadist program runs on CPU. On npu "
-    "the commands run as they are."
+    "import path and a fake hccn_tool on PATH, so an unmodified llm_datadist program runs on CPU. On "
+    "upstream, the same but llm_datadist is the real one built by `kvtest upstream build`, its HCCL layer "
+    "kvtest's transport between the processes. On npu the commands run as they are."
 )
 DEFAULT_TIMEOUT_S = 120.0
 DEFAULT_LOGS = Path("kvtest-logs")
@@ -72,12 +73,28 @@ def assign_roles(commands: Sequence[str], roles: Sequence[str] | None = None) ->
 
 def resolve_backend(requested: str) -> tuple[str, str]:
     """The backend to run on and why (``auto``: npu when llm_datadist, torch_npu and a device are there)."""
-    if requested in ("sim", "npu"):
+    if requested in ("sim", "npu", "upstream"):
         return requested, f"{requested} requested"
     from kvtest.backends import npu
 
     usable, why = npu.probe()
     return ("npu", f"auto chose npu: {why}") if usable else ("sim", f"auto chose sim: npu unusable ({why})")
+
+
+def _upstream_env(folder: Path) -> dict[str, str]:
+    """The real llm_datadist from the cache and our transport, or a :class:`RunError` naming the fix."""
+    from kvtest.upstream import transport
+    from kvtest.upstream.cli import cached_entry
+    from kvtest.upstream.errors import UpstreamError
+
+    try:
+        entry = cached_entry()
+        library = transport.ensure(entry, lambda text: print(f"kvtest run: {text}", flush=True))
+    except UpstreamError as exc:
+        raise RunError(str(exc)) from None
+    registry = folder / "hccl"
+    registry.mkdir(exist_ok=True)
+    return transport.environment(entry, library, registry)
 
 
 def free_port() -> int:
@@ -112,12 +129,13 @@ def run_group(
     base = dict(os.environ if env is None else env)
     store = None
     with tempfile.TemporaryDirectory(prefix="kvtest-shims-") as shim_dir:
-        if backend == "sim":
+        if backend in ("sim", "upstream"):
             store, url = _host_store()
             namespace = f"kvtest-run-{uuid.uuid4().hex[:12]}"
             base.setdefault("MASTER_ADDR", "127.0.0.1")
             base.setdefault("MASTER_PORT", str(free_port()))  # for programs that leave it to the environment
-            envs = [child_env(base, Path(shim_dir), url, namespace, role) for role in names]
+            first = _upstream_env(Path(shim_dir)) if backend == "upstream" else None
+            envs = [child_env(base, Path(shim_dir), url, namespace, role, first) for role in names]
         else:
             envs = [base for _ in names]
         members = [
@@ -131,7 +149,12 @@ def run_group(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("commands", nargs="+", metavar="CMD", help="one shell command line per role, quoted")
-    parser.add_argument("--backend", choices=("auto", "npu", "sim"), default="auto", help="default: auto")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "npu", "sim", "upstream"),
+        default="auto",
+        help="default: auto (npu or sim); upstream: the real llm_datadist built by `kvtest upstream build`",
+    )
     parser.add_argument(
         "--timeout",
         type=float,
@@ -189,6 +212,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             "kvtest run: sim: llm_datadist, torch_npu, torchair and hccn_tool are kvtest's shims", flush=True
         )
+    if backend == "upstream":
+        print(
+            "kvtest run: upstream: the real llm_datadist (kvtest upstream build) over kvtest's HCCL "
+            "transport; torch_npu, torchair and hccn_tool are kvtest's shims",
+            flush=True,
+        )
     for role, command in zip(names, args.commands):
         print(f"kvtest run: {role}: {command}", flush=True)
 
@@ -200,15 +229,19 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop_on_sigterm)
 
-    outcome = run_group(
-        args.commands,
-        backend=backend,
-        roles=names,
-        timeout=args.timeout,
-        fail_on=args.fail_on or None,
-        logs=logs,
-        echo=None if args.quiet else echo,
-    )
+    try:
+        outcome = run_group(
+            args.commands,
+            backend=backend,
+            roles=names,
+            timeout=args.timeout,
+            fail_on=args.fail_on or None,
+            logs=logs,
+            echo=None if args.quiet else echo,
+        )
+    except RunError as exc:
+        print(f"kvtest run: {exc}", file=sys.stderr)
+        return 2
     for member in outcome.members:
         print(f"kvtest run: {member.role}: {member.describe_exit()} (log {member.log})", flush=True)
     verdict = "passed" if outcome.ok else "FAILED"
