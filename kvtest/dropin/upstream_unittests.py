@@ -21,9 +21,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: the folder the project's machines keep the pinned archives in; KVTEST_UPSTREAM_SOURCES names another
-DEFAULT_SOURCES = Path("/work/shared/upstream")
-SOURCES_VAR = "KVTEST_UPSTREAM_SOURCES"
+from kvtest.upstream.archives import DEFAULT_SOURCES
+from kvtest.upstream.archives import ENV_SOURCES as SOURCES_VAR
+
 ARCHIVE = "hixl-9ed283b.tar.gz"
 #: the llm_datadist test files of hicann/hixl tests/python (test_hixl_engine_api.py tests the hixl
 #: module, test_log*.py the logger's caller lookup: neither is llm_datadist's API)

@@ -9,10 +9,20 @@ from pathlib import Path
 
 from kvtest.upstream.errors import UpstreamError
 
-__all__ = ["DEFAULT_SOURCES", "PINNED", "Archive", "Sources", "locate"]
+__all__ = ["DEFAULT_SOURCES", "ENV_SOURCES", "PINNED", "Archive", "Sources", "locate"]
 
-# The folder the project's machines keep them in; ``--sources DIR`` or KVTEST_UPSTREAM_SOURCES names another.
-DEFAULT_SOURCES = Path("/work/shared/upstream")
+#: the variable that names another folder of archives (``--sources DIR`` does too)
+ENV_SOURCES = "KVTEST_UPSTREAM_SOURCES"
+
+
+def _default_sources() -> Path:
+    """``shared/upstream`` beside the checkout (where the project's machines and CI lay it), else
+    /work/shared/upstream; the first that exists, the first when none does (the error then names it)."""
+    candidates = (Path(__file__).resolve().parents[3] / "shared" / "upstream", Path("/work/shared/upstream"))
+    return next((folder for folder in candidates if folder.is_dir()), candidates[0])
+
+
+DEFAULT_SOURCES = _default_sources()
 
 
 @dataclass(frozen=True)

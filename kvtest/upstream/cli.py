@@ -22,7 +22,6 @@ DESCRIPTION = (
     "tests); `path` prints it for an existing build; `test` reruns the self-check. The cache is "
     "$KVTEST_UPSTREAM_CACHE or ~/.cache/kvtest/upstream, keyed by the archives' sha256."
 )
-ENV_SOURCES = "KVTEST_UPSTREAM_SOURCES"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sources",
         type=Path,
         default=None,
-        help=f"folder holding the pinned archives (default ${ENV_SOURCES} or {archives.DEFAULT_SOURCES})",
+        help=f"folder of the pinned archives (default ${archives.ENV_SOURCES} or {archives.DEFAULT_SOURCES})",
     )
     parser.add_argument(
         "--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs (default: all cores)"
@@ -50,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _sources_folder(given: Path | None) -> Path:
     if given is not None:
         return given
-    return Path(os.environ.get(ENV_SOURCES) or archives.DEFAULT_SOURCES)
+    return Path(os.environ.get(archives.ENV_SOURCES) or archives.DEFAULT_SOURCES)
 
 
 def cached_entry(sources: Path | None = None) -> Entry:
