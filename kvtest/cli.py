@@ -1,5 +1,6 @@
 """The ``kvtest`` command: ``kvtest doctor`` (preflight), ``kvtest compare`` (CANN-upgrade gate) and
-``kvtest run`` (llm_datadist programs as one P/D group, on sim through kvtest's shims)."""
+``kvtest run`` (llm_datadist programs as one P/D group, on sim through kvtest's shims) and ``kvtest report``
+(results as one HTML page)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     from kvtest import doctor
-    from kvtest.results import compare
+    from kvtest.results import compare, page
 
     doctor.add_arguments(sub.add_parser("doctor", help=doctor.HELP, description=doctor.HELP))
     compare.add_arguments(sub.add_parser("compare", help=compare.HELP, description=compare.HELP))
     from kvtest.dropin import runner
 
     runner.add_arguments(sub.add_parser("run", help=runner.HELP, description=runner.DESCRIPTION))
+    page.add_arguments(sub.add_parser("report", help=page.HELP, description=page.HELP))
     args = parser.parse_args(argv)
-    handlers = {"doctor": doctor.run, "compare": compare.run, "run": runner.run}
+    handlers = {"doctor": doctor.run, "compare": compare.run, "run": runner.run, "report": page.run}
     return handlers[args.command](args)
 
 
