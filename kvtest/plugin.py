@@ -49,6 +49,10 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
+    if config.pluginmanager.hasplugin("html"):  # pytest-html: its hooks exist only when it is active
+        from kvtest.results.html_figures import HtmlFigures
+
+        config.pluginmanager.register(HtmlFigures(), "kvtest-html-figures")
     cli = {o.dest: getattr(config.option, o.cli_dest, None) for o in OPTIONS}
     ini = {o.ini: str(config.getini(o.ini) or "") for o in OPTIONS}
     inifile = str(config.inipath) if config.inipath else "the ini file"

@@ -123,13 +123,14 @@ def test_nightly_workflow_uses_options_that_exist():
     workflow = load_manifest(ROOT / "examples" / "ci" / "ascend-nightly.yml")[0]
     steps = workflow["jobs"]["nightly"]["steps"]
     script = "\n".join(step.get("run", "") for step in steps)
-    for needed in ("npu-smi info", "kvtest doctor", "--kv-results", "--kv-artifacts", "kvtest compare"):
+    for needed in ("npu-smi info", "kvtest doctor", "--kv-results", "--kv-artifacts", "kvtest compare",
+                   "kvtest report"):
         assert needed in script, needed
     assert any(step.get("uses", "").startswith("actions/upload-artifact@") for step in steps)
     known = {o.flag for o in OPTIONS}
     helps = {
         sub: subprocess.run([sys.executable, "-m", "kvtest.cli", sub, "--help"], capture_output=True, text=True, timeout=60).stdout
-        for sub in ("doctor", "compare")
+        for sub in ("doctor", "compare", "report")
     }  # fmt: skip
     for line in script.replace("\\\n", " ").splitlines():
         flags = re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", line)

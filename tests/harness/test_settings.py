@@ -130,8 +130,6 @@ def _one_line_usage_error(result, match: str) -> None:
     assert "Traceback" not in err and "Traceback" not in result.stdout.str()
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
-    import re
-
     assert re.search(match, lines[0]), lines[0]
 
 
@@ -189,20 +187,6 @@ def test_help_lists_options_and_precedence(pytester: pytest.Pytester):
                  "--kv-seed", "KVTEST_ROLE", "kv_role"):
         assert flag in out, flag
     assert "marker > command line > environment (KVTEST_*) > ini file > default" in " ".join(out.split())
-
-
-def _readme_options() -> dict[str, tuple[str, str]]:
-    """The README's option table: flag -> (env, ini)."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    rows = re.findall(r"^\| `(--[a-z-]+)[^`]*` \| `(KVTEST_[A-Z_]+)` / `(kv_[a-z_]+)` \|", readme, flags=re.M)
-    return {flag: (env, ini) for flag, env, ini in rows}
-
-
-def test_readme_option_table_is_the_option_table():
-    """The README's table names exactly the flags, variables and ini keys the code reads."""
-    from kvtest.settings import OPTIONS
-
-    assert _readme_options() == {o.flag: (o.env, o.ini) for o in OPTIONS}
 
 
 @pytest.mark.parametrize(
