@@ -153,6 +153,7 @@ def test_allocate_blocks_cache(kv, datadist, alloc_case: BlocksCase):
         del views
         node.deallocate(cache)
         kv.barrier("deallocated")
+        kv.barrier("refused pull")  # the key is bound again below: d's pull must come first
         kv.step("allocate_blocks_cache beyond the pool")
         too_big = api.CacheDesc(1, [1, pool + 1], node.datatype(torch.uint8), api.Placement.DEVICE)
         _refused(api, lambda: node.cm.allocate_blocks_cache(too_big), "LLM_OUT_OF_MEMORY",
@@ -185,6 +186,7 @@ def test_allocate_blocks_cache(kv, datadist, alloc_case: BlocksCase):
         _refused(api, lambda: node.cm.pull_blocks(key, cache, src_blocks=list(case.src),
                                                   dst_blocks=list(case.dst)), "LLM_KV_CACHE_NOT_EXIST", not_exist)
         node.check(expected, views, name="allocated blocks after a refused pull_blocks")
+        kv.barrier("refused pull")
         kv.barrier("decoder pull end")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
