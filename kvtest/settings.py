@@ -811,6 +811,16 @@ OTHER_ENV = (
     "KVTEST_HARNESS_FULL",
     "KVTEST_HARNESS_GATE",
     "KVTEST_CI_VENV",
+    "KVTEST_SIM_FAULT_SCOPE",
+    "KVTEST_UPSTREAM_SOURCES",  # kvtest upstream: the pinned archives' folder, its cache
+    "KVTEST_UPSTREAM_CACHE",
+    "KVTEST_REQUIRE_UPSTREAM",  # the upstream harness tests fail instead of skipping without a build
+    "KVTEST_HCCL_DIR",  # kvtest's HCCL transport under the real llm_datadist
+    "KVTEST_HCCL_FAULT",
+    "KVTEST_HCCL_TRACE",
+    "KVTEST_HCCN_CONF",
+    "KVTEST_RUN_BACKEND",  # .ci/npu-on-shims: kvtest run's backend and time limit
+    "KVTEST_RUN_TIMEOUT",
 )
 
 
