@@ -311,7 +311,7 @@ def test_stalled_transfer_times_out_and_the_run_goes_on(
     result.stdout.fnmatch_lines(
         [
             "d0 failed at step 'push_blocks': *LLMException: [[]push_blocks[]] failed, error code is "
-            "LLMStatusCode.LLM_TIMEOUT, transfer did not complete in time (stall fault): sync_kv_timeout is 1000 ms.",
+            "LLMStatusCode.LLM_TIMEOUT, dst_cache_key = BlocksCacheKey(cluster_id=0, model_id=0).",
             "FAILED test_flows.py::test_blocks[[]d[]] - d0 failed at step 'push_blocks'*",
         ]
     )
