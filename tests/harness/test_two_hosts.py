@@ -216,6 +216,33 @@ def test_after(kv, n):
 DEAD_AFTER = 3.0
 
 
+def watch_ends(
+    procs: dict[str, subprocess.Popen[str]], cut: float, limit: float
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Read every role's output until it ends or ``limit`` seconds after ``cut`` pass; return the outputs
+    and, for each role that ended in time, how long after the cut it did (the others are killed)."""
+    outs: dict[str, str] = {}
+    ended: dict[str, float] = {}
+    readers = {name: threading.Thread(target=lambda n=name, q=proc: outs.update({n: q.communicate()[0]}))
+               for name, proc in procs.items()}
+    for reader in readers.values():
+        reader.start()
+    while any(r.is_alive() for r in readers.values()) and time.monotonic() < cut + limit:
+        for name, reader in readers.items():
+            if name not in ended and not reader.is_alive():
+                ended[name] = time.monotonic() - cut
+        time.sleep(0.05)
+    for name, reader in readers.items():
+        if name not in ended and not reader.is_alive():
+            ended[name] = time.monotonic() - cut
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+    for reader in readers.values():
+        reader.join(10)
+    return outs, ended
+
+
 def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float | None, dead_after: float):
     """Run PARTITION on both hosts; cut the link at the first push for ``outage`` seconds (None: for
     good). Return both outputs, exit codes, when each ended after the cut, and p0's results."""
@@ -227,8 +254,6 @@ def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float |
     results = tmp / "results.json"
     p = start(hosts.ns_a, "p", rdv, tmp, *common, "--kv-results", str(results), cwd=tmp, env=env)
     d = start(hosts.ns_b, "d", rdv, tmp, *common, "--junitxml", str(tmp / "d0.xml"), cwd=tmp, env=env)
-    ended: dict[str, float] = {}
-    outs: dict[str, str] = {}
     try:
         deadline = time.monotonic() + 120
         while not gate.exists():
@@ -240,24 +265,8 @@ def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float |
         if outage is not None:
             time.sleep(outage)
             hosts.link("up")
-        readers = {name: threading.Thread(target=lambda n=name, q=proc: outs.update({n: q.communicate()[0]}))
-                   for name, proc in (("p0", p), ("d0", d))}
-        for reader in readers.values():
-            reader.start()
-        while any(r.is_alive() for r in readers.values()) and time.monotonic() < cut + 60:
-            for name, reader in readers.items():
-                if name not in ended and not reader.is_alive():
-                    ended[name] = time.monotonic() - cut
-            time.sleep(0.05)
-        for name, reader in readers.items():
-            if name not in ended and not reader.is_alive():
-                ended[name] = time.monotonic() - cut
-        hung = [name for name in readers if name not in ended]
-        for proc in (p, d):
-            if proc.poll() is None:
-                proc.kill()
-        for reader in readers.values():
-            reader.join(10)
+        outs, ended = watch_ends({"p0": p, "d0": d}, cut, limit=60)
+        hung = [name for name in ("p0", "d0") if name not in ended]
         assert not hung, f"{hung} still running 60 s after the cut (a hang): {outs}"
     finally:
         for proc in (p, d):
@@ -357,26 +366,13 @@ def test_partition_during_a_long_local_operation_ends_every_role_in_time(two_hos
     common = ["--kv-dead-after", str(dead_after), "--kv-profile", "nightly", "-p", "no:randomly", "test_busy.py"]
     p = start(two_hosts.ns_a, "p", rdv, tmp_path, *common, cwd=tmp_path, env=env)
     d = start(two_hosts.ns_b, "d", rdv, tmp_path, *common, cwd=tmp_path, env=env)
-    outs: dict[str, str] = {}
-    ended: dict[str, float] = {}
     try:
         deadline = time.monotonic() + 240
         while not gate.exists():
             assert time.monotonic() < deadline and p.poll() is None and d.poll() is None, "never busy"
             time.sleep(0.05)
         cut = two_hosts.link("down")
-        readers = {name: threading.Thread(target=lambda n=name, q=proc: outs.update({n: q.communicate()[0]}))
-                   for name, proc in (("p0", p), ("d0", d))}
-        for reader in readers.values():
-            reader.start()
-        while any(r.is_alive() for r in readers.values()) and time.monotonic() < cut + 90:
-            for name, reader in readers.items():
-                if name not in ended and not reader.is_alive():
-                    ended[name] = time.monotonic() - cut
-            time.sleep(0.05)
-        for name, reader in readers.items():
-            if name not in ended and not reader.is_alive():
-                ended[name] = time.monotonic() - cut
+        outs, ended = watch_ends({"p0": p, "d0": d}, cut, limit=90)
     finally:
         for proc in (p, d):
             if proc.poll() is None:
