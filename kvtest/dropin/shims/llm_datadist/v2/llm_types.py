@@ -36,21 +36,8 @@ __all__ = [
     "check_layer_range",
 ]
 
-# the real package defines these here: tracebacks, reprs and TypeError messages name this module
-for _cls in (
-    BlocksCacheKey,
-    Cache,
-    CacheDesc,
-    CacheKey,
-    CacheKeyByIdAndIndex,
-    CacheTask,
-    KvCache,
-    LayerSynchronizer,
-    MemInfo,
-    Memtype,
-    Placement,
-    RegisterMemStatus,
-    TransferConfig,
-    TransferWithCacheKeyConfig,
-):
-    _cls.__module__ = __name__
+# the real package defines these classes here: tracebacks, reprs and TypeError messages name this module
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
