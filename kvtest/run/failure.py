@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from kvtest.host.problems import EnvironmentProblem
-from kvtest.run.rendezvous import RendezvousError, RendezvousPartition
+from kvtest.run.errors import RendezvousError, RendezvousPartition
 
 if TYPE_CHECKING:
     from kvtest.run.messages import RoleResult

@@ -1,12 +1,22 @@
-"""The leader/follower protocol.
+"""Every message the roles of a run exchange through the store, as a frozen dataclass, with its
+JSON shape, encoder (``to_json``) and decoder (``from_json``) here and nowhere else.
 
-p0 (the leader) runs pytest's own loop. Before each multi-role test it announces the test under the
-next sequence number; every follower waits for announcements, runs exactly the announced tests in
-that order and publishes each outcome. The leader merges them into its own report: a test passes
-only when every role passed.
+A decoder refuses a value without its message's shape with :class:`kvtest.run.errors.ProtocolError`
+(one line: who read what under which key). The store checks the same shapes while it waits
+(``RunStore.wait(shape=...)``), so a stranger's value fails at the read.
 
-Session start is a handshake: each role publishes kvtest version, backend, topology, seed and a
-digest of its collection; p0 compares and publishes a verdict that every role obeys.
+==============  =====================  ==================================  ==========
+message         key (kvtest.run.keys)  written by                          read by
+==============  =====================  ==================================  ==========
+Claim           claim/ROLE             every role, once                    (compare-and-set)
+Hello           hello/ROLE             every role                          p0
+Verdict         verdict                p0                                  followers
+TestAnnounce    item/SEQ               p0, before each multi-role test     followers
+End             item/SEQ               p0, after the last test             followers
+RoleResult      t/SEQ/PHASE/ROLE       every role in the test              p0
+Abort           t/SEQ/abort            the first role that fails           every role
+Bye             bye/ROLE               followers, leaving                  p0
+==============  =====================  ==================================  ==========
 """
 
 from __future__ import annotations
@@ -14,38 +24,79 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
-
 from kvtest import __version__
-from kvtest.run.failure import PeerNeverJoined, failure_class
-from kvtest.run.rendezvous import (
-    ForgedValue,
-    RendezvousError,
-    RendezvousTimeout,
-    RunStore,
-    Shape,
-    TokenMismatch,
-    keys,
-)
+from kvtest.run.errors import ProtocolError
+from kvtest.run.failure import failure_class
 from kvtest.run.topology import Topology
 
 __all__ = [
+    "ABORT_SHAPE",
+    "BYE_SHAPE",
+    "CLAIM_SHAPE",
     "HELLO_SHAPE",
+    "IDLE_LIMIT",
+    "ITEM_SHAPE",
     "RESULT_SHAPE",
     "STACK_KEYS",
     "VERDICT_SHAPE",
+    "Abort",
+    "Bye",
+    "Claim",
+    "End",
     "Hello",
     "RoleResult",
+    "Shape",
+    "TestAnnounce",
+    "Verdict",
+    "check_shape",
     "collection_digest",
     "compare_hello",
+    "read_item",
     "stack_differences",
 ]
+
+#: the members a stored object must have, with their types; more members are allowed
+Shape = Mapping[str, "type | tuple[type, ...]"]
+_JSON_NAMES = {
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+
+def _json_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(_JSON_NAMES.get(k, k.__name__) for k in kinds))
+
+
+def check_shape(value: Any, shape: Shape, full: str, me: str) -> dict[str, Any]:
+    """``value`` as an object with every member of ``shape``; else a one-line :class:`ProtocolError`."""
+    problem = None
+    if not isinstance(value, dict):
+        problem = f"{_json_name(type(value))} where an object belongs"
+    else:
+        for name, kind in shape.items():
+            if name not in value:
+                problem = f"no {name!r} member"
+            elif not isinstance(value[name], kind):
+                problem = f"{name!r} is {_json_name(type(value[name]))}, not {_json_name(kind)}"
+            if problem:
+                break
+    if problem is None and isinstance(value, dict):
+        return value
+    raise ProtocolError(
+        f"{me} read a value of the wrong shape under {full!r} ({problem}): refusing it; is a stranger, "
+        "or another kvtest version, writing to this rendezvous?"
+    )
+
 
 #: a follower may wait this long for the next announcement (the leader's heartbeat catches a dead one)
 IDLE_LIMIT = 6 * 3600.0
@@ -101,7 +152,8 @@ class Hello:
         return {**self.__dict__, "nodeids": list(self.nodeids), "fingerprint": dict(self.fingerprint)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Hello:
+    def from_json(cls, data: Any, where: str = "a hello", me: str = "?") -> Hello:
+        data = check_shape(data, HELLO_SHAPE, where, me)
         raw = data.get("fingerprint")
         fingerprint = (
             {str(k): str(v) for k, v in raw.items() if isinstance(v, str)} if isinstance(raw, dict) else {}
@@ -126,7 +178,6 @@ HELLO_SHAPE: Shape = {
     "host": str,
     "pid": int,
 }
-VERDICT_SHAPE: Shape = {"ok": bool}
 
 
 def _sample(ids: Sequence[str], limit: int = 3) -> str:
@@ -199,7 +250,8 @@ class RoleResult:
         return {**self.__dict__, "transfers": list(self.transfers)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RoleResult:
+    def from_json(cls, data: Any, where: str = "a role's result", me: str = "?") -> RoleResult:
+        data = check_shape(data, RESULT_SHAPE, where, me)
         return cls(
             **{**{name: data[name] for name in RESULT_SHAPE}, "transfers": tuple(data["transfers"])},
             failure=failure_class(data.get("failure")),
@@ -233,104 +285,135 @@ RESULT_SHAPE: Shape = {
 }
 
 
-class Handshake:
-    """Joining a run and agreeing on it; used by the leader and by the followers."""
+@dataclass(frozen=True)
+class Claim:
+    """A role's claim of its slot in the run: the first one stands."""
 
-    def __init__(self, store: RunStore, me: Hello, roles: Sequence[str], timeout: float) -> None:
-        self.store = store
-        self.me = me
-        self.roles = tuple(roles)
-        self.timeout = timeout
-        self.hellos: dict[str, Hello] = {me.role: me}  # p0: every hello it read, its own first
-        self.stack: list[str] = []  # p0: how the roles' stacks differ (a follower: as p0 said)
+    host: str
+    pid: int
+    nonce: str
 
-    def claim(self) -> None:
-        """Take this role's slot; a second process claiming the same role is refused.
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
-        The claim is a signed value, not a counter: with a token, a stranger's claim is refused and
-        replaced, and only a role holding the run's token can take the slot first."""
-        mine = {"host": self.me.host, "pid": self.me.pid, "nonce": uuid.uuid4().hex}
-        if self.store.set_if_absent(keys.claim(self.me.role), mine) != mine:
-            raise pytest.UsageError(
-                f"kvtest: role {self.me.role} is already taken in run {self.store.run_id}: "
-                "start each role once (check --role/--rank on each host); with a file rendezvous, "
-                "an earlier run may have used this --run-id: give a new one"
-            )
+    @classmethod
+    def from_json(cls, data: Any, where: str = "a claim", me: str = "?") -> Claim:
+        data = check_shape(data, CLAIM_SHAPE, where, me)
+        return cls(data["host"], data["pid"], data["nonce"])
 
-    def lead(self, exited: Any = None, grace: float = 5.0, where: str = "") -> None:
-        """p0: wait for every other role's hello, compare, publish the verdict; raise on a mismatch.
 
-        A hello signed with another token (or none) is waited past for ``grace`` seconds, in case it
-        is a stranger's and the real role's is on its way; then the run is refused.
+CLAIM_SHAPE: Shape = {"host": str, "pid": int, "nonce": str}
 
-        :raises PeerNeverJoined: roles that never said hello in time (an environment failure, not a
-            usage error: the session records the run's tests as errors); ``where`` names the
-            rendezvous in its message.
-        :raises pytest.UsageError: every other refusal (versions, collection, token, a bad hello).
-        """
-        self.store.set(keys.hello(self.me.role), self.me.to_json())
-        problems: list[str] = []
-        missing: list[str] = []
-        deadline = time.monotonic() + self.timeout
-        for role in self.roles:
-            if role == self.me.role:
-                continue
-            try:
-                other = Hello.from_json(
-                    self.store.wait(
-                        keys.hello(role),
-                        what=f"{role} to join",
-                        timeout=max(deadline - time.monotonic(), 0.01),
-                        peers=[role] if exited is not None else (),
-                        shape=HELLO_SHAPE,
-                        forged_grace=grace,
-                    )
-                )
-            except (ForgedValue, TokenMismatch) as exc:
-                self._refuse(
-                    f"{role} was started with another token or none, refusing it: {exc}; give every "
-                    "role the same --kv-token-file (or KVTEST_TOKEN)"
-                )
-            except RendezvousTimeout:
-                missing.append(role)
-                continue
-            except RendezvousError as exc:
-                self._refuse(f"{role} did not join: {exc}")
-            problems += [f"{role}: {d}" for d in compare_hello(self.me, other)]
-            self.hellos[role] = other
-        self.stack = stack_differences(list(self.hellos.values()))
-        strict = [h.role for h in self.hellos.values() if h.require_same_stack]
-        if self.stack and strict:
-            problems.append(
-                f"stack differs between roles ({', '.join(strict)} started with --kv-require-same-stack): "
-                + "; ".join(self.stack)
-            )
-        if problems:
-            self._refuse("roles disagree, refusing to start: " + "; ".join(problems))
-        if missing:
-            never = PeerNeverJoined(missing, self.timeout, where)
-            try:  # a role that comes late reads the refusal instead of waiting for tests
-                self.store.set(keys.VERDICT, {"ok": False, "reason": str(never)})
-            except RendezvousError:
-                pass
-            raise never
-        self.store.set(keys.VERDICT, {"ok": True, "stack": self.stack})
 
-    def _refuse(self, reason: str) -> None:
-        self.store.set(keys.VERDICT, {"ok": False, "reason": reason})
-        raise pytest.UsageError(f"kvtest: {reason}")
+@dataclass(frozen=True)
+class Verdict:
+    """p0's verdict on the handshake: the run starts (``ok``) or not (``reason``), and how the roles'
+    stacks differ."""
 
-    def follow(self) -> None:
-        """A follower: say hello, then obey p0's verdict."""
-        self.store.set(keys.hello(self.me.role), self.me.to_json())
-        verdict = self.store.wait(
-            keys.VERDICT,
-            what="p0's verdict on the handshake",
-            timeout=self.timeout,
-            peers=["p0"],
-            shape=VERDICT_SHAPE,
+    ok: bool
+    reason: str = ""
+    stack: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.ok:
+            return {"ok": False, "reason": self.reason}
+        return {"ok": True, "stack": list(self.stack)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "a verdict", me: str = "?") -> Verdict:
+        data = check_shape(data, VERDICT_SHAPE, where, me)
+        stack = data.get("stack")
+        return cls(
+            data["ok"],
+            str(data.get("reason", "")),
+            tuple(str(d) for d in stack) if isinstance(stack, list) else (),
         )
-        if not verdict.get("ok"):
-            raise pytest.UsageError(f"kvtest: p0 refused the run: {verdict.get('reason')}")
-        stack = verdict.get("stack")
-        self.stack = [str(d) for d in stack] if isinstance(stack, list) else []
+
+
+VERDICT_SHAPE: Shape = {"ok": bool}
+
+
+@dataclass(frozen=True)
+class TestAnnounce:
+    """p0's announcement of the next multi-role test: its id, the roles in it, and what each role
+    runs next (so its fixtures of wider scope survive between tests)."""
+
+    __test__ = False  # not a pytest test class
+
+    nodeid: str
+    roles: tuple[str, ...]
+    next: Mapping[str, str | None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nodeid": self.nodeid, "roles": list(self.roles), "next": dict(self.next)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "an announcement", me: str = "?") -> TestAnnounce:
+        data = check_shape(data, ITEM_SHAPE, where, me)
+        roles, nxt = data["roles"], data["next"]
+        if not all(isinstance(r, str) for r in roles) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in nxt.items()
+        ):
+            raise ProtocolError(
+                f"{me} read a value of the wrong shape under {where!r} (roles or next that are not "
+                "role names and test ids): refusing it; is a stranger, or another kvtest version, "
+                "writing to this rendezvous?"
+            )
+        return cls(data["nodeid"], tuple(roles), dict(nxt))
+
+
+#: what p0's announcement of a test must hold for a follower to run it
+ITEM_SHAPE: Shape = {"nodeid": str, "roles": list, "next": dict}
+
+
+@dataclass(frozen=True)
+class End:
+    """p0's last announcement: no more tests, leave."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"end": True}
+
+
+def read_item(data: Any, where: str = "an announcement", me: str = "?") -> TestAnnounce | End:
+    """What p0 announced under ``item/SEQ``: a test, or the end."""
+    if isinstance(data, dict) and data.get("end") is True:
+        return End()
+    return TestAnnounce.from_json(data, where, me)
+
+
+@dataclass(frozen=True)
+class Abort:
+    """The first failure of a test, so every other role stops waiting for it."""
+
+    role: str
+    step: str
+    message: str
+    skipped: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "an abort", me: str = "?") -> Abort:
+        data = check_shape(data, ABORT_SHAPE, where, me)
+        return cls(data["role"], data["step"], data["message"], data["skipped"])
+
+
+ABORT_SHAPE: Shape = {"role": str, "step": str, "message": str, "skipped": bool}
+
+
+@dataclass(frozen=True)
+class Bye:
+    """A follower leaving: how many tests failed on its side."""
+
+    failed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"failed": self.failed}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "a goodbye", me: str = "?") -> Bye:
+        return cls(check_shape(data, BYE_SHAPE, where, me)["failed"])
+
+
+BYE_SHAPE: Shape = {"failed": int}

@@ -9,20 +9,30 @@ and the test's abort flag, and says on timeout who waited for what, under which 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 import torch.distributed as dist
 
-from kvtest.run.signing import TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal
+from kvtest.run.errors import (
+    PeerDead,
+    PeerFailed,
+    PortInUse,
+    ProtocolError,
+    RendezvousError,
+    RendezvousLost,
+    RendezvousPartition,
+    RendezvousTimeout,
+)
+from kvtest.run.messages import Shape, check_shape
+from kvtest.run.signing import ANNOUNCEMENT_KEY, ForgedValue, RunSeal, Token, TokenMismatch
 from kvtest.settings import Rendezvous
 
 __all__ = [
@@ -37,6 +47,7 @@ __all__ = [
     "RendezvousTimeout",
     "RunStore",
     "PortInUse",
+    "ProtocolError",
     "Shape",
     "TokenMismatch",
     "check_shape",
@@ -47,108 +58,13 @@ __all__ = [
 ]
 
 JSON = Any
-#: the members a stored object must have, with their types; more members are allowed
-Shape = Mapping[str, "type | tuple[type, ...]"]
-_JSON_NAMES = {
-    str: "a string",
-    int: "a number",
-    float: "a number",
-    bool: "true/false",
-    list: "an array",
-    dict: "an object",
-    type(None): "null",
-}
-
-
-def _json_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(dict.fromkeys(_JSON_NAMES.get(k, k.__name__) for k in kinds))
-
-
-def check_shape(value: JSON, shape: Shape, full: str, me: str) -> dict[str, Any]:
-    """``value`` as an object with every member of ``shape``; else a one-line RendezvousError."""
-    problem = None
-    if not isinstance(value, dict):
-        problem = f"{_json_name(type(value))} where an object belongs"
-    else:
-        for name, kind in shape.items():
-            if name not in value:
-                problem = f"no {name!r} member"
-            elif not isinstance(value[name], kind):
-                problem = f"{name!r} is {_json_name(type(value[name]))}, not {_json_name(kind)}"
-            if problem:
-                break
-    if problem is None and isinstance(value, dict):
-        return value
-    raise RendezvousError(
-        f"{me} read a value of the wrong shape under {full!r} ({problem}): refusing it; is a stranger, "
-        "or another kvtest version, writing to this rendezvous?"
-    )
-
-
-class RendezvousError(Exception):
-    """A failure of the rendezvous; ``str()`` is one line that names who, what and how long."""
-
-
-class RendezvousTimeout(RendezvousError):
-    pass
-
-
-class RendezvousLost(RendezvousError):
-    """The store itself is unreachable: the leader (which hosts it) is gone."""
-
-
-class RendezvousPartition(RendezvousLost):
-    """p0's host stopped answering: a network partition, or the host itself is down."""
-
-
-class PortInUse(RendezvousError):
-    pass
-
-
-class TokenMismatch(RendezvousError):
-    """Roles of one run were started with different tokens (or one without)."""
-
-
-class ForgedValue(RendezvousError):
-    """A value under a run key that is not signed with this run's token."""
-
-    def __init__(self, full: str, verdict: Seal, their_id: str | None, token: Token) -> None:
-        if verdict is Seal.OTHER_TOKEN:
-            why = (
-                f"is signed with another token (id {their_id}; this run's is {token.id}): a role started "
-                "with a different --kv-token-file, or someone else is writing to this rendezvous"
-            )
-        else:
-            why = "is not signed with this run's token: someone else is writing to this rendezvous"
-        super().__init__(f"a value under {full!r} {why}")
-        self.key = full
-        self.verdict = verdict
-        self.their_id = their_id
-
-
-class PeerDead(RendezvousError):
-    def __init__(self, role: str, detail: str, step: str | None = None) -> None:
-        where = f" at step {step!r}" if step else ""
-        super().__init__(f"peer {role} died{where}: {detail}")
-        self.role = role
-        self.step = step
-
-
-class PeerFailed(RendezvousError):
-    """Another role failed the current test, so waiting for it is pointless."""
-
-    def __init__(self, role: str, step: str, message: str) -> None:
-        super().__init__(f"{role} failed at step {step!r}: {message}")
-        self.role = role
-        self.step = step
 
 
 class keys:
     """Named key builders: both sides spell every key the same way. Keys are relative to the run."""
 
     #: the run id p0 announces, outside any run prefix
-    CURRENT_RUN = "kvtest/current-run"
+    CURRENT_RUN = ANNOUNCEMENT_KEY
 
     @staticmethod
     def run_prefix(run_id: str) -> str:
@@ -461,6 +377,7 @@ class RunStore:
         self.prefix = keys.run_prefix(run_id)
         self.watch = watch
         self.token = token
+        self.seal = RunSeal(token, me)
         self.address = address
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self._alive = alive
@@ -477,7 +394,7 @@ class RunStore:
 
     def encode(self, full: str, value: JSON) -> str:
         """The stored text of ``value`` under the full key ``full``: sealed when there is a token."""
-        return seal(self.token, self.run_id, full, value) if self.token else json.dumps(value)
+        return self.seal.encode(self.run_id, full, value)
 
     def set(self, name: str, value: JSON) -> None:
         full = self.key(name)
@@ -528,29 +445,9 @@ class RunStore:
             self.warn(f"kvtest: {self.me}: {exc}")
 
     def _decode(self, full: str, raw: bytes, shape: Shape | None = None) -> JSON:
-        """JSON only: anything else under a run key is refused as an error, never unpickled or run.
-        With a token, a value not signed with it is a :class:`ForgedValue`. With ``shape``, an object
-        missing a member (or holding one of the wrong type) is refused too."""
-        try:
-            value = json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
-            if self.token is not None:
-                raise ForgedValue(full, Seal.UNSIGNED, None, self.token) from None
-            shown = bytes(raw[:32])
-            raise RendezvousError(
-                f"{self.me} read a value that is not JSON under {full!r} ({len(raw)} bytes, "
-                f"starting {shown!r}): refusing it; is a stranger writing to this rendezvous?"
-            ) from None
-        if self.token is not None:
-            verdict, value, their_id = open_seal(self.token, self.run_id, full, value)
-            if verdict is not Seal.VALID:
-                raise ForgedValue(full, verdict, their_id, self.token)
-        elif is_sealed(value):
-            raise TokenMismatch(
-                f"{self.me} read a value under {full!r} signed with a token (id {value.get('token')}) "
-                f"but {self.me} was started without one: give every role the same --kv-token-file "
-                f"(or {TOKEN_ENV})"
-            )
+        """The value under ``full`` through the run's seal (:class:`RunSeal`); with ``shape``, an
+        object missing a member (or holding one of the wrong type) is refused too."""
+        value = self.seal.decode(self.run_id, full, raw)
         return value if shape is None else check_shape(value, shape, full, self.me)
 
     def add(self, name: str, amount: int) -> int:
@@ -566,6 +463,12 @@ class RunStore:
             raise self.lost from None
         self.last_ok = time.monotonic()
         return result
+
+    def lost_now(self, detail: str) -> RendezvousLost:
+        """Declare the store unreachable (``detail`` says how it was noticed): every later call fails
+        at once with the returned error."""
+        self.lost = self._lost(detail)
+        return self.lost
 
     def _lost(self, detail: str) -> RendezvousLost:
         seen = self.watch.last_steps.get("p0") if self.watch is not None else None

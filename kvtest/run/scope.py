@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from kvtest.results.metrics import TransferLog
-from kvtest.run.rendezvous import PeerFailed, RendezvousError, RunStore, Shape, keys
+from kvtest.run.messages import ABORT_SHAPE, Abort
+from kvtest.run.rendezvous import PeerFailed, RendezvousError, RunStore, keys
 from kvtest.run.topology import Topology, parse_role_name
 
 __all__ = ["TestScope", "test_seed"]
 
 TEARDOWN = "teardown"
 #: what a role writes when it fails or skips a test, so the others stop waiting for it
-ABORT_SHAPE: Shape = {"role": str, "step": str, "message": str, "skipped": bool}
 
 
 class TestScope:
@@ -91,12 +91,13 @@ class TestScope:
 
     def check_abort(self) -> None:
         """Raise :class:`PeerFailed` when another role has already failed this test."""
-        info = self.store.read(keys.abort(self.seq), shape=ABORT_SHAPE)
-        if info is not None:
-            if info["role"] != self.me:
-                if info.get("skipped"):
-                    pytest.skip(f"{info['role']} skipped: {info['message']}")
-                raise PeerFailed(info["role"], info["step"], info["message"])
+        data = self.store.read(keys.abort(self.seq), shape=ABORT_SHAPE)
+        if data is not None:
+            info = Abort.from_json(data, self.store.key(keys.abort(self.seq)), self.me)
+            if info.role != self.me:
+                if info.skipped:
+                    pytest.skip(f"{info.role} skipped: {info.message}")
+                raise PeerFailed(info.role, info.step, info.message)
 
     def check_peers(self) -> None:
         """Raise now when another role has failed this test or died; for loops that poll the API."""
@@ -109,7 +110,7 @@ class TestScope:
         """Tell the other roles this role failed (or skipped), so their waits end now, not at a timeout."""
         self.store.set_if_absent(
             keys.abort(self.seq),
-            {"role": self.me, "step": self.current_step, "message": message, "skipped": skipped},
+            Abort(self.me, self.current_step, message, skipped).to_json(),
         )
 
     def barrier(self, name: str, roles: Iterable[str] | None = None) -> None:

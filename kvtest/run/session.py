@@ -10,7 +10,6 @@ test and publishes its outcome, and leaves when the leader announces the end.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import sys
 import time
@@ -27,16 +26,21 @@ from kvtest.results.known_issues import expectation, settle
 from kvtest.results.recording import RunRecorder, transfer_properties
 from kvtest.results.report import write_summary
 from kvtest.results.results import RoleInfo
+from kvtest.run.errors import RunRefused
 from kvtest.run.failure import ENVIRONMENT, PeerNeverJoined, classify, resolve
+from kvtest.run.handshake import Handshake
 from kvtest.run.launcher import LocalCluster, start_roles
 from kvtest.run.merge import MergedRepr, fold
 from kvtest.run.messages import (
     IDLE_LIMIT,
     RESULT_SHAPE,
     STACK_KEYS,
-    Handshake,
+    Bye,
+    End,
     Hello,
     RoleResult,
+    TestAnnounce,
+    read_item,
 )
 from kvtest.run.rendezvous import (
     Heartbeat,
@@ -47,15 +51,12 @@ from kvtest.run.rendezvous import (
     RendezvousError,
     RendezvousLost,
     RunStore,
-    Shape,
-    TokenMismatch,
-    check_shape,
     keys,
     open_store,
     reconnect,
 )
 from kvtest.run.scope import TestScope, test_seed
-from kvtest.run.signing import MAKE_ONE, TOKEN_ENV, Seal, Token, is_sealed, open_seal, seal, token_from
+from kvtest.run.signing import MAKE_ONE, TOKEN_ENV, RunSeal, Seal, Token, token_from
 from kvtest.run.threads import ThreadBudget
 from kvtest.run.threads import apply as apply_threads
 from kvtest.run.threads import plan as plan_threads
@@ -69,8 +70,6 @@ __all__ = ["FollowerSession", "LeaderSession", "KV_ITEM", "item_topology", "item
 KV_FIXTURE = "kv"
 KV_ITEM = pytest.StashKey[Topology]()
 RESULT_PHASES = {"setup": "call", "call": "call", "teardown": "teardown"}
-#: what p0's announcement of a test must hold for a follower to run it
-ITEM_SHAPE: Shape = {"nodeid": str, "roles": list, "next": dict}
 
 
 def item_topology(item: pytest.Item) -> Topology:
@@ -425,9 +424,7 @@ class LeaderSession(_Base):
             raw, self.run_id, self.me, watch, token=self.token, address=address, warn=self._say,
             alive=self._last_round_trip, host_name=s.store_host_name(),
         )
-        announcement = (
-            seal(self.token, self.run_id, keys.CURRENT_RUN, self.run_id) if self.token else self.run_id
-        )
+        announcement = RunSeal(self.token, self.me).announce(self.run_id)
         raw.set(keys.CURRENT_RUN, announcement)
         self._start_heartbeat(rdv, port, keep=(keys.CURRENT_RUN, announcement))
         self.active = True
@@ -451,12 +448,14 @@ class LeaderSession(_Base):
             )
         except PeerNeverJoined as exc:
             self._never_joined(exc)
-        except BaseException:
+        except BaseException as exc:
             # no heartbeat thread may be inside the store when the process exits: torch aborts it
             # ("terminate called without an active exception")
             self.watchdog.stop() if self.watchdog else None
             self.heartbeat.stop() if self.heartbeat else None
             self._note_roles(handshake, refused=True)
+            if isinstance(exc, RunRefused):
+                raise pytest.UsageError(str(exc)) from None
             raise
         self._note_roles(handshake, refused=False)
 
@@ -512,8 +511,8 @@ class LeaderSession(_Base):
         seq = self.seq
         self.seq += 1
         try:
-            announcement = {"nodeid": item.nodeid, "roles": roles, "next": self._next_for_roles(nextitem)}
-            self.store.set(keys.item(seq), announcement)
+            announcement = TestAnnounce(item.nodeid, tuple(roles), self._next_for_roles(nextitem))
+            self.store.set(keys.item(seq), announcement.to_json())
         except RendezvousError:
             pass  # the store is gone (hosted elsewhere under a launcher): the test fails on its first step
         self.new_scope(seq, item, roles)
@@ -639,7 +638,7 @@ class LeaderSession(_Base):
         self.active = False
         assert self.store is not None
         try:
-            self.store.set(keys.item(self.seq), {"end": True})
+            self.store.set(keys.item(self.seq), End().to_json())
             for role in self.topology.roles:
                 if role != self.me and role not in self.dead:
                     self.store.wait(keys.bye(role), what=f"{role} to leave", timeout=30, peers=[role])
@@ -742,11 +741,11 @@ class FollowerSession(_Base):
         try:
             handshake.claim()
             handshake.follow()
-        except (RendezvousError, pytest.UsageError) as exc:
+        except (RendezvousError, RunRefused) as exc:
             self.watchdog.stop() if self.watchdog else None
             self.heartbeat.stop() if self.heartbeat else None  # as in LeaderSession._start
-            if isinstance(exc, pytest.UsageError):
-                raise
+            if isinstance(exc, RunRefused):
+                raise pytest.UsageError(str(exc)) from None
             raise pytest.UsageError(f"kvtest: {self.me}: {exc}") from None
         if handshake.stack:
             self._write(f"kvtest: {self.me}: stack differs between roles: " + "; ".join(handshake.stack))
@@ -754,32 +753,37 @@ class FollowerSession(_Base):
     def _current_run(self, raw: Any) -> str:
         """The run p0 announced. On a shared file an older run's id may linger: wait for ours.
 
-        With a token the announcement must be signed with it. One signed with another token (or
-        none, for longer than --kv-dead-after: p0 puts its own back at once) means p0 and this role
-        were given different tokens: this role leaves its hello for p0 to see, and refuses to run.
+        With a token the announcement must be signed with it (:meth:`RunSeal.read_announcement`). One
+        signed with another token (or none, for longer than --kv-dead-after: p0 puts its own back at
+        once) means p0 and this role were given different tokens: this role leaves its hello for p0
+        to see, and refuses to run.
         """
         s = self.settings
         assert s.rendezvous is not None
+        checker = RunSeal(self.token, self.me)
         deadline = time.monotonic() + s.join_timeout
         unsigned_since: float | None = None
+        said: set[bytes] = set()  # the refused announcements already reported
+        tcp = s.rendezvous.scheme == "tcp"
         while True:
             try:
                 stored = raw.get(keys.CURRENT_RUN) if raw.check([keys.CURRENT_RUN]) else None
             except Exception as exc:
                 raise RendezvousLost(f"lost {s.rendezvous}: {str(exc).splitlines()[0]}") from None
-            if stored is not None:
-                current, verdict, their_id = self._open_announcement(stored)
-                if current is not None and (s.rendezvous.scheme == "tcp" or current == s.run_id):
-                    if verdict is Seal.VALID:
-                        return current
-                    if unsigned_since is None and verdict is Seal.UNSIGNED:
-                        self._say(
-                            f"kvtest: {self.me}: a value under {keys.CURRENT_RUN!r} is not signed with "
-                            "this run's token: someone else is writing to this rendezvous"
-                        )
-                    unsigned_since = unsigned_since or time.monotonic()
-                    if verdict is Seal.OTHER_TOKEN or time.monotonic() - unsigned_since > s.dead_after:
-                        self._refuse_token(raw, current, their_id)
+            seen = checker.read_announcement(stored) if stored is not None else None
+            if seen is not None and seen.verdict is Seal.BAD and bytes(stored or b"") not in said:
+                said.add(bytes(stored or b""))
+                self._say(f"kvtest: {self.me}: {checker.forged(keys.CURRENT_RUN, seen.verdict)}")
+            current = seen.run_id if seen is not None else None
+            if seen is not None and current is not None and (tcp or current == s.run_id):
+                if seen.verdict is Seal.VALID:
+                    return current
+                if unsigned_since is None and seen.verdict is Seal.UNSIGNED:
+                    self._say(f"kvtest: {self.me}: {checker.forged(keys.CURRENT_RUN, seen.verdict)}")
+                unsigned_since = unsigned_since or time.monotonic()
+                if seen.verdict is Seal.OTHER_TOKEN or time.monotonic() - unsigned_since > s.dead_after:
+                    self._leave_hello(raw, current)
+                    raise checker.mismatch(current, str(s.rendezvous), seen.their_id)
             if time.monotonic() > deadline:
                 raise RendezvousLost(
                     f"no run {s.run_id or ''} was announced at {s.rendezvous} within {s.join_timeout:g}s: "
@@ -787,79 +791,47 @@ class FollowerSession(_Base):
                 )
             time.sleep(0.05)
 
-    def _open_announcement(self, stored: bytes) -> tuple[str | None, Seal, str | None]:
-        """(run id, how it is signed, the signer's token id) of p0's announcement."""
-        try:
-            data = json.loads(stored)
-        except (UnicodeDecodeError, ValueError):
-            data = None
-        if not is_sealed(data):
-            try:
-                text = stored.decode()
-            except UnicodeDecodeError:
-                return None, Seal.BAD, None
-            return text, (Seal.UNSIGNED if self.token else Seal.VALID), None
-        inner = data.get("json") if isinstance(data.get("json"), str) else "null"
-        try:
-            claimed = json.loads(inner)
-        except ValueError:
-            claimed = None
-        current = claimed if isinstance(claimed, str) else None
-        if self.token is None:
-            return current, Seal.OTHER_TOKEN, data.get("token")
-        verdict, _, their_id = open_seal(self.token, current or "", keys.CURRENT_RUN, data)
-        if verdict is Seal.BAD:
-            self._say(
-                f"kvtest: {self.me}: a value under {keys.CURRENT_RUN!r} is not signed with this run's "
-                "token: someone else is writing to this rendezvous"
-            )
-            return None, verdict, their_id
-        return current, verdict, their_id
-
-    def _refuse_token(self, raw: Any, run_id: str, their_id: str | None) -> None:
-        """Leave a hello in the announced run, so p0 says it too, and stop with a usage error."""
+    def _leave_hello(self, raw: Any, run_id: str) -> None:
+        """A hello in the announced run, so p0 says the token mismatch too."""
         store = RunStore(raw, run_id, self.me, token=self.token)
         try:
             store.set(keys.hello(self.me), self._hello().to_json())
         except RendezvousError:
             pass
-        mine = f"this role's is {self.token.id}" if self.token else "this role has none"
-        theirs = f"signed with token {their_id}" if their_id else "not signed"
-        raise TokenMismatch(
-            f"the run {run_id} at {self.settings.rendezvous} is {theirs} ({mine}): p0 was started with "
-            f"another token; give every role the same --kv-token-file (or {TOKEN_ENV})"
-        )
 
     def _follow(self, session: pytest.Session) -> int:
         assert self.store is not None
         seq = 0
         while True:
-            announced = self.store.wait(
-                keys.item(seq), what="p0's next test", timeout=IDLE_LIMIT, peers=["p0"], shape={}
+            announced = read_item(
+                self.store.wait(
+                    keys.item(seq), what="p0's next test", timeout=IDLE_LIMIT, peers=["p0"], shape={}
+                ),
+                self.store.key(keys.item(seq)),
+                self.me,
             )
-            if announced.get("end") is True:
+            if isinstance(announced, End):
                 return session.testsfailed
-            check_shape(announced, ITEM_SHAPE, self.store.key(keys.item(seq)), self.me)
-            if self.me in announced["roles"]:
+            if self.me in announced.roles:
                 self._run_announced(session, seq, announced)
             seq += 1
 
-    def _run_announced(self, session: pytest.Session, seq: int, announced: dict[str, Any]) -> None:
+    def _run_announced(self, session: pytest.Session, seq: int, announced: TestAnnounce) -> None:
         assert self.store is not None
-        item = self.by_id.get(announced["nodeid"])
+        item = self.by_id.get(announced.nodeid)
         if item is None:
             missing = RoleResult(
                 self.me,
                 "failed",
                 "collect",
-                f"{self.me} did not collect {announced['nodeid']} (different files or kvtest version)",
+                f"{self.me} did not collect {announced.nodeid} (different files or kvtest version)",
             )
             self.store.set(keys.result(seq, "call", self.me), missing.to_json())
             self.store.set(keys.result(seq, "teardown", self.me), RoleResult(self.me, "passed").to_json())
             return
-        next_id = announced["next"].get(self.me)
+        next_id = announced.next.get(self.me)
         self.ran_any = True
-        scope = self.new_scope(seq, item, announced["roles"])
+        scope = self.new_scope(seq, item, list(announced.roles))
         try:
             item.ihook.pytest_runtest_protocol(
                 item=item, nextitem=self.by_id.get(next_id) if next_id else None
@@ -898,7 +870,7 @@ class FollowerSession(_Base):
     def _leave(self, failed: int) -> None:
         if self.store is not None:
             try:
-                self.store.set(keys.bye(self.me), {"failed": failed})
+                self.store.set(keys.bye(self.me), Bye(failed).to_json())
                 if self.settings.hosts_store:  # the others still use the store this process hosts
                     self.store.wait(keys.CLOSED, what="p0 to close the run", timeout=30, peers=["p0"])
             except RendezvousError:

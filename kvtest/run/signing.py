@@ -7,6 +7,9 @@ A reader opens the seal with its own token; a value that is unsigned, signed wit
 signed for another key or run is refused. ``ID`` names the token (a hash of it, never the secret),
 so a role started with a different token can be told apart from a stranger with none. The seal
 is a signature, not encryption: values stay readable by anyone who reaches the store.
+
+:class:`RunSeal` is the one path through which a value is signed, read and refused, the run
+announcement p0 writes outside any run prefix included; :class:`ForgedValue` holds the one message.
 """
 
 from __future__ import annotations
@@ -24,13 +27,31 @@ from typing import Any
 
 import pytest
 
-__all__ = ["SEAL", "TOKEN_ENV", "Seal", "Token", "open_seal", "seal", "token_from"]
+from kvtest.run.errors import RendezvousError
+
+__all__ = [
+    "ANNOUNCEMENT_KEY",
+    "SEAL",
+    "TOKEN_ENV",
+    "ForgedValue",
+    "RunSeal",
+    "Seal",
+    "Token",
+    "TokenMismatch",
+    "open_seal",
+    "seal",
+    "token_from",
+]
 
 #: the environment variable that carries the token itself (local mode passes it to its children)
 TOKEN_ENV = "KVTEST_TOKEN"
 #: the member that marks a sealed value
 SEAL = "kvtest_signed"
 MIN_TOKEN_CHARS = 16
+#: the suspicion every refused value states
+STRANGER = "someone else is writing to this rendezvous"
+#: where p0 announces its run id, outside any run prefix
+ANNOUNCEMENT_KEY = "kvtest/current-run"
 MAKE_ONE = "python -c 'import secrets; print(secrets.token_hex(32))' > kvtest.token"
 
 
@@ -97,6 +118,122 @@ def open_seal(token: Token, run_id: str, key: str, data: Any) -> tuple[Seal, Any
         return Seal.VALID, json.loads(text), their_id
     except ValueError:
         return Seal.BAD, data, their_id
+
+
+class TokenMismatch(RendezvousError):
+    """Roles of one run were started with different tokens (or one without)."""
+
+
+class ForgedValue(RendezvousError):
+    """A value under a run key that is not signed with this run's token."""
+
+    def __init__(self, full: str, verdict: Seal, their_id: str | None, token: Token | None) -> None:
+        if verdict is Seal.OTHER_TOKEN:
+            mine = token.id if token is not None else "none"
+            why = (
+                f"is signed with another token (id {their_id}; this run's is {mine}): a role started "
+                f"with a different --kv-token-file, or {STRANGER}"
+            )
+        else:
+            why = f"is not signed with this run's token: {STRANGER}"
+        super().__init__(f"a value under {full!r} {why}")
+        self.key = full
+        self.verdict = verdict
+        self.their_id = their_id
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What a reader makes of p0's run announcement: the run id it claims (None when unreadable),
+    how it is signed and the signer's token id."""
+
+    run_id: str | None
+    verdict: Seal
+    their_id: str | None
+
+
+class RunSeal:
+    """The one token check: every value a role writes is signed here, every value it reads is
+    opened here, and a value that fails is refused here, with :class:`ForgedValue`'s message.
+
+    :param token: the run's token; None signs nothing and refuses what is signed.
+    :param me: the role reading, for messages.
+    """
+
+    def __init__(self, token: Token | None, me: str) -> None:
+        self.token = token
+        self.me = me
+
+    def encode(self, run_id: str, full: str, value: Any) -> str:
+        """The stored text of ``value`` under the full key ``full``: sealed when there is a token."""
+        return seal(self.token, run_id, full, value) if self.token else json.dumps(value)
+
+    def decode(self, run_id: str, full: str, raw: bytes) -> Any:
+        """The value stored under ``full``. JSON only: anything else is refused, never unpickled or
+        run. With a token, a value not signed with it is a :class:`ForgedValue`; without one, a
+        signed value is a :class:`TokenMismatch`."""
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            if self.token is not None:
+                raise ForgedValue(full, Seal.UNSIGNED, None, self.token) from None
+            shown = bytes(raw[:32])
+            raise RendezvousError(
+                f"{self.me} read a value that is not JSON under {full!r} ({len(raw)} bytes, "
+                f"starting {shown!r}): refusing it; is a stranger writing to this rendezvous?"
+            ) from None
+        if self.token is not None:
+            verdict, value, their_id = open_seal(self.token, run_id, full, value)
+            if verdict is not Seal.VALID:
+                raise ForgedValue(full, verdict, their_id, self.token)
+        elif is_sealed(value):
+            raise TokenMismatch(
+                f"{self.me} read a value under {full!r} signed with a token (id {value.get('token')}) "
+                f"but {self.me} was started without one: give every role the same --kv-token-file "
+                f"(or {TOKEN_ENV})"
+            )
+        return value
+
+    def announce(self, run_id: str) -> str:
+        """p0's announcement of ``run_id`` as stored under :data:`ANNOUNCEMENT_KEY`: the run id
+        itself, or sealed for that run when there is a token."""
+        return seal(self.token, run_id, ANNOUNCEMENT_KEY, run_id) if self.token else run_id
+
+    def read_announcement(self, stored: bytes) -> Announcement:
+        """The run p0 announced, and whether this role's token signed it."""
+        try:
+            data = json.loads(stored)
+        except (UnicodeDecodeError, ValueError):
+            data = None
+        if not is_sealed(data):
+            try:
+                text = stored.decode()
+            except UnicodeDecodeError:
+                return Announcement(None, Seal.BAD, None)
+            return Announcement(text, Seal.UNSIGNED if self.token else Seal.VALID, None)
+        inner = data.get("json") if isinstance(data.get("json"), str) else "null"
+        try:
+            claimed = json.loads(inner)
+        except ValueError:
+            claimed = None
+        current = claimed if isinstance(claimed, str) else None
+        if self.token is None:
+            their = data.get("token")
+            return Announcement(current, Seal.OTHER_TOKEN, their if isinstance(their, str) else None)
+        verdict, _, their_id = open_seal(self.token, current or "", ANNOUNCEMENT_KEY, data)
+        return Announcement(None if verdict is Seal.BAD else current, verdict, their_id)
+
+    def forged(self, full: str, verdict: Seal, their_id: str | None = None) -> ForgedValue:
+        return ForgedValue(full, verdict, their_id, self.token)
+
+    def mismatch(self, run_id: str, where: str, their_id: str | None) -> TokenMismatch:
+        """The refusal of a run announced with another token (or none) than this role's."""
+        mine = f"this role's is {self.token.id}" if self.token else "this role has none"
+        theirs = f"signed with token {their_id}" if their_id else "not signed"
+        return TokenMismatch(
+            f"the run {run_id} at {where} is {theirs} ({mine}): p0 was started with "
+            f"another token; give every role the same --kv-token-file (or {TOKEN_ENV})"
+        )
 
 
 def _checked(text: str, where: str) -> Token:

@@ -23,7 +23,8 @@ from kvtest.results.metrics import TransferLog
 from kvtest.results.report import environment_lines, summary_lines
 from kvtest.results.results import ResultsError, ResultsWriter, load_results, role_entry
 from kvtest.run.failure import PeerNeverJoined, classify, resolve
-from kvtest.run.messages import RESULT_SHAPE, Handshake, Hello, RoleResult
+from kvtest.run.handshake import Handshake
+from kvtest.run.messages import RESULT_SHAPE, Hello, RoleResult
 from kvtest.run.rendezvous import (
     PeerDead,
     RendezvousLost,

@@ -13,7 +13,9 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from kvtest.run.messages import HELLO_SHAPE, RESULT_SHAPE, Handshake, Hello, RoleResult
+from kvtest.run.errors import RunRefused
+from kvtest.run.handshake import Handshake
+from kvtest.run.messages import HELLO_SHAPE, RESULT_SHAPE, Hello, RoleResult
 from kvtest.run.rendezvous import (
     ForgedValue,
     Heartbeat,
@@ -103,7 +105,7 @@ def test_leader_refuses_a_hello_of_the_wrong_shape(tcp):
     RunStore(client(port), "r", "d0").set(keys.hello("d0"), {"role": "d0", "version": 2})
     me = Hello.make("p0", "sim", Topology(1, 1), 7, "smoke", ["t::a"])
     handshake = Handshake(RunStore(raw, "r", "p0"), me, ["p0", "d0"], timeout=2)
-    with pytest.raises(pytest.UsageError, match=r"kvtest: d0 did not join: p0 read a value of the wrong shape "
+    with pytest.raises(RunRefused, match=r"kvtest: d0 did not join: p0 read a value of the wrong shape "
                        r"under 'kvtest/r/hello/d0' \('version' is a number, not a string\)"):
         handshake.lead()
 
@@ -365,7 +367,7 @@ def test_a_forged_claim_or_abort_is_replaced_by_the_real_one(tcp):
     store = signed(client(port), "d0", warnings=warnings)
     hello = Hello.make("d0", "sim", Topology(1, 1), 7, "smoke", ["t::a"])
     Handshake(store, hello, ["p0", "d0"], timeout=2).claim()  # the stranger's claim does not stop d0
-    with pytest.raises(pytest.UsageError, match="role d0 is already taken"):  # a real second d0 does
+    with pytest.raises(RunRefused, match="role d0 is already taken"):  # a real second d0 does
         Handshake(signed(client(port), "d0"), hello, ["p0", "d0"], timeout=2).claim()
     p0, d0 = (TestScope(signed(raw if r == "p0" else client(port), r), 0, r, ["p0", "d0"], Topology(1, 1), 5)
               for r in ("p0", "d0"))
