@@ -1,8 +1,8 @@
 """kvtest's pytest plugin: options, ini keys, the ``kv`` marker, settings resolution and the hooks.
 
 Precedence of every setting, high to low: ``kv`` marker, command line, environment (``KVTEST_*``),
-ini file, default. The session logic lives in :mod:`kvtest.run.session`; backends load only when a run
-needs them.
+ini file, default. The session's hook adapters and the hook order they rely on are in
+:mod:`kvtest.run.session`; backends load only when a run needs them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import pytest
 
 from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are found by name in the plugin)
 from kvtest.results.known_issues import settle
+from kvtest.run.follower_session import FollowerSession
+from kvtest.run.leader_session import LeaderSession
 from kvtest.run.scope import TestScope
-from kvtest.run.session import KV_FIXTURE, KV_ITEM, FollowerSession, LeaderSession
+from kvtest.run.session import KV_FIXTURE, KV_ITEM
 from kvtest.run.topology import Topology
 from kvtest.settings import OPTIONS, PRECEDENCE, resolve, unknown_names
 from kvtest.state import BODY_FAILED, SETTINGS, chosen_backend, marker_settings, settings_of
