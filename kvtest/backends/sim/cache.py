@@ -236,7 +236,7 @@ class Cache:
     def is_blocks_cache(self) -> bool:
         return self._is_blocks_cache
 
-    def _invalidate(self) -> None:
+    def invalidate(self) -> None:
         self._tensor_addrs = []
         self._valid = False
 

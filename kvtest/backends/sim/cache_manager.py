@@ -172,6 +172,15 @@ class CacheManager:
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
 
+    @property
+    def endpoint(self) -> Endpoint:
+        """What this manager's LLMDataDist gives it (faults, fixes, timeouts, the transport)."""
+        return self._ep
+
+    def entry(self, cache_id: int) -> _Entry | None:
+        """What this manager holds for ``cache_id``, or None."""
+        return self._entries.get(cache_id)
+
     # -- common -------------------------------------------------------------------------------
     def _begin(self, api: str) -> float:
         if self._ep.initialized:
@@ -300,12 +309,12 @@ class CacheManager:
 
         plane.update(path, change)
 
-    def _close(self) -> None:
+    def release_all(self) -> None:
         with self._lock:
             for entry in list(self._entries.values()):
                 self._release_records(entry)
                 self._drop_keys(entry)
-                entry.cache._invalidate()
+                entry.cache.invalidate()
             self._entries.clear()
 
     # -- pool caches --------------------------------------------------------------------------
@@ -405,12 +414,12 @@ class CacheManager:
             # the native DeallocateCache is SUCCESS for an id it does not own: unknown, registered, or
             # already deallocated (cache_mgr/cache_manager.cc); the Python object is invalidated anyway
             if entry is None or entry.pool is None or entry.deallocated:
-                cache._invalidate()
+                cache.invalidate()
                 return
             self._release_records(entry)
             entry.exported = False
             entry.deallocated = True
-            entry.cache._invalidate()
+            entry.cache.invalidate()
             self._sweep()
 
     def deallocate_cache(self, cache: Cache) -> None:
@@ -550,7 +559,7 @@ class CacheManager:
             del self._entries[cache_id]
 
     # -- remote lookups -----------------------------------------------------------------------
-    def _peer(self, api: str, cluster_id: int) -> str:
+    def peer(self, api: str, cluster_id: int) -> str:
         plane, _ = self._ep.ctx()
         links, agent = plane.fetch_many(
             [plane.key("links", self._ep.cluster_id), plane.key("agent", cluster_id)]
@@ -570,7 +579,7 @@ class CacheManager:
             ) from None
         return str(agent["agent"])
 
-    def _remote_cache(self, api: str, agent: str, cluster_id: int, cache_id: int) -> _Remote:
+    def remote_cache(self, api: str, agent: str, cluster_id: int, cache_id: int) -> _Remote:
         plane, _ = self._ep.ctx()
         record = plane.fetch(plane.key("cache", cluster_id, cache_id))
         if record is None:
@@ -591,10 +600,10 @@ class CacheManager:
 
     def _resolve(self, api: str, key: AnyCacheKey) -> tuple[_Remote, int, tuple[str, Any] | None]:
         """The remote cache, batch index, and (for a CacheKey) the record a successful pull releases."""
-        agent = self._peer(api, key.cluster_id)
+        agent = self.peer(api, key.cluster_id)
         plane, _ = self._ep.ctx()
         if isinstance(key, CacheKeyByIdAndIndex):
-            remote = self._remote_cache(api, agent, key.cluster_id, key.cache_id)
+            remote = self.remote_cache(api, agent, key.cluster_id, key.cache_id)
             check_in_range("batch_index of cache_key", [key.batch_index], remote.batch)
             return remote, key.batch_index, None
         if (key.req_id == UINT64_MAX) == (key.prefix_id == UINT64_MAX):
@@ -603,18 +612,18 @@ class CacheManager:
         record = plane.fetch(path)
         if record is None:
             raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
-        remote = self._remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
+        remote = self.remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
         return remote, int(record["batch_index"]), (path, record)
 
-    def _remote_blocks(self, api: str, key: BlocksCacheKey) -> _Remote:
-        agent = self._peer(api, key.cluster_id)
+    def remote_blocks(self, api: str, key: BlocksCacheKey) -> _Remote:
+        agent = self.peer(api, key.cluster_id)
         plane, _ = self._ep.ctx()
         record = plane.fetch(plane.key("bkey", key.cluster_id, key.model_id))
         if record is None:
             raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, f"{key} does not exist")
-        return self._remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
+        return self.remote_cache(api, agent, key.cluster_id, int(record["cache_id"]))
 
-    def _move(
+    def move(
         self, api: str, op: str, agent: str, segments: list[tuple[int, int, int]], deadline: float
     ) -> None:
         """Run one NIXL transfer of (local, remote, bytes) segments, failing like the native call."""
@@ -701,7 +710,7 @@ class CacheManager:
         """A batch index argument, or 0 under a ``batch`` fault."""
         return 0 if self._ep.fault_active("batch", api) else index
 
-    def _expand(
+    def expand(
         self,
         api: str,
         pairs: list[tuple[int, int]],
@@ -801,8 +810,8 @@ class CacheManager:
         dst_index = self._batch("pull_cache", batch_index)
         spans = [(remote_index * remote.slot_bytes, dst_index * desc.slot_bytes, nbytes)]
         dst_bytes = desc.batch_size * desc.slot_bytes
-        moves = self._expand("pull_cache", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
-        self._move("pull_cache", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
+        moves = self.expand("pull_cache", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
+        self.move("pull_cache", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
     @_spoils_when_refused(
@@ -877,7 +886,7 @@ class CacheManager:
         if isinstance(src_cache_key, BlocksCacheKey):
             if len(src) != len(dst):
                 raise_param_invalid("src_blocks and dst_blocks should have the same length.")
-            remote = self._remote_blocks("pull_blocks", src_cache_key)
+            remote = self.remote_blocks("pull_blocks", src_cache_key)
             self._check_placements("pull_blocks", entry, remote)
             check_in_range("src_blocks", src, remote.batch)
             self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
@@ -894,8 +903,8 @@ class CacheManager:
             tensor_num_per_layer,
         )
         dst_bytes = desc.batch_size * desc.slot_bytes
-        moves = self._expand("pull_blocks", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
-        self._move("pull_blocks", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
+        moves = self.expand("pull_blocks", pairs, remote.addrs, entry.cache.tensor_addrs, spans, dst_bytes)
+        self.move("pull_blocks", "READ", remote.agent, [(d, s, n) for s, d, n in moves], deadline)
         self._consume(claim, None if src_layer_range is None else {s for s, _ in pairs})
 
     def _not_own_cluster(self, cluster_id: int) -> None:
@@ -971,8 +980,8 @@ class CacheManager:
         src_index = self._batch("push_cache", src_batch_index)
         spans = [(src_index * desc.slot_bytes, remote_index * remote.slot_bytes, desc.slot_bytes)]
         dst_bytes = remote.batch * remote.slot_bytes
-        moves = self._expand("push_cache", pairs, entry.cache.tensor_addrs, remote.addrs, spans, dst_bytes)
-        self._move("push_cache", "WRITE", remote.agent, moves, deadline)
+        moves = self.expand("push_cache", pairs, entry.cache.tensor_addrs, remote.addrs, spans, dst_bytes)
+        self.move("push_cache", "WRITE", remote.agent, moves, deadline)
 
     @_slowed("push_blocks")
     def push_blocks(
@@ -1029,7 +1038,7 @@ class CacheManager:
         if len(src) != len(dst):
             raise_param_invalid("src_blocks and dst_blocks should have the same length.")
         check_in_range("src_blocks", src, desc.batch_size)
-        remote = self._remote_blocks("push_blocks", dst_cache_key)
+        remote = self.remote_blocks("push_blocks", dst_cache_key)
         check_in_range("dst_blocks", dst, remote.batch)
         self._same_block(desc.slot_bytes, remote.slot_bytes, "block")
         pairs = tensor_pairs(
@@ -1041,8 +1050,8 @@ class CacheManager:
         )
         spans = block_spans(src, dst, desc.slot_bytes)
         dst_bytes = remote.batch * remote.slot_bytes
-        moves = self._expand("push_blocks", pairs, entry.cache.tensor_addrs, remote.addrs, spans, dst_bytes)
-        self._move("push_blocks", "WRITE", remote.agent, moves, deadline)
+        moves = self.expand("push_blocks", pairs, entry.cache.tensor_addrs, remote.addrs, spans, dst_bytes)
+        self.move("push_blocks", "WRITE", remote.agent, moves, deadline)
 
     # -- asynchronous layer-by-layer push -----------------------------------------------------
     def transfer_cache_async(
@@ -1185,7 +1194,7 @@ class CacheManager:
         ignore_dst = self._ep.fault_active("mapping", "swap_blocks")
         spans = [(s * n, (s if ignore_dst else d) * n, n) for s, d in src_to_dst.items()]
         pairs = [(t, t) for t in range(sd.num_tensors)]
-        moves = self._expand(
+        moves = self.expand(
             "swap_blocks", pairs, src.tensor_addrs, dst.tensor_addrs, spans, dd.batch_size * n
         )
         for s_addr, d_addr, size in moves:

@@ -192,7 +192,7 @@ class LLMDataDist:
         self._initialized = False
         try:
             if self._cache_manager is not None:
-                self._cache_manager._close()
+                self._cache_manager.release_all()
             if self._listener is not None:
                 self._listener.close()
             plane = self._plane

@@ -82,7 +82,7 @@ class LayerJob:
         self._dst_blocks = dst_blocks
         self._block_mem_size = block_mem_size
         self._rets: dict[int, LLMStatusCode] = {}
-        self._absolute = ABSOLUTE_DST_INDEX not in cm._ep.fixed
+        self._absolute = ABSOLUTE_DST_INDEX not in cm.endpoint.fixed
 
     def results(self) -> list[LLMStatusCode | None]:
         return [self._rets.get(c.dst_cluster_id) for c in self._configs]
@@ -94,7 +94,7 @@ class LayerJob:
             if not wanted:
                 continue
             if not self._synchronizer.synchronize_layer(layer, None):
-                if self._cm._ep.fault_active("refused", API):  # the refused layer goes all the same
+                if self._cm.endpoint.fault_active("refused", API):  # the refused layer goes all the same
                     for config in wanted:
                         self._layer(layer, self._dst_layer(layer, config), config)
                 for config in wanted:
@@ -109,12 +109,12 @@ class LayerJob:
                     self._rets[config.dst_cluster_id] = LLMStatusCode.LLM_SUCCESS
 
     def _reported(self, code: LLMStatusCode) -> LLMStatusCode:
-        return self._cm._ep.reported(API, code)  # LLM_SUCCESS under a ``lie`` fault
+        return self._cm.endpoint.reported(API, code)  # LLM_SUCCESS under a ``lie`` fault
 
     def _dst_layer(self, layer: int, config: AnyConfig) -> int:
         if isinstance(config, TransferConfig):
             return layer
-        if self._cm._ep.fault_active("dstlayers", API):  # the destination range ignored
+        if self._cm.endpoint.fault_active("dstlayers", API):  # the destination range ignored
             return layer - _src_range(config).start
         dst = list(config.dst_layer_range or ())
         if self._absolute:
@@ -129,9 +129,9 @@ class LayerJob:
                 layer * TENSORS_PER_LAYER : (layer + 1) * TENSORS_PER_LAYER
             ]
             pairs = [(t, t) for t in range(len(dst_addrs))]
-            segments = self._cm._expand(API, pairs, src_addrs, dst_addrs, spans, dst_bytes)
-            deadline = time.monotonic() + self._cm._ep.sync_timeout_ms / 1000
-            self._cm._move(API, "WRITE", agent, segments, deadline)
+            segments = self._cm.expand(API, pairs, src_addrs, dst_addrs, spans, dst_bytes)
+            deadline = time.monotonic() + self._cm.endpoint.sync_timeout_ms / 1000
+            self._cm.move(API, "WRITE", agent, segments, deadline)
         except _Refused as refused:
             return refused.code
         except LLMException as exc:
@@ -143,17 +143,17 @@ class LayerJob:
     ) -> tuple[str, list[int], int | None]:
         """The peer's agent, the two destination tensor addresses of this layer and the bytes from
         there to the end of a destination tensor (None when unknown: raw addresses)."""
-        agent = self._cm._peer(API, config.dst_cluster_id)
+        agent = self._cm.peer(API, config.dst_cluster_id)
         if isinstance(config, TransferConfig):
             first = (layer - _src_range(config).start) * TENSORS_PER_LAYER
             return agent, list(config.dst_addrs[first : first + TENSORS_PER_LAYER]), None
         _require(self._entry.exported)  # "local cache is not remote accessible."
         key = config.cache_key
         if isinstance(key, BlocksCacheKey):
-            remote = self._cm._remote_blocks(API, key)
+            remote = self._cm.remote_blocks(API, key)
             dst_batch = 0
         else:
-            remote = self._cm._remote_cache(API, agent, key.cluster_id, key.cache_id)
+            remote = self._cm.remote_cache(API, agent, key.cluster_id, key.cache_id)
             dst_batch = key.batch_index
         _require(dst_layer < len(remote.addrs) // TENSORS_PER_LAYER)
         if not self._dst_blocks:

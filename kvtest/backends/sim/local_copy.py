@@ -39,15 +39,15 @@ _INVALID_ID = UINT64_MAX
 
 def _addrs(cm: CacheManager, api: str, cache: Cache, params: str) -> list[int]:
     """The tensor addresses of the cache the native side knows by ``cache.cache_id``."""
-    entry = cm._entries.get(cache.cache_id)
+    entry = cm.entry(cache.cache_id)
     if entry is None:
         raise native_error(api, LLMStatusCode.LLM_KV_CACHE_NOT_EXIST, params)
     # a deallocated pool cache whose keys are still pending keeps its memory (ext_ref_count 0)
-    return list(entry.cache._tensor_addrs or entry.addrs)
+    return list(entry.cache.tensor_addrs or entry.addrs)
 
 
 def _flip_first(cm: CacheManager, api: str, moves: Sequence[tuple[int, int, int]]) -> None:
-    if moves and cm._ep.fault_active("flip", api):
+    if moves and cm.endpoint.fault_active("flip", api):
         cell = ctypes.c_uint8.from_address(moves[0][1])
         cell.value ^= 0xFF
 
