@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from kvtest.roles.topology import Topology
 from kvtest.run.rendezvous import PeerWatch, RunStore, open_store
 from kvtest.run.scope import TestScope
-from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous
 
 

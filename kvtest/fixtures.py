@@ -31,7 +31,7 @@ def _device_id(settings: Settings, role: str, backend: Backend, claims: list[Any
         return chosen
     if backend.name == "sim":
         # Each role its own emulated device, as a one-host rank table (two-sided link) requires.
-        from kvtest.run.topology import parse_role_name
+        from kvtest.roles.topology import parse_role_name
 
         side, rank = parse_role_name(role)
         return 2 * rank + (side != "p")

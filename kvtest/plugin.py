@@ -14,11 +14,11 @@ import pytest
 
 from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are found by name in the plugin)
 from kvtest.results.known_issues import settle
+from kvtest.roles.topology import Topology
 from kvtest.run.follower_session import FollowerSession
 from kvtest.run.leader_session import LeaderSession
 from kvtest.run.scope import TestScope
 from kvtest.run.session import KV_FIXTURE, KV_ITEM
-from kvtest.run.topology import Topology
 from kvtest.settings import OPTIONS, PRECEDENCE, resolve, unknown_names
 from kvtest.state import BODY_FAILED, SETTINGS, chosen_backend, marker_settings, settings_of
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from kvtest.run.engines import (
+from kvtest.roles.engines import (
     LAUNCHER_PORT,
     Launch,
     LaunchError,
@@ -29,7 +29,7 @@ from kvtest.run.engines import (
     parse_role_map,
     topology_of,
 )
-from kvtest.run.topology import Topology, parse_role_name, parse_topology
+from kvtest.roles.topology import Topology, parse_role_name, parse_topology
 
 __all__ = [
     "OPTIONS",
@@ -664,7 +664,7 @@ def resolve(
 
 
 def apply_launch(s: Settings, env: Mapping[str, str]) -> Settings:
-    """Role, rank, topology and rendezvous from the launcher's environment (see kvtest.run.engines).
+    """Role, rank, topology and rendezvous from the launcher's environment (see kvtest.roles.engines).
 
     Explicit ``--role``/``--rank`` win: the launcher is not consulted. A launch of one process (auto
     detection only) is an ordinary local run.

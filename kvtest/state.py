@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kvtest.backends.protocol import Backend, BackendUnavailable
-from kvtest.run.topology import parse_topology
+from kvtest.roles.topology import parse_topology
 from kvtest.settings import Settings, parse_timeout
 
 __all__ = [

@@ -14,8 +14,8 @@ from typing import IO
 
 import pytest
 
+from kvtest.roles.topology import Topology
 from kvtest.run.threads import ThreadBudget, child_env
-from kvtest.run.topology import Topology
 from kvtest.settings import OPTIONS, Rendezvous, Settings
 
 __all__ = ["LocalCluster", "child_arguments", "child_command", "start_roles"]

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
+from kvtest.roles.topology import Topology
 from kvtest.run.errors import PeerDead, PortInUse, RendezvousError, RunRefused
 from kvtest.run.failure import PeerNeverJoined, classify
 from kvtest.run.handshake import Handshake
@@ -20,7 +21,6 @@ from kvtest.run.rendezvous import PeerWatch, RunStore, keys, open_store
 from kvtest.run.scope import TestScope
 from kvtest.run.signing import TOKEN_ENV, RunSeal, Token
 from kvtest.run.threads import ThreadBudget
-from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous, Settings
 
 __all__ = ["Launch", "Leader"]

@@ -11,19 +11,19 @@ import pytest
 
 from kvtest.host.fingerprint import fingerprint
 from kvtest.results.known_issues import settle
-from kvtest.results.recording import RunRecorder, transfer_properties
 from kvtest.results.report import write_summary
 from kvtest.results.results import RoleInfo
+from kvtest.roles.topology import Topology
 from kvtest.run.errors import PeerDead, RunRefused
 from kvtest.run.failure import ENVIRONMENT
 from kvtest.run.launcher import LocalCluster, start_roles
 from kvtest.run.leader import Leader
 from kvtest.run.messages import RoleResult
 from kvtest.run.plan import RunPlan, RunState
+from kvtest.run.recording import RunRecorder, transfer_properties
 from kvtest.run.reports import fold_into, label_failure, own_result
 from kvtest.run.session import SessionHooks, item_timeout, item_topology
 from kvtest.run.threads import ThreadBudget
-from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous, Settings
 
 __all__ = ["LeaderSession"]
@@ -33,7 +33,10 @@ class LeaderSession(SessionHooks):
     """p0: hosts the store, starts the local roles, announces tests, merges outcomes."""
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
-        self.member = self.leader = Leader(settings, self.write, self.say)
+        try:
+            self.member = self.leader = Leader(settings, self.write, self.say)
+        except RunRefused as exc:  # a token file that cannot be used
+            raise pytest.UsageError(str(exc)) from None
         super().__init__(config, settings)
         self.recorder = RunRecorder(settings.results)
 

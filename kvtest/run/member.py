@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from kvtest.host.fingerprint import fingerprint
+from kvtest.roles.topology import Topology
 from kvtest.run.errors import PeerDead, RendezvousError
 from kvtest.run.messages import Hello
 from kvtest.run.plan import RunState
@@ -17,7 +18,6 @@ from kvtest.run.signing import MAKE_ONE, TOKEN_ENV, token_from
 from kvtest.run.threads import ThreadBudget
 from kvtest.run.threads import apply as apply_threads
 from kvtest.run.threads import plan as plan_threads
-from kvtest.run.topology import Topology
 from kvtest.run.watchdog import Watchdog
 from kvtest.settings import Rendezvous, Settings
 
@@ -57,6 +57,7 @@ class Member:
         self.topology = settings.topology or Topology(1, 1)
         self.backend_name = ""
         self.backend_why = ""
+        # a token file that cannot be used raises BadToken (a RunRefused)
         self.token = token_from(settings.token_file, settings.sources.get("token_file", "default"))
         self._stack: tuple[str, dict[str, str]] | None = None
         #: every test id this role collected (before deselection), for the handshake's digest

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvtest import __version__
+from kvtest.roles.topology import Topology
 from kvtest.run.errors import ProtocolError
 from kvtest.run.failure import failure_class
-from kvtest.run.topology import Topology
 
 __all__ = [
     "ABORT_SHAPE",

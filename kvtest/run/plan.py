@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from kvtest.run.topology import Topology
+from kvtest.roles.topology import Topology
 from kvtest.settings import Rendezvous
 
 __all__ = ["RunPlan", "RunState"]

@@ -464,6 +464,12 @@ class RunStore:
         self.last_ok = time.monotonic()
         return result
 
+    def check_peers(self, peers: Iterable[str]) -> None:
+        """Raise now when one of ``peers`` is dead (its heartbeat stopped) or the store is gone."""
+        watch = self.watch
+        if watch is not None:
+            self._call(lambda: watch.check(peers))
+
     def lost_now(self, detail: str) -> RendezvousLost:
         """Declare the store unreachable (``detail`` says how it was noticed): every later call fails
         at once with the returned error."""

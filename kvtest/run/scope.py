@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from kvtest.results.metrics import TransferLog
+from kvtest.roles.topology import Topology, parse_role_name
 from kvtest.run.messages import ABORT_SHAPE, Abort
 from kvtest.run.rendezvous import PeerFailed, RendezvousError, RunStore, keys
-from kvtest.run.topology import Topology, parse_role_name
 
 __all__ = ["TestScope", "test_seed"]
 
@@ -102,9 +102,8 @@ class TestScope:
     def check_peers(self) -> None:
         """Raise now when another role has failed this test or died; for loops that poll the API."""
         self.check_abort()
-        watch = self.store.watch
-        if watch is not None and self.peers:
-            self.store._call(lambda: watch.check(self.peers))
+        if self.peers:
+            self.store.check_peers(self.peers)
 
     def abort(self, message: str, *, skipped: bool = False) -> None:
         """Tell the other roles this role failed (or skipped), so their waits end now, not at a timeout."""

@@ -43,11 +43,11 @@ from contextlib import nullcontext
 import pytest
 
 from kvtest.results.artifacts import RoleArtifacts
+from kvtest.roles.topology import Topology
 from kvtest.run.errors import RendezvousError
 from kvtest.run.member import Member
 from kvtest.run.messages import STACK_KEYS, RoleResult
 from kvtest.run.scope import TestScope
-from kvtest.run.topology import Topology
 from kvtest.settings import Settings
 from kvtest.state import chosen_backend, marker_settings
 

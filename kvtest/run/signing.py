@@ -25,12 +25,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from kvtest.run.errors import RendezvousError
+from kvtest.run.errors import RendezvousError, RunRefused
 
 __all__ = [
     "ANNOUNCEMENT_KEY",
+    "BadToken",
     "SEAL",
     "TOKEN_ENV",
     "ForgedValue",
@@ -118,6 +117,10 @@ def open_seal(token: Token, run_id: str, key: str, data: Any) -> tuple[Seal, Any
         return Seal.VALID, json.loads(text), their_id
     except ValueError:
         return Seal.BAD, data, their_id
+
+
+class BadToken(RunRefused):
+    """The token given cannot be used (unreadable, too short); the session raises it as a usage error."""
 
 
 class TokenMismatch(RendezvousError):
@@ -239,7 +242,7 @@ class RunSeal:
 def _checked(text: str, where: str) -> Token:
     secret = text.strip()
     if len(secret) < MIN_TOKEN_CHARS:
-        raise pytest.UsageError(
+        raise BadToken(
             f"kvtest: the token from {where} is too short ({len(secret)} characters, at least "
             f"{MIN_TOKEN_CHARS}): make one with {MAKE_ONE} and give every role the same file"
         )
@@ -251,7 +254,7 @@ def _read(path: Path, where: str) -> Token:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise pytest.UsageError(
+        raise BadToken(
             f"kvtest: cannot read the token file {str(path)!r} from {where}: {problem}; give a readable "
             f"file that holds the run's secret (make one with {MAKE_ONE})"
         ) from None

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from kvtest.results.results import ResultsError, load_results
+from kvtest.roles.topology import Topology
 from kvtest.run.messages import Hello, stack_differences
-from kvtest.run.topology import Topology
 from kvtest.settings import parse_switch, resolve
 
 TESTS = """

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvtest.run.engines import LAUNCHER_PORT, LaunchError, assign_role, detect, first_host, parse_role_map
-from kvtest.run.topology import Topology
+from kvtest.roles.engines import LAUNCHER_PORT, LaunchError, assign_role, detect, first_host, parse_role_map
+from kvtest.roles.topology import Topology
 from kvtest.settings import resolve
 
 TORCHRUN = {

@@ -22,6 +22,7 @@ from kvtest.results.compare import ENVIRONMENT, EXIT_ENVIRONMENT, compare_result
 from kvtest.results.metrics import TransferLog
 from kvtest.results.report import environment_lines, summary_lines
 from kvtest.results.results import ResultsError, ResultsWriter, load_results, role_entry
+from kvtest.roles.topology import Topology
 from kvtest.run.failure import PeerNeverJoined, classify, resolve
 from kvtest.run.handshake import Handshake
 from kvtest.run.messages import RESULT_SHAPE, Hello, RoleResult
@@ -35,7 +36,6 @@ from kvtest.run.rendezvous import (
     keys,
     open_store,
 )
-from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous
 
 NEVER = "d0 never joined within 120s at tcp://10.0.0.1:29517"

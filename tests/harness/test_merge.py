@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
+from kvtest.roles.topology import Topology
 from kvtest.run.merge import MergedRepr, fold, merge_results
 from kvtest.run.messages import Hello, RoleResult, compare_hello
-from kvtest.run.topology import Topology
 
 OK = RoleResult("p0", "passed", "check")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from kvtest.roles.topology import Topology
 from kvtest.run.errors import ProtocolError, RendezvousError
 from kvtest.run.messages import (
     Abort,
@@ -20,7 +21,6 @@ from kvtest.run.messages import (
     read_item,
 )
 from kvtest.run.signing import ANNOUNCEMENT_KEY, ForgedValue, RunSeal, Seal, Token, TokenMismatch
-from kvtest.run.topology import Topology
 
 HELLO = Hello.make("d0", "sim", Topology(1, 1), 7, "smoke", ["t::a", "t::b"], fingerprint={"torch": "2"})
 MESSAGES: list[Any] = [

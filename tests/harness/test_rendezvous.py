@@ -13,6 +13,7 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
+from kvtest.roles.topology import Topology
 from kvtest.run.errors import RunRefused
 from kvtest.run.handshake import Handshake
 from kvtest.run.messages import HELLO_SHAPE, RESULT_SHAPE, Hello, RoleResult
@@ -34,7 +35,6 @@ from kvtest.run.rendezvous import (
 )
 from kvtest.run.scope import TestScope
 from kvtest.run.signing import Token
-from kvtest.run.topology import Topology
 from kvtest.settings import Rendezvous
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kvtest.run.topology import Topology
+from kvtest.roles.topology import Topology
 from kvtest.settings import Rendezvous, resolve
 
 

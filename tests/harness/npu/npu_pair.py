@@ -8,9 +8,9 @@ from typing import Any
 
 from kvtest.backends import npu
 from kvtest.node import Node
+from kvtest.roles.topology import Topology
 from kvtest.run.rendezvous import RunStore
 from kvtest.run.scope import TestScope
-from kvtest.run.topology import Topology
 from kvtest.settings import Settings
 
 __all__ = ["link_both", "node", "scope"]

@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from kvtest.run.topology import Topology, role_name
+from kvtest.roles.topology import Topology, role_name
 
 __all__ = [
     "ENGINES",
