@@ -25,10 +25,7 @@ class FollowerSession(SessionHooks):
     """Every role but p0: joins the run, runs exactly the announced tests, reports each outcome."""
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
-        try:
-            self.member = self.follower = Follower(settings, self.write, self.say)
-        except RunRefused as exc:  # a token file that cannot be used
-            raise pytest.UsageError(str(exc)) from None
+        self.follower = self.make_member(Follower, settings)
         super().__init__(config, settings)
         self.by_id: dict[str, pytest.Item] = {}
         self.ran_any = False

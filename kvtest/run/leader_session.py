@@ -33,10 +33,7 @@ class LeaderSession(SessionHooks):
     """p0: hosts the store, starts the local roles, announces tests, merges outcomes."""
 
     def __init__(self, config: pytest.Config, settings: Settings) -> None:
-        try:
-            self.member = self.leader = Leader(settings, self.write, self.say)
-        except RunRefused as exc:  # a token file that cannot be used
-            raise pytest.UsageError(str(exc)) from None
+        self.leader = self.make_member(Leader, settings)
         super().__init__(config, settings)
         self.recorder = RunRecorder(settings.results)
 

@@ -39,12 +39,13 @@ import os
 import sys
 from collections.abc import Generator
 from contextlib import nullcontext
+from typing import TypeVar
 
 import pytest
 
 from kvtest.results.artifacts import RoleArtifacts
 from kvtest.roles.topology import Topology
-from kvtest.run.errors import RendezvousError
+from kvtest.run.errors import RendezvousError, RunRefused
 from kvtest.run.member import Member
 from kvtest.run.messages import STACK_KEYS, RoleResult
 from kvtest.run.scope import TestScope
@@ -53,6 +54,7 @@ from kvtest.state import chosen_backend, marker_settings
 
 __all__ = ["HOOK_ORDER", "KV_FIXTURE", "KV_ITEM", "SessionHooks", "item_timeout", "item_topology"]
 
+M = TypeVar("M", bound=Member)
 KV_FIXTURE = "kv"
 KV_ITEM = pytest.StashKey[Topology]()
 #: (hook, plugin name, how it is marked) for the orderings above that a test can check
@@ -91,6 +93,14 @@ class SessionHooks:
         self.artifacts: RoleArtifacts | None = None
         if settings.artifacts is not None:
             self.artifacts = RoleArtifacts(config, settings.artifacts, self.me, settings.run_id)
+
+    def make_member(self, kind: type[M], settings: Settings) -> M:
+        """This role's protocol object; a token that cannot be used is a usage error."""
+        try:
+            self.member = kind(settings, self.write, self.say)
+        except RunRefused as exc:
+            raise pytest.UsageError(str(exc)) from None
+        return self.member
 
     @property
     def scope(self) -> TestScope | None:

@@ -102,7 +102,8 @@ def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path):
     assert all(o.env in options for o in OPTIONS)
     copy = tmp_path / "copy"
     shutil.copytree(DOCS, copy / "docs")
-    shutil.copy(ROOT / "mkdocs.yml", copy)
+    for name in ("mkdocs.yml", "CHANGELOG.md", "CONTRIBUTING.md"):  # the pages include the last two
+        shutil.copy(ROOT / name, copy)
     page = copy / "docs" / "how-to" / "xpyd.md"
     page.write_text(page.read_text() + "\nSee [the launchers](launchers.md#no-such-anchor).\n")
     broken = _mkdocs(tmp_path / "site2", copy)
