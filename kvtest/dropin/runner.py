@@ -81,8 +81,13 @@ def resolve_backend(requested: str) -> tuple[str, str]:
     return ("npu", f"auto chose npu: {why}") if usable else ("sim", f"auto chose sim: npu unusable ({why})")
 
 
-def _upstream_env(folder: Path) -> dict[str, str]:
-    """The real llm_datadist from the cache and our transport, or a :class:`RunError` naming the fix."""
+def _upstream_env(folder: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """The real llm_datadist from the cache and our transport, or a :class:`RunError` naming the fix.
+
+    The transport's registry (each process's pid under its rank-table entry) is ``folder/hccl``, or
+    ``KVTEST_HCCL_DIR`` when set: two ``kvtest run`` of one paired run (one per network namespace of a
+    host) must share it, as both roles' stub devices share the host's memory.
+    """
     from kvtest.upstream import transport
     from kvtest.upstream.cli import cached_entry
     from kvtest.upstream.errors import UpstreamError
@@ -92,8 +97,8 @@ def _upstream_env(folder: Path) -> dict[str, str]:
         library = transport.ensure(entry, lambda text: print(f"kvtest run: {text}", flush=True))
     except UpstreamError as exc:
         raise RunError(str(exc)) from None
-    registry = folder / "hccl"
-    registry.mkdir(exist_ok=True)
+    registry = Path(base[transport.ENV_DIR]) if base.get(transport.ENV_DIR) else folder / "hccl"
+    registry.mkdir(parents=True, exist_ok=True)
     return transport.environment(entry, library, registry)
 
 
@@ -134,7 +139,7 @@ def run_group(
             namespace = f"kvtest-run-{uuid.uuid4().hex[:12]}"
             base.setdefault("MASTER_ADDR", "127.0.0.1")
             base.setdefault("MASTER_PORT", str(free_port()))  # for programs that leave it to the environment
-            first = _upstream_env(Path(shim_dir)) if backend == "upstream" else None
+            first = _upstream_env(Path(shim_dir), base) if backend == "upstream" else None
             envs = [child_env(base, Path(shim_dir), url, namespace, role, first) for role in names]
         else:
             envs = [base for _ in names]
