@@ -153,6 +153,9 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
         for slot in case.unpulled:
             node.cm.remove_cache_key(keys[slot])
         kv.barrier("keys removed")
+        # d's pull of a removed key must be answered before the link goes: a pull in flight when the
+        # peer unlinks is LLM_TIMEOUT on the real package, not the refusal this step is about
+        kv.barrier("removed key pulled")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         for key in keys:
@@ -197,6 +200,7 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
             with pytest.raises(api.LLMException, match=re.escape(message)):
                 node.cm.pull_cache(api.CacheKey(P, case.unpulled[-1], 0), cache, batch_index=index)
             node.check(expected, views, name="cache after pulling a removed key")
+        kv.barrier("removed key pulled")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         node.deallocate(cache)
