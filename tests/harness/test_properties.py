@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from kvtest import patterns
@@ -35,8 +35,11 @@ from kvtest.backends.sim.cache import Cache, CacheDesc, DataType
 from kvtest.backends.sim.layout import block_spans, expand, slot_to_blocks_spans, tensor_pairs
 from kvtest.backends.sim.status import LLMException
 
+# the default lane is derandomized: the same examples every run, so it cannot flake, and the proofs
+# below (each property fails on a broken implementation) hold every time; CI's full lane searches anew
 settings.register_profile(
-    "kvtest", max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    "kvtest", max_examples=25, deadline=None, database=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile(
     "kvtest-full", max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
@@ -418,3 +421,86 @@ def test_patterns_never_repeat_a_row_across_tensors_and_sides(shape, dtype, seed
             rows += [_raw(p[i]) for i in range(shape[0])]
     if len(rows[0]) >= 8:
         assert len(set(rows)) == len(rows)
+
+
+# -- each property fails on a broken implementation (so the lane can find what it is for) -------------
+
+_real = {"block_spans": block_spans, "tensor_pairs": tensor_pairs, "slot_to_blocks_spans": slot_to_blocks_spans,
+         "expand": expand}
+
+
+def _fails(test) -> str:
+    """Run a property test without shrinking (the proof needs a failure, not the smallest one: shrinking
+    took 10-25 s per test here); the first line of how it failed ('' if it passed)."""
+    attr = "_hypothesis_internal_use_settings"  # where @settings keeps a test's settings (hypothesis 6)
+    own = getattr(test, attr)
+    setattr(test, attr, settings(own, phases=[Phase.explicit, Phase.generate]))
+    try:
+        test()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - an assertion, pytest's fail, or a group of them
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
+    finally:
+        setattr(test, attr, own)
+    return ""
+
+
+BROKEN = {
+    "the last block of a list not moved": (
+        "block_spans", lambda s, d, n: _real["block_spans"](s, d, n)[:-1],
+        test_block_transfer_moves_exactly_the_listed_blocks_of_the_mapped_layers,
+    ),
+    "the destination layer range ignored (layers from 0)": (
+        "tensor_pairs",
+        lambda st_, dt, sr, dr, tpl: _real["tensor_pairs"](st_, dt, sr, None if dr is None else range(len(dr)), tpl),
+        test_slot_transfer_moves_one_slot_of_the_mapped_layers,
+    ),
+    "a move one byte too long (into the next block or the guard)": (
+        "expand", lambda *a: [(s, d, n + 1) for s, d, n in _real["expand"](*a)],
+        test_block_transfer_moves_exactly_the_listed_blocks_of_the_mapped_layers,
+    ),
+    "the slot's pieces in the reverse order": (
+        "slot_to_blocks_spans",
+        lambda slot, sb, dst, bb, size=None: _real["slot_to_blocks_spans"](slot, sb, list(dst[: -(-sb // bb)])[::-1], bb),
+        test_slot_to_blocks_spreads_one_slot_over_the_listed_blocks,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN))
+def test_the_address_properties_fail_on_broken_arithmetic(monkeypatch, name):
+    attr, broken, test = BROKEN[name]
+    monkeypatch.setitem(globals(), attr, broken)
+    assert _fails(test), f"{test.__name__} passed with {name}"
+
+
+def test_the_copy_blocks_property_fails_when_a_copy_is_skipped(monkeypatch):
+    real_run = local_copy._run
+    monkeypatch.setattr(local_copy, "_run", lambda moves: real_run(list(moves)[1:]))
+    assert _fails(test_copy_blocks_copies_each_source_to_its_destinations)
+
+
+def test_the_copy_cache_property_fails_when_the_offset_is_ignored_at_the_destination(monkeypatch):
+    real_run = local_copy._run
+    monkeypatch.setattr(local_copy, "_run", lambda moves: real_run([(s, d + 1, n) for s, d, n in moves]))
+    assert _fails(test_copy_cache_writes_exactly_one_slot_range)
+
+
+def test_the_checker_property_fails_on_a_checker_blind_to_the_last_byte_of_a_block(monkeypatch):
+    """A checker that compares all but the last byte of each block (a cut word, say) is caught."""
+    real_rows = patterns._rows
+    monkeypatch.setattr(patterns, "_rows", lambda host, dim: real_rows(host, dim)[:, :-1])
+    monkeypatch.setattr(patterns, "same_bytes", lambda a, b: False)
+    assert _fails(test_check_all_names_exactly_the_bytes_that_differ)
+
+
+def test_the_with_rows_property_fails_when_earlier_pairs_win(monkeypatch):
+    real = patterns.with_rows
+
+    def first_wins(base, source, *, src_rows, dst_rows, block_dim=0):
+        pairs = list(dict(reversed(list(zip(dst_rows, src_rows)))).items())
+        return real(base, source, src_rows=[s for _, s in pairs], dst_rows=[d for d, _ in pairs], block_dim=block_dim)
+
+    monkeypatch.setattr(patterns, "with_rows", first_wins)
+    assert _fails(test_with_rows_is_the_reference_copy)
