@@ -200,10 +200,10 @@ def _every(n: int) -> tuple[int, ...]:
 def _pull_blocks(c: Any) -> Inputs:
     layers = getattr(c, "layers", None)
     src_l, dst_l = layers if layers is not None else (None, None)
-    after = getattr(c, "after", "")
-    lifetime = {"unregister": "unregister while linked, peer pulls", "relink": "relink, pull again"}
+    names = {"unregister": "unregister while linked, peer pulls", "relink": "relink, pull again"}
+    lifetime = frozenset(names[step] for step in getattr(c, "after", ()))
     return Inputs(c.dtype, c.src, c.dst, c.blocks, c.blocks, c.num_tensors // 2, src_l, dst_l, c.block_bytes,
-                  lifetime=frozenset({lifetime[after]} if after else ()))
+                  lifetime=lifetime)
 
 
 def _swap_blocks(c: Any) -> Inputs:
@@ -335,6 +335,8 @@ FLOWS = [
     Flow("xPyD", "test_pull_blocks_xpyd.py", "test_pull_blocks_2p2d", None, _blocks),
 ]
 
+#: rows about a cache's lifetime: only lifetime corners (and pool page sizes) are counted there
+LIFETIME_APIS = {"allocate/deallocate", "register/unregister"}
 BLOCKS = set(BLOCK_CORNERS)
 LAYERS = set(LAYER_CORNERS)
 DTYPES = set(DTYPE_CORNERS)
@@ -346,7 +348,8 @@ REQUIRED: dict[str, set[str]] = {
     "pull_cache": SLOTS | LAYERS | BYTES | DTYPES | {"not page-multiple", "consumed key pulled again",
                                                      "deallocate, peer pulls pending key",
                                                      "key removed, peer pulls"},
-    "pull_blocks": BLOCKS | LAYERS | BYTES | DTYPES | {"unregister while linked, peer pulls"},
+    "pull_blocks": BLOCKS | LAYERS | BYTES | DTYPES | {"unregister while linked, peer pulls",
+                                                      "relink, pull again"},
     "cache-to-blocks": BLOCKS - {"orders differ"} | BYTES | DTYPES | {"not page-multiple",
                                                                       "consumed key pulled again"},
     "push_blocks": BLOCKS | BYTES | DTYPES,
@@ -364,7 +367,7 @@ REQUIRED: dict[str, set[str]] = {
     "copy_blocks": BLOCKS | BYTES,
     "allocate/deallocate": {"deallocate blocks, peer pulls", "deallocate, peer pulls pending key",
                             "not page-multiple"},
-    "register/unregister": {"unregister while linked, peer pulls"},
+    "register/unregister": {"unregister while linked, peer pulls", "relink, pull again"},
     "switch_role": BLOCKS | LAYERS | BYTES | DTYPES,
     # one case costs three tests (2p1d, 1p2d, 2p2d): a single block is pull_blocks' corner
     "xPyD": BLOCKS - {"single"} | BYTES,
@@ -407,6 +410,8 @@ def table(profile: str = "smoke", modules: dict[str, ModuleType] | None = None) 
         for case in flow_cases(flow, module, profile):
             inputs = flow.adapter(case)
             reached = corners(inputs) | set(flow.always)
+            if flow.api in LIFETIME_APIS:  # what these rows are about: lifetimes and pool sizes
+                reached &= set(LIFETIME_CORNERS) | {"not page-multiple"}
             for corner in reached:
                 row.setdefault(corner, []).append(f"{flow.test}[{case}]")
     return out
