@@ -130,3 +130,11 @@ def test_cases_keep_their_ids_stable_for_unchanged_fields(modules):
     case = modules["test_pull_blocks.py"].PullBlocksCase("fp16", 1, 2, 8, (0,), (1,))
     assert str(case) == "fp16-blocks(0)->(1)"
     assert str(dataclasses.replace(case, after=("relink", "unregister"))).endswith("-then-relink-unregister")
+
+
+def test_the_docs_show_the_table_the_script_prints(modules, capsys):
+    """docs/explanation/coverage.md carries the smoke table as printed: it changes with the cases."""
+    coverage.main([])
+    printed = capsys.readouterr().out.strip()
+    page = (ROOT / "docs" / "explanation" / "coverage.md").read_text()
+    assert printed in page, "docs/explanation/coverage.md: paste `python benchmarks/coverage.py`'s output"
