@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ONE_P_ONE_D = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16-blocks(0,3,5)->(7,1,2)]"
+ONE_P_ONE_D = "tests/samples/test_pull_blocks.py::test_pull_blocks[fp16-blocks(0,3,5)->(7,1,2)-layers[1:2]->[0:1]]"
 TWO_P = "tests/samples/test_pull_blocks_xpyd.py"
 
 

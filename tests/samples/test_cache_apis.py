@@ -32,9 +32,12 @@ MIB = 1 << 20
 
 CASES = {
     "smoke": [
-        # part of a slot, between slots of other sizes
-        CopyCacheCase("bf16", 2, 3, 4, 512, 2, 3, offset=256, size=512, dst_row=768),
-        CopyBlocksCase("fp16", 4, 8, 512, ((0, (3, 5)), (1, (7,)))),
+        # 510 bytes of the first slot into the last one of another size, from an offset of 250 bytes
+        CopyCacheCase("bf16", 2, 3, 4, 512, 0, 3, offset=250, size=510, dst_row=768),
+        # descending sources with gaps into interleaved destinations
+        CopyBlocksCase("fp16", 4, 8, 512, ((7, (0,)), (5, (4,)), (3, (2,)))),
+        # one source, the last block, into the first and another; 1021-byte blocks
+        CopyBlocksCase("int8", 2, 5, 1021, ((4, (0, 2)),)),
     ],
     "nightly": [
         CopyCacheCase("int8", 2, 2, 3, 4096, 1, 2, dst_host=True),  # device -> host pool

@@ -11,10 +11,17 @@ Then both unlink and finalize (p never unregisters, as in the sample).
 
 A case with ``layers`` pulls only those layers of p (``src_layer_range``/``dst_layer_range``,
 tensor_num_per_layer 2): d's tensors outside the destination layers keep d's own bytes.
+
+Lifetime orders a case acts out after d's pull, in the order of ``after``: ``"relink"`` (both unlink,
+link again under another comm name, and d pulls again into its zeroed cache: p's cache outlives the
+link), ``"unregister"`` (p unregisters its cache while the link is up: the real
+``DataCacheEngine::Unregister``, src/llm_datadist/cache_mgr/data_cache_engine.cc, does not look at
+links; d's next pull of the key is LLM_KV_CACHE_NOT_EXIST and changes none of d's bytes).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -31,6 +38,8 @@ class PullBlocksCase(BlocksCase):
     """A :class:`BlocksCase`; ``layers`` = ((src start, stop), (dst start, stop)) pulls only those layers."""
 
     layers: tuple[tuple[int, int], tuple[int, int]] | None = None
+    #: what follows d's pull, in order: "relink", "unregister" (while linked); none in the sample
+    after: tuple[str, ...] = ()
 
     def tensor_pairs(self) -> list[tuple[int, int]]:
         """(p tensor, d tensor) the pull moves."""
@@ -51,18 +60,22 @@ class PullBlocksCase(BlocksCase):
         return len(self.src) * self.block_bytes * len(self.tensor_pairs())
 
     def __str__(self) -> str:
-        if self.layers is None:
-            return super().__str__()
-        (s0, s1), (d0, d1) = self.layers
-        return super().__str__() + f"-layers[{s0}:{s1}]->[{d0}:{d1}]"
+        text = super().__str__()
+        if self.layers is not None:
+            (s0, s1), (d0, d1) = self.layers
+            text += f"-layers[{s0}:{s1}]->[{d0}:{d1}]"
+        return text + (f"-then-{'-'.join(self.after)}" if self.after else "")
 
 
 CASES = {
     "smoke": [
         PullBlocksCase("fp32", 1, 2, 4096, (0, 1), (0, 1)),  # the sample's [2,1048576] fp32, 1 tensor, smaller
-        PullBlocksCase("fp16", 4, 8, 1024, (0, 3, 5), (7, 1, 2)),
-        PullBlocksCase("bf16", 2, 6, 512, (5,), (0,)),
-        PullBlocksCase("int8", 8, 16, 2048, tuple(range(0, 16, 2)), tuple(range(1, 16, 2))),
+        # one layer (layer 1 of 2 into layer 0)
+        PullBlocksCase("fp16", 4, 8, 1024, (0, 3, 5), (7, 1, 2), layers=((1, 2), (0, 1))),
+        # the last block into the first, 1018-byte blocks (not a whole 64-bit word)
+        PullBlocksCase("bf16", 2, 6, 509, (5,), (0,)),
+        PullBlocksCase("int8", 8, 16, 2048, tuple(range(0, 16, 2)), tuple(range(1, 16, 2)),
+                       after=("relink", "unregister")),
         # layers 0..1 of p into layers 2..3 of d
         PullBlocksCase("fp16", 8, 4, 256, (1, 3), (2, 0), layers=((0, 2), (2, 4))),
     ],
@@ -89,13 +102,24 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase):
         api = node.api
         source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
         tensors = [node.backend.to_device(t) for t in source]
-        node.register_blocks_cache(
+        cache = node.register_blocks_cache(
             blocks_desc(node, case, api.Placement.DEVICE), tensors, api.BlocksCacheKey(P, 0)
         )
         comm_id = node.link(["d0"])
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
         node.check(source, tensors, name="source cache after pull_blocks")
+        if "relink" in case.after:
+            node.unlink(comm_id)
+            kv.barrier("unlinked")
+            comm_id = node.link(["d0"], comm_name=f"kvtest-{kv.seq}-relink")
+            kv.barrier("relinked")
+            kv.barrier("pulled after relink")
+            node.check(source, tensors, name="source cache after pull_blocks over a new link")
+        if "unregister" in case.after:
+            node.unregister(cache)
+            kv.barrier("unregistered")
+            kv.barrier("refused pull")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         node.finalize()
@@ -147,6 +171,35 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase):
             node.cm.swap_blocks(cpu_cache, cache, dict(zip(shifted, blocks)))
         node.check(expected, tensors, name="cache after swap_blocks in")
         kv.barrier("decoder pull end")
+        if "relink" in case.after:
+            node.unlink(comm_id)
+            kv.barrier("unlinked")
+            comm_id = node.link(["p0"], comm_name=f"kvtest-{kv.seq}-relink")
+            # both ends linked before the pull, as "cache ready" does for the first link: on the real
+            # package a pull sent before the peer's link is up times out (seen: LLM_TIMEOUT)
+            kv.barrier("relinked")
+            for tensor in tensors:
+                tensor.zero_()  # only the pull over the new link can bring p's blocks back
+            with node.measure("pull_blocks", case.moved_bytes):
+                node.cm.pull_blocks(api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src),
+                                    dst_blocks=list(case.dst), **case.layer_kwargs())
+            zeros = node.expected(case.num_tensors, case.shape, case.torch_dtype, side=None)
+            pulled = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+            expected = list(zeros)
+            for src_t, dst_t in case.tensor_pairs():
+                expected[dst_t] = with_rows(zeros[dst_t], pulled[src_t], src_rows=case.src, dst_rows=case.dst)
+            del zeros, pulled
+            node.check(expected, tensors, name="cache after pull_blocks over a new link")
+            kv.barrier("pulled after relink")
+        if "unregister" in case.after:
+            kv.barrier("unregistered")
+            kv.step("pull_blocks of an unregistered cache")
+            message = "[pull_blocks] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST"
+            with pytest.raises(api.LLMException, match=re.escape(message)):
+                node.cm.pull_blocks(api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src),
+                                    dst_blocks=list(case.dst), **case.layer_kwargs())
+            node.check(expected, tensors, name="cache after a refused pull_blocks")
+            kv.barrier("refused pull")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         node.finalize()

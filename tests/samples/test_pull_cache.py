@@ -9,6 +9,12 @@ pull of some layers leaves it until every tensor has been pulled (hicann/hixl
 src/llm_datadist/fsm/send_state.cc ``SendState::Process`` removes the key with the pulled tensor
 indices; cache_manager.cc ``RemoveCacheKey``), so pulling those layers again succeeds. Then both
 unlink, p removes its keys (no-ops for the consumed ones) and both deallocate and finalize.
+
+Lifetime orders (hicann/hixl src/llm_datadist/cache_mgr/cache_manager.cc ``CacheManager::Deallocate``,
+``RemoveCacheKey``): a case with ``deallocate_first`` has p call ``deallocate_cache`` before d pulls;
+the release waits for the keys, so d's pulls succeed and p's memory keeps its bytes while a key is
+pending. Where a slot is never pulled, p removes its key before the unlink and d's pull of it is
+LLM_KV_CACHE_NOT_EXIST (and changes nothing).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class PullCacheCase(RowsCase):
     pulls: tuple[tuple[int, int], ...]
     layers: tuple[tuple[int, int], tuple[int, int]] | None = None
     label: str = ""
+    #: p deallocates the cache before d pulls (its keys keep it alive)
+    deallocate_first: bool = False
 
     tensors_per_layer = 2
 
@@ -66,6 +74,11 @@ class PullCacheCase(RowsCase):
         return self.slot_bytes * len(self.pairs)
 
     @property
+    def unpulled(self) -> list[int]:
+        """p's slots d never pulls: their keys are removed, then refused to d."""
+        return sorted(set(range(self.batch)) - {s for s, _ in self.pulls})
+
+    @property
     def pool(self) -> int:
         """The sample's 64 MiB, or enough for the cache plus allocator slack."""
         need = self.num_tensors * (self.batch * self.slot_bytes + 4096)
@@ -86,6 +99,8 @@ class PullCacheCase(RowsCase):
         if self.layers is not None:
             (s0, s1), (d0, d1) = self.layers
             text += f"-layers({s0}:{s1}->{d0}:{d1})"
+        if self.deallocate_first:
+            text += "-deallocated-first"
         return text + (f"-{self.label}" if self.label else "")
 
 
@@ -93,8 +108,10 @@ CASES = {
     "smoke": [
         PullCacheCase("fp16", 4, 2, 16384, ((0, 0), (1, 1))),  # the sample's own: 4 x [2,16384] fp16
         PullCacheCase("fp16", 4, 2, 16384, ((1, 1), (0, 0))),  # the other order
-        PullCacheCase("bf16", 2, 4, 1024, ((2, 0), (0, 3))),  # slots land at other batch indices
-        PullCacheCase("fp32", 6, 3, 256, ((1, 1),)),  # one slot; two keys never pulled, removed
+        # slots land at other batch indices; 2042-byte slots (not a whole 64-bit word)
+        PullCacheCase("bf16", 2, 4, 1021, ((2, 0), (0, 3))),
+        # one slot of 1000 bytes; p deallocates before the pull; two keys never pulled, removed
+        PullCacheCase("fp32", 6, 3, 250, ((1, 1),), deallocate_first=True),
         PullCacheCase("int8", 4, 2, 4096, ((0, 0), (1, 1)), ((0, 1), (1, 2))),  # layer 0 -> layer 1
     ],
     "nightly": [
@@ -128,14 +145,23 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
         cache = node.allocate_cache(desc, keys)
         source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
         views = node.pool_views(cache, source)
+        if case.deallocate_first:
+            node.deallocate(cache)  # released only once every key is pulled or removed
         kv.barrier("cache ready")
         kv.barrier("decoder pull end")
         node.check(source, views, name="source cache after pull_cache")
+        for slot in case.unpulled:
+            node.cm.remove_cache_key(keys[slot])
+        kv.barrier("keys removed")
+        # d's pull of a removed key must be answered before the link goes: a pull in flight when the
+        # peer unlinks is LLM_TIMEOUT on the real package, not the refusal this step is about
+        kv.barrier("removed key pulled")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         for key in keys:
-            node.cm.remove_cache_key(key)
-        node.deallocate(cache)
+            node.cm.remove_cache_key(key)  # no-ops: pulled or removed
+        if not case.deallocate_first:
+            node.deallocate(cache)
         node.finalize()
     else:
         node = datadist(D, mem_pool=case.pool)
@@ -167,6 +193,14 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
             assert raised.value.status_code == api.LLMStatusCode.LLM_KV_CACHE_NOT_EXIST
         node.check(expected, views, name="cache after a refused pull_cache")
         kv.barrier("decoder pull end")
+        kv.barrier("keys removed")
+        if case.unpulled:
+            kv.step("pull_cache of a removed key")
+            message = "[pull_cache] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST"
+            with pytest.raises(api.LLMException, match=re.escape(message)):
+                node.cm.pull_cache(api.CacheKey(P, case.unpulled[-1], 0), cache, batch_index=index)
+            node.check(expected, views, name="cache after pulling a removed key")
+        kv.barrier("removed key pulled")
         node.unlink(comm_id)
         kv.barrier("peer unlink end")
         node.deallocate(cache)

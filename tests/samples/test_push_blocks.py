@@ -18,8 +18,8 @@ P, D = 0, 1
 CASES = {
     "smoke": [
         BlocksCase("fp32", 2, 3, 10, (0, 1), (0, 2)),  # the sample's own: [3,10] fp32, K and V
-        BlocksCase("fp16", 4, 8, 1024, (0, 1, 5), (7, 2, 3)),
-        BlocksCase("bf16", 2, 4, 256, (3,), (0,)),
+        BlocksCase("fp16", 4, 8, 1024, (5, 1, 0), (7, 2, 3)),  # descending into interleaved
+        BlocksCase("bf16", 2, 4, 255, (3,), (0,)),  # 510-byte blocks: not a whole 64-bit word
         BlocksCase("int8", 2, 16, 4096, tuple(range(8)), tuple(range(8, 16))),
     ],
     "nightly": [

@@ -57,8 +57,8 @@ CASES = {
         PushCacheCase("fp32", 2, 3, 10, 0, 0),  # the sample's own: [3,10] fp32, K and V, slot 0 -> 0
         PushCacheCase("fp16", 4, 4, 512, 3, 1),
         PushCacheCase("bf16", 2, 2, 256, 1, 0),
-        PushCacheCase("int8", 6, 8, 4096, 2, 7),
-        PushCacheCase("fp16", 8, 3, 256, 2, 1, layers=(1, 3)),  # layers 1..2 of 4 -> the same layers
+        PushCacheCase("int8", 6, 8, 4093, 2, 7),  # 4093-byte slots: not a whole 64-bit word
+        PushCacheCase("fp16", 8, 3, 256, 2, 1, layers=(3, 4)),  # the last of 4 layers -> the same layer
     ],
     "nightly": [PushCacheCase("fp16", 40, 8, 1024 * 1024, 5, 2, "2MiB-slots")],
     "stress": [PushCacheCase("bf16", 160, 4, 1024 * 1024, 3, 0, "GiB")],

@@ -64,9 +64,13 @@ TIMEOUT_BYTES = {"sim": 32 * MIB, "npu": 1024 * MIB}
 CASES = {
     "smoke": [
         BlocksCase("fp16", 4, 8, 1024, (0, 3, 5), (7, 1, 2)),
-        LayersCase("int8", 6, 16, 1024, (0, 2), (1, 3), src=(3, 4, 5, 6), dst=(8, 9, 10, 11)),
-        ToBlocksCase("int8", 6, 3, 4096, 16, 1024, 2, (9, 2), (0, 2), (1, 3)),
-        SlotLayersCase("bf16", 8, 3, 2, 512, 0, 1, (0, 2), (2, 4)),
+        # descending with gaps from the last block into interleaved ones; one layer into the last; 1021 bytes
+        LayersCase("int8", 6, 16, 1021, (0, 1), (2, 3), src=(15, 9, 4, 0), dst=(3, 11, 0, 15)),
+        LayersCase("bf16", 4, 3, 60, (0, 2), (0, 2), src=(2,), dst=(1,)),  # one block of 120 bytes
+        # the last slot into blocks interleaved, first and last; one layer into the last; 1023-byte blocks
+        ToBlocksCase("int8", 6, 3, 3069, 16, 1023, 2, (9, 0, 15), (0, 1), (2, 3)),
+        # one layer into the last one, 1018-byte slots
+        SlotLayersCase("bf16", 8, 3, 2, 509, 0, 1, (0, 1), (3, 4)),
         HostPullCase("fp16", 4, 2, 2048, ((0, 1), (1, 0)), src_host=False),
         MixRoleCase("fp32", 2, 4, 256, (0, 1), (2, 3)),
     ],

@@ -280,6 +280,8 @@ class CacheManager:
         for cache_id, entry in list(self._entries.items()):
             if entry.deallocated and all(plane.fetch(k) is None for k, _ in entry.keys):
                 assert entry.pool is not None
+                self._release_records(entry)
+                entry.exported = False
                 for addr in entry.addrs:
                     entry.pool.free(addr)
                 del self._entries[cache_id]
@@ -416,8 +418,12 @@ class CacheManager:
             if entry is None or entry.pool is None or entry.deallocated:
                 cache.invalidate()
                 return
-            self._release_records(entry)
-            entry.exported = False
+            # a blocks cache goes at once; a cache whose CacheKeys are pending stays reachable by its
+            # peers until the last key is pulled or removed (CacheManager::Deallocate, cache_mgr/
+            # cache_manager.cc: "delayed for that it is still referenced by cache_key(s)"); _sweep frees it
+            if blocks:
+                self._release_records(entry)
+                entry.exported = False
             entry.deallocated = True
             entry.cache.invalidate()
             self._sweep()
