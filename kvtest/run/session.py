@@ -290,6 +290,9 @@ class _Base:
             self.store, seq, self.me, roles, self.topology, item_timeout(item, self.settings.timeout)
         )
         scope.seed = test_seed(self.settings.seed, item.nodeid)
+        scope.metrics.clock.activate()  # i27: phase costs; the rendezvous waits are phase "wait"
+        scope.barrier = scope.metrics.clock.timed("wait", scope.barrier)  # type: ignore[method-assign]
+        scope.fetch = scope.metrics.clock.timed("wait", scope.fetch)  # type: ignore[method-assign]
         self.scope = scope
         if self.store.watch is not None:
             self.store.watch.describe_step_with(scope.peer_step)
@@ -321,6 +324,7 @@ class _Base:
             transfers=tuple(dict(r.to_json()) for r in records),
             failure=classify(exc) if failed else None,
             known_issue=expectation(item) if rep.when == "call" else None,
+            phases=self.scope.metrics.clock.rounded() if self.scope is not None else None,
         )
 
     @staticmethod
