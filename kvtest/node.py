@@ -93,6 +93,25 @@ def host_tensors_at(shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[in
     ]
 
 
+class _PhasedBackend:
+    """The backend as a test body reaches it through ``node.backend``: device copies made by the body
+    count as phase ``fill``, host copies as ``check``; everything else is the backend's own."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        with phase("fill"):
+            return self._backend.to_device(host)
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        with phase("check"):
+            return self._backend.to_host(tensor)
+
+
 class Node:
     """One initialized LLMDataDist of this role, with what it registered and linked."""
 
@@ -100,7 +119,7 @@ class Node:
         self, kv: TestScope, backend: Backend, settings: Settings, cluster_id: int, device_id: int = 0
     ) -> None:
         self.kv = kv
-        self.backend = backend
+        self.backend: Backend = _PhasedBackend(backend)
         self.api = backend.api
         self.settings = settings
         self.cluster_id = cluster_id
