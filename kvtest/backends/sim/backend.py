@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import socket
 from collections.abc import Sequence
 from importlib import metadata
@@ -73,33 +72,6 @@ class SimBackend:
         }
 
 
-#: glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-def keep_freed_memory() -> bool:
-    """Let this process reuse the memory it frees instead of handing it back to the kernel.
-
-    A test allocates caches, patterns and expected states of up to a few hundred MiB and frees them
-    at its end; glibc serves such blocks with ``mmap`` and unmaps them on free, so the next test's
-    tensors are fresh pages again, and touching a fresh page costs about as much as writing a whole
-    pattern into touched memory (measured here: 640 MiB of zeros 0.76 s fresh, a pattern into touched
-    memory 0.13 s). From the heap, freed blocks are reused: the process keeps its peak, no more.
-    False where there is no glibc ``mallopt`` (then nothing changes).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    # every block below the threshold comes from the heap (glibc releases before 2.35 accept 1 GiB; later
-    # ones cap it at 32 MiB, which still covers the nightly profile's tensors)
-    heap = mallopt(_M_MMAP_THRESHOLD, 1 << 30) or mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    return bool(heap and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
 def load() -> SimBackend:
     """The sim backend; :class:`BackendUnavailable` with the fix when NIXL cannot be imported."""
     try:
@@ -110,5 +82,4 @@ def load() -> SimBackend:
         ) from exc
     from kvtest.backends import sim
 
-    keep_freed_memory()
     return SimBackend(sim)
