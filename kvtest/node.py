@@ -23,6 +23,7 @@ from kvtest import patterns
 from kvtest.backends.protocol import Backend
 from kvtest.host.linkcheck import LinkPeer, explain_link_failure
 from kvtest.host.ranktable import cluster_rank_info, rank_table_json
+from kvtest.results.metrics import phase
 from kvtest.run.scope import TestScope
 from kvtest.settings import Settings
 
@@ -92,6 +93,25 @@ def host_tensors_at(shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[in
     ]
 
 
+class _PhasedBackend:
+    """The backend as a test body reaches it through ``node.backend``: device copies made by the body
+    count as phase ``fill``, host copies as ``check``; everything else is the backend's own."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def to_device(self, host: torch.Tensor) -> torch.Tensor:
+        with phase("fill"):
+            return self._backend.to_device(host)
+
+    def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
+        with phase("check"):
+            return self._backend.to_host(tensor)
+
+
 class Node:
     """One initialized LLMDataDist of this role, with what it registered and linked."""
 
@@ -99,7 +119,7 @@ class Node:
         self, kv: TestScope, backend: Backend, settings: Settings, cluster_id: int, device_id: int = 0
     ) -> None:
         self.kv = kv
-        self.backend = backend
+        self.backend: Backend = _PhasedBackend(backend)
         self.api = backend.api
         self.settings = settings
         self.cluster_id = cluster_id
@@ -116,8 +136,9 @@ class Node:
     # -- set-up -----------------------------------------------------------------------------------
 
     def init(self, options: dict[str, str], role: Any) -> None:
-        self.dd = self.api.LLMDataDist(role, self.cluster_id)
-        self.dd.init(options)
+        with phase("init"):
+            self.dd = self.api.LLMDataDist(role, self.cluster_id)
+            self.dd.init(options)
         # No device IP here: only a rank table needs one (:meth:`link`), so hosts without hccn_tool
         # or device IPs still run the one-sided samples, as the vendor samples do.
         self.kv.publish("node", {**self._own_info(), "listen": self.listen})
@@ -158,6 +179,12 @@ class Node:
         self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int = 0
     ) -> list[torch.Tensor]:
         """``count`` device tensors: the seeded pattern of ``side`` (``None``: zeros)."""
+        with phase("fill"):
+            return self._tensors(count, shape, dtype, side, first_index)
+
+    def _tensors(
+        self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int
+    ) -> list[torch.Tensor]:
         out = []
         for i in range(count):
             host = (
@@ -174,6 +201,12 @@ class Node:
         self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int = 0
     ) -> list[torch.Tensor]:
         """The host tensors :meth:`tensors` fills, for building expected states."""
+        with phase("fill"):
+            return self._expected(count, shape, dtype, side, first_index)
+
+    def _expected(
+        self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int
+    ) -> list[torch.Tensor]:
         if side is None:
             return [torch.zeros(list(shape), dtype=dtype) for _ in range(count)]
         return [
@@ -190,13 +223,14 @@ class Node:
             views = host_tensors_at(shape, dtype, cache.tensor_addrs)
         else:
             views = self.backend.tensors_at(shape, dtype, cache.tensor_addrs)
-        with torch.no_grad():
+        with phase("fill"), torch.no_grad():
             for view, host in zip(views, contents):
                 view.copy_(host)
         return views
 
     def host(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.backend.to_host(t) for t in tensors]
+        with phase("check"):
+            return [self.backend.to_host(t) for t in tensors]
 
     def check(
         self,
@@ -212,19 +246,21 @@ class Node:
         so a check costs no copy of the whole cache (on sim, none at all).
         """
         self.kv.step(f"check {name}")
-        patterns.check_all(
-            list(expected),
-            list(actual),
-            name=f"{self.kv.me} {name}",
-            tensors_per_layer=tensors_per_layer,
-        )
+        with phase("check"):
+            patterns.check_all(
+                list(expected),
+                list(actual),
+                name=f"{self.kv.me} {name}",
+                tensors_per_layer=tensors_per_layer,
+            )
 
     def same(self, expected: Sequence[torch.Tensor], actual: Sequence[torch.Tensor]) -> bool:
         """Whether ``actual`` holds exactly ``expected``'s bytes, tensor for tensor (no report: for a
         test that tells which of two outcomes it saw before it checks that one)."""
-        return len(expected) == len(actual) and all(
-            patterns.same_bytes(e, self.backend.to_host(a)) for e, a in zip(expected, actual)
-        )
+        with phase("check"):
+            return len(expected) == len(actual) and all(
+                patterns.same_bytes(e, self.backend.to_host(a)) for e, a in zip(expected, actual)
+            )
 
     @contextmanager
     def measure(self, api: str, nbytes: int) -> Iterator[None]:
@@ -243,7 +279,8 @@ class Node:
         """
         if repeats > 1:
             self.kv.step(f"{api} warm-up")
-            call()
+            with phase("transfer"):
+                call()
         for _ in range(repeats):
             with self.measure(api, nbytes):
                 call()
@@ -254,7 +291,8 @@ class Node:
         self, desc: Any, tensors: Sequence[torch.Tensor], keys: Sequence[Any] = (), **kwargs: Any
     ) -> Any:
         self.kv.step("register_cache")
-        cache = self.cm.register_cache(desc, [t.data_ptr() for t in tensors], list(keys), **kwargs)
+        with phase("register"):
+            cache = self.cm.register_cache(desc, [t.data_ptr() for t in tensors], list(keys), **kwargs)
         self.registered.append(cache)
         return cache
 
@@ -262,34 +300,39 @@ class Node:
         self, desc: Any, tensors: Sequence[torch.Tensor], key: Any = None, **kwargs: Any
     ) -> Any:
         self.kv.step("register_blocks_cache")
-        cache = self.cm.register_blocks_cache(desc, [t.data_ptr() for t in tensors], key, **kwargs)
+        with phase("register"):
+            cache = self.cm.register_blocks_cache(desc, [t.data_ptr() for t in tensors], key, **kwargs)
         self.registered.append(cache)
         return cache
 
     def allocate_cache(self, desc: Any, keys: Sequence[Any] = ()) -> Any:
-        cache = self.cm.allocate_cache(desc, list(keys))
+        with phase("register"):
+            cache = self.cm.allocate_cache(desc, list(keys))
         self.allocated.append(cache)
         return cache
 
     def allocate_blocks_cache(self, desc: Any, key: Any = None) -> Any:
         self.kv.step("allocate_blocks_cache")
-        cache = self.cm.allocate_blocks_cache(desc, key)
+        with phase("register"):
+            cache = self.cm.allocate_blocks_cache(desc, key)
         self.allocated.append(cache)
         return cache
 
     def unregister(self, cache: Any) -> None:
         self.registered.remove(cache)
         self.kv.step("unregister_cache")
-        self.cm.unregister_cache(cache.cache_id)
+        with phase("teardown"):
+            self.cm.unregister_cache(cache.cache_id)
 
     def deallocate(self, cache: Any) -> None:
         """``deallocate_blocks_cache`` or ``deallocate_cache``, as the cache was allocated."""
         self.allocated.remove(cache)
         self.kv.step("deallocate_cache")
-        if cache.is_blocks_cache:
-            self.cm.deallocate_blocks_cache(cache)
-        else:
-            self.cm.deallocate_cache(cache)
+        with phase("teardown"):
+            if cache.is_blocks_cache:
+                self.cm.deallocate_blocks_cache(cache)
+            else:
+                self.cm.deallocate_cache(cache)
 
     # -- links ------------------------------------------------------------------------------------
 
@@ -317,7 +360,8 @@ class Node:
         return (code, per-cluster codes) as the API does."""
         clusters = [self.cluster_info(role, key=key) for role in roles]
         self.kv.step("link_clusters")
-        ret, codes = self.dd.link_clusters(clusters, timeout_ms)
+        with phase("link"):
+            ret, codes = self.dd.link_clusters(clusters, timeout_ms)
         for info, code in zip(clusters, codes):
             if code == self.api.LLMStatusCode.LLM_SUCCESS:
                 self.clusters[info.remote_cluster_id] = info
@@ -333,7 +377,8 @@ class Node:
         ids = [self.peer(role)["cluster_id"] for role in roles]
         infos = [self.clusters.pop(i, None) or self._bare_info(i, role) for i, role in zip(ids, roles)]
         self.kv.step("unlink_clusters")
-        ret, codes = self.dd.unlink_clusters(infos, timeout_ms, force=force)
+        with phase("teardown"):
+            ret, codes = self.dd.unlink_clusters(infos, timeout_ms, force=force)
         if ret != self.api.LLMStatusCode.LLM_SUCCESS:
             raise AssertionError(
                 f"unlink_clusters from {', '.join(roles)} failed: {ret}, per cluster {codes}"
@@ -354,6 +399,10 @@ class Node:
             self.clusters.pop(self.peer(role)["cluster_id"], None)
 
     def link(self, roles: Sequence[str], comm_name: str | None = None) -> int:
+        with phase("link"):
+            return self._link(roles, comm_name)
+
+    def _link(self, roles: Sequence[str], comm_name: str | None) -> int:
         """Two-sided link (``link`` + poll ``query_register_mem_status``) with every role in ``roles``.
 
         Every member calls it; the rank table comes from what each member published: its host IP
@@ -425,7 +474,8 @@ class Node:
     def unlink(self, comm_id: int) -> None:
         self.comm_ids.remove(comm_id)
         self.kv.step("unlink")
-        self.dd.unlink(comm_id)
+        with phase("teardown"):
+            self.dd.unlink(comm_id)
 
     def _own_info(self) -> dict[str, Any]:
         return {"cluster_id": self.cluster_id, "host_ip": self.host_ip, "device_id": self.device_id}
@@ -456,10 +506,15 @@ class Node:
             try:
                 self.kv.step("finalize")
             finally:
-                self.dd.finalize()
+                with phase("teardown"):
+                    self.dd.finalize()
 
     def release(self) -> list[str]:
         """Release what the body left, in the samples' order; return what failed."""
+        with phase("teardown"):
+            return self._release()
+
+    def _release(self) -> list[str]:
         problems: list[str] = []
 
         def attempt(what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -509,7 +564,8 @@ class Node:
             config.listen_ip_info = address
             options = config.generate_options()
         self.kv.step("switch_role")
-        self.dd.switch_role(role, options)
+        with phase("link"):
+            self.dd.switch_role(role, options)
         self.listen = address
         self.kv.publish(key, {**self._own_info(), "listen": self.listen})
 

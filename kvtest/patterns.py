@@ -39,6 +39,8 @@ from typing import cast
 
 import torch
 
+from kvtest.results.metrics import phase
+
 __all__ = [
     "KVMismatch",
     "Mismatch",
@@ -188,8 +190,9 @@ def pattern(
     """
     dim = _block_dim(len(shape), block_dim)
     moved = _moved(shape, dim)
-    raw = torch.empty(math.prod(moved) * dtype.itemsize, dtype=torch.uint8)
-    _write(raw, _tensor_keys(seed, side, tensor_index), _element_mask(dtype))
+    with phase("fill"):
+        raw = torch.empty(math.prod(moved) * dtype.itemsize, dtype=torch.uint8)
+        _write(raw, _tensor_keys(seed, side, tensor_index), _element_mask(dtype))
     return raw.view(dtype).reshape(moved).movedim(0, dim)
 
 
@@ -211,7 +214,7 @@ def fill(
     """
     del tensors_per_layer
     dim = _block_dim(tensor.dim(), block_dim)
-    with torch.no_grad():
+    with phase("fill"), torch.no_grad():
         if tensor.device.type == "cpu" and dim == 0 and tensor.is_contiguous():
             _write(tensor.reshape(-1).view(torch.uint8), _tensor_keys(seed, side, tensor_index),
                    _element_mask(tensor.dtype))
@@ -236,9 +239,9 @@ def with_rows(
     if len(src_rows) != len(dst_rows):
         raise ValueError(f"src_rows has {len(src_rows)} entries but dst_rows has {len(dst_rows)}")
     dim = _block_dim(base.dim(), block_dim)
-    result = base.detach().cpu().clone()
-    src = source.detach().cpu()
-    with torch.no_grad():
+    with phase("expect"), torch.no_grad():
+        result = base.detach().cpu().clone()
+        src = source.detach().cpu()
         for s, d in zip(src_rows, dst_rows):
             result.select(dim, d).copy_(src.select(dim, s))
     return result
@@ -456,8 +459,9 @@ def check(
     block_dim: int = 0,
 ) -> None:
     """:func:`compare`, raising :class:`KVMismatch` (an ``AssertionError``) with the report."""
-    found = compare(expected, actual, name=name, tensor_index=tensor_index,
-                    tensors_per_layer=tensors_per_layer, block_dim=block_dim)
+    with phase("check"):
+        found = compare(expected, actual, name=name, tensor_index=tensor_index,
+                        tensors_per_layer=tensors_per_layer, block_dim=block_dim)
     if found is not None:
         raise KVMismatch([found])
 
@@ -477,9 +481,10 @@ def check_all(
     """
     if len(expected) != len(actual):
         raise ValueError(f"{name}: {len(actual)} tensors given, {len(expected)} expected")
-    found = [m for i, (e, a) in enumerate(zip(expected, actual))
-             if (m := compare(e, a, name=name, tensor_index=i, tensors_per_layer=tensors_per_layer,
-                              block_dim=block_dim)) is not None]
+    with phase("check"):
+        found = [m for i, (e, a) in enumerate(zip(expected, actual))
+                 if (m := compare(e, a, name=name, tensor_index=i, tensors_per_layer=tensors_per_layer,
+                                  block_dim=block_dim)) is not None]
     if found:
         raise KVMismatch(found, checked=len(expected))
 

@@ -1,7 +1,13 @@
-"""Per-transfer timing: bytes, seconds and GB/s (decimal: bytes / seconds / 1e9).
+"""Per-transfer timing (bytes, seconds and GB/s, decimal: bytes / seconds / 1e9) and per-phase cost.
 
 A test (or its fixtures) times each transfer with :meth:`TransferLog.measure`; the plugin turns the
 log into JUnit properties (:meth:`TransferLog.as_properties`) and results-file entries.
+
+Where a test's time goes beside its transfers is :class:`PhaseClock`'s: the node, the pattern and
+check code and the rendezvous wrap what they do in :func:`phase` (``init``, ``register``, ``link``,
+``fill``, ``expect``, ``transfer``, ``check``, ``teardown``, ``wait``), timed with
+``time.perf_counter``. Phases nest: an inner phase's time is not counted in the outer one, so the
+phases of a role add up to at most its wall time.
 
 Every timed transfer is one sample. An API's figure in a test is *gateable* (``kvtest compare`` may
 call it a regression) only with at least :data:`GATE_MIN_SAMPLES` samples, each of at least
@@ -13,14 +19,17 @@ drop of a few percent either (a host busy with other work), and are not gateable
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 __all__ = [
+    "PHASES",
     "GATE_MAX_SPREAD",
     "GATE_MIN_BYTES",
     "GATE_MIN_SAMPLES",
@@ -28,15 +37,20 @@ __all__ = [
     "TOO_NOISY",
     "TOO_SMALL",
     "ApiSummary",
+    "PhaseClock",
     "TransferEntry",
     "TransferLog",
     "TransferRecord",
     "gate_note",
     "gbps",
+    "phase",
     "sample_gbps",
     "sample_spread",
     "summarize",
 ]
+
+#: the phases a test's time is split into, in the order a test goes through them
+PHASES = ("init", "register", "link", "fill", "expect", "transfer", "check", "teardown", "wait")
 
 # A perf_counter interval can read 0 for a tiny transfer; never divide by it.
 _MIN_SECONDS = 1e-9
@@ -193,6 +207,76 @@ def summarize(records: Iterable[TransferRecord]) -> dict[str, ApiSummary]:
     return out
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class PhaseClock:
+    """Wall seconds per phase of one test on one role, measured with ``time.perf_counter``.
+
+    Exclusive time: entering a phase inside another stops the outer one's clock until the inner one
+    ends. Only the thread that made the clock is timed (a watchdog thread's calls are not this test's
+    phases).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._stack: list[list[Any]] = []  # [name, since]
+        self._thread = threading.get_ident()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if threading.get_ident() != self._thread:
+            yield
+            return
+        now = time.perf_counter()
+        if self._stack:
+            outer = self._stack[-1]
+            self.seconds[outer[0]] = self.seconds.get(outer[0], 0.0) + now - outer[1]
+        self._stack.append([name, now])
+        try:
+            yield
+        finally:
+            end = time.perf_counter()
+            inner = self._stack.pop()
+            self.seconds[name] = self.seconds.get(name, 0.0) + end - inner[1]
+            if self._stack:
+                self._stack[-1][1] = end
+
+    def timed(self, name: str, fn: _F) -> _F:
+        """``fn`` with every call timed as phase ``name``."""
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.phase(name):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    def activate(self) -> None:
+        """Make this the clock :func:`phase` times into, until another is activated."""
+        global _ACTIVE
+        _ACTIVE = self
+
+    def rounded(self) -> dict[str, float]:
+        """The phases as the results file holds them, in :data:`PHASES` order then others'."""
+        order = {name: i for i, name in enumerate(PHASES)}
+        return {k: round(v, 6) for k, v in sorted(self.seconds.items(), key=lambda kv: order.get(kv[0], 99))}
+
+
+_ACTIVE: PhaseClock | None = None
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time the ``with`` body as phase ``name`` of the running test (a no-op outside a test)."""
+    clock = _ACTIVE
+    if clock is None:
+        yield
+        return
+    with clock.phase(name):
+        yield
+
+
 @dataclass
 class TransferLog:
     """The transfers one process timed during one test.
@@ -202,16 +286,19 @@ class TransferLog:
 
     role: str = ""
     records: list[TransferRecord] = field(default_factory=list)
+    #: where the test's time went, by phase (see :class:`PhaseClock`)
+    clock: PhaseClock = field(default_factory=PhaseClock)
 
     @contextmanager
     def measure(self, api: str, nbytes: int) -> Iterator[None]:
-        """Time the ``with`` body as one transfer of ``nbytes`` through ``api``.
+        """Time the ``with`` body as one transfer of ``nbytes`` through ``api`` (phase ``transfer``).
 
         Nothing is recorded when the body raises: a failed transfer has no bandwidth.
         """
-        start = time.perf_counter()
-        yield
-        self.add(api, nbytes, time.perf_counter() - start)
+        with self.clock.phase("transfer"):
+            start = time.perf_counter()
+            yield
+            self.add(api, nbytes, time.perf_counter() - start)
 
     def add(self, api: str, nbytes: int, seconds: float) -> TransferRecord:
         """Record a transfer timed elsewhere (e.g. by a peer process)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kvtest.results.metrics import ApiSummary
-from kvtest.results.results import Cost, TestEntry
+from kvtest.results.results import Cost, TestEntry, phase_totals
 
 __all__ = [
     "api_text",
@@ -15,6 +15,7 @@ __all__ = [
     "cost_text",
     "environment_lines",
     "format_bytes",
+    "phase_line",
     "role_text",
     "summary_lines",
     "sweep_table",
@@ -160,6 +161,17 @@ class _SweepPoint(Protocol):
     count: int
 
 
+def phase_line(tests: Mapping[str, TestEntry], top: int = 3) -> str | None:
+    """The run's biggest phases, seconds summed over every role of every test (a role waiting for
+    another counts its wait): ``kvtest: biggest phases (role-seconds): wait 12.1 s (40%), ...``."""
+    totals = phase_totals(tests.values())
+    whole = sum(totals.values())
+    if whole <= 0:
+        return None
+    parts = [f"{name} {sec:.2f} s ({sec / whole:.0%})" for name, sec in list(totals.items())[:top]]
+    return f"kvtest: biggest phases over {whole:.2f} role-seconds: " + ", ".join(parts)
+
+
 def write_summary(
     reporter: Any, tests: Mapping[str, TestEntry], points: Mapping[str, object], path: Path | None
 ) -> None:
@@ -174,6 +186,9 @@ def write_summary(
     cost = cost_line(tests)
     if cost is not None:
         reporter.write_line(cost)
+    phases = phase_line(tests)
+    if phases is not None:
+        reporter.write_line(phases)
     for line in environment_lines(tests):
         reporter.write_line(line)
     rows = []

@@ -37,6 +37,7 @@ __all__ = [
     "load_results",
     "role_entry",
     "cost_of",
+    "phase_totals",
     "transfer_records",
     "write_atomically",
 ]
@@ -58,6 +59,9 @@ class RoleEntry(TypedDict):
     duration_s: float
     #: "environment" or "product" when the role failed (see :data:`FAILURES`), else None
     failure: str | None
+    #: wall seconds by phase (kvtest.results.metrics.PHASES, measured) plus ``other``: the rest of
+    #: ``duration_s`` (pytest, fixtures, the body's own code); empty in files from before kvtest 0.3
+    phases: dict[str, float]
 
 
 class KnownIssueEntry(TypedDict):
@@ -118,13 +122,39 @@ class ResultsError(Exception):
 
 
 def role_entry(outcome: str, *, step: str | None = None, message: str | None = None,
-                duration_s: float = 0.0, failure: str | None = None) -> RoleEntry:
-    """Build a :class:`RoleEntry`, checking the outcome; an empty step or message becomes None."""
+                duration_s: float = 0.0, failure: str | None = None,
+                phases: Mapping[str, float] | None = None) -> RoleEntry:
+    """Build a :class:`RoleEntry`, checking the outcome; an empty step or message becomes None.
+
+    ``phases`` are the measured ones; ``other`` (``duration_s`` less their sum) is added here.
+    """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
     _check_failure(failure)
     return RoleEntry(outcome=outcome, step=step or None, message=message or None,
-                     duration_s=float(duration_s), failure=failure)
+                     duration_s=float(duration_s), failure=failure,
+                     phases=_with_other(phases or {}, float(duration_s)))
+
+
+def _with_other(phases: Mapping[str, float], duration_s: float) -> dict[str, float]:
+    measured = {str(k): round(float(v), 6) for k, v in phases.items() if k != OTHER}
+    if not measured:
+        return {}
+    return {**measured, OTHER: round(max(0.0, duration_s - sum(measured.values())), 6)}
+
+
+#: the phase holding what no measured phase covers
+OTHER = "other"
+
+
+def phase_totals(tests: Iterable[TestEntry]) -> dict[str, float]:
+    """Seconds per phase summed over every role of ``tests``, biggest first."""
+    totals: dict[str, float] = {}
+    for entry in tests:
+        for role in entry["roles"].values():
+            for name, seconds in role.get("phases", {}).items():
+                totals[name] = totals.get(name, 0.0) + seconds
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def _check_failure(failure: str | None) -> None:
@@ -186,7 +216,8 @@ class ResultsWriter:
     def add(self, nodeid: str, outcome: str, roles: Mapping[str, RoleEntry],
             transfers: Iterable[TransferRecord | Mapping[str, Any]] = (),
             known_issue: Mapping[str, str] | None = None, failure: str | None = None,
-            failure_cause: str | None = None) -> TestEntry:
+            failure_cause: str | None = None,
+            phases: Mapping[str, Mapping[str, float]] | None = None) -> TestEntry:
         """Record one test (replacing an earlier entry for the same node id) and rewrite the file.
 
         :param roles: by role name; build entries with :func:`role_entry`.
@@ -194,6 +225,7 @@ class ResultsWriter:
             publish them; GB/s is recomputed from bytes and seconds.
         :param failure: what a failed or errored test is blamed on (:data:`FAILURES`), with the
             line that says why in ``failure_cause``; kept only when the test failed or errored.
+        :param phases: each role's measured phases (:class:`kvtest.results.metrics.PhaseClock`), by role.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"{nodeid}: outcome must be one of {', '.join(OUTCOMES)}, got {outcome!r}")
@@ -202,7 +234,8 @@ class ResultsWriter:
             failure = failure_cause = None
         recs = [t if isinstance(t, TransferRecord) else TransferRecord.from_json(t) for t in transfers]
         role_entries = {name: role_entry(r["outcome"], step=r["step"], message=r["message"],
-                                         duration_s=r["duration_s"], failure=r.get("failure"))
+                                         duration_s=r["duration_s"], failure=r.get("failure"),
+                                         phases=(phases or {}).get(name, r.get("phases")))
                         for name, r in roles.items()}
         entries = [r.to_json() for r in recs]
         entry = TestEntry(
@@ -307,7 +340,14 @@ def _role(obj: Any, where: str) -> RoleEntry:
     return RoleEntry(outcome=_outcome(obj["outcome"], f"{where}.outcome"), step=obj["step"],
                       message=obj["message"], duration_s=float(_number(obj["duration_s"],
                                                                         f"{where}.duration_s") or 0),
-                      failure=_failure(obj.get("failure"), f"{where}.failure"))
+                      failure=_failure(obj.get("failure"), f"{where}.failure"),
+                      phases=_phase_map(obj.get("phases", {}), f"{where}.phases"))
+
+
+def _phase_map(obj: Any, where: str) -> dict[str, float]:
+    """Optional (files from before phases were measured lack it: read as empty)."""
+    _need(obj, dict, where, "an object")
+    return {str(k): float(_number(v, f"{where}[{k!r}]") or 0) for k, v in obj.items()}
 
 
 def _failure(obj: Any, where: str) -> str | None:

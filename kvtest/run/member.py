@@ -166,6 +166,10 @@ class Member:
         assert self.store is not None
         scope = TestScope(self.store, seq, self.me, list(roles), self.topology, timeout)
         scope.seed = test_seed(self.settings.seed, nodeid)
+        # phase costs (kvtest.results.metrics.PhaseClock): the rendezvous waits are phase "wait"
+        scope.metrics.clock.activate()
+        scope.barrier = scope.metrics.clock.timed("wait", scope.barrier)  # type: ignore[method-assign]
+        scope.fetch = scope.metrics.clock.timed("wait", scope.fetch)  # type: ignore[method-assign]
         self.scope = scope
         if self.store.watch is not None:
             self.store.watch.describe_step_with(scope.peer_step)

@@ -245,6 +245,8 @@ class RoleResult:
     #: the known issue this role expects and what it saw of its symptom
     #: (kvtest.results.known_issues.expectation); optional in the JSON
     known_issue: dict[str, Any] | None = None
+    #: wall seconds by phase so far in this test (kvtest.results.metrics.PhaseClock); optional in the JSON
+    phases: dict[str, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "transfers": list(self.transfers)}
@@ -256,6 +258,7 @@ class RoleResult:
             **{**{name: data[name] for name in RESULT_SHAPE}, "transfers": tuple(data["transfers"])},
             failure=failure_class(data.get("failure")),
             known_issue=_known_issue(data.get("known_issue")),
+            phases=_phases(data.get("phases")),
         )
 
     @property
@@ -263,6 +266,13 @@ class RoleResult:
         if self.died:
             return self.message
         return f"{self.role} failed at step {self.step!r}: {self.message}"
+
+
+def _phases(data: object) -> dict[str, float] | None:
+    if not isinstance(data, dict):
+        return None
+    numbers = {k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {str(k): float(v) for k, v in numbers.items()}
 
 
 def _known_issue(data: object) -> dict[str, Any] | None:

@@ -43,6 +43,8 @@ class _Pending:
         self.known_issue: dict[str, str] | None = None
         self.failure: str | None = None
         self.failure_cause: str | None = None
+        #: each role's phase clock as of its latest report (cumulative over setup, call, teardown)
+        self.phases: dict[str, dict[str, float]] = {}
 
 
 class RunRecorder:
@@ -83,6 +85,8 @@ class RunRecorder:
             pending.failure_cause = verdict.cause or _first_line(rep)
         for result in results:
             self._merge_role(pending, result)
+            if result.phases:
+                pending.phases[result.role] = dict(result.phases)
             if rep.when == "call" or (rep.when == "setup" and not rep.passed):
                 pending.transfers += [{**t, "role": t.get("role") or result.role} for t in result.transfers]
         if rep.when == "teardown":
@@ -90,7 +94,7 @@ class RunRecorder:
             if self.writer is not None:
                 self.writer.add(
                     nodeid, pending.outcome or "passed", pending.roles, pending.transfers,
-                    pending.known_issue, pending.failure, pending.failure_cause,
+                    pending.known_issue, pending.failure, pending.failure_cause, pending.phases,
                 )
 
     @staticmethod

@@ -48,6 +48,7 @@ def own_result(
         transfers=tuple(dict(r.to_json()) for r in records),
         failure=classify(exc) if failed else None,
         known_issue=expectation(item) if rep.when == "call" else None,
+        phases=scope.metrics.clock.rounded() if scope is not None else None,
     )
 
 

@@ -110,7 +110,8 @@ def test_a_peer_that_never_joins_is_an_environment_failure(pair: Path, clean_bas
         entry = tests[nodeid]
         assert (entry["outcome"], entry["failure"], entry["failure_cause"]) == ("error", "environment", cause)
         assert entry["roles"]["d0"] == {"outcome": "failed", "step": "join", "message": cause,
-                                        "duration_s": 0.0, "failure": "environment"}
+                                        "duration_s": 0.0, "failure": "environment",
+                                        "phases": {}}
         assert entry["roles"]["p0"]["failure"] == "environment"
 
     props = junit_properties(junit)

@@ -68,8 +68,13 @@ def test_junit_results_and_summary(pytester: pytest.Pytester):
             "message": None,
             "duration_s": doc["tests"]["test_timed.py::test_solo"]["roles"]["p0"]["duration_s"],
             "failure": None,
+            "phases": doc["tests"]["test_timed.py::test_solo"]["roles"]["p0"]["phases"],
         }
     }
+    # every role's phases were measured (the barrier is a wait); what no phase covers is "other"
+    for role in timed["roles"].values():
+        assert {"transfer", "wait", "other"} <= set(role["phases"])
+        assert role["phases"]["transfer"] >= 0.03
 
     result.stdout.fnmatch_lines(
         [

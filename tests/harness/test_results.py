@@ -50,7 +50,7 @@ def test_round_trip(tmp_path):
     assert list(loaded.tests) == [PULL, PUSH]
     pull = loaded.tests[PULL]
     assert pull["roles"]["d0"] == {"outcome": "passed", "step": None, "message": None, "duration_s": 2.0,
-                                  "failure": None}
+                                  "failure": None, "phases": {}}
     assert pull["transfers"][0] == {"role": "d0", "api": "pull_blocks", "bytes": 8 << 20, "seconds": 0.004,
                                     "gbps": pytest.approx((8 << 20) / 0.004 / 1e9)}
     assert pull["summary"]["pull_blocks"]["count"] == 2
@@ -98,7 +98,8 @@ def test_transfers_may_come_as_json_entries_from_peers(tmp_path):
 
 def test_empty_step_and_message_mean_none():
     assert role_entry("passed", step="", message="") == {
-        "outcome": "passed", "step": None, "message": None, "duration_s": 0.0, "failure": None}
+        "outcome": "passed", "step": None, "message": None, "duration_s": 0.0, "failure": None,
+            "phases": {}}
 
 
 def test_bad_outcomes_are_refused(tmp_path):

@@ -20,7 +20,8 @@ class MemoryPool:
         self._buffer = torch.empty(memory_size, dtype=torch.uint8)
         poison = torch.frombuffer(bytearray(POISON), dtype=torch.uint8)
         whole = memory_size // len(POISON) * len(POISON)
-        self._buffer[:whole].view(-1, len(POISON)).copy_(poison)
+        # one 32-bit fill (the byte-wise broadcast copy took 0.7 s for the samples' 64 MiB pool here)
+        self._buffer[:whole].view(torch.int32).fill_(int.from_bytes(POISON, "little", signed=True))
         self._buffer[whole:] = poison[: memory_size - whole]
         self.base = int(self._buffer.data_ptr())
         self.size = memory_size
