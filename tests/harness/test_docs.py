@@ -22,7 +22,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 CI_COMMANDS = (
     "pip install torch==2.13.0 && pip install -e '.[sim]' && pytest",
-    "pip install torch==2.13.0 && pip install -e '.[dev]' && pytest tests/harness",
+    "pip install torch==2.13.0 && pip install -e '.[dev]' && pytest tests/harness -n 2",
 )
 OPTION_ROW = re.compile(r"^\| `(--[a-z-]+)[^`]*` \| `(KVTEST_[A-Z_]+)` / `(kv_[a-z_]+)` \|", re.M)
 

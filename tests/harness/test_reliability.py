@@ -8,7 +8,6 @@ samples call, each in a small case; ``actor`` is the side that links and moves t
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -170,16 +169,11 @@ CORE = {
     "d": ("init", "link_clusters", "push_blocks", "pull_cache", "unlink_clusters"),
     "p": ("register_blocks_cache", "link", "push_cache", "transfer_cache_async", "finalize"),
 }
-FULL = os.environ.get("KVTEST_HARNESS_FULL") == "1"
 
 
 def apis_for(side: str) -> list:
-    """Every api, the ones outside ``CORE`` marked slow and skipped unless KVTEST_HARNESS_FULL=1."""
-    later = [
-        pytest.mark.slow,
-        pytest.mark.skipif(not FULL, reason="full api matrix: set KVTEST_HARNESS_FULL=1"),
-    ]
-    return [api if api in CORE[side] else pytest.param(api, marks=later) for api in API_FLOW]
+    """Every api, the ones outside ``CORE`` in the full lane (KVTEST_HARNESS_FULL=1)."""
+    return [api if api in CORE[side] else pytest.param(api, marks=pytest.mark.full) for api in API_FLOW]
 
 
 BEFORE_IDS = ["test_a_before.py::test_before_solo", "test_a_before.py::test_before_pair"]
