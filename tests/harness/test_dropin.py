@@ -188,6 +188,7 @@ def test_vendor_samples_are_one_test_per_known_script(pytester, sample_dir):
     ])
 
 
+@pytest.mark.full
 def test_a_vendor_sample_that_moves_a_wrong_byte_fails(pytester, sample_dir, monkeypatch):
     monkeypatch.setenv("KVTEST_SIM_FAULT", "flip@pull_cache:d0")
     result = pytester.runpytest_subprocess(f"--kv-vendor-samples={sample_dir}", "--backend", "sim", "-k", "pull_cache", "-p", "no:cacheprovider")
@@ -216,6 +217,7 @@ def npu_on_shims(tmp_path: Path, fault: str | None = None):
     return kvtest_run(tmp_path, "--fail-on", "", "--timeout", "200", f"{suite} {test}", fault=fault, limit=260)
 
 
+@pytest.mark.full
 def test_the_npu_backend_passes_the_samples_on_the_shims(tmp_path):
     code, out, _ = npu_on_shims(tmp_path)
     log = (tmp_path / "logs" / "p0.log").read_text()
@@ -224,6 +226,7 @@ def test_the_npu_backend_passes_the_samples_on_the_shims(tmp_path):
     assert "1 passed" in log
 
 
+@pytest.mark.full
 def test_a_flipped_byte_is_caught_by_the_npu_backend_on_the_shims(tmp_path):
     code, out, _ = npu_on_shims(tmp_path, fault="flip@push_blocks:d0")  # d0: the role names reach the sim
     log = (tmp_path / "logs" / "p0.log").read_text()

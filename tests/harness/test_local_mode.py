@@ -190,6 +190,7 @@ def test_no_peer_tests_start_no_processes(pytester: pytest.Pytester):
 # --- paired mode: two pytest processes started by hand, as on two hosts -------------------------
 
 
+@pytest.mark.full
 def test_paired_mode_passes(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=TWO_ROLE)
     rdv = f"tcp://127.0.0.1:{port}"
@@ -201,6 +202,7 @@ def test_paired_mode_passes(pytester: pytest.Pytester, start_role, port: int):
     assert "2 passed" in p_out.output and "1 passed" in d_out.output
 
 
+@pytest.mark.full
 def test_paired_mode_heartbeat_reports_dead_follower(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=TWO_ROLE)
     rdv = f"tcp://127.0.0.1:{port}"
@@ -214,6 +216,7 @@ def test_paired_mode_heartbeat_reports_dead_follower(pytester: pytest.Pytester, 
     assert junit_times(pytester.path / "j.xml")["test_follower_killed"] < 10
 
 
+@pytest.mark.full
 def test_collection_mismatch_is_refused_with_the_difference(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=TWO_ROLE, test_extra="def test_more(kv): pass\n")
     rdv = f"tcp://127.0.0.1:{port}"
@@ -252,6 +255,7 @@ def test_each(kv, shared, i):
 """
 
 
+@pytest.mark.full
 def test_xdist_lanes_each_lead_their_own_roles(pytester: pytest.Pytester):
     # each xdist worker is a leader with its own followers; a worker runs a subset of the items, so
     # the followers must not keep module fixtures for an item their leader will not run next
