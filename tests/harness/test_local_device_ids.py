@@ -24,6 +24,7 @@ def test_devices(kv, kv_backend, request):
 """
 
 
+@pytest.mark.full
 def test_each_local_role_gets_its_entry_of_the_list(pytester: pytest.Pytester):
     pytester.makepyfile(test_devices=WHO_GOT_WHAT)
     result = pytester.runpytest_subprocess("--backend", "sim", "--device-id", "2,0,1")

@@ -69,6 +69,7 @@ def _threads_seen(stdout: str) -> str:
     return found.group(0)
 
 
+@pytest.mark.full
 def test_local_roles_get_the_given_thread_count(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     pytester.makepyfile(test_threads=REPORT_THREADS)
