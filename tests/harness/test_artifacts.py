@@ -300,6 +300,7 @@ def test_switch_flag_and_bad_values(pytester: pytest.Pytester, monkeypatch: pyte
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.full
 def test_artifacts_with_xdist_is_a_usage_error(pytester: pytest.Pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest_subprocess("-n", "2", "--kv-artifacts", "art")

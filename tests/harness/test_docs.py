@@ -95,6 +95,7 @@ needs_mkdocs = pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or 
 
 
 @needs_mkdocs
+@pytest.mark.full
 def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path):
     done = _mkdocs(tmp_path / "site", ROOT)
     assert done.returncode == 0, done.stderr

@@ -22,6 +22,7 @@ def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.full
 def test_local_host_ip_is_where_every_role_listens(tmp_path: Path):
     result = run(tmp_path, "--local-host-ip", "127.0.0.2", "--remote-host-ip", "127.0.0.2")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -54,6 +54,7 @@ def start_pods(pytester: pytest.Pytester, start_role, port: int, select: str, **
     return host, start_role("rank1", "-v", "-k", select, env=lws(1, port, **extra))
 
 
+@pytest.mark.full
 def test_rank0_is_d0_and_hosts_the_store_until_p0_is_done(pytester: pytest.Pytester, start_role, port: int):
     host, other = start_pods(pytester, start_role, port, "not dies")
     p0, d0 = other.wait(), host.wait()

@@ -31,6 +31,7 @@ def test_each_local_role_gets_its_entry_of_the_list(pytester: pytest.Pytester):
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.full
 def test_a_list_that_does_not_fit_the_local_roles_is_a_usage_error(pytester: pytest.Pytester):
     pytester.makepyfile(test_devices=WHO_GOT_WHAT)
     result = pytester.runpytest_subprocess("--backend", "sim", "--device-id", "0,1")

@@ -168,7 +168,7 @@ def test_strangers_are_refused_and_the_pair_passes(pytester: pytest.Pytester, st
     assert "role d0 is already taken in run good" in twin_out.output
 
 
-@pytest.mark.parametrize("payload", ["pickle", "text"])
+@pytest.mark.parametrize("payload", ["pickle", pytest.param("text", marks=pytest.mark.full)])
 def test_values_that_are_not_json_are_refused_not_run(
     pytester: pytest.Pytester, start_role, port: int, payload: str
 ):
