@@ -12,6 +12,32 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
+#: KVTEST_HARNESS_FULL=1 (CI's .ci/run) runs the full lane too: every test marked ``full``
+FULL = os.environ.get("KVTEST_HARNESS_FULL") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The default loop leaves out the full lane (tests marked ``full``: the whole fault matrices and
+    the costly end-to-end runs whose area a cheaper default test already covers); KVTEST_HARNESS_FULL=1
+    keeps them, and so does a ``-m`` expression that names ``full`` (``-m full``: the full lane only).
+    Deselected, not skipped: the default run's summary counts only what it ran."""
+    if FULL or "full" in (config.option.markexpr or "").split():
+        return
+    keep, left = [], []
+    for item in items:
+        (left if item.get_closest_marker("full") else keep).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if not FULL and "full" not in (config.option.markexpr or "").split():
+        terminalreporter.write_line(
+            "kvtest harness: the default loop; the full lane (tests marked full) runs with "
+            "KVTEST_HARNESS_FULL=1 pytest tests/harness -n 2 (as CI does) -- docs/contributing.md"
+        )
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -65,7 +65,15 @@ def summary_lines(out: str, nodeid: str) -> list[str]:
     return [line for line in out.splitlines() if pattern.match(line)]
 
 
-@pytest.mark.parametrize("fault", sorted(FLIPS))
+#: the rows the default loop runs (one byte check, one other check); the rest in the full lane
+DEFAULT_FLIP, DEFAULT_BUG = "flip@pull_blocks", "prefix-consumed"
+
+
+def rows(table: dict, default: str) -> list:
+    return [key if key == default else pytest.param(key, marks=pytest.mark.full) for key in sorted(table)]
+
+
+@pytest.mark.parametrize("fault", rows(FLIPS, DEFAULT_FLIP))
 def test_flip_fails_every_byte_check(fault: str, tmp_path: Path) -> None:
     nodeids = sorted(set(FLIPS[fault]))
     result = run(nodeids, tmp_path, {"KVTEST_SIM_FAULT": fault})
@@ -79,7 +87,7 @@ def test_flip_fails_every_byte_check(fault: str, tmp_path: Path) -> None:
     assert re.search(r"KV mismatch in [pd]\d .*: tensor \d+ \(layer \d+, tensors_per_layer=\d+\), block \d+", out)
 
 
-@pytest.mark.parametrize("bug", sorted(BUGS))
+@pytest.mark.parametrize("bug", rows(BUGS, DEFAULT_BUG))
 def test_deliberate_bug_fails_its_test(bug: str, tmp_path: Path) -> None:
     nodeid, says = BUGS[bug]
     path = os.pathsep.join(p for p in (str(PLUGINS), os.environ.get("PYTHONPATH", "")) if p)

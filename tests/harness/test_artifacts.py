@@ -123,6 +123,7 @@ def test_local_mode_writes_one_folder_per_role(pytester: pytest.Pytester):
     assert not (pytester.path / "art" / ".pending").exists()
 
 
+@pytest.mark.full
 def test_killed_role_leaves_its_files(pytester: pytest.Pytester):
     """d0 is killed with SIGKILL in a test: its folder still holds its log (up to its death) and a valid
     JUnit XML saying it did not finish; p0's folder has the real report naming the death."""
@@ -148,6 +149,7 @@ def test_killed_role_leaves_its_files(pytester: pytest.Pytester):
     assert sorted(recorded["roles"]) == ["d0", "p0"]
 
 
+@pytest.mark.full
 def test_role_that_never_joins_leaves_its_files(pytester: pytest.Pytester, port: int):
     """A follower whose leader never comes stops with a usage error; its log says why, and its folder is
     filed under no-run-<time>-<pid> (no run id was ever learned), next to nothing pending."""
@@ -167,6 +169,7 @@ def test_role_that_never_joins_leaves_its_files(pytester: pytest.Pytester, port:
 # --- two processes started by hand -----------------------------------------------------------------
 
 
+@pytest.mark.full
 def test_paired_roles_with_different_stacks_print_and_store(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=TESTS)
     rdv = ("--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-artifacts", "art", "-k", "test_pass")
@@ -193,6 +196,7 @@ def test_paired_roles_with_different_stacks_print_and_store(pytester: pytest.Pyt
 @pytest.mark.parametrize(
     "who", ["p0 command line", "d0 environment"], ids=["p0-flag", "d0-env"]
 )
+@pytest.mark.full
 def test_require_same_stack_refuses_on_every_role(pytester: pytest.Pytester, start_role, port: int, who: str):
     """Either role asking for the same stack makes the difference a refusal: both exit 4 with one line."""
     pytester.makepyfile(test_pair=TESTS)
@@ -224,6 +228,7 @@ def test_require_same_stack_refuses_on_every_role(pytester: pytest.Pytester, sta
     assert results.stack_differences == ("driver 23.0.1 on p0 but 24.1.0 on d0",)
 
 
+@pytest.mark.full
 def test_require_same_stack_lets_the_same_stack_run(pytester: pytest.Pytester, start_role, port: int):
     """The refusal comes from the difference, not the flag: the same driver on both roles runs."""
     pytester.makepyfile(test_pair=TESTS)
@@ -237,6 +242,7 @@ def test_require_same_stack_lets_the_same_stack_run(pytester: pytest.Pytester, s
     assert "stack differs" not in p_out.output + d_out.output
 
 
+@pytest.mark.full
 def test_torchrun_ranks_write_one_folder_each(pytester: pytest.Pytester):
     """Under a launcher every rank is a role started by it: each files its own folder in the one run."""
     pytester.makepyfile(test_pair=TESTS)
@@ -268,6 +274,7 @@ def test_switch_values(text: str, value: bool):
     assert resolve({}, {}, {"kv_require_same_stack": text}).require_same_stack is value
 
 
+@pytest.mark.full
 def test_switch_flag_and_bad_values(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     assert resolve({"require_same_stack": "true"}, {"KVTEST_REQUIRE_SAME_STACK": "0"}, {}).require_same_stack
     assert resolve({}, {}, {}).require_same_stack is False
@@ -293,6 +300,7 @@ def test_switch_flag_and_bad_values(pytester: pytest.Pytester, monkeypatch: pyte
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.full
 def test_artifacts_with_xdist_is_a_usage_error(pytester: pytest.Pytester):
     pytester.makepyfile("def test_x(): pass")
     result = pytester.runpytest_subprocess("-n", "2", "--kv-artifacts", "art")

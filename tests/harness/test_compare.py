@@ -323,7 +323,7 @@ def _nightly_pull(tmp_path: Path, name: str, fault: str = "") -> Path:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_a_real_slowdown_is_caught(capsys, tmp_path):
     """End to end: ``slow=1.5@pull_blocks:d0`` stretches every pull on the sim; compare names test, API,
     change and p-value, and exits 1. (slow=1.05, inside the noise, is in docs/results.md's figures.)

@@ -22,7 +22,7 @@ DOCS = ROOT / "docs"
 README = ROOT / "README.md"
 CI_COMMANDS = (
     "pip install torch==2.13.0 && pip install -e '.[sim]' && pytest",
-    "pip install torch==2.13.0 && pip install -e '.[dev]' && pytest tests/harness",
+    "pip install torch==2.13.0 && pip install -e '.[dev]' && pytest tests/harness -n 2",
 )
 OPTION_ROW = re.compile(r"^\| `(--[a-z-]+)[^`]*` \| `(KVTEST_[A-Z_]+)` / `(kv_[a-z_]+)` \|", re.M)
 
@@ -95,6 +95,7 @@ needs_mkdocs = pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None or 
 
 
 @needs_mkdocs
+@pytest.mark.full
 def test_the_site_builds_strictly_and_a_broken_link_fails_it(tmp_path):
     done = _mkdocs(tmp_path / "site", ROOT)
     assert done.returncode == 0, done.stderr

@@ -72,6 +72,7 @@ def test_a_killed_side_stops_the_other_within_the_deadline(tmp_path):
     assert seconds < 60, f"took {seconds:.1f}s"
 
 
+@pytest.mark.full
 def test_a_hang_ends_at_the_deadline_naming_the_hung_command(tmp_path):
     sleeper = f"{PY} -c 'import time; time.sleep(300)'"
     code, out, seconds = kvtest_run(tmp_path, "--timeout", "6", f"{PY} {PUSH} --device_id 0 --role p", sleeper)
@@ -82,12 +83,14 @@ def test_a_hang_ends_at_the_deadline_naming_the_hung_command(tmp_path):
     assert seconds < 6 + 20
 
 
+@pytest.mark.full
 def test_only_the_commands_still_running_are_named_hung(tmp_path):
     code, out, _ = kvtest_run(tmp_path, "--timeout", "3", "true", "sleep 30")
     assert code == 1
     assert verdict(out).endswith("still running (hung): d0 `sleep 30`")
 
 
+@pytest.mark.full
 def test_a_line_matching_fail_on_fails_its_command(tmp_path):
     loud = f"{PY} -c \"print('2026 ERROR something broke')\""
     code, out, _ = kvtest_run(tmp_path, loud, "true")
@@ -97,6 +100,7 @@ def test_a_line_matching_fail_on_fails_its_command(tmp_path):
     assert code == 0, out
 
 
+@pytest.mark.full
 def test_bad_invocations_are_one_line_errors(tmp_path):
     code, out, _ = kvtest_run(tmp_path, "--roles", "p0", "true", "true")
     assert code == 2 and "--roles names 1 role(s) (p0) for 2 command(s)" in out
@@ -108,6 +112,7 @@ def test_bad_invocations_are_one_line_errors(tmp_path):
 # -- the shims stay out of ordinary processes ----------------------------------------------------------
 
 
+@pytest.mark.full
 def test_no_shim_leaks_into_a_normal_process(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVTEST_SIM_")}
     plain = subprocess.run([PY, "-c", "import llm_datadist"], env=env, capture_output=True, text=True)
@@ -119,6 +124,7 @@ def test_no_shim_leaks_into_a_normal_process(tmp_path):
     assert code == 0, out
 
 
+@pytest.mark.full
 def test_sim_init_without_a_store_says_to_use_kvtest_run(tmp_path):
     program = (
         "from kvtest.backends.sim import LLMDataDist, LLMRole, LLMException\n"
@@ -188,6 +194,7 @@ def test_vendor_samples_are_one_test_per_known_script(pytester, sample_dir):
     ])
 
 
+@pytest.mark.full
 def test_a_vendor_sample_that_moves_a_wrong_byte_fails(pytester, sample_dir, monkeypatch):
     monkeypatch.setenv("KVTEST_SIM_FAULT", "flip@pull_cache:d0")
     result = pytester.runpytest_subprocess(f"--kv-vendor-samples={sample_dir}", "--backend", "sim", "-k", "pull_cache", "-p", "no:cacheprovider")
@@ -195,6 +202,7 @@ def test_a_vendor_sample_that_moves_a_wrong_byte_fails(pytester, sample_dir, mon
     result.stdout.fnmatch_lines(["*sim: d0 `*pull_cache_sample.py --device_id 1 --cluster_id 2*` failed: printed a line*ERROR byte check failed*"])
 
 
+@pytest.mark.full
 def test_vendor_samples_folder_errors_are_usage_errors(pytester, tmp_path):
     missing = tmp_path / "nope"
     result = pytester.runpytest_subprocess(f"--kv-vendor-samples={missing}", "-p", "no:cacheprovider")
@@ -216,6 +224,7 @@ def npu_on_shims(tmp_path: Path, fault: str | None = None):
     return kvtest_run(tmp_path, "--fail-on", "", "--timeout", "200", f"{suite} {test}", fault=fault, limit=260)
 
 
+@pytest.mark.full
 def test_the_npu_backend_passes_the_samples_on_the_shims(tmp_path):
     code, out, _ = npu_on_shims(tmp_path)
     log = (tmp_path / "logs" / "p0.log").read_text()
@@ -224,6 +233,7 @@ def test_the_npu_backend_passes_the_samples_on_the_shims(tmp_path):
     assert "1 passed" in log
 
 
+@pytest.mark.full
 def test_a_flipped_byte_is_caught_by_the_npu_backend_on_the_shims(tmp_path):
     code, out, _ = npu_on_shims(tmp_path, fault="flip@push_blocks:d0")  # d0: the role names reach the sim
     log = (tmp_path / "logs" / "p0.log").read_text()
@@ -231,6 +241,7 @@ def test_a_flipped_byte_is_caught_by_the_npu_backend_on_the_shims(tmp_path):
     assert "1 failed" in log and "differ" in log, log
 
 
+@pytest.mark.full
 def test_on_npu_the_commands_run_as_they_are(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KVTEST_SIM_")}
     proc = subprocess.run(

@@ -91,6 +91,7 @@ def clean_baseline(pair: Path) -> Path:
     return base
 
 
+@pytest.mark.full
 def test_a_peer_that_never_joins_is_an_environment_failure(pair: Path, clean_baseline: Path, port: int):
     rdv = f"tcp://127.0.0.1:{port}"
     cur, junit = pair / "cur.json", pair / "cur.xml"
@@ -147,6 +148,7 @@ def test_a_device_error_on_d0_is_the_environments(pair: Path, clean_baseline: Pa
     assert f"  {TEST_DEVICE}: {cause}" in compared.stdout
 
 
+@pytest.mark.full
 def test_a_flipped_byte_is_still_the_products(tmp_path: Path):
     sample = ["tests/samples/test_push_blocks.py", "-k", "fp32", "--kv-logs", str(tmp_path / "logs")]
     base, cur, junit = tmp_path / "base.json", tmp_path / "cur.json", tmp_path / "cur.xml"

@@ -184,7 +184,6 @@ def _run(tmp_path: Path, results: Path, env: dict[str, str]) -> subprocess.Compl
     )
 
 
-@pytest.mark.slow
 def test_known_issue_is_xfail_and_its_fix_a_strict_xpass(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     env = {k: v for k, v in os.environ.items() if k != "KVTEST_SIM_FIXED"}
     before, after = tmp_path / "before.json", tmp_path / "after.json"

@@ -54,6 +54,7 @@ def start_pods(pytester: pytest.Pytester, start_role, port: int, select: str, **
     return host, start_role("rank1", "-v", "-k", select, env=lws(1, port, **extra))
 
 
+@pytest.mark.full
 def test_rank0_is_d0_and_hosts_the_store_until_p0_is_done(pytester: pytest.Pytester, start_role, port: int):
     host, other = start_pods(pytester, start_role, port, "not dies")
     p0, d0 = other.wait(), host.wait()
@@ -64,6 +65,7 @@ def test_rank0_is_d0_and_hosts_the_store_until_p0_is_done(pytester: pytest.Pytes
     assert "test_exchange_again PASSED" in p0.output
 
 
+@pytest.mark.full
 def test_the_store_hosts_death_is_named_by_p0(pytester: pytest.Pytester, start_role, port: int):
     host, other = start_pods(pytester, start_role, port, "dies", DIES="d")
     p0 = other.wait(timeout=60)
@@ -74,6 +76,7 @@ def test_the_store_hosts_death_is_named_by_p0(pytester: pytest.Pytester, start_r
     assert p0.seconds < 40, p0.output
 
 
+@pytest.mark.full
 def test_p0s_death_is_named_by_the_store_host(pytester: pytest.Pytester, start_role, port: int):
     host, other = start_pods(pytester, start_role, port, "dies", DIES="p")
     d0 = host.wait(timeout=60)

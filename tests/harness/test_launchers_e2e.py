@@ -118,6 +118,7 @@ def test_example_manifests_run_one_command_on_every_pod():
     assert {"name": "ascendjob-port", "containerPort": 2222} in master["ports"]  # MASTER_PORT, kvtest's store
 
 
+@pytest.mark.full
 def test_nightly_workflow_uses_options_that_exist():
     # the workflow cannot run here (no Ascend runner): check that every kvtest flag it passes exists
     workflow = load_manifest(ROOT / "examples" / "ci" / "ascend-nightly.yml")[0]
@@ -185,6 +186,7 @@ def test_leaderworkerset_pods_run_the_example(network2: Network, tmp_path: Path)
 
 
 @needs_netns
+@pytest.mark.full
 def test_leaderworkerset_leader_exit_code_is_the_result(network2: Network, tmp_path: Path):
     # a flipped byte in d0's push: the leader's exit code (what the example prints and exits with) says so
     pods = lws_pods(network2, tmp_path)
@@ -195,6 +197,7 @@ def test_leaderworkerset_leader_exit_code_is_the_result(network2: Network, tmp_p
 
 
 @needs_netns
+@pytest.mark.full
 def test_ascendjob_pods_run_the_example(network2: Network, tmp_path: Path):
     job = only(load_manifest(EXAMPLES / "ascendjob.yaml"))
     cluster_ip = "10.214.0.200"
@@ -216,6 +219,7 @@ def test_ascendjob_pods_run_the_example(network2: Network, tmp_path: Path):
 
 
 @needs_netns
+@pytest.mark.full
 def test_torchrun_two_nodes(network2: Network, tmp_path: Path):
     network2.names()
     endpoint = f"{network2.hosts[0].ip}:29400"  # torchrun's c10d rendezvous port, not kvtest's
@@ -291,6 +295,7 @@ def mpiexec_pytest(tmp_path: Path, ranks: int, args: list[str]) -> tuple[int, st
 
 
 @needs_mpiexec
+@pytest.mark.full
 def test_mpich_mpiexec(tmp_path: Path):
     rc, text = mpiexec_pytest(tmp_path, 2, SELECTION)
     assert rc == 0, text
@@ -298,6 +303,7 @@ def test_mpich_mpiexec(tmp_path: Path):
 
 
 @needs_mpiexec
+@pytest.mark.full
 def test_mpich_mpiexec_world_size_mismatch_stops_every_rank(tmp_path: Path):
     rc, text = mpiexec_pytest(tmp_path, 3, ["--topology", "1p1d", *SELECTION])
     errors = [line for line in text.splitlines() if "ERROR: kvtest: MPI runs 3 processes" in line]
@@ -315,6 +321,7 @@ def slurm_env(rank: int, size: int) -> dict[str, str]:
     }  # fmt: skip
 
 
+@pytest.mark.full
 def test_slurm_environment(tmp_path: Path):
     out = start_ranks(tmp_path, 2, SELECTION, env_of=slurm_env)
     assert [rc for rc, _ in out.values()] == [0, 0], show(out)
@@ -333,7 +340,9 @@ MISMATCHES = {
 }
 
 
-@pytest.mark.parametrize("case", MISMATCHES)
+@pytest.mark.parametrize(
+    "case", [case if i == 0 else pytest.param(case, marks=pytest.mark.full) for i, case in enumerate(MISMATCHES)]
+)
 def test_launcher_mismatch_is_a_usage_error_on_every_rank(case: str, tmp_path: Path):
     size, args, named = MISMATCHES[case]
     out = start_ranks(tmp_path, size, [*args, *SELECTION])
@@ -344,6 +353,7 @@ def test_launcher_mismatch_is_a_usage_error_on_every_rank(case: str, tmp_path: P
         assert "Traceback" not in text, text
 
 
+@pytest.mark.full
 def test_ascend_operator_pods_with_8_npus_each_are_one_process_each(tmp_path: Path):
     # the operator's WORLD_SIZE counts NPUs (8 per pod x 2 pods) and LOCAL_RANK lists them: kvtest runs
     # one process per pod, ranks 0 and 1 of 2, and does not trip over LOCAL_RANK="0,1,...,7"

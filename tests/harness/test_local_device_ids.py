@@ -24,12 +24,14 @@ def test_devices(kv, kv_backend, request):
 """
 
 
+@pytest.mark.full
 def test_each_local_role_gets_its_entry_of_the_list(pytester: pytest.Pytester):
     pytester.makepyfile(test_devices=WHO_GOT_WHAT)
     result = pytester.runpytest_subprocess("--backend", "sim", "--device-id", "2,0,1")
     result.assert_outcomes(passed=1)
 
 
+@pytest.mark.full
 def test_a_list_that_does_not_fit_the_local_roles_is_a_usage_error(pytester: pytest.Pytester):
     pytester.makepyfile(test_devices=WHO_GOT_WHAT)
     result = pytester.runpytest_subprocess("--backend", "sim", "--device-id", "0,1")

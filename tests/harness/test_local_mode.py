@@ -110,6 +110,7 @@ def test_follower_failure_fails_the_leader(pytester: pytest.Pytester):
     assert "d0: exit 1" in result.stdout.str()  # the follower exits non-zero too
 
 
+@pytest.mark.full
 def test_follower_failure_after_the_last_barrier_fails_the_leader(pytester: pytest.Pytester):
     """p0 passed and left the test before d0 failed: the leader still waits for d0's outcome and fails
     the test, naming the step d0 was at (after the barrier, not the step before it)."""
@@ -126,6 +127,7 @@ def test_follower_failure_after_the_last_barrier_fails_the_leader(pytester: pyte
     assert "d0: exit 1" in result.stdout.str()
 
 
+@pytest.mark.full
 def test_follower_teardown_failure_is_reported_at_teardown(pytester: pytest.Pytester):
     """A fixture of d0 fails at teardown after every role passed the body: p0 reports an error at
     teardown that names d0 and step 'teardown', never a pass."""
@@ -142,6 +144,7 @@ def test_follower_teardown_failure_is_reported_at_teardown(pytester: pytest.Pyte
     assert "d0: exit 1" in result.stdout.str()
 
 
+@pytest.mark.full
 def test_marker_timeout_beats_the_command_line(pytester: pytest.Pytester):
     """``kv(timeout=2)`` wins over ``--kv-timeout 60`` on every role: d0's wait ends after 2 s."""
     pytester.makepyfile(test_pair=TWO_ROLE)
@@ -153,6 +156,7 @@ def test_marker_timeout_beats_the_command_line(pytester: pytest.Pytester):
     assert junit_times(pytester.path / "j.xml")["test_marker_timeout"] < 15
 
 
+@pytest.mark.full
 def test_leader_failure_is_primary_and_releases_the_follower(pytester: pytest.Pytester):
     pytester.makepyfile(test_pair=TWO_ROLE)
     result = pytester.runpytest_subprocess("-k", "test_leader_fails", "--kv-timeout", "60", "--junitxml=j.xml")
@@ -165,6 +169,7 @@ def test_leader_failure_is_primary_and_releases_the_follower(pytester: pytest.Py
     assert junit_times(pytester.path / "j.xml")["test_leader_fails"] < 10
 
 
+@pytest.mark.full
 def test_killed_follower_is_reported_fast(pytester: pytest.Pytester):
     pytester.makepyfile(test_pair=TWO_ROLE)
     result = pytester.runpytest_subprocess(
@@ -190,6 +195,7 @@ def test_no_peer_tests_start_no_processes(pytester: pytest.Pytester):
 # --- paired mode: two pytest processes started by hand, as on two hosts -------------------------
 
 
+@pytest.mark.full
 def test_paired_mode_passes(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=TWO_ROLE)
     rdv = f"tcp://127.0.0.1:{port}"
@@ -201,6 +207,7 @@ def test_paired_mode_passes(pytester: pytest.Pytester, start_role, port: int):
     assert "2 passed" in p_out.output and "1 passed" in d_out.output
 
 
+@pytest.mark.full
 def test_paired_mode_heartbeat_reports_dead_follower(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=TWO_ROLE)
     rdv = f"tcp://127.0.0.1:{port}"
@@ -214,6 +221,7 @@ def test_paired_mode_heartbeat_reports_dead_follower(pytester: pytest.Pytester, 
     assert junit_times(pytester.path / "j.xml")["test_follower_killed"] < 10
 
 
+@pytest.mark.full
 def test_collection_mismatch_is_refused_with_the_difference(pytester: pytest.Pytester, start_role, port: int):
     pytester.makepyfile(test_pair=TWO_ROLE, test_extra="def test_more(kv): pass\n")
     rdv = f"tcp://127.0.0.1:{port}"
@@ -226,6 +234,7 @@ def test_collection_mismatch_is_refused_with_the_difference(pytester: pytest.Pyt
     assert "Traceback" not in p_out.output + d_out.output
 
 
+@pytest.mark.full
 def test_taken_port_is_a_usage_error(pytester: pytest.Pytester):
     import socket
 
@@ -252,6 +261,7 @@ def test_each(kv, shared, i):
 """
 
 
+@pytest.mark.full
 def test_xdist_lanes_each_lead_their_own_roles(pytester: pytest.Pytester):
     # each xdist worker is a leader with its own followers; a worker runs a subset of the items, so
     # the followers must not keep module fixtures for an item their leader will not run next

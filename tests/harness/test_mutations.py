@@ -9,7 +9,7 @@ inject is in it or in ``NOT_APPLICABLE`` with the reason, every sample file and 
 Cost: rows are packed into as few pytest runs as possible: one run per batch of rows of one kind
 whose faults can all be active at once (comma-separated ``KVTEST_SIM_FAULT``) because no test of the
 batch calls another row's faulted api on that role (``CALLS`` says which test calls what); that is
-the whole matrix, with its unfaulted control, under ``KVTEST_HARNESS_FULL=1`` (as .ci/run does). By
+the whole matrix, with its unfaulted control, in the full lane (``KVTEST_HARNESS_FULL=1``, as .ci/run). By
 default, ``DEFAULT`` takes one row of each fault kind, each on a case of its own, into ONE run where
 each fault acts only in its row's case (``KVTEST_SIM_FAULT_SCOPE``), plus the same cases without
 faults (the control: a sample that always failed with the same message would otherwise look like it
@@ -34,7 +34,6 @@ from kvtest.backends.sim.faults import KIND_APIS, parse_fault
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests" / "samples"
-FULL = os.environ.get("KVTEST_HARNESS_FULL") == "1"
 
 
 def mismatch(role: str, check: str) -> str:
@@ -428,8 +427,7 @@ def default_rows() -> list[Row]:
 
 def _batch_param(batch: list[Row]) -> object:
     name = ",".join(sorted({row.fault for row in batch}))
-    marks = [pytest.mark.slow, pytest.mark.skipif(not FULL, reason="set KVTEST_HARNESS_FULL=1")]
-    return pytest.param(batch, id=name, marks=marks)
+    return pytest.param(batch, id=name, marks=pytest.mark.full)
 
 
 def run_samples(
@@ -521,8 +519,7 @@ def test_every_mutation_is_caught(batch: list[Row], tmp_path: Path):
     _check_caught(batch, tmp_path)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="set KVTEST_HARNESS_FULL=1")
+@pytest.mark.full
 def test_the_matrix_cases_pass_without_faults(tmp_path: Path):
     _check_unfaulted(MATRIX, tmp_path)
 
@@ -572,8 +569,7 @@ def test_the_matrix_rows_are_sound():
         assert re.search(r"block|tensor|layer|LLM_|died", row.expect), f"{row.fault}: the message must name the cause"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not FULL, reason="set KVTEST_HARNESS_FULL=1 (the default runs fail on a missing id themselves)")
+@pytest.mark.full  # (the default runs fail on a missing id themselves)
 def test_sample_ids_in_the_matrix_exist():
     listed = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "tests/samples"],

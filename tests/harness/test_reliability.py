@@ -8,7 +8,6 @@ samples call, each in a small case; ``actor`` is the side that links and moves t
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import xml.etree.ElementTree as ET
@@ -165,21 +164,17 @@ API_FLOW = {
     "switch_role": "test_switch[{actor}]",
     "finalize": "test_blocks[{actor}]",
 }
-#: apis whose crash runs by default (one of each kind, both roles); the rest with KVTEST_HARNESS_FULL=1
+#: apis whose crash runs by default (a setup and a transfer call on d, a link and an async transfer on
+#: p); every other api, on both sides, in the full lane (KVTEST_HARNESS_FULL=1)
 CORE = {
-    "d": ("init", "link_clusters", "push_blocks", "pull_cache", "unlink_clusters"),
-    "p": ("register_blocks_cache", "link", "push_cache", "transfer_cache_async", "finalize"),
+    "d": ("init", "push_blocks"),
+    "p": ("link", "transfer_cache_async"),
 }
-FULL = os.environ.get("KVTEST_HARNESS_FULL") == "1"
 
 
 def apis_for(side: str) -> list:
-    """Every api, the ones outside ``CORE`` marked slow and skipped unless KVTEST_HARNESS_FULL=1."""
-    later = [
-        pytest.mark.slow,
-        pytest.mark.skipif(not FULL, reason="full api matrix: set KVTEST_HARNESS_FULL=1"),
-    ]
-    return [api if api in CORE[side] else pytest.param(api, marks=later) for api in API_FLOW]
+    """Every api, the ones outside ``CORE`` in the full lane (KVTEST_HARNESS_FULL=1)."""
+    return [api if api in CORE[side] else pytest.param(api, marks=pytest.mark.full) for api in API_FLOW]
 
 
 BEFORE_IDS = ["test_a_before.py::test_before_solo", "test_a_before.py::test_before_pair"]
@@ -301,6 +296,7 @@ def test_dead_leader_at_every_api(pytester: pytest.Pytester, start_role, port: i
     assert outcomes(pytester.path / "r.json") == dict.fromkeys(BEFORE_IDS, "passed")
 
 
+@pytest.mark.full
 def test_stalled_transfer_times_out_and_the_run_goes_on(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ):

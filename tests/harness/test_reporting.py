@@ -88,6 +88,7 @@ def test_junit_results_and_summary(pytester: pytest.Pytester):
     )
 
 
+@pytest.mark.full
 def test_compare_gates_two_runs(pytester: pytest.Pytester, capsys):
     pytester.makepyfile(test_timed=TIMED)
     pytester.runpytest_subprocess("--kv-results=base.json")

@@ -85,6 +85,7 @@ def test_leader_without_follower_names_the_missing_role(pytester: pytest.Pyteste
     # (a follower started with different file args: test_local_mode's collection-mismatch test)
 
 
+@pytest.mark.full
 def test_two_local_runs_at_once_do_not_talk(pytester: pytest.Pytester, start_role):
     for name in ("one", "two"):
         (pytester.path / name).mkdir()
@@ -114,6 +115,7 @@ def _pair(start_role, tag: str, *args: str, d_first: bool = False, store: Path |
     return p.wait(), d.wait()
 
 
+@pytest.mark.full
 def test_file_store_left_over_is_never_read(pytester: pytest.Pytester, start_role):
     pytester.makepyfile(test_pair=PAIR)
     store = pytester.path / "store"
@@ -166,7 +168,7 @@ def test_strangers_are_refused_and_the_pair_passes(pytester: pytest.Pytester, st
     assert "role d0 is already taken in run good" in twin_out.output
 
 
-@pytest.mark.parametrize("payload", ["pickle", "text"])
+@pytest.mark.parametrize("payload", ["pickle", pytest.param("text", marks=pytest.mark.full)])
 def test_values_that_are_not_json_are_refused_not_run(
     pytester: pytest.Pytester, start_role, port: int, payload: str
 ):
@@ -250,6 +252,7 @@ def _stranger(port: int) -> dist.TCPStore:
             time.sleep(0.2)
 
 
+@pytest.mark.full
 def test_forgeries_are_refused_named_and_the_pair_outcome_stands(pytester: pytest.Pytester, start_role, port: int):
     """A stranger who reaches the port reads the run id and forges a result, an abort, a barrier
     arrival, d0's claim and the run announcement; each is refused in one line and the run goes on."""
@@ -291,7 +294,7 @@ def test_forgeries_are_refused_named_and_the_pair_outcome_stands(pytester: pytes
     del stranger
 
 
-@pytest.mark.parametrize("d_token", ["other", "none"])
+@pytest.mark.parametrize("d_token", ["other", pytest.param("none", marks=pytest.mark.full)])
 def test_a_role_with_another_token_is_refused_on_both_sides(
     pytester: pytest.Pytester, start_role, port: int, d_token: str
 ):
@@ -311,6 +314,7 @@ def test_a_role_with_another_token_is_refused_on_both_sides(
     assert "ERROR: kvtest: d0: the run " in d_out.output and mine in d_out.output, d_out.output
 
 
+@pytest.mark.full
 def test_the_header_warns_when_a_network_rendezvous_has_no_token(pytester: pytest.Pytester, port: int):
     address = next(
         (a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()

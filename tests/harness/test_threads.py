@@ -69,6 +69,7 @@ def _threads_seen(stdout: str) -> str:
     return found.group(0)
 
 
+@pytest.mark.full
 def test_local_roles_get_the_given_thread_count(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     pytester.makepyfile(test_threads=REPORT_THREADS)
@@ -80,6 +81,7 @@ def test_local_roles_get_the_given_thread_count(pytester: pytest.Pytester, monke
     assert _threads_seen(result.stdout.str()) == "THREADS [('d0', [3, '3']), ('p0', [3, None])]"
 
 
+@pytest.mark.full
 def test_local_roles_share_the_cores_by_default(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("KVTEST_THREADS", raising=False)

@@ -47,6 +47,7 @@ def test_torchrun_two_processes_run_1p1d(tmp_path: Path) -> None:
     assert "PASSED " + ONE_P_ONE_D in out and "p0 passed, d0 passed" in out
 
 
+@pytest.mark.full
 def test_torchrun_four_processes_run_2p2d(tmp_path: Path) -> None:
     code, out = torchrun(tmp_path, 4, TWO_P, ONE_P_ONE_D, "--topology", "2p2d")
     assert code == 0, out[-4000:]
@@ -56,6 +57,7 @@ def test_torchrun_four_processes_run_2p2d(tmp_path: Path) -> None:
         assert f"kvtest: {role}: torch threads" in out
 
 
+@pytest.mark.full
 def test_a_world_size_that_is_not_the_topology_stops_every_rank_with_exit_4(tmp_path: Path) -> None:
     code, out = torchrun(tmp_path, 2, ONE_P_ONE_D, "--topology", "2p1d", timeout=120)
     assert code != 0

@@ -134,6 +134,7 @@ def test_sample_flows_across_two_hosts(two_hosts, tmp_path: Path):
     assert "3 passed" in p_out and "3 passed" in d_out
 
 
+@pytest.mark.full
 def test_rendezvous_is_not_reachable_on_other_addresses(two_hosts, tmp_path: Path):
     # p0 hosts on its loopback only: the d host cannot join through the veth address
     ns_a, ip_a, ns_b, _ = two_hosts
@@ -282,6 +283,7 @@ def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float |
     return outs, {"p0": p.returncode, "d0": d.returncode}, ended, recorded
 
 
+@pytest.mark.full
 def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path):
     outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29533, push_for=60, outage=None, dead_after=DEAD_AFTER)
     print(f"\npartition: p0 ended {ended['p0']:.1f}s, d0 ended {ended['d0']:.1f}s after the cut")
@@ -313,6 +315,7 @@ def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path
     assert next(v["failure"] for k, v in recorded.items() if k.endswith("::test_cut")) == "product"
 
 
+@pytest.mark.full
 def test_a_short_flap_never_hangs(two_hosts: Hosts, tmp_path: Path):
     """The link is down 2 s (less than --kv-dead-after, 5 s as by default) while p0 pushes and d0
     waits in the store."""
@@ -362,6 +365,7 @@ def test_cut_while_busy(kv, datadist):
 """
 
 
+@pytest.mark.full
 def test_partition_during_a_long_local_operation_ends_every_role_in_time(two_hosts: Hosts, tmp_path: Path):
     dead_after = 5.0
     (tmp_path / "test_busy.py").write_text(LOCAL)

@@ -213,6 +213,7 @@ def _broken_torch_npu_site(site: Path) -> None:
     (dist / "entry_points.txt").write_text("[torch.backends]\ntorch_npu = torch_npu:_autoload\n")
 
 
+@pytest.mark.full
 def test_broken_torch_npu_does_not_break_import_torch(tmp_path):
     site = tmp_path / "site"
     _broken_torch_npu_site(site)

@@ -104,7 +104,7 @@ def test_the_case_passes_without_a_fault(lane: tuple[str, str], tmp_path: Path) 
     assert " passed" in done.stdout
 
 
-@pytest.mark.parametrize("fault", ["flip", "drop"])
+@pytest.mark.parametrize("fault", [pytest.param("flip", marks=pytest.mark.full), "drop"])
 def test_a_transport_fault_fails_the_case_naming_tensor_and_block(
     lane: tuple[str, str], tmp_path: Path, fault: str
 ) -> None:
