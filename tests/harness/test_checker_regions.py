@@ -13,13 +13,12 @@ region, and must fail naming that place (role, check, tensor, layer, block, byte
 The expected states are built the way the sample tests build them (``with_rows``,
 ``LayerRanges.tensor_map``), so a bug in that arithmetic shows here too. The leader's merge of every
 phase and role is proven at the end, through real local-mode runs (pytester subprocesses): one run of
-every (role, phase) of 2p2d (about 30-45 s on the shared machine, marked slow), and under
-``KVTEST_HARNESS_FULL=1`` three runs whose only failure is a peer's, for the exit code alone.
+every (role, phase) of 2p2d (about 30-45 s on the shared machine), and
+three runs whose only failure is a peer's, for the exit code alone; all of them in the full lane.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import textwrap
 import xml.etree.ElementTree as ET
@@ -250,7 +249,7 @@ def _junit(path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.full
 def test_a_failure_in_any_phase_of_any_role_reaches_the_leaders_verdict_and_exit_code(pytester: pytest.Pytester):
     """Local mode, 2p2d: one test per (role, phase) that fails there and only there. p0's report fails
     each of them naming the role and the phase (setup and teardown failures of a peer arrive as errors of
@@ -272,8 +271,7 @@ def test_a_failure_in_any_phase_of_any_role_reaches_the_leaders_verdict_and_exit
                 assert f"{role} failed at step '{step}'" in verdict, f"{role} {phase}: {verdict!r}"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("KVTEST_HARNESS_FULL") != "1", reason="set KVTEST_HARNESS_FULL=1 (three runs)")
+@pytest.mark.full
 @pytest.mark.parametrize("role, phase", [("d1", "setup"), ("p1", "teardown"), ("d0", "call")])
 def test_a_peers_failure_alone_sets_the_exit_code(pytester: pytest.Pytester, role, phase):
     """The run's only failure is a peer's (in setup, call or teardown): the leader exits 1, not 0."""

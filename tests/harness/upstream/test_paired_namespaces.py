@@ -95,6 +95,7 @@ def run_pair(hosts: Hosts, tmp: Path, fault: str) -> tuple[int, int, str]:
     return p.returncode, d.returncode, p_out + d_out + logs
 
 
+@pytest.mark.full  # .ci/upstream runs the full lane of tests/harness/upstream; .ci/upstream-paired the suite
 def test_a_pull_passes_across_two_namespaces(built: None, two_hosts: Hosts, tmp_path: Path) -> None:
     p_rc, d_rc, text = run_pair(two_hosts, tmp_path, "")
     assert (p_rc, d_rc) == (0, 0), text[-4000:]
@@ -102,6 +103,7 @@ def test_a_pull_passes_across_two_namespaces(built: None, two_hosts: Hosts, tmp_
     assert re.search(r"\b\d+ passed", text) and " failed" not in text, text[-4000:]
 
 
+@pytest.mark.full
 def test_a_flipped_byte_across_two_namespaces_names_tensor_and_block(
     built: None, two_hosts: Hosts, tmp_path: Path
 ) -> None:
