@@ -219,10 +219,11 @@ def test_tensor_pairs_refuse_what_the_native_side_refuses(src_layers, dst_layers
 
 
 def _fake_cm(entries: dict[int, Cache]) -> SimpleNamespace:
-    """What local_copy reads of a CacheManager: its entries by id and the fault switch (off)."""
+    """What local_copy reads of a CacheManager: an entry by cache id and the endpoint's fault switch (off)."""
+    by_id = {cid: SimpleNamespace(cache=c, addrs=c.tensor_addrs) for cid, c in entries.items()}
     return SimpleNamespace(
-        _entries={cid: SimpleNamespace(cache=c, addrs=c.tensor_addrs) for cid, c in entries.items()},
-        _ep=SimpleNamespace(fault_active=lambda kind, api: False),
+        entry=by_id.get,
+        endpoint=SimpleNamespace(fault_active=lambda kind, api: False),
     )
 
 
