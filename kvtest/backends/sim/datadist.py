@@ -40,7 +40,7 @@ from kvtest.backends.sim.status import (
     raise_if_true,
     raise_param_invalid,
 )
-from kvtest.backends.sim.transport import Transport, next_version
+from kvtest.backends.sim.transport import Transport
 from kvtest.backends.sim.upstream import fixed_from_env
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ class LLMDataDist:
 
     def _publish_agent(self) -> None:
         plane, transport = self._ctx()
-        self._agent_version = next_version()
+        self._agent_version += 1
         record = {
             "agent": transport.name,
             "meta": control.encode_bytes(transport.metadata()),

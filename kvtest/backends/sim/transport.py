@@ -7,7 +7,6 @@ only here, from registered memory to registered memory.
 from __future__ import annotations
 
 import ctypes
-import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -20,20 +19,6 @@ from kvtest.backends.sim.status import LLMStatusCode
 Segment = tuple[int, int, int]
 
 _MAX_CACHED_HANDLES = 64
-
-#: NIXL agents of finalized LLMDataDists of this process, clean (no memory, no peers, no handles), as
-#: (name, agent): the next init takes one instead of making its own, which costs a UCX context
-#: (0.15-0.4 s measured here, the largest part of a sim init). Versions of published agent metadata
-#: are counted per process (:func:`next_version`), so a peer never mistakes a reused agent's new
-#: metadata for the old.
-_idle_agents: list[tuple[str, Any]] = []
-_idle_lock = threading.Lock()
-_versions = itertools.count(1)
-
-
-def next_version() -> int:
-    """A version for published agent metadata, never repeated in this process."""
-    return next(_versions)
 
 
 class TransferError(Exception):
@@ -71,22 +56,15 @@ class Transport:
     """A NIXL agent, the memory it registered, the peers it loaded, and prepared transfer handles."""
 
     def __init__(self, agent_name: str) -> None:
-        with _idle_lock:
-            idle = _idle_agents.pop() if _idle_agents else None
-        self._agent: Any
-        if idle is not None:
-            self.name, self._agent = idle
-        else:
-            from nixl_cu12._api import nixl_agent, nixl_agent_config
+        from nixl_cu12._api import nixl_agent, nixl_agent_config
 
-            self.name = agent_name
-            self._agent = nixl_agent(agent_name, nixl_agent_config(backends=["UCX"]))
+        self.name = agent_name
+        self._agent: Any = nixl_agent(agent_name, nixl_agent_config(backends=["UCX"]))
         self._regs: dict[int, Any] = {}
         self._next_reg = 1
         self._peer_versions: dict[str, int] = {}
         self._handles: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._abandoned: list[Any] = []
-        self._in_flight = 0  # transfers running now (another thread's may outlive a close)
         self._lock = threading.RLock()
 
     # -- memory --------------------------------------------------------------------------------
@@ -192,8 +170,6 @@ class Transport:
         restore: int | None = None
         if flip and op == "WRITE":
             restore = _flip_byte(merged[0][0])
-        with self._lock:
-            self._in_flight += 1
         try:
             state = self._agent.transfer(handle)
             while state == "PROC":
@@ -207,8 +183,6 @@ class Transport:
             self._abandon(op, peer, merged)
             raise TransferError(LLMStatusCode.LLM_FAILED, f"nixl transfer failed: {exc!r}") from exc
         finally:
-            with self._lock:
-                self._in_flight -= 1
             if restore is not None:
                 ctypes.c_uint8.from_address(merged[0][0]).value = restore
         if state != "DONE":
@@ -222,15 +196,9 @@ class Transport:
             _flip_byte(merged[0][0])
 
     def close(self) -> None:
-        """Release every handle, peer and registration; a clean agent goes back to the idle pool (one
-        with a transfer still in flight, or whose release failed, is dropped with this object)."""
         with self._lock:
             self._drop_handles(None)
             for name in list(self._peer_versions):
                 self.forget_peer(name)
             for token in list(self._regs):
                 self.deregister(token)
-            if self._agent is not None and not self._abandoned and not self._in_flight:
-                with _idle_lock:
-                    _idle_agents.append((self.name, self._agent))
-                self._agent = None
