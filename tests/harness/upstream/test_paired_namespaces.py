@@ -20,7 +20,8 @@ from test_two_hosts import Hosts
 from test_two_hosts import two_hosts as two_hosts  # the fixture, used by name
 
 from kvtest.upstream.cli import cached_entry
-from kvtest.upstream.errors import UpstreamError
+
+from . import require_build
 
 ROOT = Path(__file__).resolve().parents[3]
 CASE = "tests/samples/test_pull_blocks.py"
@@ -29,12 +30,7 @@ PORT = 29583
 
 @pytest.fixture(scope="module")
 def built() -> None:
-    try:
-        cached_entry()
-    except UpstreamError as exc:
-        if os.environ.get("KVTEST_REQUIRE_UPSTREAM") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    require_build(cached_entry)
 
 
 def side(hosts: Hosts, role: str, tmp: Path, fault: str) -> subprocess.Popen[str]:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from kvtest.upstream.cli import cached_entry
-from kvtest.upstream.errors import UpstreamError
+
+from . import require_build
 
 ROOT = Path(__file__).resolve().parents[3]
 CASE = "tests/samples/test_pull_blocks.py"
@@ -40,12 +41,7 @@ def _host_ip() -> str | None:
 
 @pytest.fixture(scope="module")
 def lane() -> tuple[str, str]:
-    try:
-        cached_entry()
-    except UpstreamError as exc:
-        if os.environ.get("KVTEST_REQUIRE_UPSTREAM") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    require_build(cached_entry)
     ip = _host_ip()
     if ip is None:
         pytest.skip(

@@ -20,7 +20,8 @@ from kvtest.dropin.environment import shim_root
 from kvtest.upstream import transport
 from kvtest.upstream.cache import Entry
 from kvtest.upstream.cli import cached_entry
-from kvtest.upstream.errors import UpstreamError
+
+from . import require_build
 
 PAIR = Path(__file__).with_name("pair.py")
 TIMEOUT_S = 120
@@ -28,13 +29,8 @@ TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def upstream() -> tuple[Entry, Path]:
-    try:
-        entry = cached_entry()
-        return entry, transport.ensure(entry, lambda _text: None)
-    except UpstreamError as exc:
-        if os.environ.get("KVTEST_REQUIRE_UPSTREAM") == "1":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    entry = require_build(cached_entry)
+    return entry, require_build(lambda: transport.ensure(entry, lambda _text: None))
 
 
 def _free_port() -> int:
