@@ -12,6 +12,9 @@ only where the symptom showed exactly. :func:`settle` decides the merged call ou
 - a pass where some roles showed it and others did not fails, naming them: half a symptom is neither
   the documented behaviour nor the issue.
 
+An *intermittent* issue (a race, ``KnownIssue.intermittent``) shows only under some schedules: a pass
+where no role showed it is a plain pass, and one where a role showed it is the expected ``xfailed``.
+
 A documented limit is a case the real API says it does not support (:data:`LIMITS`).
 
 The results file records ``known_issue`` per test; :func:`issue_changes` lists the issues that
@@ -55,6 +58,9 @@ class KnownIssue:
     fixed_in: str | None = None
     #: the exception that ends a worker thread of the real package as part of the symptom, if any
     worker_error: str | None = None
+    #: a race that shows only under some schedules: a pass without the symptom is a plain pass (no
+    #: strict XPASS, so a fix is not detected); a pass where a role showed it is the expected xfail
+    intermittent: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,25 @@ KNOWN_ISSUES: dict[str, KnownIssue] = {
             backends=frozenset({"npu", "sim"}),
             affected="every release with TransferCacheJob (CANN 8.2.RC1 on); still in hicann/hixl 9ed283b",
             worker_error="IndexError",  # TransferAsyncThread.run: the exception ends the thread
+        ),
+        KnownIssue(
+            id="relink-stale-entity-reap",
+            summary=(
+                "unlink then link again with the same peer cluster: unlink only marks the old comm entity "
+                "destroyed; the FSM thread (HandleAllEntities) reaps it later with "
+                "cluster_id_to_entity_id_.erase(cluster id), and when that pass comes after the new link's "
+                "AddEntity it erases the NEW entity's mapping: query_register_mem_status said OK, yet "
+                "pulls to that cluster fail with LLM_NOT_YET_LINK until the next link. Only without "
+                "EnableRemoteCacheAccessible (the FSM thread runs) and only when the FSM thread is late "
+                "(seen on a loaded 2-core CI machine)"
+            ),
+            source=(
+                "src/llm_datadist/link_mgr/comm_entity_manager.cc CommEntityManager::HandleAllEntities "
+                "(with comm_link_manager.cc Unlink/DestroyRes and CommEntityManager::AddEntity)"
+            ),
+            backends=frozenset({"npu", "sim"}),
+            affected="hicann/hixl 9ed283b (pinned, and HEAD in 2026-12); earlier releases unchecked",
+            intermittent=True,
         ),
     )
 }
@@ -137,9 +162,11 @@ def applies(issue: KnownIssue, backend: str, cann: str | None) -> bool:
 
 
 def _reason(issue: KnownIssue) -> str:
+    head = f"known upstream issue {issue.id}: {issue.summary} [{issue.source}; affected: {issue.affected}]."
+    if issue.intermittent:
+        return f"{head} A race: a run without the symptom passes and says nothing about a fix"
     return (
-        f"known upstream issue {issue.id}: {issue.summary} [{issue.source}; affected: {issue.affected}]. "
-        f"If this passes, it is fixed upstream: drop the entry {issue.id!r} from "
+        f"{head} If this passes, it is fixed upstream: drop the entry {issue.id!r} from "
         "kvtest/results/known_issues.py "
         "(or set its fixed_in to this CANN version)"
     )
@@ -187,6 +214,11 @@ def settle(
         return
     shown = {role: list(e.get("shown") or []) for role, e in expecting.items()}
     missing = sorted(role or "this role" for role, seen in shown.items() if not seen)
+    if issue.intermittent:  # a race: whoever did not show it simply was not hit
+        if len(missing) == len(shown):
+            return
+        shown = {role: lines for role, lines in shown.items() if lines}
+        missing = []
     if not missing:
         seen = "; ".join(
             f"{role + ': ' if role else ''}{', '.join(lines)}" for role, lines in sorted(shown.items())

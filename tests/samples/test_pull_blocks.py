@@ -17,6 +17,11 @@ link again under another comm name, and d pulls again into its zeroed cache: p's
 link), ``"unregister"`` (p unregisters its cache while the link is up: the real
 ``DataCacheEngine::Unregister``, src/llm_datadist/cache_mgr/data_cache_engine.cc, does not look at
 links; d's next pull of the key is LLM_KV_CACHE_NOT_EXIST and changes none of d's bytes).
+
+A relink can hit the known upstream race ``relink-stale-entity-reap`` (kvtest/results/known_issues.py):
+the link reports OK, yet d's pull fails with LLM_NOT_YET_LINK. Only that symptom, right after a link
+that reported OK, makes both sides relink again (at most ``RELINK_ATTEMPTS`` links in all); the test is
+then the issue's xfail, and the bytes are still checked over the link that works.
 """
 
 from __future__ import annotations
@@ -27,10 +32,14 @@ from dataclasses import dataclass
 import pytest
 
 from kvtest.cases import BlocksCase
+from kvtest.known_issues import expect_issue
 from kvtest.patterns import with_rows
 
 P, D = 1, 2
 TENSORS_PER_LAYER = 2
+RELINK_RACE = "relink-stale-entity-reap"
+#: links in all that a relink may take while the race shows (the race needs a late FSM thread)
+RELINK_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -95,8 +104,19 @@ def blocks_desc(node, case: BlocksCase, placement):
     return node.api.CacheDesc(case.num_tensors, case.shape, node.datatype(case.torch_dtype), placement)
 
 
+def relink(node, kv, comm_id: int, peer: str, attempt: int) -> int:
+    """Both sides: unlink ``comm_id``, link again under a new comm name; the new comm id."""
+    node.unlink(comm_id)
+    kv.barrier("unlinked")
+    comm_id = node.link([peer], comm_name=f"kvtest-{kv.seq}-relink{attempt}")
+    # both ends linked before the pull, as "cache ready" does for the first link: on the real
+    # package a pull sent before the peer's link is up times out (seen: LLM_TIMEOUT)
+    kv.barrier("relinked")
+    return comm_id
+
+
 @pytest.mark.kv(topology="1p1d")
-def test_pull_blocks(kv, datadist, case: PullBlocksCase):
+def test_pull_blocks(kv, datadist, case: PullBlocksCase, request):
     if kv.role == "p":
         node = datadist(P)
         api = node.api
@@ -110,10 +130,10 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase):
         kv.barrier("decoder pull end")
         node.check(source, tensors, name="source cache after pull_blocks")
         if "relink" in case.after:
-            node.unlink(comm_id)
-            kv.barrier("unlinked")
-            comm_id = node.link(["d0"], comm_name=f"kvtest-{kv.seq}-relink")
-            kv.barrier("relinked")
+            for attempt in range(RELINK_ATTEMPTS):
+                comm_id = relink(node, kv, comm_id, "d0", attempt)
+                if kv.fetch("d0", f"relink {attempt}") == "pulled":
+                    break
             kv.barrier("pulled after relink")
             node.check(source, tensors, name="source cache after pull_blocks over a new link")
         if "unregister" in case.after:
@@ -172,17 +192,24 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase):
         node.check(expected, tensors, name="cache after swap_blocks in")
         kv.barrier("decoder pull end")
         if "relink" in case.after:
-            node.unlink(comm_id)
-            kv.barrier("unlinked")
-            comm_id = node.link(["p0"], comm_name=f"kvtest-{kv.seq}-relink")
-            # both ends linked before the pull, as "cache ready" does for the first link: on the real
-            # package a pull sent before the peer's link is up times out (seen: LLM_TIMEOUT)
-            kv.barrier("relinked")
+            race = expect_issue(request, RELINK_RACE)
             for tensor in tensors:
                 tensor.zero_()  # only the pull over the new link can bring p's blocks back
-            with node.measure("pull_blocks", case.moved_bytes):
-                node.cm.pull_blocks(api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src),
-                                    dst_blocks=list(case.dst), **case.layer_kwargs())
+            for attempt in range(RELINK_ATTEMPTS):
+                comm_id = relink(node, kv, comm_id, "p0", attempt)
+                try:
+                    with node.measure("pull_blocks", case.moved_bytes):
+                        node.cm.pull_blocks(api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src),
+                                            dst_blocks=list(case.dst), **case.layer_kwargs())
+                except api.LLMException as exc:
+                    not_linked = exc.status_code == api.LLMStatusCode.LLM_NOT_YET_LINK
+                    last = attempt == RELINK_ATTEMPTS - 1
+                    if last or not race.shows(not_linked, f"link {attempt + 1} said OK, pull: {exc}"):
+                        raise
+                    kv.publish(f"relink {attempt}", "again")
+                    continue
+                kv.publish(f"relink {attempt}", "pulled")
+                break
             zeros = node.expected(case.num_tensors, case.shape, case.torch_dtype, side=None)
             pulled = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
             expected = list(zeros)

@@ -92,6 +92,9 @@ class LLMDataDist:
         self._pool_regs: list[int] = []
         self._agent_version = 0
         self._comm_links: dict[int, _CommLink] = {}
+        #: peer clusters of comm domains this process unlinked, and relinks a ``relinkrace`` fault hit
+        self._unlinked_peers: set[int] = set()
+        self._relink_races = 0
         self._comm_ids = itertools.count(1)
         self._cache_manager: CacheManager | None = None
         self._hixl = False
@@ -408,7 +411,8 @@ class LLMDataDist:
             comm.status = RegisterMemStatus.FAILED
         elif all(r is not None for r in records) and all(self._load_peer(cid) for cid in others):
             for cid in others:
-                self._change_links(self._cluster_id, cid, add="comm")
+                if not self._stale_entity_reaped(cid):
+                    self._change_links(self._cluster_id, cid, add="comm")
             comm.peers = others
             comm.status = RegisterMemStatus.OK
         elif time.monotonic() >= comm.deadline:
@@ -429,6 +433,16 @@ class LLMDataDist:
             raise native_error("unlink", LLMStatusCode.LLM_NOT_YET_LINK, f"comm_id = {comm_id}")
         for cid in comm.peers:
             self._change_links(self._cluster_id, cid, remove=("comm",))
+        self._unlinked_peers.update(comm.peers)
+
+    def _stale_entity_reaped(self, peer: int) -> bool:
+        """Whether a ``relinkrace`` fault plays the known upstream race relink-stale-entity-reap on this
+        link to ``peer``: the old entity's reaping erases the new link's mapping (see faults.py)."""
+        fault = self._active_fault("link", ("relinkrace",))
+        if fault is None or peer not in self._unlinked_peers or self._relink_races >= (fault.factor or 1):
+            return False
+        self._relink_races += 1
+        return True
 
     # -- one-sided link (client / server) -------------------------------------------------------
     def _check_clusters(self, clusters: Any, timeout: Any) -> int:

@@ -14,6 +14,10 @@ Faults that make a call fail, stall or slow down, or a process die:
   (``slow=1.5@pull_blocks:d0``).
 - ``teardown``: ``unregister_cache`` raises LLM_FAILED without unregistering; ``finalize`` releases
   everything, then raises LLM_FAILED.
+- ``relinkrace[=N]``: the known upstream race ``relink-stale-entity-reap`` on the first N two-sided
+  links (default 1) that follow an unlink from the same peer cluster: ``query_register_mem_status``
+  says OK, yet the link to that peer is gone (a pull raises LLM_NOT_YET_LINK), as when the real FSM
+  thread reaps the old entity after the new one was added.
 
 Semantic faults: the call succeeds but does the wrong thing, as a broken stack could:
 
@@ -101,6 +105,7 @@ KIND_APIS: dict[str, tuple[str, ...]] = {
     "batch": ("pull_cache", "push_cache"),
     "lie": ("transfer_cache_async", "link_clusters"),
     "teardown": TEARDOWN_APIS,
+    "relinkrace": ("link",),
     "nextblock": TRANSFER_APIS,
     "overrun": TRANSFER_APIS,
     "nextlayer": SYNC_APIS,
@@ -115,7 +120,7 @@ DEFAULT_APIS: dict[str, tuple[str, ...]] = {
     "crash": TRANSFER_APIS,
     "slow": TRANSFER_APIS,
     **{kind: KIND_APIS[kind] for kind in ("misplace", "drop", "partial", "swaptensors", "dstlayers")},
-    **{kind: KIND_APIS[kind] for kind in ("mapping", "batch", "lie", "teardown")},
+    **{kind: KIND_APIS[kind] for kind in ("mapping", "batch", "lie", "teardown", "relinkrace")},
     **{kind: KIND_APIS[kind] for kind in ("nextblock", "overrun", "nextlayer", "source", "refused")},
 }
 #: kinds that rewrite which bytes a transfer moves (see :func:`distort`)
@@ -125,7 +130,9 @@ SPILL_KINDS = ("nextblock", "overrun", "nextlayer")
 #: bytes an ``overrun`` writes past a block's end; bytes ``source`` and ``refused`` change
 OVERRUN_BYTES = 16
 #: kinds that take ``=<factor>``, with the factor they get without one
-FACTOR_DEFAULTS: dict[str, float] = {"slow": 2.0}
+FACTOR_DEFAULTS: dict[str, float] = {"slow": 2.0, "relinkrace": 1.0}
+#: kinds whose factor is a count (a whole number from 1), not a slowdown above 1
+COUNT_KINDS = ("relinkrace",)
 #: the largest factor accepted
 MAX_FACTOR = 100.0
 
@@ -192,6 +199,13 @@ def _factor(kind: str, raw: str | None, text: str) -> float | None:
         factor = float(raw)
     except ValueError:
         factor = math.nan
+    if kind in COUNT_KINDS:
+        if not (factor.is_integer() and 1 <= factor <= MAX_FACTOR):
+            raise ValueError(
+                f"invalid {ENV_VAR} count {raw!r} in {text!r}: {kind}=<n> takes a whole number from 1 "
+                f"to {MAX_FACTOR:g}, e.g. {kind}=3"
+            )
+        return factor
     if not 1 < factor <= MAX_FACTOR:  # also refuses nan and inf
         raise ValueError(
             f"invalid {ENV_VAR} factor {raw!r} in {text!r}: {kind}=<factor> takes a number above 1 "

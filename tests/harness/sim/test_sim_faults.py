@@ -158,13 +158,24 @@ def test_slow_takes_a_factor():
         ("slow=fast", r"invalid KVTEST_SIM_FAULT factor 'fast' in 'slow=fast'"),
         ("slow=inf", r"invalid KVTEST_SIM_FAULT factor 'inf'"),
         ("slow=", r"invalid KVTEST_SIM_FAULT factor '' in 'slow='"),
-        ("flip=2@pull_blocks", r"invalid KVTEST_SIM_FAULT value 'flip=2@pull_blocks': only slow takes =<factor>"),
+        ("flip=2@pull_blocks",
+         r"invalid KVTEST_SIM_FAULT value 'flip=2@pull_blocks': only slow\|relinkrace takes =<factor>"),
+        ("relinkrace=1.5", r"invalid KVTEST_SIM_FAULT count '1.5' in 'relinkrace=1.5': relinkrace=<n> takes a "
+                           r"whole number from 1 to 100, e.g. relinkrace=3"),
+        ("relinkrace=0:d0", r"invalid KVTEST_SIM_FAULT count '0'"),
+        ("relinkrace=x", r"invalid KVTEST_SIM_FAULT count 'x'"),
+        ("relinkrace@pull_blocks", r"invalid KVTEST_SIM_FAULT api 'pull_blocks' for relinkrace"),
         ("slow@link", r"invalid KVTEST_SIM_FAULT api 'link' for slow in 'slow@link'; accepted apis: pull_cache"),
     ],
 )
 def test_parse_fault_rejects_with_the_accepted_forms(text, match):
     with pytest.raises(ValueError, match=match):
         parse_fault(text)
+
+
+def test_relinkrace_counts_the_relinks_it_hits():
+    assert parse_fault("relinkrace:d0").factor == 1 and str(parse_fault("relinkrace=3:d0")) == "relinkrace=3:d0"
+    assert parse_fault("relinkrace").applies("link", "p0") and not parse_fault("relinkrace").applies("link_clusters", "p0")
 
 
 def test_fault_applies_by_api_and_role():
