@@ -325,14 +325,16 @@ def _nightly_pull(tmp_path: Path, name: str, fault: str = "") -> Path:
 
 @pytest.mark.full
 def test_a_real_slowdown_is_caught(capsys, tmp_path):
-    """End to end: ``slow=1.5@pull_blocks:d0`` stretches every pull on the sim; compare names test, API,
-    change and p-value, and exits 1. (slow=1.05, inside the noise, is in docs/results.md's figures.)
+    """End to end: ``slow=3@pull_blocks:d0`` stretches every pull on the sim; compare names test, API,
+    change and p-value, and exits 1. (slow=1.5 and slow=1.05 are in docs/results.md's figures; here
+    1.5 was once hidden by load: a clean run 1.6 times slower than the slow one, CI with 4 lanes busy,
+    so the end-to-end check takes a slowdown no load swing on this machine reaches.)
 
     On a host so busy that the sim's pulls spread wider than half their median, both runs are
     ``too noisy to gate`` and the gate rightly says nothing: then this test checks that much and
     skips, naming the spread, rather than pass on a decision it could not make."""
     base = _nightly_pull(tmp_path, "clean")
-    slow = _nightly_pull(tmp_path, "slow", "slow=1.5@pull_blocks:d0")
+    slow = _nightly_pull(tmp_path, "slow", "slow=3@pull_blocks:d0")
     code, out, _ = _compare(capsys, base, slow)
     row = next(line for line in out.splitlines() if " pull_blocks " in line)
     if row.endswith(TOO_NOISY):
@@ -340,7 +342,7 @@ def test_a_real_slowdown_is_caught(capsys, tmp_path):
         notes = [entry["summary"]["pull_blocks"]["gate_note"] for path in (base, slow)
                  for entry in json.loads(path.read_text())["tests"].values()]
         pytest.skip(f"this host is too busy to time sim pulls: clean {notes[0]}; slow {notes[1]}")
-    assert code == 1, f"expected exit 1 (every pull took 1.5 times as long), got {code}:\n{out}"
+    assert code == 1, f"expected exit 1 (every pull took 3 times as long), got {code}:\n{out}"
     last = out.splitlines()[-1]
     assert last.startswith("result: 1 regression(s): DROP tests/samples/test_pull_blocks.py::test_pull_blocks[")
     assert "1MiB-blocks] [pull_blocks] (-" in last and ", p=" in last
