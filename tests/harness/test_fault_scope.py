@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -15,9 +16,9 @@ def test_a_scoped_fault_acts_only_in_its_tests(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("KVTEST_SIM_FAULT", "flip@pull_blocks:d0,drop@push_cache:d0")
     monkeypatch.setenv("KVTEST_SIM_FAULT_SCOPE", json.dumps({"flip@pull_blocks:d0": [TEST]}))
     monkeypatch.setenv("PYTEST_CURRENT_TEST", f"{TEST} (setup)")
-    assert [str(f) for f in fault_from_env()] == ["flip@pull_blocks:d0", "drop@push_cache:d0"]
+    assert [str(f) for f in fault_from_env(os.environ)] == ["flip@pull_blocks:d0", "drop@push_cache:d0"]
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/samples/test_push_cache.py::test_push_cache[x] (call)")
-    assert [str(f) for f in fault_from_env()] == ["drop@push_cache:d0"], "unscoped faults act everywhere"
+    assert [str(f) for f in fault_from_env(os.environ)] == ["drop@push_cache:d0"], "unscoped faults act everywhere"
 
 
 @pytest.mark.parametrize(

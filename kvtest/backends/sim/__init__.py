@@ -28,7 +28,7 @@ from kvtest.backends.sim.cache import (
 from kvtest.backends.sim.cache_manager import CacheManager
 from kvtest.backends.sim.cluster import LLMClusterInfo
 from kvtest.backends.sim.config import LLMConfig, LlmConfig, LLMRole
-from kvtest.backends.sim.control import configure
+from kvtest.backends.sim.context import configure
 from kvtest.backends.sim.datadist import LLMDataDist
 from kvtest.backends.sim.status import LLMException, LLMStatusCode, Status
 

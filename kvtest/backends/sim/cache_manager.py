@@ -43,7 +43,6 @@ from kvtest.backends.sim.checks import (
     check_uint32,
     check_uint64,
 )
-from kvtest.backends.sim.faults import OVERRUN_BYTES, SPILL_KINDS, spill
 from kvtest.backends.sim.layer_job import LayerJob
 from kvtest.backends.sim.layout import (
     Span,
@@ -56,6 +55,7 @@ from kvtest.backends.sim.layout import (
 )
 from kvtest.backends.sim.placement import check_pull_placements
 from kvtest.backends.sim.pool import MemoryPool
+from kvtest.backends.sim.seam import SPOILED_BYTES
 from kvtest.backends.sim.status import (
     LLMException,
     LLMStatusCode,
@@ -102,29 +102,18 @@ def _key_path(cluster_id: int, key: CacheKey) -> tuple[object, ...]:
     return ("key", cluster_id, key.req_id, key.model_id, key.prefix_id)
 
 
-def _throttle(factor: float, took: float) -> None:
-    """The ``slow`` fault: stretch a transfer that took ``took`` seconds to ``factor`` times as long.
-
-    It never turns into a timeout (that is the ``stall`` fault): the call is slower, nothing else.
-    """
-    time.sleep((factor - 1) * took)
-
-
 _Call = TypeVar("_Call", bound=Callable[..., None])
 
 
 def _slowed(api: str) -> Callable[[_Call], _Call]:
-    """Apply the ``slow`` fault to a whole synchronous transfer call, so the GB/s a caller measures
-    around it drops by the fault's factor (lookups and the NIXL move alike take longer)."""
+    """A whole synchronous transfer call as the fault seam times it (``FaultSeam.slowed``), so the
+    GB/s a caller measures around it drops by a ``slow`` fault's factor."""
 
     def wrap(method: _Call) -> _Call:
         @functools.wraps(method)
         def call(self: CacheManager, *args: Any, **kwargs: Any) -> None:
-            factor = self._ep.fault_factor("slow", api)
-            began = time.monotonic()
-            method(self, *args, **kwargs)
-            if factor is not None:
-                _throttle(factor, time.monotonic() - began)
+            with self._ep.faults.slowed(api):
+                method(self, *args, **kwargs)
 
         return cast(_Call, call)
 
@@ -132,8 +121,9 @@ def _slowed(api: str) -> Callable[[_Call], _Call]:
 
 
 def _spoils_when_refused(api: str, target: Callable[..., tuple[Any, int]]) -> Callable[[_Call], _Call]:
-    """The ``refused`` fault: a call that is refused still inverts ``OVERRUN_BYTES`` bytes of its
-    destination's first tensor, at the byte offset ``target(*args, **kwargs)`` gives with the cache."""
+    """Where the fault seam says a refused call still writes (``FaultSeam.spoils_when_refused``): it
+    inverts ``SPOILED_BYTES`` bytes of its destination's first tensor, at the byte offset
+    ``target(*args, **kwargs)`` gives with the cache."""
 
     def wrap(method: _Call) -> _Call:
         @functools.wraps(method)
@@ -141,7 +131,7 @@ def _spoils_when_refused(api: str, target: Callable[..., tuple[Any, int]]) -> Ca
             try:
                 method(self, *args, **kwargs)
             except LLMException:
-                if self._ep.fault_active("refused", api):
+                if self._ep.faults.spoils_when_refused(api):
                     try:
                         cache, offset = target(*args, **kwargs)
                     except (TypeError, ValueError, IndexError, AttributeError):
@@ -184,7 +174,7 @@ class CacheManager:
     # -- common -------------------------------------------------------------------------------
     def _begin(self, api: str) -> float:
         if self._ep.initialized:
-            self._ep.fault_point(api)
+            self._ep.faults.enter(api)
         return time.monotonic() + self._ep.sync_timeout_ms / 1000
 
     @contextlib.contextmanager
@@ -634,21 +624,15 @@ class CacheManager:
     ) -> None:
         """Run one NIXL transfer of (local, remote, bytes) segments, failing like the native call."""
         _, transport = self._ep.ctx()
-        # a synchronous call is stretched as a whole (_slowed); an async layer's move is its transfer
-        slow = self._ep.fault_factor("slow", api) if api == "transfer_cache_async" else None
+        seam = self._ep.faults
+        # a synchronous call is timed as a whole (_slowed); an async layer's move is its transfer
+        timed = seam.slowed(api) if api == "transfer_cache_async" else contextlib.nullcontext()
         try:
-            began = time.monotonic()
-            transport.transfer(
-                op,
-                agent,
-                segments,
-                deadline,
-                flip=self._ep.fault_active("flip", api),
-                stall=self._ep.fault_active("stall", api),
-            )
-            if slow is not None:
-                _throttle(slow, time.monotonic() - began)
-            if self._ep.fault_active("source", api):
+            with timed:
+                transport.transfer(
+                    op, agent, segments, deadline, flip=seam.corrupts(api), stall=seam.stalls(api)
+                )
+            if seam.spoils_source(api):
                 self._spoil_source(op, agent, segments, deadline)
         except TransferError as exc:
             if exc.code == LLMStatusCode.LLM_TIMEOUT:
@@ -658,13 +642,13 @@ class CacheManager:
             raise native_error(api, exc.code, details) from None
 
     def _spoil(self, cache: Any, offset: int) -> None:
-        """Invert ``OVERRUN_BYTES`` bytes of ``cache``'s first tensor from ``offset`` (a ``refused``
-        fault), where that lies inside a tensor this process still has."""
+        """Invert ``SPOILED_BYTES`` bytes of ``cache``'s first tensor from ``offset`` (a refused call
+        that still writes), where that lies inside a tensor this process still has."""
         entry = self._entries.get(getattr(cache, "cache_id", -1))
         if entry is None or not entry.cache.tensor_addrs:
             return
         desc = entry.cache.cache_desc
-        k = min(OVERRUN_BYTES, desc.batch_size * desc.slot_bytes - offset)
+        k = min(SPOILED_BYTES, desc.batch_size * desc.slot_bytes - offset)
         if offset < 0 or k <= 0:
             return
         for i in range(k):
@@ -674,10 +658,11 @@ class CacheManager:
     def _spoil_source(
         self, op: str, agent: str, segments: list[tuple[int, int, int]], deadline: float
     ) -> None:
-        """The ``source`` fault: after the move, 16 bytes of the first segment's source take the 16
-        that follow them (a pull writes back into the peer's cache, a push into its own)."""
+        """A move that also writes its source (``FaultSeam.spoils_source``): 16 bytes of the first
+        segment's source take the 16 that follow them (a pull writes back into the peer's cache, a
+        push into its own)."""
         _, transport = self._ep.ctx()
-        k = OVERRUN_BYTES
+        k = SPOILED_BYTES
         for local, remote, n in segments:
             if n >= 2 * k:
                 if op == "WRITE":  # the source is this process's memory
@@ -705,16 +690,16 @@ class CacheManager:
         if local != remote:
             raise_param_invalid(f"{what} size differs: local {local} bytes, remote {remote} bytes.")
 
-    # -- fault hooks (see kvtest.backends.sim.faults) -------------------------------------------
+    # -- what the fault seam changes (see kvtest.backends.sim.seam) -----------------------------
     def _dst_layers(self, api: str, dst_layer_range: range | None) -> range | None:
-        """``dst_layer_range``, or under a ``dstlayers`` fault the same number of layers from layer 0."""
-        if isinstance(dst_layer_range, range) and self._ep.fault_active("dstlayers", api):
+        """``dst_layer_range``, or the same number of layers from layer 0 where the seam says so."""
+        if isinstance(dst_layer_range, range) and self._ep.faults.ignores_dst_layers(api):
             return range(0, len(dst_layer_range))
         return dst_layer_range
 
     def _batch(self, api: str, index: int) -> int:
-        """A batch index argument, or 0 under a ``batch`` fault."""
-        return 0 if self._ep.fault_active("batch", api) else index
+        """A batch index argument as the seam has ``api`` use it."""
+        return self._ep.faults.batch_index(api, index)
 
     def expand(
         self,
@@ -725,15 +710,10 @@ class CacheManager:
         spans: list[Span],
         dst_bytes: int | None,
     ) -> list[tuple[int, int, int]]:
-        """:func:`expand`, after any semantic fault rewrote the pairs and spans; a spill fault adds
-        moves onto bytes the right ones do not write."""
-        pairs, spans = self._ep.distort(api, pairs, spans, dst_bytes)
-        moves = expand(pairs, src_addrs, dst_addrs, spans)
-        for kind in SPILL_KINDS:
-            if self._ep.fault_active(kind, api):
-                extra_pairs, extra_spans = spill(kind, pairs, spans, dst_bytes, len(dst_addrs))
-                moves += expand(extra_pairs, src_addrs, dst_addrs, extra_spans)
-        return moves
+        """:func:`expand` of each group of pairs and spans the fault seam says ``api`` moves (the given
+        ones unless a fault rewrites them or adds to them)."""
+        groups = self._ep.faults.moves(api, pairs, spans, dst_bytes, len(dst_addrs))
+        return [move for p, s in groups for move in expand(p, src_addrs, dst_addrs, s)]
 
     # -- pulls --------------------------------------------------------------------------------
     @_spoils_when_refused(
@@ -1197,7 +1177,7 @@ class CacheManager:
         dst = self._local_cache("dst_cache", dst_cache)
         sd, dd = src.cache_desc, dst.cache_desc
         n = sd.slot_bytes
-        ignore_dst = self._ep.fault_active("mapping", "swap_blocks")
+        ignore_dst = self._ep.faults.ignores_mapping("swap_blocks")
         spans = [(s * n, (s if ignore_dst else d) * n, n) for s, d in src_to_dst.items()]
         pairs = [(t, t) for t in range(sd.num_tensors)]
         moves = self.expand(
@@ -1205,7 +1185,7 @@ class CacheManager:
         )
         for s_addr, d_addr, size in moves:
             ctypes.memmove(d_addr, s_addr, size)
-        if src_to_dst and n and self._ep.fault_active("flip", "swap_blocks"):
+        if src_to_dst and n and self._ep.faults.corrupts("swap_blocks"):
             cell = ctypes.c_uint8.from_address(dst.tensor_addrs[0] + next(iter(src_to_dst.values())) * n)
             cell.value ^= 0xFF
 

@@ -3,10 +3,11 @@
 Every key lives under ``<namespace>/sim/``. Records are never deleted: a released or removed record
 is overwritten with a release marker, so a ``check`` followed by a ``get`` cannot block on a vanished key.
 
-Two ways in: kvtest's fixtures call :func:`configure` before each test; any other program (a vendor
-sample under ``kvtest run``) gets its plane from the environment when ``LLMDataDist.init`` runs:
-``KVTEST_SIM_STORE`` (``tcp://HOST:PORT``, a TCPStore hosted elsewhere that the sim joins as a client,
-or ``file:///PATH``, a FileStore), ``KVTEST_SIM_NAMESPACE`` and ``KVTEST_SIM_ROLE``.
+Two ways in (:mod:`kvtest.backends.sim.context` builds the plane for both): kvtest's fixtures call
+``configure`` before each test; any other program (a vendor sample under ``kvtest run``) gets its plane
+from the environment when ``LLMDataDist.init`` runs: ``KVTEST_SIM_STORE`` (``tcp://HOST:PORT``, a
+TCPStore hosted elsewhere that the sim joins as a client, or ``file:///PATH``, a FileStore),
+``KVTEST_SIM_NAMESPACE`` and ``KVTEST_SIM_ROLE``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,28 +93,6 @@ def decode_bytes(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"))
 
 
-_current: ControlPlane | None = None
-
-
-def configure(store: Store, namespace: str, role: str) -> None:
-    """Attach this process to the run's control plane; the fixtures call it before each test.
-
-    :param store: a torch.distributed store (TCPStore, FileStore, HashStore) shared by every process.
-    :param namespace: a prefix unique to this run and test; nothing outside it is read or written.
-    :param role: this process's role name, e.g. ``"p0"`` or ``"d1"`` (also matched by fault injection).
-    """
-    from torch.distributed import Store
-
-    if not isinstance(store, Store):
-        raise TypeError(f"store only support [torch.distributed.Store], but got {type(store).__name__}")
-    if not isinstance(namespace, str) or not namespace:
-        raise ValueError(f"namespace must be a non-empty str, but got {namespace!r}")
-    if not isinstance(role, str) or not role:
-        raise ValueError(f"role must be a non-empty str, but got {role!r}")
-    global _current
-    _current = ControlPlane(store, namespace, role)
-
-
 STORE_VAR = "KVTEST_SIM_STORE"
 NAMESPACE_VAR = "KVTEST_SIM_NAMESPACE"
 ROLE_VAR = "KVTEST_SIM_ROLE"
@@ -172,23 +151,14 @@ def _open_store(url: str) -> Store:
     return store
 
 
-def from_environment(env: dict[str, str] | None = None) -> ControlPlane | None:
-    """The plane the environment names, or None when ``KVTEST_SIM_STORE`` is unset.
+def from_environment(env: Mapping[str, str]) -> ControlPlane | None:
+    """The plane ``env`` names, or None when ``KVTEST_SIM_STORE`` is unset.
 
-    Read at every ``LLMDataDist.init``, so a process may move to another namespace between instances.
     :raises ControlPlaneError: when the variable is set but unusable.
     """
-    env = dict(os.environ) if env is None else env
     url = env.get(STORE_VAR, "").strip()
     if not url:
         return None
     namespace = env.get(NAMESPACE_VAR, "").strip() or DEFAULT_NAMESPACE
     role = env.get(ROLE_VAR, "").strip() or f"pid{os.getpid()}"
     return ControlPlane(_open_store(url), namespace, role)
-
-
-def current() -> ControlPlane | None:
-    """The plane :func:`configure` set, else the one the environment names, else None."""
-    if _current is not None:
-        return _current
-    return from_environment()

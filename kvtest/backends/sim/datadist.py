@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kvtest.backends.sim import context as sim_context
 from kvtest.backends.sim import control, device
 from kvtest.backends.sim.cache import RegisterMemStatus
 from kvtest.backends.sim.checks import (
@@ -29,9 +30,9 @@ from kvtest.backends.sim.checks import (
 )
 from kvtest.backends.sim.cluster import LLMClusterInfo, int_to_ip
 from kvtest.backends.sim.config import ROLE_OPTION, LLMRole, parse_listen_ip_info, pool_size
-from kvtest.backends.sim.faults import MOVE_KINDS, Fault, crash_now, distort, fault_from_env
 from kvtest.backends.sim.listener import Listener, connectable, probe
 from kvtest.backends.sim.pool import MemoryPool
+from kvtest.backends.sim.seam import FaultSeam
 from kvtest.backends.sim.status import (
     LLMException,
     LLMStatusCode,
@@ -41,7 +42,6 @@ from kvtest.backends.sim.status import (
     raise_param_invalid,
 )
 from kvtest.backends.sim.transport import Transport
-from kvtest.backends.sim.upstream import fixed_from_env
 
 if TYPE_CHECKING:
     from kvtest.backends.sim.cache_manager import CacheManager
@@ -86,15 +86,15 @@ class LLMDataDist:
         self._linked = False
         self._plane: control.ControlPlane | None = None
         self._transport: Transport | None = None
-        self._faults: tuple[Fault, ...] = ()
+        #: fault injection, built from the context's faults at init
+        self._seam = FaultSeam()
         self._listener: Listener | None = None
         self._pools: dict[str, MemoryPool] = {}
         self._pool_regs: list[int] = []
         self._agent_version = 0
         self._comm_links: dict[int, _CommLink] = {}
-        #: peer clusters of comm domains this process unlinked, and relinks a ``relinkrace`` fault hit
+        #: peer clusters of comm domains this process unlinked (a later link to one is a relink)
         self._unlinked_peers: set[int] = set()
-        self._relink_races = 0
         self._comm_ids = itertools.count(1)
         self._cache_manager: CacheManager | None = None
         self._hixl = False
@@ -125,7 +125,7 @@ class LLMDataDist:
             self._start(options)
             LLMDataDist.llm_engine_instance = self
         self._initialized = True
-        self._fault_point("init")
+        self._seam.enter("init")
 
     def _init_error(self, options: dict[str, str], why: str) -> LLMException:
         return native_error(
@@ -136,11 +136,12 @@ class LLMDataDist:
 
     def _start(self, options: dict[str, str]) -> None:
         try:
-            plane = control.current()
-        except control.ControlPlaneError as exc:
+            context = sim_context.current()  # the one place an instance gets what it runs with
+        except (control.ControlPlaneError, sim_context.SimConfigError) as exc:
             raise self._init_error(options, str(exc)) from None
-        if plane is None:
+        if context is None:
             raise self._init_error(options, control.NOT_CONFIGURED)
+        plane = context.plane
         cm = options.get("llm.EnableCacheManager") == "1"
         remote = options.get("llm.EnableRemoteCacheAccessible") == "1"
         listen = options.get("llm.listenIpInfo")
@@ -156,11 +157,8 @@ class LLMDataDist:
         for option, placement in (("llm.MemPoolConfig", "DEVICE"), ("llm.HostMemPoolConfig", "HOST")):
             if option in options:
                 pools[placement] = MemoryPool(pool_size(option, options[option]))
-        self._faults = fault_from_env()
-        try:
-            self._fixed = fixed_from_env()
-        except ValueError as exc:
-            raise self._init_error(options, f"KVTEST_SIM_FIXED: {exc}") from None
+        self._seam = FaultSeam(context.faults, plane.role)
+        self._fixed = context.fixed
         listener = None
         if listen is not None:
             host, port = options["llm.ListenIp"], int(options["llm.ListenPort"])
@@ -191,7 +189,7 @@ class LLMDataDist:
         """Release everything; peers see this cluster as gone. A second call does nothing."""
         if not self._initialized:
             return
-        self._fault_point("finalize")
+        self._seam.enter("finalize")
         self._initialized = False
         try:
             if self._cache_manager is not None:
@@ -217,7 +215,7 @@ class LLMDataDist:
                 if LLMDataDist.llm_engine_instance is self:
                     LLMDataDist.llm_engine_instance = None
         # after the release, so that a failing finalize still leaves the process able to init again
-        self._fail_point("finalize")
+        self._seam.released("finalize")
 
     @property
     def cluster_id(self) -> int:
@@ -249,45 +247,6 @@ class LLMDataDist:
     def _require_cm(self, api: str) -> None:
         if not self._cm_enabled:
             raise_param_invalid(f"{api} is not supported when llm.EnableCacheManager is not configured.")
-
-    def _fault_point(self, api: str) -> None:
-        """A ``crash`` fault exits here; a ``teardown`` fault raises here (finalize: see there)."""
-        crash, plane = self._active_fault(api, ("crash",)), self._plane
-        if crash is not None and plane is not None:
-            crash_now(crash, api, plane.role)
-        if api != "finalize":
-            self._fail_point(api)
-
-    def _fail_point(self, api: str) -> None:
-        fault = self._active_fault(api, ("teardown",))
-        if fault is not None:
-            raise native_error(api, LLMStatusCode.LLM_FAILED, f"sim fault {fault}: {api} failed")
-
-    def _active_fault(self, api: str, kinds: tuple[str, ...]) -> Fault | None:
-        """The first injected fault of one of ``kinds`` that applies to ``api`` in this process."""
-        plane = self._plane
-        if plane is None:
-            return None
-        return next((f for f in self._faults if f.kind in kinds and f.applies(api, plane.role)), None)
-
-    def _fault_active(self, kind: str, api: str) -> bool:
-        return self._active_fault(api, (kind,)) is not None
-
-    def _distort(
-        self, api: str, pairs: list[tuple[int, int]], spans: list[tuple[int, int, int]], dst_bytes: int | None
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
-        """The tensor pairs and spans ``api`` moves: the right ones, unless a semantic fault is active."""
-        fault = self._active_fault(api, MOVE_KINDS)
-        return (pairs, spans) if fault is None else distort(fault.kind, pairs, spans, dst_bytes)
-
-    def _reported(self, api: str, code: LLMStatusCode) -> LLMStatusCode:
-        """The status ``api`` reports for ``code``: LLM_SUCCESS under a ``lie`` fault."""
-        return LLMStatusCode.LLM_SUCCESS if self._fault_active("lie", api) else code
-
-    def _fault_factor(self, kind: str, api: str) -> float | None:
-        """The factor of an active ``kind`` fault at ``api`` (e.g. ``slow=1.5``), None when inactive."""
-        fault = self._active_fault(api, (kind,))
-        return None if fault is None else fault.factor
 
     def _ctx(self) -> tuple[control.ControlPlane, Transport]:
         assert self._plane is not None and self._transport is not None
@@ -347,7 +306,7 @@ class LLMDataDist:
         """
         _require_init(self)
         self._require_cm("link")
-        self._fault_point("link")
+        self._seam.enter("link")
         # the Python layer's checks, in its order and words (hicann/hixl v2/llm_datadist.py ``link``)
         check_isinstance("comm_name", comm_name, str, allow_none=False)
         raise_if_true(len(comm_name) == 0, "comm_name can not be empty")
@@ -372,7 +331,7 @@ class LLMDataDist:
             json.loads(rank_table)
         except json.JSONDecodeError:
             raise native_error("link", LLMStatusCode.LLM_PARAM_INVALID, details) from None
-        if self._fault_active("linkfail", "link"):
+        if self._seam.link_fails("link"):
             raise native_error("link", LLMStatusCode.LLM_LINK_FAILED, str(cluster_rank_info))
         plane, transport = self._ctx()
         members = {int(k): int(v) for k, v in cluster_rank_info.items()}
@@ -411,7 +370,7 @@ class LLMDataDist:
             comm.status = RegisterMemStatus.FAILED
         elif all(r is not None for r in records) and all(self._load_peer(cid) for cid in others):
             for cid in others:
-                if not self._stale_entity_reaped(cid):
+                if not self._seam.link_reaped(relink=cid in self._unlinked_peers):
                     self._change_links(self._cluster_id, cid, add="comm")
             comm.peers = others
             comm.status = RegisterMemStatus.OK
@@ -423,7 +382,7 @@ class LLMDataDist:
         """Leave the comm domain ``comm_id``."""
         _require_init(self)
         self._require_cm("unlink")
-        self._fault_point("unlink")
+        self._seam.enter("unlink")
         check_isinstance("comm_id", comm_id, int)
         check_uint64("comm_id", comm_id)
         if self._hixl:
@@ -434,15 +393,6 @@ class LLMDataDist:
         for cid in comm.peers:
             self._change_links(self._cluster_id, cid, remove=("comm",))
         self._unlinked_peers.update(comm.peers)
-
-    def _stale_entity_reaped(self, peer: int) -> bool:
-        """Whether a ``relinkrace`` fault plays the known upstream race relink-stale-entity-reap on this
-        link to ``peer``: the old entity's reaping erases the new link's mapping (see faults.py)."""
-        fault = self._active_fault("link", ("relinkrace",))
-        if fault is None or peer not in self._unlinked_peers or self._relink_races >= (fault.factor or 1):
-            return False
-        self._relink_races += 1
-        return True
 
     # -- one-sided link (client / server) -------------------------------------------------------
     def _check_clusters(self, clusters: Any, timeout: Any) -> int:
@@ -462,7 +412,7 @@ class LLMDataDist:
         """
         _require_init(self)
         self._require_cm("link_clusters")
-        self._fault_point("link_clusters")
+        self._seam.enter("link_clusters")
         timeout = self._check_clusters(clusters, timeout)
         for info in clusters:
             if not self._options.get("llm.LocalCommRes"):
@@ -475,12 +425,12 @@ class LLMDataDist:
         if not clusters:
             return LLMStatusCode.LLM_PARAM_INVALID, []
         deadline = time.monotonic() + timeout / 1000
-        codes = [self._reported("link_clusters", self._link_one(info, deadline)) for info in clusters]
+        codes = [self._seam.reported("link_clusters", self._link_one(info, deadline)) for info in clusters]
         return _overall(codes), codes
 
     def _link_one(self, info: LLMClusterInfo, deadline: float) -> LLMStatusCode:
         peer = int(info.remote_cluster_id or 0)  # checked as a uint64 before
-        if self._fault_active("linkfail", "link_clusters"):
+        if self._seam.link_fails("link_clusters"):
             return LLMStatusCode.LLM_LINK_FAILED
         if len(info.remote_ip_info_list) != 1:  # "remote_ip_infos size != 1 is unsupported."
             return LLMStatusCode.LLM_PARAM_INVALID
@@ -510,7 +460,7 @@ class LLMDataDist:
         """
         _require_init(self)
         self._require_cm("unlink_clusters")
-        self._fault_point("unlink_clusters")
+        self._seam.enter("unlink_clusters")
         timeout = self._check_clusters(clusters, timeout)
         check_isinstance("force", force, bool)
         for info in clusters:
@@ -545,7 +495,7 @@ class LLMDataDist:
         """Become ``role``; with ``llm.listenIpInfo`` a server on that ip:port, without it a client."""
         _require_init(self)
         self._require_cm("switch_role")
-        self._fault_point("switch_role")
+        self._seam.enter("switch_role")
         check_isinstance("role", role, LLMRole)
         check_isinstance("switch_options", switch_options, dict)
         options = dict(switch_options) if switch_options is not None else {}
@@ -709,19 +659,6 @@ class _Endpoint:
     def publish_agent(self) -> None:
         self._dd._publish_agent()
 
-    def fault_point(self, api: str) -> None:
-        self._dd._fault_point(api)
-
-    def fault_active(self, kind: str, api: str) -> bool:
-        return self._dd._fault_active(kind, api)
-
-    def fault_factor(self, kind: str, api: str) -> float | None:
-        return self._dd._fault_factor(kind, api)
-
-    def distort(
-        self, api: str, pairs: list[tuple[int, int]], spans: list[tuple[int, int, int]], dst_bytes: int | None
-    ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
-        return self._dd._distort(api, pairs, spans, dst_bytes)
-
-    def reported(self, api: str, code: LLMStatusCode) -> LLMStatusCode:
-        return self._dd._reported(api, code)
+    @property
+    def faults(self) -> FaultSeam:
+        return self._dd._seam

@@ -2,7 +2,7 @@
 
 One narrow handle instead of the LLMDataDist's private members: who this endpoint is (cluster id), its
 control plane and transport, the timeout and link state a transfer must honour, its memory pools, the
-upstream fixes it emulates, and the fault hooks. :class:`~kvtest.backends.sim.datadist.LLMDataDist`
+upstream fixes it emulates, and its fault seam. :class:`~kvtest.backends.sim.datadist.LLMDataDist`
 hands one to its cache manager at init.
 """
 
@@ -14,13 +14,10 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from kvtest.backends.sim.control import ControlPlane
     from kvtest.backends.sim.pool import MemoryPool
-    from kvtest.backends.sim.status import LLMStatusCode
+    from kvtest.backends.sim.seam import FaultSeam
     from kvtest.backends.sim.transport import Transport
 
 __all__ = ["Endpoint"]
-
-Pairs = list[tuple[int, int]]
-Spans = list[tuple[int, int, int]]
 
 
 class Endpoint(Protocol):
@@ -56,16 +53,6 @@ class Endpoint(Protocol):
     def publish_agent(self) -> None:
         """Tell the peers this endpoint's transport again (after its registered memory changed)."""
 
-    def fault_point(self, api: str) -> None:
-        """Where ``api`` starts: an injected crash or teardown fault for it acts here."""
-
-    def fault_active(self, kind: str, api: str) -> bool: ...
-
-    def fault_factor(self, kind: str, api: str) -> float | None:
-        """The factor of an active ``kind`` fault at ``api`` (``slow=1.5``), None when inactive."""
-
-    def distort(self, api: str, pairs: Pairs, spans: Spans, dst_bytes: int | None) -> tuple[Pairs, Spans]:
-        """The tensor pairs and spans ``api`` moves: the given ones unless a semantic fault is active."""
-
-    def reported(self, api: str, code: LLMStatusCode) -> LLMStatusCode:
-        """The status ``api`` reports for ``code`` (LLM_SUCCESS under a ``lie`` fault)."""
+    @property
+    def faults(self) -> FaultSeam:
+        """Fault injection: the only thing the transfer code asks about faults."""

@@ -59,6 +59,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 ENV_VAR = "KVTEST_SIM_FAULT"
@@ -219,14 +220,16 @@ def parse_faults(text: str) -> tuple[Fault, ...]:
     return tuple(parse_fault(part) for part in text.split(","))
 
 
-def fault_from_env() -> tuple[Fault, ...]:
-    """The faults of ``KVTEST_SIM_FAULT`` that apply in the running test (``KVTEST_SIM_FAULT_SCOPE``)."""
-    text = os.environ.get(ENV_VAR, "")
+def fault_from_env(env: Mapping[str, str]) -> tuple[Fault, ...]:
+    """The faults of ``KVTEST_SIM_FAULT`` in ``env`` that apply in its running test
+    (``KVTEST_SIM_FAULT_SCOPE``, ``PYTEST_CURRENT_TEST``); the sim reads the environment only where
+    its context is built (:mod:`kvtest.backends.sim.context`)."""
+    text = env.get(ENV_VAR, "")
     faults = parse_faults(text) if text.strip() else ()
-    scope = fault_scope(os.environ.get(SCOPE_ENV_VAR, ""))
+    scope = fault_scope(env.get(SCOPE_ENV_VAR, ""))
     if not scope:
         return faults
-    running = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    running = env.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
     return tuple(f for f in faults if str(f) not in scope or running in scope[str(f)])
 
 

@@ -94,7 +94,7 @@ class LayerJob:
             if not wanted:
                 continue
             if not self._synchronizer.synchronize_layer(layer, None):
-                if self._cm.endpoint.fault_active("refused", API):  # the refused layer goes all the same
+                if self._cm.endpoint.faults.spoils_when_refused(API):  # the refused layer goes all the same
                     for config in wanted:
                         self._layer(layer, self._dst_layer(layer, config), config)
                 for config in wanted:
@@ -109,12 +109,12 @@ class LayerJob:
                     self._rets[config.dst_cluster_id] = LLMStatusCode.LLM_SUCCESS
 
     def _reported(self, code: LLMStatusCode) -> LLMStatusCode:
-        return self._cm.endpoint.reported(API, code)  # LLM_SUCCESS under a ``lie`` fault
+        return self._cm.endpoint.faults.reported(API, code)
 
     def _dst_layer(self, layer: int, config: AnyConfig) -> int:
         if isinstance(config, TransferConfig):
             return layer
-        if self._cm.endpoint.fault_active("dstlayers", API):  # the destination range ignored
+        if self._cm.endpoint.faults.ignores_dst_layers(API):
             return layer - _src_range(config).start
         dst = list(config.dst_layer_range or ())
         if self._absolute:

@@ -47,7 +47,7 @@ def _addrs(cm: CacheManager, api: str, cache: Cache, params: str) -> list[int]:
 
 
 def _flip_first(cm: CacheManager, api: str, moves: Sequence[tuple[int, int, int]]) -> None:
-    if moves and cm.endpoint.fault_active("flip", api):
+    if moves and cm.endpoint.faults.corrupts(api):
         cell = ctypes.c_uint8.from_address(moves[0][1])
         cell.value ^= 0xFF
 

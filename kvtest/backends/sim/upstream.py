@@ -1,14 +1,15 @@
 """Known upstream bugs the sim reproduces, and ``KVTEST_SIM_FIXED`` to make it behave as if fixed.
 
 The sim follows the real llm_datadist also where the real one is wrong (kvtest.known_issues lists
-those issues; their tests are strict xfails). ``KVTEST_SIM_FIXED=<id>[,<id>]``, read at
-``LLMDataDist.init``, makes the sim behave as a release with the fix would: that is how kvtest's own
-tests show a fixed issue turning into a strict XPASS ("fixed upstream: drop the entry").
+those issues; their tests are strict xfails). ``KVTEST_SIM_FIXED=<id>[,<id>]``, read where the
+sim's context is built (:mod:`kvtest.backends.sim.context`), makes the sim behave as a release with
+the fix would: that is how kvtest's own tests show a fixed issue turning into a strict XPASS
+("fixed upstream: drop the entry").
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 
 ENV_VAR = "KVTEST_SIM_FIXED"
 
@@ -30,5 +31,6 @@ def parse_fixed(text: str) -> frozenset[str]:
     return ids
 
 
-def fixed_from_env() -> frozenset[str]:
-    return parse_fixed(os.environ.get(ENV_VAR, ""))
+def fixed_from_env(env: Mapping[str, str]) -> frozenset[str]:
+    """The ids ``KVTEST_SIM_FIXED`` names in ``env``."""
+    return parse_fixed(env.get(ENV_VAR, ""))

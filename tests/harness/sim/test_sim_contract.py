@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from kvtest.backends import sim
-from kvtest.backends.sim import control
+from kvtest.backends.sim import context, control
 from kvtest.backends.sim.device import to_device
 from kvtest.backends.sim.listener import Listener
 from kvtest.backends.sim.transport import Transport
@@ -36,9 +36,9 @@ def port_open(port: int) -> bool:
 
 @pytest.fixture
 def plane(configured) -> control.ControlPlane:
-    current = control.current()
+    current = context.current()
     assert current is not None
-    return current
+    return current.plane
 
 
 def make(cluster_id=1, role=sim.LLMRole.PROMPT, **options):
@@ -173,7 +173,8 @@ def test_calls_before_init_raise_runtime_error(call):
 
 
 def test_init_without_configure_names_configure(monkeypatch):
-    monkeypatch.setattr(control, "_current", None)
+    monkeypatch.setattr(context, "_bound", None)
+    monkeypatch.delenv(control.STORE_VAR, raising=False)
     with pytest.raises(
         sim.LLMException,
         match=r"not configured: start the program with `kvtest run` .* or set KVTEST_SIM_STORE=",

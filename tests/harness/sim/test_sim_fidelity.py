@@ -14,7 +14,7 @@ import torch
 from test_sim_contract import RANK_TABLE, FakePeer, blocks_cache, linked, make
 
 from kvtest.backends import sim
-from kvtest.backends.sim import control, device
+from kvtest.backends.sim import context, control, device
 from kvtest.backends.sim.backend import SimBackend
 from kvtest.backends.sim.device import to_device
 from kvtest.backends.sim.listener import Listener
@@ -39,9 +39,9 @@ REAL_STATUS = [
 
 @pytest.fixture
 def plane(configured) -> control.ControlPlane:
-    current = control.current()
+    current = context.current()
     assert current is not None
-    return current
+    return current.plane
 
 
 @pytest.fixture
@@ -378,6 +378,7 @@ def test_async_dst_layer_is_the_absolute_source_index(plane, fake_peer, monkeypa
 
 def test_async_with_the_fix_emulated(plane, fake_peer, monkeypatch):
     monkeypatch.setenv(FIXED_ENV, "transfer-layers-absolute-dst-index")
+    sim.configure(plane.store, plane.namespace, plane.role)  # the fixes are read where it is configured
     d, cache, src, dst = _async_setup(fake_peer, 3)
     config = sim.TransferWithCacheKeyConfig(sim.BlocksCacheKey(9), range(1, 3), range(0, 2))
     every = [0, 1, 2]

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from kvtest.backends import sim
-from kvtest.backends.sim import control
+from kvtest.backends.sim import context, control
 from kvtest.node import free_port
 
 S = sim.LLMStatusCode
@@ -18,9 +18,9 @@ LOCAL_COMM_RES = json.dumps({"version": "1.0", "server_count": "1", "server_list
 
 @pytest.fixture
 def plane(configured) -> control.ControlPlane:
-    current = control.current()
+    current = context.current()
     assert current is not None
-    return current
+    return current.plane
 
 
 def make(cluster_id: int = 1, **options: object) -> sim.LLMDataDist:
