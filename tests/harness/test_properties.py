@@ -33,6 +33,7 @@ from kvtest import patterns
 from kvtest.backends.sim import local_copy
 from kvtest.backends.sim.cache import Cache, CacheDesc, DataType
 from kvtest.backends.sim.layout import block_spans, expand, slot_to_blocks_spans, tensor_pairs
+from kvtest.backends.sim.seam import FaultSeam
 from kvtest.backends.sim.status import LLMException
 
 # the default lane is derandomized: the same examples every run, so it cannot flake, and the proofs
@@ -219,11 +220,11 @@ def test_tensor_pairs_refuse_what_the_native_side_refuses(src_layers, dst_layers
 
 
 def _fake_cm(entries: dict[int, Cache]) -> SimpleNamespace:
-    """What local_copy reads of a CacheManager: an entry by cache id and the endpoint's fault switch (off)."""
+    """What local_copy reads of a CacheManager: an entry by cache id and the endpoint's fault seam (none)."""
     by_id = {cid: SimpleNamespace(cache=c, addrs=c.tensor_addrs) for cid, c in entries.items()}
     return SimpleNamespace(
         entry=by_id.get,
-        endpoint=SimpleNamespace(fault_active=lambda kind, api: False),
+        endpoint=SimpleNamespace(faults=FaultSeam()),
     )
 
 
