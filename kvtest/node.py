@@ -32,6 +32,10 @@ __all__ = ["RANK_DEVICE", "TORCH_TO_DATATYPE", "Node", "free_port", "host_ip", "
 #: the key a member of a two-sided link publishes its physical device id and device IP under
 RANK_DEVICE = "rank device"
 
+#: the first and the longest pause between two ``query_register_mem_status`` polls of a two-sided link
+LINK_POLL_FIRST_S = 0.001
+LINK_POLL_MAX_S = 0.01
+
 #: torch dtype -> llm_datadist DataType member name
 TORCH_TO_DATATYPE = {
     torch.float16: "DT_FLOAT16",
@@ -443,6 +447,7 @@ class Node:
         deadline = time.monotonic() + self.kv.timeout
         status = self.api.RegisterMemStatus
         checked = time.monotonic()
+        pause = LINK_POLL_FIRST_S
         while True:
             state = self.dd.query_register_mem_status(comm_id)
             if state == status.OK:
@@ -459,7 +464,8 @@ class Node:
             if failed is not None:
                 self._blame_device_network(own_device, peers, failed)
                 raise failed
-            time.sleep(0.01)
+            time.sleep(pause)  # a peer a few ms behind is seen at once; a slow one costs 10 ms polls
+            pause = min(pause * 2, LINK_POLL_MAX_S)
 
     def _blame_device_network(self, own_device: int, members: Sequence[LinkPeer], exc: Exception) -> None:
         """On npu, raise a :class:`~kvtest.host.linkcheck.DeviceNetworkProblem` (an environment failure)
