@@ -218,6 +218,42 @@ class Node:
             for i in range(count)
         ]
 
+    def expected_after_rows(
+        self,
+        count: int,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        *,
+        base: str,
+        source: str,
+        src_rows: Sequence[int],
+        dst_rows: Sequence[int],
+    ) -> patterns.LazyTensors:
+        """The expected state of a cache filled with ``base``'s pattern after rows ``src_rows`` of
+        ``source``'s pattern (the same tensor index) landed in rows ``dst_rows`` of every tensor: what
+        ``[with_rows(b, s, ...) for b, s in zip(expected(base), expected(source))]`` holds, made one
+        tensor at a time when :meth:`check` reads it (a cache's worth of fresh memory less per check)."""
+
+        def make(index: int) -> torch.Tensor:
+            with phase("expect"):
+                own = patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=base)
+                moved = patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=source)
+                return patterns.with_rows(own, moved, src_rows=src_rows, dst_rows=dst_rows)
+
+        return patterns.LazyTensors(count, make)
+
+    def expected_lazily(
+        self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str, first_index: int = 0
+    ) -> patterns.LazyTensors:
+        """:meth:`expected`, made one tensor at a time when :meth:`check` reads it."""
+
+        def make(index: int) -> torch.Tensor:
+            with phase("expect"):
+                return patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=first_index + index,
+                                        side=side)
+
+        return patterns.LazyTensors(count, make)
+
     def pool_views(self, cache: Any, contents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Views of a pool-allocated cache's memory, filled with ``contents``: device memory through the
         backend (create_npu_tensors on npu), host memory (a ``Placement.HOST`` cache from
@@ -252,7 +288,7 @@ class Node:
         self.kv.step(f"check {name}")
         with phase("check"):
             patterns.check_all(
-                list(expected),
+                expected,  # a LazyTensors stays lazy: one expected tensor in memory at a time
                 list(actual),
                 name=f"{self.kv.me} {name}",
                 tensors_per_layer=tensors_per_layer,
