@@ -14,6 +14,11 @@ summary prints (outside/inside transfers over the tests that timed transfers). T
 targets of issue 27 (nightly outside/inside <= 3x, the whole nightly run <= 180 s, smoke <= 4x), each
 marked met or not, and the load average (the figures move with other work on the host).
 
+A run's wall time and CPU time (user and system seconds of pytest and every role process it reaped)
+are printed too, and kept beside the results file (``smoke.json`` -> ``smoke.times.json``), so that a
+``--baseline`` or ``--results`` file shows them again: a change that saves wall time by spending system
+time (an idle busy-polling thread) shows here.
+
 Exit status: 0 when every target of the profiles run is met, 1 when one is not, 2 when a run failed to
 produce results.
 """
@@ -21,12 +26,14 @@ produce results.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +59,9 @@ class ProfileCost:
     tests: int
     outcomes: dict[str, int]
     wall_s: float | None  # None when read from a results file, not run here
+    #: CPU seconds of the run, every role process included (None when unknown)
+    user_s: float | None = None
+    sys_s: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -76,21 +86,53 @@ def cost_of_tests(profile: str, tests: dict[str, TestEntry], wall_s: float | Non
     )
 
 
-def run_profile(profile: str, folder: Path, extra: list[str]) -> tuple[Path, float, int]:
-    """Run ``pytest --kv-profile profile`` here; return the results file, wall seconds and exit status."""
+@dataclass(frozen=True)
+class RunTimes:
+    """Wall and CPU seconds of one profile run; CPU counts the pytest process and every role it reaped."""
+
+    wall_s: float
+    user_s: float
+    sys_s: float
+
+    def save(self, results: Path) -> None:
+        """Beside the results file (``smoke.json`` -> ``smoke.times.json``), for a later ``--baseline``."""
+        times_file(results).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, results: Path) -> RunTimes | None:
+        path = times_file(results)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            return cls(float(data["wall_s"]), float(data["user_s"]), float(data["sys_s"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"cost.py: {path} is not a run-times file ({exc})") from None
+
+
+def times_file(results: Path) -> Path:
+    return results.with_name(results.stem + ".times.json")
+
+
+def run_profile(profile: str, folder: Path, extra: list[str]) -> tuple[Path, RunTimes, int]:
+    """Run ``pytest --kv-profile profile`` here; return the results file, its times and exit status."""
     results = folder / f"{profile}.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--kv-profile", profile,
            "--kv-results", str(results), *extra]
     print(f"running: {' '.join(cmd[2:])}", flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    times = RunTimes(time.perf_counter() - start, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime)
+    if results.is_file():
+        times.save(results)
     tail = [line for line in done.stdout.splitlines() if line.startswith("kvtest: harness cost")
             or line.startswith("kvtest: biggest phases") or " passed" in line or " failed" in line]
     for line in tail[-4:]:
         print(f"  {line}")
-    return results, wall, done.returncode
+    return results, times, done.returncode
 
 
 def _order(names: set[str]) -> list[str]:
@@ -121,15 +163,22 @@ def phase_table(now: ProfileCost, before: ProfileCost | None) -> list[str]:
     return lines
 
 
+def _run_text(cost: ProfileCost) -> str:
+    """``, run 52 s (user 32.8 s, sys 11.6 s)``: what is known of the run's wall and CPU time."""
+    if cost.wall_s is None:
+        return ""
+    cpu = f" (user {cost.user_s:.1f} s, sys {cost.sys_s:.1f} s)" if cost.user_s is not None else ""
+    return f", run {cost.wall_s:.0f} s{cpu}"
+
+
 def summary_lines(cost: ProfileCost, before: ProfileCost | None) -> list[str]:
     outcomes = ", ".join(f"{n} {k}" for k, n in sorted(cost.outcomes.items()))
-    wall = f", run {cost.wall_s:.0f} s" if cost.wall_s is not None else ""
     lines = [
-        f"{cost.profile}: {cost.tests} tests ({outcomes}){wall}; over the {cost.timed_tests} with transfers: "
-        f"in transfers {cost.inside_s:.2f} s, outside {cost.outside_s:.2f} s ({cost.ratio:.1f}x)",
+        f"{cost.profile}: {cost.tests} tests ({outcomes}){_run_text(cost)}; over the {cost.timed_tests} "
+        f"with transfers: in transfers {cost.inside_s:.2f} s, outside {cost.outside_s:.2f} s ({cost.ratio:.1f}x)",
     ]
     if before is not None:
-        lines.append(f"{cost.profile} before: in transfers {before.inside_s:.2f} s, outside "
+        lines.append(f"{cost.profile} before{_run_text(before)}: in transfers {before.inside_s:.2f} s, outside "
                      f"{before.outside_s:.2f} s ({before.ratio:.1f}x), {before.tests} tests")
     return lines
 
@@ -157,11 +206,16 @@ def _pairs(values: list[str], flag: str) -> dict[str, Path]:
     return out
 
 
-def _load(profile: str, path: Path, wall_s: float | None) -> ProfileCost:
+def _load(profile: str, path: Path, times: RunTimes | None) -> ProfileCost:
+    """A profile's cost from its results file; the run's times from its times file when not given."""
     try:
-        return cost_of_tests(profile, dict(load_results(path).tests), wall_s)
+        cost = cost_of_tests(profile, dict(load_results(path).tests), None)
     except ResultsError as exc:
         raise SystemExit(f"cost.py: {exc}") from None
+    times = times or RunTimes.load(path)
+    if times is not None:
+        cost.wall_s, cost.user_s, cost.sys_s = times.wall_s, times.user_s, times.sys_s
+    return cost
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,11 +239,11 @@ def main(argv: list[str] | None = None) -> int:
         if profile in given:
             costs[profile] = _load(profile, given[profile], None)
             continue
-        path, wall, status = run_profile(profile, folder, args.pytest_args)
+        path, times, status = run_profile(profile, folder, args.pytest_args)
         if not path.is_file():
             print(f"cost.py: the {profile} run (exit {status}) wrote no results file {path}", file=sys.stderr)
             return 2
-        costs[profile] = _load(profile, path, wall)
+        costs[profile] = _load(profile, path, times)
     for profile, cost in costs.items():
         print()
         print(f"== {profile}: seconds by phase, summed over every role of every test")

@@ -32,6 +32,10 @@ __all__ = ["RANK_DEVICE", "TORCH_TO_DATATYPE", "Node", "free_port", "host_ip", "
 #: the key a member of a two-sided link publishes its physical device id and device IP under
 RANK_DEVICE = "rank device"
 
+#: the first and the longest pause between two ``query_register_mem_status`` polls of a two-sided link
+LINK_POLL_FIRST_S = 0.001
+LINK_POLL_MAX_S = 0.01
+
 #: torch dtype -> llm_datadist DataType member name
 TORCH_TO_DATATYPE = {
     torch.float16: "DT_FLOAT16",
@@ -214,6 +218,42 @@ class Node:
             for i in range(count)
         ]
 
+    def expected_after_rows(
+        self,
+        count: int,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        *,
+        base: str,
+        source: str,
+        src_rows: Sequence[int],
+        dst_rows: Sequence[int],
+    ) -> patterns.LazyTensors:
+        """The expected state of a cache filled with ``base``'s pattern after rows ``src_rows`` of
+        ``source``'s pattern (the same tensor index) landed in rows ``dst_rows`` of every tensor: what
+        ``[with_rows(b, s, ...) for b, s in zip(expected(base), expected(source))]`` holds, made one
+        tensor at a time when :meth:`check` reads it (a cache's worth of fresh memory less per check)."""
+
+        def make(index: int) -> torch.Tensor:
+            with phase("expect"):
+                own = patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=base)
+                moved = patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=source)
+                return patterns.with_rows(own, moved, src_rows=src_rows, dst_rows=dst_rows)
+
+        return patterns.LazyTensors(count, make)
+
+    def expected_lazily(
+        self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str, first_index: int = 0
+    ) -> patterns.LazyTensors:
+        """:meth:`expected`, made one tensor at a time when :meth:`check` reads it."""
+
+        def make(index: int) -> torch.Tensor:
+            with phase("expect"):
+                return patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=first_index + index,
+                                        side=side)
+
+        return patterns.LazyTensors(count, make)
+
     def pool_views(self, cache: Any, contents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Views of a pool-allocated cache's memory, filled with ``contents``: device memory through the
         backend (create_npu_tensors on npu), host memory (a ``Placement.HOST`` cache from
@@ -248,7 +288,7 @@ class Node:
         self.kv.step(f"check {name}")
         with phase("check"):
             patterns.check_all(
-                list(expected),
+                expected,  # a LazyTensors stays lazy: one expected tensor in memory at a time
                 list(actual),
                 name=f"{self.kv.me} {name}",
                 tensors_per_layer=tensors_per_layer,
@@ -443,6 +483,7 @@ class Node:
         deadline = time.monotonic() + self.kv.timeout
         status = self.api.RegisterMemStatus
         checked = time.monotonic()
+        pause = LINK_POLL_FIRST_S
         while True:
             state = self.dd.query_register_mem_status(comm_id)
             if state == status.OK:
@@ -459,7 +500,8 @@ class Node:
             if failed is not None:
                 self._blame_device_network(own_device, peers, failed)
                 raise failed
-            time.sleep(0.01)
+            time.sleep(pause)  # a peer a few ms behind is seen at once; a slow one costs 10 ms polls
+            pause = min(pause * 2, LINK_POLL_MAX_S)
 
     def _blame_device_network(self, own_device: int, members: Sequence[LinkPeer], exc: Exception) -> None:
         """On npu, raise a :class:`~kvtest.host.linkcheck.DeviceNetworkProblem` (an environment failure)

@@ -33,9 +33,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import cast, overload
 
 import torch
 
@@ -43,6 +43,7 @@ from kvtest.results.metrics import phase
 
 __all__ = [
     "KVMismatch",
+    "LazyTensors",
     "Mismatch",
     "check",
     "check_all",
@@ -245,6 +246,40 @@ def with_rows(
         for s, d in zip(src_rows, dst_rows):
             result.select(dim, d).copy_(src.select(dim, s))
     return result
+
+
+class LazyTensors(Sequence[torch.Tensor]):
+    """``count`` tensors, each made by ``make(i)`` when read (anew at every read, nothing kept).
+
+    For an expected state that is checked tensor by tensor (:func:`check_all` reads each once): only
+    the tensor being compared is in memory, and its memory is the previous one's, freed and reused,
+    instead of a whole cache of freshly touched pages.
+    """
+
+    def __init__(self, count: int, make: Callable[[int], torch.Tensor]) -> None:
+        if count < 0:
+            raise ValueError(f"count must not be negative, got {count}")
+        self._count = count
+        self._make = make
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> torch.Tensor: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[torch.Tensor]: ...
+
+    def __getitem__(self, index: int | slice) -> torch.Tensor | list[torch.Tensor]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        if not -self._count <= index < self._count:
+            raise IndexError(f"tensor {index} of {self._count}")
+        return self._make(index % self._count)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self._make(i) for i in range(self._count))
 
 
 def _host(tensor: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ import ipaddress
 import pytest
 
 from kvtest.cases import BlocksCase
-from kvtest.patterns import with_rows
 
 CASES = {
     "smoke": [
@@ -46,7 +45,7 @@ def _flow(kv, datadist, case: BlocksCase) -> None:
     if kv.role == "p":
         kv.barrier("pull end")  # the sample's p sleeps 30 s here
         node.check(
-            node.expected(case.num_tensors, case.shape, case.torch_dtype, side=kv.me),
+            node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side=kv.me),
             tensors,
             name="source cache after every d pulled",
         )
@@ -55,13 +54,13 @@ def _flow(kv, datadist, case: BlocksCase) -> None:
         return
     prompts = kv.roles_of("p")
     node.must_link_clusters(prompts)
-    mine = node.expected(case.num_tensors, case.shape, case.torch_dtype, side=kv.me)
     for p in prompts:
         key = api.BlocksCacheKey(node.peer(p)["cluster_id"], 0)
         with node.measure("pull_blocks", case.moved_bytes):
             node.cm.pull_blocks(key, cache, src_blocks=list(case.src), dst_blocks=list(case.dst))
-        theirs = node.expected(case.num_tensors, case.shape, case.torch_dtype, side=p)
-        expected = [with_rows(m, t, src_rows=case.src, dst_rows=case.dst) for m, t in zip(mine, theirs)]
+        # every tensor: d's own pattern with p's src rows in its dst rows (with_rows), made one at a time
+        expected = node.expected_after_rows(case.num_tensors, case.shape, case.torch_dtype, base=kv.me,
+                                            source=p, src_rows=case.src, dst_rows=case.dst)
         node.check(expected, tensors, name=f"cache after pull_blocks from {p}")
     node.unlink_clusters(prompts)  # non-forced: ends both sides of every link
     kv.barrier("pull end")

@@ -7,6 +7,7 @@ only here, from registered memory to registered memory.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import threading
 import time
 from collections import OrderedDict
@@ -19,6 +20,47 @@ from kvtest.backends.sim.status import LLMStatusCode
 Segment = tuple[int, int, int]
 
 _MAX_CACHED_HANDLES = 64
+
+#: how long (microseconds) the agent's progress thread sleeps in ``poll`` between wake-ups when no UCX
+#: event arrives. nixl_agent's Python constructor sets 0 (``pthrDelay = 0`` in nixl_cu12/_api.py), and
+#: with 0 the UCX backend's shared progress thread polls with a zero timeout: a busy loop
+#: (nixl src/plugins/ucx/ucx_thread_engine.cpp, ``nixlUcxSharedThread::run``). Measured here: an idle
+#: agent then burns 0.65 of a core (user 0.24 s + sys 1.05 s per 2 s), with 1000 us 0.025. Events still
+#: wake the thread at once (it polls the worker's event fd); the delay only bounds the periodic wake-up.
+PROGRESS_DELAY_US = 1000
+_agent_lock = threading.Lock()
+
+
+def make_agent(agent_name: str, delay_us: int = PROGRESS_DELAY_US) -> Any:
+    """A NIXL agent with the UCX backend whose progress thread waits ``delay_us`` between idle wake-ups.
+
+    nixl_agent offers no parameter for it, so its constructor runs with a config class whose
+    ``pthrDelay`` keeps at least ``delay_us``; everything else is nixl_agent's own.
+    """
+    api: Any = importlib.import_module("nixl_cu12._api")
+    real: Any = api.nixlBind
+
+    class _Config(real.nixlAgentConfig):  # type: ignore[misc]
+        @property
+        def pthrDelay(self) -> int:  # noqa: N802 - the binding's name
+            return int(real.nixlAgentConfig.pthrDelay.__get__(self))
+
+        @pthrDelay.setter
+        def pthrDelay(self, value: int) -> None:  # noqa: N802
+            real.nixlAgentConfig.pthrDelay.__set__(self, max(int(value), delay_us))
+
+    class _Binding:
+        nixlAgentConfig = _Config  # noqa: N815
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    with _agent_lock:
+        api.nixlBind = _Binding()
+        try:
+            return api.nixl_agent(agent_name, api.nixl_agent_config(backends=["UCX"]))
+        finally:
+            api.nixlBind = real
 
 
 class TransferError(Exception):
@@ -56,10 +98,8 @@ class Transport:
     """A NIXL agent, the memory it registered, the peers it loaded, and prepared transfer handles."""
 
     def __init__(self, agent_name: str) -> None:
-        from nixl_cu12._api import nixl_agent, nixl_agent_config
-
         self.name = agent_name
-        self._agent: Any = nixl_agent(agent_name, nixl_agent_config(backends=["UCX"]))
+        self._agent: Any = make_agent(agent_name)
         self._regs: dict[int, Any] = {}
         self._next_reg = 1
         self._peer_versions: dict[str, int] = {}

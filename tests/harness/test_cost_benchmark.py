@@ -1,0 +1,63 @@
+"""benchmarks/cost.py's run times: wall, user and system seconds kept beside a results file and shown
+before/after (system time was the trap of an earlier change: an idle NIXL agent's busy progress thread)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data" / "sim-smoke-results.json"
+
+
+def _cost_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("kvtest_cost_benchmark", ROOT / "benchmarks" / "cost.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+cost = _cost_module()
+
+
+def test_run_times_travel_with_the_results_file(tmp_path: Path) -> None:
+    results = tmp_path / "smoke.json"
+    shutil.copy(DATA, results)
+    cost.RunTimes(52.0, 32.77, 11.55).save(results)
+    assert (tmp_path / "smoke.times.json").is_file()
+    loaded = cost._load("smoke", results, None)
+    assert (loaded.wall_s, loaded.user_s, loaded.sys_s) == (52.0, 32.77, 11.55)
+    line = cost.summary_lines(loaded, None)[0]
+    assert ", run 52 s (user 32.8 s, sys 11.6 s);" in line
+
+
+def test_a_baseline_shows_its_run_times(tmp_path: Path) -> None:
+    before = tmp_path / "before.json"
+    shutil.copy(DATA, before)
+    cost.RunTimes(68.0, 39.57, 41.46).save(before)
+    now = cost._load("smoke", DATA, cost.RunTimes(52.0, 32.77, 11.55))
+    lines = cost.summary_lines(now, cost._load("smoke", before, None))
+    assert "smoke before, run 68 s (user 39.6 s, sys 41.5 s): in transfers" in lines[1]
+
+
+def test_a_results_file_without_times_has_none(tmp_path: Path) -> None:
+    results = tmp_path / "old.json"
+    shutil.copy(DATA, results)
+    loaded = cost._load("smoke", results, None)
+    assert loaded.wall_s is None and loaded.user_s is None
+    assert ", run " not in cost.summary_lines(loaded, None)[0]
+
+
+def test_a_broken_times_file_is_one_line(tmp_path: Path) -> None:
+    results = tmp_path / "smoke.json"
+    shutil.copy(DATA, results)
+    (tmp_path / "smoke.times.json").write_text('{"wall_s": 1}')
+    with pytest.raises(SystemExit, match=r"smoke.times.json is not a run-times file"):
+        cost._load("smoke", results, None)

@@ -1,0 +1,93 @@
+"""Expected states made one tensor at a time (kvtest.patterns.LazyTensors, Node.expected_after_rows /
+expected_lazily): the same bytes as the full lists they replace, and the checker still fails on a
+wrong byte, a block not moved and a misplaced block, naming the tensor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from kvtest import patterns
+from kvtest.node import Node
+
+SHAPE = (6, 257)  # 514-byte fp16 rows: not a whole 64-bit word
+DTYPE = torch.float16
+SRC, DST = (5, 0, 3), (1, 4, 2)
+COUNT = 4
+
+
+class _Scope:
+    seed = 20260801
+
+
+def _node() -> Any:
+    node = Node.__new__(Node)  # only expected_* are used: they read kv.seed
+    node.kv = _Scope()
+    return node
+
+
+def _full(side: str) -> list[torch.Tensor]:
+    return [patterns.pattern(SHAPE, DTYPE, seed=_Scope.seed, tensor_index=i, side=side) for i in range(COUNT)]
+
+
+def _pulled() -> list[torch.Tensor]:
+    return [patterns.with_rows(b, s, src_rows=SRC, dst_rows=DST) for b, s in zip(_full("d0"), _full("p1"))]
+
+
+def test_lazy_expected_states_hold_the_full_lists_bytes() -> None:
+    lazy = _node().expected_after_rows(COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST)
+    assert len(lazy) == COUNT
+    for made, full in zip(lazy, _pulled()):
+        assert patterns.same_bytes(made, full)
+    plain = _node().expected_lazily(COUNT, SHAPE, DTYPE, side="p1")
+    assert all(patterns.same_bytes(a, b) for a, b in zip(plain, _full("p1")))
+    assert patterns.same_bytes(plain[-1], _full("p1")[-1]) and len(plain[1:3]) == 2
+    with pytest.raises(IndexError):
+        plain[COUNT]
+
+
+def test_the_lazy_check_passes_the_right_cache() -> None:
+    lazy = _node().expected_after_rows(COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST)
+    patterns.check_all(lazy, _pulled(), name="d0 cache")
+
+
+def test_the_lazy_check_finds_a_flipped_byte() -> None:
+    actual = _pulled()
+    actual[2].view(torch.uint8).view(-1)[1000] ^= 0x40
+    lazy = _node().expected_after_rows(COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST)
+    with pytest.raises(patterns.KVMismatch) as err:
+        patterns.check_all(lazy, actual, name="d0 cache")
+    assert [m.tensor_index for m in err.value.mismatches] == [2]
+    assert err.value.mismatches[0].differing_total == 1
+
+
+def test_the_lazy_check_finds_a_block_never_moved() -> None:
+    actual = _full("d0")  # nothing pulled: every dst row still d0's own
+    lazy = _node().expected_after_rows(COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST)
+    with pytest.raises(patterns.KVMismatch) as err:
+        patterns.check_all(lazy, actual, name="d0 cache")
+    assert [m.tensor_index for m in err.value.mismatches] == list(range(COUNT))
+    assert set(err.value.mismatches[0].differing_blocks) == set(DST)
+
+
+def test_the_lazy_check_finds_a_misplaced_block() -> None:
+    wrong = [patterns.with_rows(b, s, src_rows=SRC, dst_rows=(4, 1, 2)) for b, s in zip(_full("d0"), _full("p1"))]
+    lazy = _node().expected_after_rows(COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST)
+    with pytest.raises(patterns.KVMismatch) as err:
+        patterns.check_all(lazy, wrong, name="d0 cache")
+    assert err.value.mismatches[0].holds_block is not None  # "holds the bytes expected in block ..."
+
+
+def test_a_lazy_expected_state_keeps_no_tensor() -> None:
+    made: list[int] = []
+
+    def make(i: int) -> torch.Tensor:
+        made.append(i)
+        return torch.zeros(4)
+
+    lazy = patterns.LazyTensors(3, make)
+    patterns.check_all(lazy, [torch.zeros(4)] * 3, name="zeros")
+    patterns.check_all(lazy, [torch.zeros(4)] * 3, name="zeros")
+    assert made == [0, 1, 2, 0, 1, 2]  # made at every read, nothing cached
