@@ -27,14 +27,12 @@ def test_npu_runs_a_push_blocks_case_whose_equal_layer_ranges_are_a_strict_middl
     """push_blocks's layer ranges proven on npu: the unequal-range cases are skipped there (documented
     limit), so a smoke case with equal ranges starting above layer 0 and ending before the last one
     must exist (a push that ignored its ranges would write layers outside them)."""
-    import importlib.util
     from pathlib import Path
 
+    from loading import load_file
+
     path = Path(__file__).resolve().parents[2] / "tests" / "samples" / "test_switch_role.py"
-    spec = importlib.util.spec_from_file_location("switch_role_cases", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file(path, "switch_role_cases")
     middle = [
         case
         for case in module.CASES["smoke"]

@@ -3,28 +3,17 @@ before/after (system time was the trap of an earlier change: an idle NIXL agent'
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from loading import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parent / "data" / "sim-smoke-results.json"
 
 
-def _cost_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kvtest_cost_benchmark", ROOT / "benchmarks" / "cost.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-cost = _cost_module()
+cost = load_file(ROOT / "benchmarks" / "cost.py", "kvtest_cost_benchmark")
 
 
 def test_run_times_travel_with_the_results_file(tmp_path: Path) -> None:

@@ -4,26 +4,16 @@ has a smoke case, and the classification itself says what it should on known inp
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from loading import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_coverage() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kvtest_benchmarks_coverage", ROOT / "benchmarks" / "coverage.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-coverage = _load_coverage()
+coverage = load_file(ROOT / "benchmarks" / "coverage.py", "kvtest_benchmarks_coverage")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from loading import load_file
 
 from kvtest.results.known_issues import KNOWN_ISSUES, LIMITS
 from kvtest.settings import OPTIONS
@@ -28,11 +29,7 @@ OPTION_ROW = re.compile(r"^\| `(--[a-z-]+)[^`]*` \| `(KVTEST_[A-Z_]+)` / `(kv_[a
 
 
 def _hooks():
-    spec = importlib.util.spec_from_file_location("kvtest_docs_hooks", DOCS / "hooks.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(DOCS / "hooks.py", "kvtest_docs_hooks")
 
 
 def test_readme_is_short_and_keeps_cis_two_commands():
