@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -22,3 +24,19 @@ def require_build(get: Callable[[], T]) -> T:
         if os.environ.get("KVTEST_REQUIRE_UPSTREAM") == "1":
             pytest.fail(str(exc))
         pytest.skip(str(exc))
+
+
+def upstream_env(root: Path, fault: str, **extra: str) -> dict[str, str]:
+    """The environment of a ``kvtest run --backend upstream`` from the checkout ``root``: one torch
+    thread per role, and ``KVTEST_HCCL_FAULT=fault`` for the transport (none when empty)."""
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", **extra}
+    env.pop("KVTEST_HCCL_FAULT", None)
+    if fault:
+        env["KVTEST_HCCL_FAULT"] = fault
+    return env
+
+
+def upstream_run(pytest_cmd: str, logs: Path, timeout: int) -> list[str]:
+    """``kvtest run --backend upstream`` of one pytest command line, its logs in ``logs``."""
+    return [sys.executable, "-m", "kvtest.cli", "run", "--backend", "upstream", "--timeout", str(timeout),
+            "--fail-on", "", "--logs", str(logs), pytest_cmd]

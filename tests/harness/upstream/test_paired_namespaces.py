@@ -9,7 +9,6 @@ sample suite this way.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from test_two_hosts import two_hosts as two_hosts  # the fixture, used by name
 
 from kvtest.upstream.cli import cached_entry
 
-from . import require_build
+from . import require_build, upstream_env, upstream_run
 
 ROOT = Path(__file__).resolve().parents[3]
 CASE = "tests/samples/test_pull_blocks.py"
@@ -35,40 +34,14 @@ def built() -> None:
 
 def side(hosts: Hosts, role: str, tmp: Path, fault: str) -> subprocess.Popen[str]:
     ns, ip = (hosts.ns_a, hosts.ip_a) if role == "p" else (hosts.ns_b, hosts.ip_b)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "KVTEST_HCCL_DIR": str(tmp / "hccl"),
-    }
-    env.pop("KVTEST_HCCL_FAULT", None)
-    if fault:
-        env["KVTEST_HCCL_FAULT"] = fault
+    env = upstream_env(ROOT, fault, KVTEST_HCCL_DIR=str(tmp / "hccl"))
     pytest_cmd = (
         f"{sys.executable} -m pytest -p no:cacheprovider -q --backend npu --role {role} "
         f"--rendezvous tcp://{hosts.ip_a}:{PORT} --local-host-ip {ip} --kv-join-timeout 120 "
         f"{CASE}"
     )
     return subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            sys.executable,
-            "-m",
-            "kvtest.cli",
-            "run",
-            "--backend",
-            "upstream",
-            "--timeout",
-            "300",
-            "--fail-on",
-            "",
-            "--logs",
-            str(tmp / f"logs-{role}"),
-            pytest_cmd,
-        ],
+        ["ip", "netns", "exec", ns, *upstream_run(pytest_cmd, tmp / f"logs-{role}", 300)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -8,7 +8,6 @@ non-loopback host IP for a two-sided link, so the host's first global IPv4 addre
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from kvtest.upstream.cli import cached_entry
 
-from . import require_build
+from . import require_build, upstream_env, upstream_run
 
 ROOT = Path(__file__).resolve().parents[3]
 CASE = "tests/samples/test_pull_blocks.py"
@@ -62,29 +61,12 @@ def lane() -> tuple[str, str]:
 
 def run_case(lane: tuple[str, str], tmp_path: Path, fault: str) -> subprocess.CompletedProcess[str]:
     ip, node = lane
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    env.pop("KVTEST_HCCL_FAULT", None)
-    if fault:
-        env["KVTEST_HCCL_FAULT"] = fault
+    env = upstream_env(ROOT, fault)
     pytest_cmd = (
         f"{sys.executable} -m pytest -p no:cacheprovider -q --backend npu --local-host-ip {ip} '{node}'"
     )
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kvtest.cli",
-            "run",
-            "--backend",
-            "upstream",
-            "--timeout",
-            "400",
-            "--fail-on",
-            "",
-            "--logs",
-            str(tmp_path / "logs"),
-            pytest_cmd,
-        ],
+        upstream_run(pytest_cmd, tmp_path / "logs", 400),
         cwd=ROOT,
         env=env,
         capture_output=True,
