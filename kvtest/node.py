@@ -194,9 +194,7 @@ class Node:
             host = (
                 torch.zeros(list(shape), dtype=dtype)
                 if side is None
-                else patterns.pattern(
-                    shape, dtype, seed=self.kv.seed, tensor_index=first_index + i, side=side
-                )
+                else self._pattern(shape, dtype, first_index + i, side)
             )
             out.append(self.backend.to_device(host))
         return out
@@ -213,10 +211,11 @@ class Node:
     ) -> list[torch.Tensor]:
         if side is None:
             return [torch.zeros(list(shape), dtype=dtype) for _ in range(count)]
-        return [
-            patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=first_index + i, side=side)
-            for i in range(count)
-        ]
+        return [self._pattern(shape, dtype, first_index + i, side) for i in range(count)]
+
+    def _pattern(self, shape: Sequence[int], dtype: torch.dtype, index: int, side: str) -> torch.Tensor:
+        """Tensor ``index``'s pattern of ``side`` in this test (what :meth:`tensors` fills it with)."""
+        return patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=side)
 
     def expected_after_rows(
         self,
@@ -236,8 +235,8 @@ class Node:
 
         def make(index: int) -> torch.Tensor:
             with phase("expect"):
-                own = patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=base)
-                moved = patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=source)
+                own = self._pattern(shape, dtype, index, base)
+                moved = self._pattern(shape, dtype, index, source)
                 return patterns.with_rows(own, moved, src_rows=src_rows, dst_rows=dst_rows)
 
         return patterns.LazyTensors(count, make)
@@ -249,8 +248,7 @@ class Node:
 
         def make(index: int) -> torch.Tensor:
             with phase("expect"):
-                return patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=first_index + index,
-                                        side=side)
+                return self._pattern(shape, dtype, first_index + index, side)
 
         return patterns.LazyTensors(count, make)
 
