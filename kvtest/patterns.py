@@ -39,6 +39,7 @@ from typing import cast, overload
 
 import torch
 
+from kvtest.host import reused_memory
 from kvtest.results.metrics import phase
 
 __all__ = [
@@ -192,7 +193,7 @@ def pattern(
     dim = _block_dim(len(shape), block_dim)
     moved = _moved(shape, dim)
     with phase("fill"):
-        raw = torch.empty(math.prod(moved) * dtype.itemsize, dtype=torch.uint8)
+        raw = reused_memory.empty(math.prod(moved) * dtype.itemsize)
         _write(raw, _tensor_keys(seed, side, tensor_index), _element_mask(dtype))
     return raw.view(dtype).reshape(moved).movedim(0, dim)
 
@@ -241,7 +242,12 @@ def with_rows(
         raise ValueError(f"src_rows has {len(src_rows)} entries but dst_rows has {len(dst_rows)}")
     dim = _block_dim(base.dim(), block_dim)
     with phase("expect"), torch.no_grad():
-        result = base.detach().cpu().clone()
+        base = base.detach().cpu()
+        if base.is_contiguous():
+            result = reused_memory.empty(base.numel() * base.element_size()).view(base.dtype).view(base.shape)
+            result.copy_(base)
+        else:
+            result = base.clone()
         src = source.detach().cpu()
         for s, d in zip(src_rows, dst_rows):
             result.select(dim, d).copy_(src.select(dim, s))

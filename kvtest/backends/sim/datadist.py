@@ -41,7 +41,7 @@ from kvtest.backends.sim.status import (
     raise_if_true,
     raise_param_invalid,
 )
-from kvtest.backends.sim.transport import Transport
+from kvtest.backends.sim.transport import Transport, next_version
 
 if TYPE_CHECKING:
     from kvtest.backends.sim.cache_manager import CacheManager
@@ -254,7 +254,7 @@ class LLMDataDist:
 
     def _publish_agent(self) -> None:
         plane, transport = self._ctx()
-        self._agent_version += 1
+        self._agent_version = next_version()
         record = {
             "agent": transport.name,
             "meta": control.encode_bytes(transport.metadata()),

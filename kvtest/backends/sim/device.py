@@ -17,6 +17,8 @@ import weakref
 
 import torch
 
+from kvtest.host import reused_memory
+
 _lock = threading.Lock()
 _ranges: dict[int, tuple[int, int]] = {}  # token -> (start, nbytes)
 _tokens = itertools.count(1)
@@ -46,8 +48,10 @@ def remove(token: int) -> None:
 
 def to_device(host: torch.Tensor) -> torch.Tensor:
     """A contiguous copy of ``host`` that the sim treats as device memory while it lives."""
-    tensor = host.detach().clone().contiguous()
-    nbytes = tensor.numel() * tensor.element_size()
+    host = host.detach()
+    nbytes = host.numel() * host.element_size()
+    tensor = reused_memory.empty(nbytes).view(host.dtype).view(host.shape)
+    tensor.copy_(host)
     token = add(tensor.data_ptr(), nbytes)
     weakref.finalize(tensor, remove, token)
     return tensor

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from kvtest.host import reused_memory
+
 _ALIGN = 512
 #: what pool memory holds before anything writes it
 POISON = bytes.fromhex("deadbeef")
@@ -17,7 +19,7 @@ class MemoryPool:
     """``memory_size`` bytes of CPU memory (:data:`POISON` repeated) handed out in aligned chunks."""
 
     def __init__(self, memory_size: int) -> None:
-        self._buffer = torch.empty(memory_size, dtype=torch.uint8)
+        self._buffer = reused_memory.empty(memory_size)
         poison = torch.frombuffer(bytearray(POISON), dtype=torch.uint8)
         whole = memory_size // len(POISON) * len(POISON)
         # one 32-bit fill (the byte-wise broadcast copy took 0.7 s for the samples' 64 MiB pool here)

@@ -1,0 +1,121 @@
+"""kvtest.host.reused_memory: a block comes back only when nothing views its memory, and the cache never
+holds more than the process's own high-water mark."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from kvtest import patterns
+from kvtest.host import reused_memory
+
+MIB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("_idle", {}), ("_idle_bytes", 0), ("_in_use_bytes", 0), ("_high_water", 0),
+                        ("_reused", 0), ("_made", 0)):
+        monkeypatch.setattr(reused_memory, name, value)
+
+
+def _handed_out_while_viewed(empty: Callable[[int], torch.Tensor]) -> bool:
+    """Whether ``empty`` hands out a block again while a view of the buffer in it is alive."""
+    first = empty(3 * MIB)
+    address = first.data_ptr()
+    view = first.view(torch.float16).reshape(16, -1).movedim(0, 1)  # a view of a view keeps it alive
+    del first
+    gc.collect()
+    other = empty(3 * MIB)
+    try:
+        return other.data_ptr() == address
+    finally:
+        del view, other
+        gc.collect()
+
+
+def _release_with_the_tensor(nbytes: int) -> torch.Tensor:
+    """A broken cache: the block returns when the handed-out tensor object dies, not its memory's views."""
+    block = reused_memory._take(reused_memory.block_size(nbytes))
+    tensor = block[:nbytes]
+    weakref.finalize(tensor, reused_memory._release, block)
+    return tensor
+
+
+def test_a_live_view_keeps_its_block_and_the_check_catches_a_cache_that_does_not() -> None:
+    assert not _handed_out_while_viewed(reused_memory.empty)
+    assert _handed_out_while_viewed(_release_with_the_tensor)
+
+
+def test_a_dead_buffer_is_reused() -> None:
+    first = reused_memory.empty(3 * MIB)
+    address = first.data_ptr()
+    view = first.view(torch.float16).reshape(16, -1)
+    del first, view
+    gc.collect()
+    again = reused_memory.empty(3 * MIB)
+    assert again.data_ptr() == address
+    assert reused_memory.stats().reused == 1
+
+
+def test_writes_to_a_new_buffer_never_reach_a_live_one() -> None:
+    """What the cache must never do: hand out memory someone still reads (a check would then compare
+    bytes another buffer wrote). Every live buffer keeps its bytes while new ones are written."""
+    live = [reused_memory.empty(2 * MIB + i) for i in range(4)]
+    for i, buffer in enumerate(live):
+        buffer.fill_(i + 1)
+    for _ in range(3):
+        scratch = [reused_memory.empty(2 * MIB + i) for i in range(4)]
+        for buffer in scratch:
+            buffer.fill_(0xEE)
+        del scratch
+    for i, buffer in enumerate(live):
+        assert bool((buffer == i + 1).all())
+
+
+def test_the_cache_stays_under_the_high_water_mark() -> None:
+    held = [reused_memory.empty(8 * MIB) for _ in range(4)]  # the mark: 32 MiB in use at once
+    del held
+    assert reused_memory.stats().idle_bytes == 32 * MIB
+    # 8 MiB blocks do not fit 20 MiB buffers: idle blocks are dropped before fresh ones are made
+    bigger = [reused_memory.empty(20 * MIB) for _ in range(2)]
+    state = reused_memory.stats()
+    assert state.idle_bytes + state.in_use_bytes <= state.high_water == 40 * MIB
+    del bigger
+
+
+def test_a_smaller_buffer_takes_the_smallest_idle_block_that_fits() -> None:
+    blocks = [reused_memory.empty(size * MIB) for size in (4, 16)]
+    addresses = [b.data_ptr() for b in blocks]
+    del blocks
+    assert reused_memory.empty(3 * MIB).data_ptr() == addresses[0]
+
+
+def test_block_sizes_are_at_most_a_quarter_step_above_the_request() -> None:
+    for nbytes in (MIB, MIB + 1, 3 * MIB - 7, 16 * MIB, 16 * MIB + 1, 1000 * MIB):
+        size = reused_memory.block_size(nbytes)
+        assert nbytes <= size <= nbytes * 1.25 + 1
+
+
+def test_small_buffers_are_plain_tensors() -> None:
+    small = reused_memory.empty(reused_memory.MIN_BYTES - 1)
+    assert small.numel() == reused_memory.MIN_BYTES - 1
+    assert reused_memory.stats().made == 0
+
+
+def test_patterns_in_reused_memory_are_the_same_bytes() -> None:
+    """Reused memory holds an earlier test's bytes; a pattern overwrites every one of them."""
+    shape, dtype = (6, 262147), torch.float16  # not a whole number of words
+    fresh = patterns.pattern(shape, dtype, seed=7, tensor_index=3, side="p").clone()
+    for _ in range(2):
+        junk = patterns.pattern(shape, dtype, seed=8, tensor_index=1, side="d")
+        junk.view(torch.uint8).fill_(0xA5)
+        del junk
+        again = patterns.pattern(shape, dtype, seed=7, tensor_index=3, side="p")
+        assert reused_memory.stats().reused >= 1
+        assert patterns.same_bytes(fresh, again)
+        del again
