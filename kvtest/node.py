@@ -236,8 +236,10 @@ class Node:
         def make(index: int) -> torch.Tensor:
             with phase("expect"):
                 own = self._pattern(shape, dtype, index, base)
-                moved = self._pattern(shape, dtype, index, source)
-                return patterns.with_rows(own, moved, src_rows=src_rows, dst_rows=dst_rows)
+                # only the moved rows of the source's pattern are made, straight into ``own``
+                patterns.write_rows(own, seed=self.kv.seed, tensor_index=index, side=source,
+                                    src_rows=src_rows, dst_rows=dst_rows)
+                return own
 
         return patterns.LazyTensors(count, make)
 

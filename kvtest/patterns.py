@@ -54,6 +54,7 @@ __all__ = [
     "pattern",
     "same_bytes",
     "with_rows",
+    "write_rows",
 ]
 
 _MASK64 = (1 << 64) - 1
@@ -110,22 +111,22 @@ def _tensor_keys(seed: int, side: str, tensor_index: int) -> tuple[int, int]:
     return _signed(int.from_bytes(digest[:8], "little")), _signed(int.from_bytes(digest[8:], "little"))
 
 
-def _parts(keys: tuple[int, int], nwords: int, mask: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The base (one word per offset in a span) and the span keys of a tensor of ``nwords`` words.
-
-    Each is splitmix64 of a counter under its own key, masked; one hash pass over both.
-    """
-    nbase = min(nwords, SPAN_WORDS)
-    nspans = -(-nwords // SPAN_WORDS)
-    z = torch.arange(1, nbase + nspans + 1, dtype=torch.int64)
-    z[nbase:] -= nbase
+def _hashed(key: int, first: int, count: int, mask: int | None) -> torch.Tensor:
+    """splitmix64 of counters ``first + 1 .. first + count`` under ``key``, masked: what :func:`_parts`
+    makes for base offsets (``first`` 0) or span keys (``first`` the first span)."""
+    z = torch.arange(first + 1, first + count + 1, dtype=torch.int64)
     z.mul_(_GOLDEN)
-    z[:nbase] += keys[0]
-    z[nbase:] += keys[1]
+    z += key
     _mix_(z)
     if mask is not None:
         z.bitwise_and_(mask)
-    return z[:nbase], z[nbase:]
+    return z
+
+
+def _parts(keys: tuple[int, int], nwords: int, mask: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base (one word per offset in a span) and the span keys of a tensor of ``nwords`` words."""
+    return (_hashed(keys[0], 0, min(nwords, SPAN_WORDS), mask),
+            _hashed(keys[1], 0, -(-nwords // SPAN_WORDS), mask))
 
 
 def _write_words(words: torch.Tensor, base: torch.Tensor, spans: torch.Tensor) -> None:
@@ -160,6 +161,50 @@ def _write(flat: torch.Tensor, keys: tuple[int, int], mask: int | None) -> None:
         words = torch.empty(nwords, dtype=torch.int64)
         _write_words(words, base, spans)
         flat.copy_(words.view(torch.uint8)[:nbytes])
+
+
+def _write_at(flat: torch.Tensor, keys: tuple[int, int], mask: int | None, start: int) -> None:
+    """Write bytes ``start .. start + flat.numel()`` of the pattern under ``keys`` into ``flat`` (a 1-D
+    contiguous CPU uint8 tensor). A word's value depends only on its index, so any byte range of a
+    tensor's pattern can be made alone: :func:`_write` is this with ``start`` 0."""
+    nbytes = flat.numel()
+    if not nbytes:
+        return
+    w0, w1 = start // 8, -(-(start + nbytes) // 8)
+    s0, s1 = w0 // SPAN_WORDS, -(-w1 // SPAN_WORDS)
+    base = _hashed(keys[0], 0, min(w1, SPAN_WORDS), mask)
+    spans = _hashed(keys[1], s0, s1 - s0, mask)
+    if len(base) == SPAN_WORDS:
+        words = torch.empty((s1 - s0) * SPAN_WORDS, dtype=torch.int64)
+        torch.bitwise_xor(base.view(1, SPAN_WORDS), spans.view(-1, 1), out=words.view(-1, SPAN_WORDS))
+    else:  # the whole range lies in span 0, before its end
+        words = torch.bitwise_xor(base, spans[0])
+    offset = start - 8 * s0 * SPAN_WORDS
+    flat.copy_(words.view(torch.uint8)[offset : offset + nbytes])
+
+
+def write_rows(
+    tensor: torch.Tensor,
+    *,
+    seed: int,
+    tensor_index: int,
+    side: str,
+    src_rows: Sequence[int],
+    dst_rows: Sequence[int],
+) -> None:
+    """Rows ``dst_rows[i]`` of ``tensor`` := rows ``src_rows[i]`` of :func:`pattern` of ``tensor``'s shape
+    and dtype (block dimension 0), made row by row: ``with_rows(tensor, pattern(...), ...)`` in place,
+    without the whole source pattern. Later pairs win when ``dst_rows`` repeats an index."""
+    if len(src_rows) != len(dst_rows):
+        raise ValueError(f"src_rows has {len(src_rows)} entries but dst_rows has {len(dst_rows)}")
+    if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.dim() == 0:
+        raise ValueError("write_rows needs a contiguous CPU tensor with a block dimension 0")
+    keys, mask = _tensor_keys(seed, side, tensor_index), _element_mask(tensor.dtype)
+    flat = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
+    row = flat.numel() // max(int(tensor.shape[0]), 1)
+    with phase("expect"), torch.no_grad():
+        for s, d in zip(src_rows, dst_rows):
+            _write_at(flat[d * row : (d + 1) * row], keys, mask, s * row)
 
 
 def _block_dim(ndim: int, block_dim: int) -> int:

@@ -16,6 +16,9 @@ What it promises:
   before a fresh block is made, idle blocks are dropped until the idle bytes, the bytes in use and the
   new block fit under that high-water mark (the first buffers of a run raise the mark, as they would
   without the cache). Nothing is retained beyond a role's own peak.
+- Idle blocks never exceed :data:`IDLE_LIMIT` bytes (an eighth of the host's memory): several roles
+  share a host, and each keeping its own peak idle put the nightly profile's four roles under memory
+  pressure here (24 GiB; single tests then ran 2-6x slower).
 
 Buffers under :data:`MIN_BYTES` are plain ``torch.empty``: the C allocator reuses small ones already.
 """
@@ -23,18 +26,31 @@ Buffers under :data:`MIN_BYTES` are plain ``torch.empty``: the C allocator reuse
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import weakref
 
 import torch
 
-__all__ = ["MIN_BYTES", "CacheStats", "block_size", "clear", "empty", "stats"]
+__all__ = ["IDLE_LIMIT", "MIN_BYTES", "CacheStats", "block_size", "clear", "empty", "stats"]
 
 #: smaller buffers are not cached
 MIN_BYTES = 1 << 20
 
+
+def _host_memory() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+#: the most idle bytes one process keeps
+IDLE_LIMIT = _host_memory() // 8
+
 _lock = threading.Lock()
 _idle: dict[int, list[torch.Tensor]] = {}  # block size -> idle blocks (uint8 tensors owning memory)
+_returned: list[torch.Tensor] = []  # blocks whose buffers died, not yet filed (see _release)
 _idle_bytes = 0
 _in_use_bytes = 0
 _high_water = 0
@@ -67,15 +83,26 @@ class CacheStats:
 
 def stats() -> CacheStats:
     with _lock:
+        _file_returned()
         return CacheStats(_reused, _made, _idle_bytes, _in_use_bytes, _high_water)
 
 
 def _release(block: torch.Tensor) -> None:
-    """A buffer's last reference died: its block goes back to the idle cache (a finalizer: any thread)."""
+    """A buffer's last view died (a finalizer: any thread, and inside any allocation the garbage
+    collector interrupts, even one made while this thread holds ``_lock``): so it only queues the block,
+    without the lock; the next :func:`_take` or :func:`stats` files it."""
+    _returned.append(block)
+
+
+def _file_returned() -> None:
+    """Move returned blocks to the idle cache (or drop them past :data:`IDLE_LIMIT`); ``_lock`` held."""
     global _idle_bytes, _in_use_bytes
-    size = block.numel()
-    with _lock:
+    while _returned:
+        block = _returned.pop()
+        size = block.numel()
         _in_use_bytes -= size
+        if _idle_bytes + size > IDLE_LIMIT:
+            continue  # not kept: the memory goes back to the C allocator
         _idle.setdefault(size, []).append(block)
         _idle_bytes += size
 
@@ -85,6 +112,7 @@ def _take(size: int) -> torch.Tensor:
     blocks first to stay under the high-water mark)."""
     global _idle_bytes, _in_use_bytes, _high_water, _reused, _made
     with _lock:
+        _file_returned()
         fits = [s for s, blocks in _idle.items() if s >= size and blocks]
         if fits:
             best = min(fits)
@@ -123,6 +151,7 @@ def clear() -> None:
     """Drop every idle block (the memory goes back to the C allocator); buffers in use are untouched."""
     global _idle_bytes
     with _lock:
+        _file_returned()
         dropped = [b for blocks in _idle.values() for b in blocks]
         _idle.clear()
         _idle_bytes = 0

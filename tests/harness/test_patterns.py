@@ -19,6 +19,7 @@ from kvtest.patterns import (
     pattern,
     same_bytes,
     with_rows,
+    write_rows,
 )
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.int8]
@@ -352,3 +353,42 @@ def test_fast_equality_sees_every_byte():
     assert not same_bytes(zeros, -zeros)
     assert compare(zeros, -zeros, name="x", tensor_index=0) is not None
     assert not same_bytes(zeros, zeros.view(4, 2)) and not same_bytes(zeros, zeros.int())
+
+
+ROWS_CASES = [c for c in REFERENCE_CASES if c[2] == 0 and c[1] != torch.bool]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "block_dim"), ROWS_CASES,
+                         ids=[f"{list(s)}-{d}" for s, d, _ in ROWS_CASES])
+def test_write_rows_makes_the_rows_with_rows_takes_from_the_whole_pattern(shape, dtype, block_dim):
+    """write_rows makes only the moved rows of a source pattern (issue 27: an expected state without a
+    second whole-cache pattern); it must give what with_rows does with the whole source, repeated
+    destinations included (the later pair wins)."""
+    n = shape[0]
+    src_rows, dst_rows = [n - 1, 0, n // 2, 0], [0, n - 1, n - 1, n // 2]
+    base = pattern(shape, dtype, seed=9, tensor_index=2, side="d")
+    expected = with_rows(base, pattern(shape, dtype, seed=9, tensor_index=2, side="p"),
+                         src_rows=src_rows, dst_rows=dst_rows)
+    made = base.clone()
+    write_rows(made, seed=9, tensor_index=2, side="p", src_rows=src_rows, dst_rows=dst_rows)
+    assert same_bytes(expected, made)
+
+
+def test_write_rows_that_ignored_the_row_offset_would_be_caught(monkeypatch):
+    """The control: a range writer that always starts at byte 0 puts row 0's bytes in every moved row."""
+    shape, dtype = (4, 3 * 32768 + 5), torch.int8
+    base = pattern(shape, dtype, seed=9, tensor_index=2, side="d")
+    expected = with_rows(base, pattern(shape, dtype, seed=9, tensor_index=2, side="p"),
+                         src_rows=[3], dst_rows=[1])
+    real = patterns._write_at
+    monkeypatch.setattr(patterns, "_write_at", lambda flat, keys, mask, start: real(flat, keys, mask, 0))
+    made = base.clone()
+    write_rows(made, seed=9, tensor_index=2, side="p", src_rows=[3], dst_rows=[1])
+    assert not same_bytes(expected, made)
+
+
+def test_write_rows_refuses_what_it_cannot_write_in_place():
+    with pytest.raises(ValueError, match="contiguous"):
+        write_rows(torch.zeros(4, 6).t(), seed=1, tensor_index=0, side="p", src_rows=[0], dst_rows=[1])
+    with pytest.raises(ValueError, match="entries"):
+        write_rows(torch.zeros(4, 6), seed=1, tensor_index=0, side="p", src_rows=[0], dst_rows=[1, 2])

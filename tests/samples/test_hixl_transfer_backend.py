@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 
 from kvtest.cases import RowsCase, index_list
-from kvtest.patterns import with_rows
 
 P, D = 0, 1
 
@@ -117,17 +116,11 @@ def test_hixl_transfer_backend(kv, datadist, case: HixlCase):
         node.unlink_clusters(["d0"])  # non-forced, as the sample
         kv.barrier("b3 unlink end")
         node.forget_links_to(["d0"])  # d's non-forced unlink ended the link d made to p
-        mine = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        theirs = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        expected = [
-            with_rows(
-                with_rows(m, t, src_rows=case.pull_src, dst_rows=case.pull_dst),
-                t,
-                src_rows=case.push_src,
-                dst_rows=case.push_dst,
-            )
-            for m, t in zip(mine, theirs)
-        ]
+        # p pulled d's pull_src rows, then d pushed its push_src rows: both from d's pattern, in order
+        expected = node.expected_after_rows(
+            case.num_tensors, case.shape, case.torch_dtype, base="p", source="d",
+            src_rows=[*case.pull_src, *case.push_src], dst_rows=[*case.pull_dst, *case.push_dst],
+        )
         node.check(expected, tensors, name="cache after pull_blocks and d's push_blocks")
         node.unregister(cache)
         node.finalize()
@@ -147,7 +140,7 @@ def test_hixl_transfer_backend(kv, datadist, case: HixlCase):
         kv.barrier("b3 unlink end")
         node.forget_links_to(["p0"])
         node.check(
-            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d"),
+            node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="d"),
             tensors,
             name="cache after p's pull_blocks and push_blocks",
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 
 from kvtest.cases import BlocksCase
-from kvtest.patterns import with_rows
 
 P, D = 0, 1
 
@@ -40,9 +39,8 @@ def test_push_blocks(kv, datadist, case: BlocksCase):
     kv.barrier("register end")
     if kv.role == "p":
         kv.barrier("push end")
-        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        expected = [with_rows(b, s, src_rows=case.src, dst_rows=case.dst) for b, s in zip(before, pushed)]
+        expected = node.expected_after_rows(case.num_tensors, case.shape, case.torch_dtype, base="p",
+                                            source="d", src_rows=case.src, dst_rows=case.dst)
         node.check(expected, tensors, name="cache after push_blocks")
         node.unlink_clusters(["d0"], force=True)
     else:
@@ -57,7 +55,7 @@ def test_push_blocks(kv, datadist, case: BlocksCase):
         )
         kv.barrier("push end")
         node.check(
-            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d"),
+            node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="d"),
             tensors,
             name="source cache after push_blocks",
         )

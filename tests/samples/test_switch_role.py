@@ -25,7 +25,6 @@ import pytest
 
 from kvtest.cases import LayersCase
 from kvtest.known_issues import require_supported
-from kvtest.patterns import with_rows
 
 P, D = 0, 1
 
@@ -78,9 +77,8 @@ def _desc(node, case: LayersCase):
 
 def _after_pull(node, case: LayersCase):
     """d's cache once it pulled p's src blocks into its dst blocks."""
-    mine = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-    theirs = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-    return [with_rows(m, t, src_rows=case.src, dst_rows=case.dst) for m, t in zip(mine, theirs)]
+    return node.expected_after_rows(case.num_tensors, case.shape, case.torch_dtype, base="d", source="p",
+                                    src_rows=case.src, dst_rows=case.dst)
 
 
 @pytest.mark.kv(topology="1p1d")

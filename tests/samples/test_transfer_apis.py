@@ -180,9 +180,9 @@ def test_allocate_blocks_cache(kv, datadist, alloc_case: BlocksCase):
         key = api.BlocksCacheKey(GA_P, 0)
         with node.measure("pull_blocks", case.moved_bytes):
             node.cm.pull_blocks(key, cache, src_blocks=list(case.src), dst_blocks=list(case.dst))
-        pulled = node.expected(n, shape, dtype, side="p")
-        expected = [with_rows(b, s, src_rows=case.src, dst_rows=case.dst) for b, s in zip(before, pulled)]
-        del before, pulled
+        del before
+        expected = node.expected_after_rows(n, shape, dtype, base="d", source="p", src_rows=case.src,
+                                            dst_rows=case.dst)
         node.check(expected, views, name="allocated blocks after pull_blocks")
         kv.barrier("pulled")
         kv.barrier("deallocated")
@@ -574,8 +574,6 @@ def test_mix_role(kv, datadist, kv_backend, mix_case: MixRoleCase):
     tensors = node.tensors(n, shape, dtype, side=side)
     cache = node.register_blocks_cache(desc, tensors, api.BlocksCacheKey(me, 0))
     kv.barrier("register end")
-    mine = node.expected(n, shape, dtype, side=side)
-    theirs = node.expected(n, shape, dtype, side="d" if kv.role == "p" else "p")
     if kv.role == "d":
         node.must_link_clusters(["p0"])
         with node.measure("push_blocks", case.moved_bytes):
@@ -583,7 +581,8 @@ def test_mix_role(kv, datadist, kv_backend, mix_case: MixRoleCase):
         with node.measure("pull_blocks", case.moved_bytes):
             node.cm.pull_blocks(api.BlocksCacheKey(P, 0), cache, src_blocks=list(case.src), dst_blocks=list(case.dst))
     kv.barrier("transferred")
-    expected = [with_rows(m, t, src_rows=case.src, dst_rows=case.dst) for m, t in zip(mine, theirs)]
+    expected = node.expected_after_rows(n, shape, dtype, base=side, source="d" if kv.role == "p" else "p",
+                                        src_rows=case.src, dst_rows=case.dst)
     node.check(expected, tensors, name=f"{kv.role} blocks after push_blocks and pull_blocks as LLMRole.MIX")
     node.unlink_clusters(["d0" if kv.role == "p" else "p0"], force=True)
     node.unregister(cache)
