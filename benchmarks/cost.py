@@ -45,6 +45,11 @@ from kvtest.results.results import OTHER, ResultsError, TestEntry, load_results,
 #: issue 27's targets: outside/inside per profile, and the nightly run's wall seconds
 RATIO_TARGETS = {"smoke": 4.0, "nightly": 3.0}
 NIGHTLY_WALL_TARGET_S = 180.0
+#: the seconds in transfers issue 27 measured when it set the ratios (smoke 1.6 s, nightly 14.70 s). Faster
+#: transfers shrink the ratio's denominator: the NIXL busy-poll fix and the agent reuse made the sim's
+#: transfers about 4x faster, so the same harness reads as a higher ratio. The budget lines print the
+#: outside time against these fixed figures too; they are shown beside the targets, not instead of them.
+ISSUE_INSIDE_S = {"smoke": 1.6, "nightly": 14.70}
 
 
 @dataclass
@@ -196,6 +201,21 @@ def targets(costs: dict[str, ProfileCost]) -> list[tuple[str, bool]]:
     return out
 
 
+def budget_lines(costs: dict[str, ProfileCost]) -> list[str]:
+    """The outside time against each ratio target times the transfer time the issue measured."""
+    out = []
+    for profile, goal in RATIO_TARGETS.items():
+        cost = costs.get(profile)
+        if cost is None or profile not in ISSUE_INSIDE_S:
+            continue
+        budget = goal * ISSUE_INSIDE_S[profile]
+        per_test = cost.outside_s / cost.timed_tests * 1000 if cost.timed_tests else 0.0
+        out.append(f"{profile} outside {cost.outside_s:.2f} s ({per_test:.0f} ms a test with transfers) against "
+                   f"{goal:g}x the {ISSUE_INSIDE_S[profile]:g} s in transfers the issue measured "
+                   f"({budget:.1f} s): {'within' if cost.outside_s <= budget else 'over'} (not a target)")
+    return out
+
+
 def _pairs(values: list[str], flag: str) -> dict[str, Path]:
     out = {}
     for value in values:
@@ -255,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     results = targets(costs)
     for text, met in results:
         print(f"target {'met' if met else 'NOT met'}: {text}")
+    for line in budget_lines(costs):
+        print(line)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     if load is not None:
         print(f"load average now {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")

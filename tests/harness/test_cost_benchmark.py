@@ -50,3 +50,15 @@ def test_a_broken_times_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "smoke.times.json").write_text('{"wall_s": 1}')
     with pytest.raises(SystemExit, match=r"smoke.times.json is not a run-times file"):
         cost._load("smoke", results, None)
+
+
+def test_the_budget_line_reads_the_outside_time_against_the_issues_transfer_figures() -> None:
+    now = cost._load("smoke", DATA, None)
+    budget = 4 * cost.ISSUE_INSIDE_S["smoke"]
+    (line,) = cost.budget_lines({"smoke": now})
+    assert f"smoke outside {now.outside_s:.2f} s" in line and f"({budget:.1f} s)" in line
+    assert line.endswith(("within (not a target)", "over (not a target)"))
+    assert ("within" in line) == (now.outside_s <= budget)
+    over = cost.ProfileCost("smoke", {}, 0.1, budget + 1, 1, 1, {"passed": 1}, None)
+    assert cost.budget_lines({"smoke": over})[0].endswith("over (not a target)")
+    assert cost.targets({"smoke": over}) == [("smoke outside/inside 74.0x <= 4x", False)]
