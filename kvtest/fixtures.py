@@ -118,5 +118,7 @@ def datadist(
 
     yield make
     problems = [p for node in nodes for p in node.release()]
+    if problems or request.node.stash.get(BODY_FAILED, False):
+        kv_backend.after_failure()
     if problems and not request.node.stash.get(BODY_FAILED, False):
         pytest.fail("teardown could not release: " + "; ".join(problems), pytrace=False)

@@ -144,6 +144,9 @@ class NpuBackend:
             raise BackendUnavailable("torch.npu is missing although torch_npu imported: reinstall torch_npu")
         return npu
 
+    def after_failure(self) -> None:
+        """llm_datadist keeps nothing of a finalized instance."""
+
     def set_device(self, device_id: int) -> None:
         """``torch.npu.set_device`` with the *logical* id, as every sample passes ``--device_id``."""
         self._npu().set_device(device_id)

@@ -60,5 +60,9 @@ class Backend(Protocol):
         Asked only where a rank table is built (``hccn_tool`` on npu), never at init.
         """
 
+    def after_failure(self) -> None:
+        """A test of this process failed: drop what the backend keeps from test to test (the sim's idle
+        NIXL agents), so that nothing the failure may have left broken serves the next test."""
+
     def describe(self) -> dict[str, str]:
         """Versions and facts for the environment fingerprint (backend name included)."""

@@ -38,6 +38,13 @@ class SimBackend:
     def set_device(self, device_id: int) -> None:
         """Nothing to select on CPU."""
 
+    def after_failure(self) -> None:
+        """Destroy the idle NIXL agents: one reused after a test that lost its peer's connection (the
+        network-flap test) crashed its process later, at garbage collection."""
+        from kvtest.backends.sim.transport import drop_idle_agents
+
+        drop_idle_agents()
+
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
         """A contiguous copy that the sim counts as device memory (``Placement.DEVICE`` registration
         refuses any other memory, as HCCL does on an NPU)."""

@@ -6,6 +6,7 @@ only here, from registered memory to registered memory.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import importlib
 import itertools
@@ -41,6 +42,18 @@ _idle_lock = threading.Lock()
 #: at most this many idle agents are kept (a process runs one LLMDataDist at a time)
 MAX_IDLE_AGENTS = 2
 _versions = itertools.count(1)
+
+
+def drop_idle_agents() -> None:
+    """Destroy the idle agents now. Registered at exit: left to the interpreter's teardown, an agent that
+    had lost a peer's connection crashed the process there (SIGSEGV, seen in the network-flap test)."""
+    with _idle_lock:
+        idle = list(_idle_agents)
+        _idle_agents.clear()
+    del idle
+
+
+atexit.register(drop_idle_agents)
 
 
 def next_version() -> int:

@@ -93,3 +93,15 @@ def test_the_pool_keeps_at_most_max_idle_agents() -> None:
     for item in made:
         item.close()
     assert len(transport._idle_agents) == transport.MAX_IDLE_AGENTS
+
+
+def test_after_a_failed_test_the_idle_agents_are_destroyed() -> None:
+    """The fixtures call ``after_failure`` when a test's body failed: an agent reused after a lost
+    connection crashed its process later (tests/harness/test_two_hosts.py's flap test, 2 of 6 runs)."""
+    from kvtest.backends import sim
+    from kvtest.backends.sim.backend import SimBackend
+
+    Transport(_name()).close()
+    assert len(transport._idle_agents) == 1
+    SimBackend(sim).after_failure()
+    assert transport._idle_agents == []
