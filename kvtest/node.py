@@ -12,8 +12,9 @@ import ipaddress
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -189,15 +190,12 @@ class Node:
     def _tensors(
         self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int
     ) -> list[torch.Tensor]:
-        out = []
-        for i in range(count):
-            host = (
-                torch.zeros(list(shape), dtype=dtype)
-                if side is None
-                else self._pattern(shape, dtype, first_index + i, side)
-            )
-            out.append(self.backend.to_device(host))
-        return out
+        def writer(index: int) -> Callable[[torch.Tensor], object]:
+            if side is None:
+                return torch.Tensor.zero_
+            return partial(patterns.fill, seed=self.kv.seed, tensor_index=index, side=side)
+
+        return [self.backend.make_on_device(shape, dtype, writer(first_index + i)) for i in range(count)]
 
     def expected(
         self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str | None, first_index: int = 0
@@ -244,12 +242,24 @@ class Node:
         return patterns.LazyTensors(count, make)
 
     def expected_lazily(
-        self, count: int, shape: Sequence[int], dtype: torch.dtype, side: str, first_index: int = 0
+        self,
+        count: int,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        side: str,
+        first_index: int = 0,
+        *,
+        replaced: Mapping[int, tuple[str, int]] | None = None,
     ) -> patterns.LazyTensors:
-        """:meth:`expected`, made one tensor at a time when :meth:`check` reads it."""
+        """:meth:`expected`, made one tensor at a time when :meth:`check` reads it; tensor ``i`` in
+        ``replaced`` is instead the pattern of tensor ``replaced[i][1]`` of side ``replaced[i][0]`` (a
+        whole tensor that arrived from another process)."""
+        whole = dict(replaced or {})
 
         def make(index: int) -> torch.Tensor:
             with phase("expect"):
+                if index in whole:
+                    return self._pattern(shape, dtype, whole[index][1], whole[index][0])
                 return self._pattern(shape, dtype, first_index + index, side)
 
         return patterns.LazyTensors(count, make)

@@ -156,6 +156,15 @@ class NpuBackend:
         result: torch.Tensor = host.npu()  # type: ignore[attr-defined]  # torch_npu adds Tensor.npu
         return result
 
+    def make_on_device(
+        self, shape: Sequence[int], dtype: torch.dtype, write: Callable[[torch.Tensor], object]
+    ) -> torch.Tensor:
+        import torch
+
+        host = torch.empty(list(shape), dtype=dtype)
+        write(host)
+        return self.to_device(host)
+
     def _creator(self) -> Callable[..., list[torch.Tensor]]:
         if self._create_npu_tensors is None:
             errors = []

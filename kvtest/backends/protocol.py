@@ -6,7 +6,7 @@ differ by hardware go through the methods below.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -42,6 +42,14 @@ class Backend(Protocol):
 
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
         """A device copy of a host tensor (``.npu()`` on npu, a fresh contiguous CPU tensor on sim)."""
+
+    def make_on_device(
+        self, shape: Sequence[int], dtype: torch.dtype, write: Callable[[torch.Tensor], object]
+    ) -> torch.Tensor:
+        """A device tensor of ``shape`` and ``dtype`` holding what ``write`` puts into a contiguous host
+        tensor of that shape (whose contents are unspecified before): :meth:`to_device` of the written
+        host tensor on npu; on sim, where device memory is host memory, written where it lies (one pass
+        over the memory instead of two, and no host buffer)."""
 
     def tensors_at(
         self, shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]

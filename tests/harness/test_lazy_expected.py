@@ -91,3 +91,35 @@ def test_a_lazy_expected_state_keeps_no_tensor() -> None:
     patterns.check_all(lazy, [torch.zeros(4)] * 3, name="zeros")
     patterns.check_all(lazy, [torch.zeros(4)] * 3, name="zeros")
     assert made == [0, 1, 2, 0, 1, 2]  # made at every read, nothing cached
+
+
+def test_replaced_tensors_are_the_other_sides_tensors() -> None:
+    # d's cache after whole tensors 1 and 3 of p's arrived in its tensors 0 and 2 (transfer_cache_async)
+    lazy = _node().expected_lazily(COUNT, SHAPE, DTYPE, side="d", replaced={0: ("p", 1), 2: ("p", 3)})
+    want = _full("d")
+    want[0], want[2] = _full("p")[1], _full("p")[3]
+    patterns.check_all(lazy, want, name="d cache")
+    unmoved = _full("d")  # tensor 2 never arrived
+    unmoved[0] = _full("p")[1]
+    with pytest.raises(patterns.KVMismatch) as err:
+        patterns.check_all(lazy, unmoved, name="d cache")
+    assert [m.tensor_index for m in err.value.mismatches] == [2]
+    swapped = list(want)
+    swapped[0], swapped[2] = want[2], want[0]  # the right tensors in each other's place
+    with pytest.raises(patterns.KVMismatch) as err:
+        patterns.check_all(lazy, swapped, name="d cache")
+    assert [m.tensor_index for m in err.value.mismatches] == [0, 2]
+
+
+def test_rows_copied_inside_one_cache_read_the_cache_as_it_was() -> None:
+    # copy_blocks' expected state: rows of the side's own pattern, chained copies read the old rows
+    src, dst = (0, 1, 2), (1, 2, 3)
+    lazy = _node().expected_after_rows(COUNT, SHAPE, DTYPE, base="p", source="p", src_rows=src, dst_rows=dst)
+    want = [patterns.with_rows(b, b, src_rows=src, dst_rows=dst) for b in _full("p")]
+    patterns.check_all(lazy, want, name="p blocks")
+    chained = [t.clone() for t in _full("p")]
+    for t in chained:  # copied one row after another: row 0's bytes run down to row 3
+        for s, d in zip(src, dst):
+            t[d] = t[s]
+    with pytest.raises(patterns.KVMismatch):
+        patterns.check_all(lazy, chained, name="p blocks")

@@ -25,7 +25,6 @@ import pytest
 import torch
 
 from kvtest.cases import CopyBlocksCase, CopyCacheCase, parametrize_by_type, pool_bytes
-from kvtest.patterns import with_rows
 
 P, D = 0, 1
 MIB = 1 << 20
@@ -120,9 +119,9 @@ def test_copy_blocks(kv, datadist, blocks_case: CopyBlocksCase):
     cache = node.register_blocks_cache(desc, tensors)
     with node.measure("copy_blocks", case.moved_bytes):
         node.cm.copy_blocks(cache, case.copy_info)
-    before = node.expected(n, case.shape, dtype, side=kv.role)
-    expected = [with_rows(b, b, src_rows=case.src_rows, dst_rows=case.dst_rows) for b in before]
-    del before
+    # the copies read the cache as it was before the call: rows of the role's own pattern
+    expected = node.expected_after_rows(n, case.shape, dtype, base=kv.role, source=kv.role,
+                                        src_rows=case.src_rows, dst_rows=case.dst_rows)
     node.check(expected, tensors, name="blocks cache after copy_blocks")
     node.unregister(cache)
     node.finalize()

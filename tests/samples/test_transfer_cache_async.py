@@ -124,7 +124,7 @@ def test_transfer_cache_async(kv, datadist, case: LayersCase, request):
         assert not missing, f"synchronize_layer never asked for layers {sorted(missing)}"
         kv.barrier("transfer end")
         node.check(
-            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p"),
+            node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="p"),
             tensors,
             name="source cache after transfer_cache_async",
         )
@@ -220,8 +220,6 @@ def _receive(kv, datadist, case: LayersCase, layers):
     cache = node.register_blocks_cache(_desc(node, case), tensors, node.api.BlocksCacheKey(D, 0))
     kv.barrier("register end")
     kv.barrier("transfer end")
-    expected = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-    pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-    for dst_t, src_t in case.tensor_map(layers).items():
-        expected[dst_t] = pushed[src_t]
+    pushed = {dst_t: ("p", src_t) for dst_t, src_t in case.tensor_map(layers).items()}
+    expected = node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="d", replaced=pushed)
     return node, tensors, cache, expected

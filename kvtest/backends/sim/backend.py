@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -51,6 +51,16 @@ class SimBackend:
         from kvtest.backends.sim.device import to_device
 
         return to_device(host)
+
+    def make_on_device(
+        self, shape: Sequence[int], dtype: torch.dtype, write: Callable[[torch.Tensor], object]
+    ) -> torch.Tensor:
+        """Device memory (see :meth:`to_device`) written in place by ``write``."""
+        from kvtest.backends.sim.device import empty
+
+        tensor = empty(shape, dtype)
+        write(tensor)
+        return tensor
 
     def tensors_at(
         self, shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]

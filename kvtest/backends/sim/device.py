@@ -12,8 +12,10 @@ finalized.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import weakref
+from collections.abc import Sequence
 
 import torch
 
@@ -46,14 +48,20 @@ def remove(token: int) -> None:
     _released.append(token)
 
 
+def empty(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous tensor (contents unspecified) that the sim treats as device memory while it lives."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    tensor = reused_memory.empty(nbytes).view(dtype).view(list(shape))
+    token = add(tensor.data_ptr(), nbytes)
+    weakref.finalize(tensor, remove, token)
+    return tensor
+
+
 def to_device(host: torch.Tensor) -> torch.Tensor:
     """A contiguous copy of ``host`` that the sim treats as device memory while it lives."""
     host = host.detach()
-    nbytes = host.numel() * host.element_size()
-    tensor = reused_memory.empty(nbytes).view(host.dtype).view(host.shape)
+    tensor = empty(host.shape, host.dtype)
     tensor.copy_(host)
-    token = add(tensor.data_ptr(), nbytes)
-    weakref.finalize(tensor, remove, token)
     return tensor
 
 

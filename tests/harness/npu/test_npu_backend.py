@@ -55,6 +55,21 @@ def test_device_helpers_call_torch_npu_and_torchair(fake_npu_stack, ascend_root)
     ]
 
 
+def test_a_device_tensor_is_written_on_the_host_and_copied(fake_npu_stack, ascend_root):
+    backend = npu.load()
+    backend.set_device(0)
+    written = []
+
+    def write(host: torch.Tensor) -> None:
+        written.append(host.device.type)
+        host.copy_(torch.arange(6, dtype=torch.float16).reshape(2, 3))
+
+    device = backend.make_on_device((2, 3), torch.float16, write)
+    assert written == ["cpu"]
+    assert torch.equal(device, torch.arange(6, dtype=torch.float16).reshape(2, 3))
+    assert fake_npu_stack.calls == [("set_device", 0), ("Tensor.npu", (2, 3))]
+
+
 def test_tensors_at_falls_back_to_standalone_torchair(fake_npu_stack, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu.dynamo.torchair.llm_datadist", None)
     standalone = types.ModuleType("torchair")

@@ -7,12 +7,14 @@ failed against the sim before issue 11 (the old behaviour is in the test's comme
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 
 import pytest
 import torch
 from test_sim_contract import RANK_TABLE, FakePeer, blocks_cache, linked, make
 
+from kvtest import patterns
 from kvtest.backends import sim
 from kvtest.backends.sim import context, control, device
 from kvtest.backends.sim.backend import SimBackend
@@ -225,6 +227,24 @@ def test_device_memory_is_what_to_device_and_the_device_pool_made(plane):
     assert device.is_device(pool.base, pool.size)
     d.finalize()
     assert not device.is_device(pool.base, pool.size)
+
+
+def test_memory_written_on_the_device_is_device_memory_with_the_bytes_written(plane):
+    """make_on_device (what Node.tensors fills caches with): the written bytes, counted as device
+    memory (a DEVICE registration takes it) while the tensor lives, and never a shared buffer."""
+    backend = SimBackend(sim)
+    want = patterns.pattern([4, 1 << 18], torch.float16, seed=7, tensor_index=1, side="p")
+    made = backend.make_on_device([4, 1 << 18], torch.float16,
+                                  partial(patterns.fill, seed=7, tensor_index=1, side="p"))
+    assert made.shape == (4, 1 << 18) and made.dtype == torch.float16 and made.is_contiguous()
+    assert patterns.same_bytes(made, want)
+    nbytes = made.numel() * 2
+    assert device.is_device(made.data_ptr(), nbytes)
+    other = backend.make_on_device([4, 1 << 18], torch.float16, torch.Tensor.zero_)
+    assert other.data_ptr() != made.data_ptr() and patterns.same_bytes(made, want)
+    start = made.data_ptr()
+    del made
+    assert not device.is_device(start, nbytes)
 
 
 def test_memory_collected_during_a_lookup_does_not_deadlock_it():
