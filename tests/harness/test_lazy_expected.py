@@ -123,3 +123,16 @@ def test_rows_copied_inside_one_cache_read_the_cache_as_it_was() -> None:
             t[d] = t[s]
     with pytest.raises(patterns.KVMismatch):
         patterns.check_all(lazy, chained, name="p blocks")
+
+
+def test_rows_land_only_in_the_moved_tensors() -> None:
+    # push_cache of one layer: tensors 2 and 3 get the row, tensors 0 and 1 stay the base's own
+    lazy = _node().expected_after_rows(
+        COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST, moved=[2, 3]
+    )
+    want = _full("d0")[:2] + _pulled()[2:]
+    patterns.check_all(lazy, want, name="d0 cache")
+    everywhere = _pulled()  # the rows also landed in a tensor outside the layer
+    with pytest.raises(patterns.KVMismatch) as err:
+        patterns.check_all(lazy, everywhere, name="d0 cache")
+    assert [m.tensor_index for m in err.value.mismatches] == [0, 1]

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import pytest
 
 from kvtest.cases import CacheCase
-from kvtest.patterns import with_rows
 
 P, D = 0, 1
 TENSORS_PER_LAYER = 2
@@ -80,13 +79,10 @@ def test_push_cache(kv, datadist, case: PushCacheCase):
         kv.publish("cache_id", cache.cache_id)
         kv.barrier("register end")
         kv.barrier("push end")
-        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        pushed = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        expected = list(before)
-        for src_t, dst_t in case.tensor_pairs():
-            expected[dst_t] = with_rows(
-                before[dst_t], pushed[src_t], src_rows=[case.src_batch], dst_rows=[case.dst_batch]
-            )
+        expected = node.expected_after_rows(
+            case.num_tensors, case.shape, case.torch_dtype, base="p", source="d",
+            src_rows=[case.src_batch], dst_rows=[case.dst_batch], moved=[d for _, d in case.tensor_pairs()],
+        )
         node.check(expected, tensors, name="cache after push_cache")
         kv.barrier("wait unlink end")
         node.forget_links_to(["d0"])  # d's non-forced unlink tore down p's end too
@@ -106,7 +102,7 @@ def test_push_cache(kv, datadist, case: PushCacheCase):
             node.cm.push_cache(key, cache, src_batch_index=case.src_batch, **case.layer_kwargs())
         kv.barrier("push end")
         node.check(
-            node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d"),
+            node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="d"),
             tensors,
             name="source cache after push_cache",
         )
