@@ -12,7 +12,7 @@ import ipaddress
 import random
 import socket
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -225,22 +225,23 @@ class Node:
         source: str,
         src_rows: Sequence[int],
         dst_rows: Sequence[int],
-        moved: Collection[int] | None = None,
+        moved: Mapping[int, int] | None = None,
     ) -> patterns.LazyTensors:
         """The expected state of a cache filled with ``base``'s pattern after rows ``src_rows`` of
-        ``source``'s pattern (the same tensor index) landed in rows ``dst_rows`` of every tensor (or of
-        the tensors in ``moved``): what ``[with_rows(b, s, ...) for b, s in zip(expected(base),
-        expected(source))]`` holds, made one tensor at a time when :meth:`check` reads it (a cache's
-        worth of fresh memory less per check)."""
-        moved_tensors = None if moved is None else frozenset(moved)
+        ``source``'s pattern landed in rows ``dst_rows``: of every tensor, from the same tensor index of
+        the source, or of the tensors in ``moved`` only, from tensor ``moved[i]`` of the source. What
+        ``[with_rows(b, s, ...) for b, s in zip(expected(base), expected(source))]`` holds, made one
+        tensor at a time when :meth:`check` reads it (a cache's worth of fresh memory less per check)."""
+        sources = None if moved is None else dict(moved)
 
         def make(index: int) -> torch.Tensor:
             with phase("expect"):
                 own = self._pattern(shape, dtype, index, base)
-                if moved_tensors is not None and index not in moved_tensors:
+                if sources is not None and index not in sources:
                     return own
                 # only the moved rows of the source's pattern are made, straight into ``own``
-                patterns.write_rows(own, seed=self.kv.seed, tensor_index=index, side=source,
+                source_index = index if sources is None else sources[index]
+                patterns.write_rows(own, seed=self.kv.seed, tensor_index=source_index, side=source,
                                     src_rows=src_rows, dst_rows=dst_rows)
                 return own
 

@@ -126,13 +126,15 @@ def test_rows_copied_inside_one_cache_read_the_cache_as_it_was() -> None:
 
 
 def test_rows_land_only_in_the_moved_tensors() -> None:
-    # push_cache of one layer: tensors 2 and 3 get the row, tensors 0 and 1 stay the base's own
+    # one layer pulled into another: the source's tensors 0 and 1 land in tensors 2 and 3, tensors 0
+    # and 1 stay the base's own
     lazy = _node().expected_after_rows(
-        COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST, moved=[2, 3]
+        COUNT, SHAPE, DTYPE, base="d0", source="p1", src_rows=SRC, dst_rows=DST, moved={2: 0, 3: 1}
     )
-    want = _full("d0")[:2] + _pulled()[2:]
+    base, source = _full("d0"), _full("p1")
+    want = base[:2] + [patterns.with_rows(base[d], source[s], src_rows=SRC, dst_rows=DST) for d, s in ((2, 0), (3, 1))]
     patterns.check_all(lazy, want, name="d0 cache")
-    everywhere = _pulled()  # the rows also landed in a tensor outside the layer
+    same_layer = _pulled()  # every tensor got the rows of its own index: the wrong layer, and more
     with pytest.raises(patterns.KVMismatch) as err:
-        patterns.check_all(lazy, everywhere, name="d0 cache")
-    assert [m.tensor_index for m in err.value.mismatches] == [0, 1]
+        patterns.check_all(lazy, same_layer, name="d0 cache")
+    assert [m.tensor_index for m in err.value.mismatches] == [0, 1, 2, 3]

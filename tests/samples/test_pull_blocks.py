@@ -27,13 +27,15 @@ then the issue's xfail, and the bytes are still checked over the link that works
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from kvtest.cases import BlocksCase
 from kvtest.known_issues import expect_issue
-from kvtest.patterns import with_rows
+from kvtest.patterns import LazyTensors, with_rows
 
 P, D = 1, 2
 TENSORS_PER_LAYER = 2
@@ -104,6 +106,16 @@ def blocks_desc(node, case: BlocksCase, placement):
     return node.api.CacheDesc(case.num_tensors, case.shape, node.datatype(case.torch_dtype), placement)
 
 
+def rows_moved(cache: Sequence[torch.Tensor], src: Sequence[int], dst: Sequence[int]) -> LazyTensors:
+    """``cache`` (tensor by tensor, as check reads it) after its rows ``src`` were copied to rows ``dst``."""
+
+    def make(index: int) -> torch.Tensor:
+        tensor = cache[index]
+        return with_rows(tensor, tensor, src_rows=src, dst_rows=dst)
+
+    return LazyTensors(len(cache), make)
+
+
 def relink(node, kv, comm_id: int, peer: str, attempt: int) -> int:
     """Both sides: unlink ``comm_id``, link again under a new comm name; the new comm id."""
     node.unlink(comm_id)
@@ -120,8 +132,8 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase, request):
     if kv.role == "p":
         node = datadist(P)
         api = node.api
-        source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        tensors = [node.backend.to_device(t) for t in source]
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        source = node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="p")
         cache = node.register_blocks_cache(
             blocks_desc(node, case, api.Placement.DEVICE), tensors, api.BlocksCacheKey(P, 0)
         )
@@ -146,8 +158,7 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase, request):
     else:
         node = datadist(D)
         api = node.api
-        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        tensors = [node.backend.to_device(t) for t in before]
+        tensors = node.tensors(case.num_tensors, case.shape, case.torch_dtype, side="d")
         cache = node.register_blocks_cache(blocks_desc(node, case, api.Placement.DEVICE), tensors)
         comm_id = node.link(["p0"])
         kv.barrier("cache ready")
@@ -163,11 +174,10 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase, request):
             ),
             case.repeats,
         )
-        pulled = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        expected = list(before)
-        for src_t, dst_t in case.tensor_pairs():
-            expected[dst_t] = with_rows(before[dst_t], pulled[src_t], src_rows=case.src, dst_rows=case.dst)
-        del before, pulled
+        expected = node.expected_after_rows(
+            case.num_tensors, case.shape, case.torch_dtype, base="d", source="p", src_rows=case.src,
+            dst_rows=case.dst, moved={dst_t: src_t for src_t, dst_t in case.tensor_pairs()},
+        )
         node.check(expected, tensors, name="cache after pull_blocks")
 
         # swap-out device -> host and swap-in host -> device, device block b <-> host block b+1
@@ -182,9 +192,8 @@ def test_pull_blocks(kv, datadist, case: PullBlocksCase, request):
         all_bytes = case.blocks * case.block_bytes * case.num_tensors
         with node.measure("swap_blocks", all_bytes):
             node.cm.swap_blocks(cache, cpu_cache, dict(zip(blocks, shifted)))
-        host_expected = [with_rows(e, e, src_rows=blocks, dst_rows=shifted) for e in expected]
+        host_expected = rows_moved(expected, blocks, shifted)
         node.check(host_expected, host, name="host cache after swap_blocks out")
-        del host_expected
         for tensor in tensors:
             tensor.zero_()  # overwritten: only the swap-in can bring the bytes back
         with node.measure("swap_blocks", all_bytes):

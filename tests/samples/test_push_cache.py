@@ -81,7 +81,7 @@ def test_push_cache(kv, datadist, case: PushCacheCase):
         kv.barrier("push end")
         expected = node.expected_after_rows(
             case.num_tensors, case.shape, case.torch_dtype, base="p", source="d",
-            src_rows=[case.src_batch], dst_rows=[case.dst_batch], moved=[d for _, d in case.tensor_pairs()],
+            src_rows=[case.src_batch], dst_rows=[case.dst_batch], moved={p_t: d_t for d_t, p_t in case.tensor_pairs()},
         )
         node.check(expected, tensors, name="cache after push_cache")
         kv.barrier("wait unlink end")
