@@ -11,13 +11,14 @@ contents, and the pulled key is released. Then both unlink, p removes its keys, 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pytest
 import torch
 
 from kvtest.cases import DTYPES, index_list
-from kvtest.patterns import with_rows
+from kvtest.patterns import LazyTensors, with_rows
 
 P, D = 1, 2
 MIB = 1 << 20
@@ -91,14 +92,17 @@ CASES = {
 
 
 def expected_blocks(
-    case: CacheToBlocksCase, before: list[torch.Tensor], source: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    """d's blocks after the pull: block ``dst[j]`` holds the j-th block-sized piece of p's slot."""
+    case: CacheToBlocksCase, before: Sequence[torch.Tensor], source: Sequence[torch.Tensor]
+) -> LazyTensors:
+    """d's blocks after the pull, a tensor at a time as check reads them: block ``dst[j]`` holds the
+    j-th block-sized piece of p's slot."""
     pieces = range(len(case.dst))
-    return [
-        with_rows(b, s[case.slot].reshape(len(case.dst), case.block_row), src_rows=pieces, dst_rows=case.dst)
-        for b, s in zip(before, source)
-    ]
+
+    def make(index: int) -> torch.Tensor:
+        slot = source[index][case.slot].reshape(len(case.dst), case.block_row)
+        return with_rows(before[index], slot, src_rows=pieces, dst_rows=case.dst)
+
+    return LazyTensors(len(before), make)
 
 
 @pytest.mark.kv(topology="1p1d")
@@ -129,17 +133,16 @@ def test_pull_from_cache_to_blocks(kv, datadist, case: CacheToBlocksCase):
         desc = api.CacheDesc(
             case.num_tensors, case.blocks_shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
         )
-        before = node.expected(case.num_tensors, case.blocks_shape, case.torch_dtype, side="d")
-        tensors = [node.backend.to_device(t) for t in before]
+        tensors = node.tensors(case.num_tensors, case.blocks_shape, case.torch_dtype, side="d")
         cache = node.register_blocks_cache(desc, tensors)
         comm_id = node.link(["p0"])
         kv.barrier("cache ready")
         key = api.CacheKey(P, case.slot, 0)
         with node.measure("pull_blocks", case.moved_bytes):
             node.cm.pull_blocks(key, cache, src_blocks=[], dst_blocks=list(case.dst))
-        source = node.expected(case.num_tensors, case.slot_shape, case.torch_dtype, side="p")
+        before = node.expected_lazily(case.num_tensors, case.blocks_shape, case.torch_dtype, side="d")
+        source = node.expected_lazily(case.num_tensors, case.slot_shape, case.torch_dtype, side="p")
         expected = expected_blocks(case, before, source)
-        del before, source
         node.check(expected, tensors, name="blocks after pull_blocks from a cache")
         kv.step("pull_blocks again")
         message = "[pull_blocks] failed, error code is LLMStatusCode.LLM_KV_CACHE_NOT_EXIST"
