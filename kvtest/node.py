@@ -99,7 +99,7 @@ def host_tensors_at(shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[in
 
 
 class _PhasedBackend:
-    """The backend as a test body reaches it through ``node.backend``: device copies made by the body
+    """The backend as a test body reaches it through ``node.backend``: device tensors made by the body
     count as phase ``fill``, host copies as ``check``; everything else is the backend's own."""
 
     def __init__(self, backend: Backend) -> None:
@@ -111,6 +111,12 @@ class _PhasedBackend:
     def to_device(self, host: torch.Tensor) -> torch.Tensor:
         with phase("fill"):
             return self._backend.to_device(host)
+
+    def make_on_device(
+        self, shape: Sequence[int], dtype: torch.dtype, write: Callable[[torch.Tensor], object]
+    ) -> torch.Tensor:
+        with phase("fill"):
+            return self._backend.make_on_device(shape, dtype, write)
 
     def to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         with phase("check"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kvtest import patterns
+from kvtest.node import _PhasedBackend
 from kvtest.results import metrics
 from kvtest.results.metrics import PhaseClock, TransferLog, phase
 from kvtest.results.report import phase_line
@@ -75,6 +76,31 @@ def test_patterns_time_fill_expect_and_check(clock):
     expected = patterns.with_rows(torch.zeros(4, 64, dtype=torch.float16), source, src_rows=[0], dst_rows=[1])
     patterns.check_all([expected], [expected.clone()], name="x")
     assert {"fill", "expect", "check"} <= set(clock.seconds)
+
+
+class _SlowBackend:
+    """Every device or host copy takes 20 ms."""
+
+    def to_device(self, host):
+        time.sleep(0.02)
+        return host
+
+    def make_on_device(self, shape, dtype, write):
+        time.sleep(0.02)
+        return torch.zeros(list(shape), dtype=dtype)
+
+    def to_host(self, tensor):
+        time.sleep(0.02)
+        return tensor
+
+
+def test_a_test_bodys_device_tensors_are_fill_and_host_copies_check(clock):
+    backend = _PhasedBackend(_SlowBackend())
+    backend.to_device(torch.zeros(2))
+    backend.make_on_device((2,), torch.float16, torch.Tensor.zero_)
+    assert clock.seconds["fill"] >= 0.04
+    backend.to_host(torch.zeros(2))
+    assert clock.seconds["check"] >= 0.02
 
 
 def test_results_keep_phases_and_the_rest_as_other(tmp_path):
