@@ -118,6 +118,17 @@ def merge_segments(segments: Sequence[Segment]) -> list[Segment]:
     return merged
 
 
+def union_regions(regions: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``(addr, nbytes)`` regions, the empty ones left out and those that touch or overlap joined."""
+    joined: list[list[int]] = []
+    for addr, nbytes in sorted((a, n) for a, n in regions if n > 0):
+        if joined and addr <= joined[-1][0] + joined[-1][1]:
+            joined[-1][1] = max(joined[-1][1], addr + nbytes - joined[-1][0])
+        else:
+            joined.append([addr, nbytes])
+    return [(a, n) for a, n in joined]
+
+
 def _flip_byte(addr: int) -> int:
     cell = ctypes.c_uint8.from_address(addr)
     old = int(cell.value)
@@ -147,9 +158,13 @@ class Transport:
 
     # -- memory --------------------------------------------------------------------------------
     def register(self, regions: Sequence[tuple[int, int]]) -> int:
-        """Register ``(addr, nbytes)`` regions as DRAM; return a token for :meth:`deregister`."""
+        """Register ``(addr, nbytes)`` regions as DRAM; return a token for :meth:`deregister`.
+
+        Regions that touch or overlap are registered as one: :func:`merge_segments` joins a transfer's
+        contiguous segments, and NIXL refuses a descriptor that spans two registrations, so a cache whose
+        tensors are neighbours in memory (views of one buffer) could not move a run crossing them."""
         with self._lock:
-            reg = self._agent.register_memory([(a, n, 0, "") for a, n in regions if n > 0], "DRAM")
+            reg = self._agent.register_memory([(a, n, 0, "") for a, n in union_regions(regions)], "DRAM")
             token = self._next_reg
             self._next_reg += 1
             self._regs[token] = reg
