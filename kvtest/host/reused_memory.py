@@ -2,31 +2,36 @@
 
 A test's patterns, expected states, the sim's device memory and its memory pools are large, short-lived
 buffers. Fresh ones come from the kernel as untouched pages: each first write faults and zeroes a page,
-which measured about 6x the cost of writing the same bytes into memory touched before (640 MiB of
-patterns: 0.35 s fresh, 0.05 s reused, here). :func:`empty` hands out such buffers from blocks kept
-after an earlier buffer died, as a device's caching allocator does.
+which measured about 4-6x the cost of writing the same bytes into memory touched before (1.28 GiB of
+patterns: 1.1 s fresh, 0.28 s touched, here). :func:`empty` hands out buffers from one reserved range of
+address space (an arena, as a device's caching allocator has), so the pages an earlier buffer touched
+serve the next one whatever its size: the nightly profile's tests use 2 MiB to 896 MiB buffers in turn,
+and blocks kept per size (this module's first design) left most of them fresh anyway.
 
 What it promises:
 
-- A buffer's block returns to the cache only when nothing references its memory any more: the buffer
-  is a tensor over a ctypes view of the block (``torch.frombuffer``), and the block comes back when that
+- A buffer's range returns to the arena only when nothing references its memory any more: the buffer
+  is a tensor over a ctypes view of the range (``torch.frombuffer``), and the range comes back when that
   view is collected, which happens after the last tensor or view sharing its storage is gone.
 - Contents are unspecified (the bytes of an earlier test, like device memory), as ``torch.empty``'s.
-- The cache never makes this process hold more than the most its buffers ever held in use at once:
-  before a fresh block is made, idle blocks are dropped until the idle bytes, the bytes in use and the
-  new block fit under that high-water mark (the first buffers of a run raise the mark, as they would
-  without the cache). Nothing is retained beyond a role's own peak.
-- Idle blocks never exceed :data:`IDLE_LIMIT` bytes (an eighth of the host's memory): several roles
+- The arena never makes this process hold more than the most its buffers ever held in use at once:
+  before fresh pages are touched, idle touched pages are given back (``madvise(MADV_DONTNEED)``) until
+  the idle bytes, the bytes in use and the fresh ones fit under that high-water mark (the first buffers
+  of a run raise the mark, as they would without the arena). Nothing is retained beyond a role's peak.
+- Idle touched bytes never exceed :data:`IDLE_LIMIT` (an eighth of the host's memory): several roles
   share a host, and each keeping its own peak idle put the nightly profile's four roles under memory
   pressure here (24 GiB; single tests then ran 2-6x slower).
 
-Buffers under :data:`MIN_BYTES` are plain ``torch.empty``: the C allocator reuses small ones already.
+Buffers under :data:`MIN_BYTES` are plain ``torch.empty``: the C allocator reuses small ones already. So
+is a buffer the arena has no room for (it reserves the host's memory size of address space, no memory).
 """
 
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
+import sys
 import threading
 import weakref
 
@@ -36,6 +41,9 @@ __all__ = ["IDLE_LIMIT", "MIN_BYTES", "CacheStats", "block_size", "clear", "empt
 
 #: smaller buffers are not cached
 MIN_BYTES = 1 << 20
+_PAGE = mmap.PAGESIZE
+#: Linux's MAP_NORESERVE (not in Python's mmap module before 3.13): reserve address space, commit nothing
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
 def _host_memory() -> int:
@@ -45,115 +53,223 @@ def _host_memory() -> int:
         return 8 << 30
 
 
-#: the most idle bytes one process keeps
+#: the most idle touched bytes one process keeps
 IDLE_LIMIT = _host_memory() // 8
-
-_lock = threading.Lock()
-_idle: dict[int, list[torch.Tensor]] = {}  # block size -> idle blocks (uint8 tensors owning memory)
-_returned: list[torch.Tensor] = []  # blocks whose buffers died, not yet filed (see _release)
-_idle_bytes = 0
-_in_use_bytes = 0
-_high_water = 0
-_reused = 0
-_made = 0
+#: address space the arena reserves (pages are committed only when a buffer writes them)
+RESERVE = _host_memory()
 
 
 def block_size(nbytes: int) -> int:
-    """The block size a buffer of ``nbytes`` gets: the next quarter step of a power of two (at most 25%
-    more; pages a buffer never reaches are never touched, so they cost address space, not memory)."""
+    """The bytes a buffer of ``nbytes`` takes: the next quarter step of a power of two (at most 25% more,
+    so ranges freed by one test fit the next test's slightly different sizes), in whole pages."""
     top = 1 << (max(nbytes, 1) - 1).bit_length()  # the power of two at or above nbytes
     step = max(top // 8, 1)
-    return -(-nbytes // step) * step
+    rounded = -(-nbytes // step) * step
+    return -(-rounded // _PAGE) * _PAGE
 
 
 class CacheStats:
-    """How the cache has done in this process (for benchmarks and tests)."""
+    """How the arena has done in this process (for benchmarks and tests).
 
-    def __init__(self, reused: int, made: int, idle_bytes: int, in_use_bytes: int, high_water: int) -> None:
+    ``reused``/``made``: buffers that found only touched pages / needed fresh ones; ``fresh_bytes``: the
+    pages touched for the first time (or again after being given back); ``idle_bytes``: touched pages no
+    buffer uses."""
+
+    def __init__(self, reused: int, made: int, idle_bytes: int, in_use_bytes: int, high_water: int,
+                 fresh_bytes: int = 0) -> None:
         self.reused = reused
         self.made = made
         self.idle_bytes = idle_bytes
         self.in_use_bytes = in_use_bytes
         self.high_water = high_water
+        self.fresh_bytes = fresh_bytes
 
     def __repr__(self) -> str:
         return (f"CacheStats(reused={self.reused}, made={self.made}, idle_bytes={self.idle_bytes}, "
-                f"in_use_bytes={self.in_use_bytes}, high_water={self.high_water})")
+                f"in_use_bytes={self.in_use_bytes}, high_water={self.high_water}, "
+                f"fresh_bytes={self.fresh_bytes})")
+
+
+def _overlap(a0: int, a1: int, intervals: list[list[int]]) -> int:
+    return sum(max(0, min(a1, e) - max(a0, s)) for s, e in intervals)
+
+
+def _subtract(intervals: list[list[int]], a0: int, a1: int) -> list[list[int]]:
+    """``intervals`` (disjoint ``[start, end)``) without ``[a0, a1)``."""
+    out: list[list[int]] = []
+    for s, e in intervals:
+        if e <= a0 or s >= a1:
+            out.append([s, e])
+            continue
+        if s < a0:
+            out.append([s, a0])
+        if e > a1:
+            out.append([a1, e])
+    return out
+
+
+def _add(intervals: list[list[int]], a0: int, a1: int) -> list[list[int]]:
+    """``intervals`` with ``[a0, a1)`` added, merged with its neighbours (sorted, disjoint)."""
+    out: list[list[int]] = []
+    for s, e in sorted([*intervals, [a0, a1]]):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
+class _Arena:
+    """Reserved address space, handed out where a buffer finds the most touched pages; ``_lock`` guards
+    every call."""
+
+    def __init__(self, reserve: int) -> None:
+        reserve = reserve // _PAGE * _PAGE
+        self._map = mmap.mmap(-1, reserve, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self._anchor = ctypes.c_char.from_buffer(self._map)  # an export: the map can never be closed
+        self.base = ctypes.addressof(self._anchor)
+        self.free: list[list[int]] = [[0, reserve]]  # ranges no buffer uses, sorted, merged
+        self.cold: list[list[int]] = [[0, reserve]]  # ranges never touched or given back
+
+    def idle_touched(self) -> int:
+        return sum(e - s for s, e in self.free) - sum(e - s for s, e in self.cold)
+
+    def give_back(self, start: int, end: int) -> None:
+        """Return free touched pages in ``[start, end)`` to the kernel: they are fresh when reused."""
+        for s, e in self.free:
+            s, e = max(s, start), min(e, end)
+            if s < e:
+                self._map.madvise(mmap.MADV_DONTNEED, s, e - s)
+                self.cold = _add(self.cold, s, e)
+
+    def trim(self, keep: int) -> None:
+        """Give back idle touched pages until at most ``keep`` bytes of them stay, largest ranges first
+        (from their ends)."""
+        excess = self.idle_touched() - keep
+        if excess <= 0:
+            return
+        touched = [[s, e] for s, e in self.free]
+        for s, e in self.cold:
+            touched = _subtract(touched, s, e)
+        for s, e in sorted(touched, key=lambda r: r[0] - r[1]):
+            if excess <= 0:
+                break
+            cut = min(e - s, -(-excess // _PAGE) * _PAGE)
+            self.give_back(e - cut, e)
+            excess -= cut
+
+    def place(self, size: int) -> tuple[int, int] | None:
+        """Where a buffer of ``size`` bytes goes: (offset, fresh bytes), the free range start with the
+        most touched bytes under it (the smallest such range on a tie); None when no range fits."""
+        best: tuple[int, int, int] | None = None  # (fresh, length, offset)
+        for s, e in self.free:
+            if e - s >= size:
+                candidate = (_overlap(s, s + size, self.cold), e - s, s)
+                if best is None or candidate < best:
+                    best = candidate
+        return None if best is None else (best[2], best[0])
+
+    def take(self, offset: int, size: int) -> None:
+        self.free = _subtract(self.free, offset, offset + size)
+        self.cold = _subtract(self.cold, offset, offset + size)
+
+    def put(self, offset: int, size: int) -> None:
+        self.free = _add(self.free, offset, offset + size)
+
+
+_lock = threading.Lock()
+_arena: _Arena | None = None
+_no_arena = False  # the reservation failed: every buffer is plain torch.empty
+_returned: list[tuple[int, int]] = []  # ranges whose buffers died, not yet filed (see _release)
+_in_use_bytes = 0
+_high_water = 0
+_reused = 0
+_made = 0
+_fresh_bytes = 0
+
+
+def _the_arena() -> _Arena | None:
+    global _arena, _no_arena
+    if _arena is None and not _no_arena:
+        try:
+            _arena = _Arena(RESERVE)
+        except (OSError, ValueError, OverflowError):
+            _no_arena = True
+    return _arena
 
 
 def stats() -> CacheStats:
     with _lock:
         _file_returned()
-        return CacheStats(_reused, _made, _idle_bytes, _in_use_bytes, _high_water)
+        idle = _arena.idle_touched() if _arena is not None else 0
+        return CacheStats(_reused, _made, idle, _in_use_bytes, _high_water, _fresh_bytes)
 
 
-def _release(block: torch.Tensor) -> None:
+def _release(offset: int, size: int) -> None:
     """A buffer's last view died (a finalizer: any thread, and inside any allocation the garbage
-    collector interrupts, even one made while this thread holds ``_lock``): so it only queues the block,
+    collector interrupts, even one made while this thread holds ``_lock``): so it only queues the range,
     without the lock; the next :func:`_take` or :func:`stats` files it."""
-    _returned.append(block)
+    _returned.append((offset, size))
 
 
 def _file_returned() -> None:
-    """Move returned blocks to the idle cache (or drop them past :data:`IDLE_LIMIT`); ``_lock`` held."""
-    global _idle_bytes, _in_use_bytes
+    """Move returned ranges to the free list, then keep idle touched pages under :data:`IDLE_LIMIT`;
+    ``_lock`` held."""
+    global _in_use_bytes
+    if not _returned or _arena is None:
+        return
     while _returned:
-        block = _returned.pop()
-        size = block.numel()
+        offset, size = _returned.pop()
         _in_use_bytes -= size
-        if _idle_bytes + size > IDLE_LIMIT:
-            continue  # not kept: the memory goes back to the C allocator
-        _idle.setdefault(size, []).append(block)
-        _idle_bytes += size
+        _arena.put(offset, size)
+    _arena.trim(IDLE_LIMIT)
 
 
-def _take(size: int) -> torch.Tensor:
-    """The smallest idle block of at least ``size`` bytes, or a fresh one of ``size`` (dropping idle
-    blocks first to stay under the high-water mark)."""
-    global _idle_bytes, _in_use_bytes, _high_water, _reused, _made
+def _take(size: int) -> int | None:
+    """The arena offset of ``size`` free bytes, touched ones first (giving idle touched pages back first
+    to stay under the high-water mark when fresh ones are needed); None when the arena cannot hold it."""
+    global _in_use_bytes, _high_water, _reused, _made, _fresh_bytes
     with _lock:
+        arena = _the_arena()
+        if arena is None:
+            return None
         _file_returned()
-        fits = [s for s, blocks in _idle.items() if s >= size and blocks]
-        if fits:
-            best = min(fits)
-            block = _idle[best].pop()
-            _idle_bytes -= best
-            _in_use_bytes += best
-            _reused += 1
-            return block
-        # a miss: make room under the high-water mark, the largest idle blocks first
+        where = arena.place(size)
+        if where is None:
+            return None
+        offset, fresh = where
         mark = max(_high_water, _in_use_bytes + size)
-        dropped: list[torch.Tensor] = []
-        for other in sorted(_idle, reverse=True):
-            while _idle[other] and _idle_bytes + _in_use_bytes + size > mark:
-                dropped.append(_idle[other].pop())
-                _idle_bytes -= other
-        for other in [s for s, left in _idle.items() if not left]:
-            del _idle[other]
+        arena.take(offset, size)
+        if fresh:
+            # fresh pages are about to be touched: idle touched ones + in use + this buffer <= the mark
+            arena.trim(mark - _in_use_bytes - size)
+            _made += 1
+            _fresh_bytes += fresh
+        else:
+            _reused += 1
         _in_use_bytes += size
         _high_water = mark
-        _made += 1
-    del dropped  # freed outside the lock
-    return torch.empty(size, dtype=torch.uint8)
+        return offset
 
 
 def empty(nbytes: int) -> torch.Tensor:
-    """A 1-D uint8 CPU tensor of ``nbytes`` bytes, 64-byte aligned, contents unspecified."""
+    """A 1-D uint8 CPU tensor of ``nbytes`` bytes, page aligned, contents unspecified."""
     if nbytes < MIN_BYTES:
         return torch.empty(nbytes, dtype=torch.uint8)
-    block = _take(block_size(nbytes))
-    view = (ctypes.c_uint8 * nbytes).from_address(block.data_ptr())
-    weakref.finalize(view, _release, block).atexit = False
+    size = block_size(nbytes)
+    offset = _take(size)
+    if offset is None:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    assert _arena is not None
+    view = (ctypes.c_uint8 * nbytes).from_address(_arena.base + offset)
+    weakref.finalize(view, _release, offset, size).atexit = False
     return torch.frombuffer(view, dtype=torch.uint8)
 
 
 def clear() -> None:
-    """Drop every idle block (the memory goes back to the C allocator); buffers in use are untouched."""
-    global _idle_bytes
+    """Give every idle touched page back to the kernel; buffers in use are untouched."""
     with _lock:
         _file_returned()
-        dropped = [b for blocks in _idle.values() for b in blocks]
-        _idle.clear()
-        _idle_bytes = 0
-    del dropped
-
+        if _arena is not None:
+            _arena.trim(0)

@@ -3,6 +3,7 @@ holds more than the process's own high-water mark."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import threading
 import weakref
@@ -17,10 +18,16 @@ from kvtest.host import reused_memory
 MIB = 1 << 20
 
 
+def taken(nbytes: int) -> int:
+    """The arena bytes a buffer of ``nbytes`` takes."""
+    return reused_memory.block_size(nbytes)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in (("_idle", {}), ("_returned", []), ("_idle_bytes", 0), ("_in_use_bytes", 0), ("_high_water", 0),
-                        ("_reused", 0), ("_made", 0)):
+    monkeypatch.setattr(reused_memory, "_arena", reused_memory._Arena(256 * MIB))
+    for name, value in (("_returned", []), ("_in_use_bytes", 0), ("_high_water", 0), ("_reused", 0), ("_made", 0),
+                        ("_fresh_bytes", 0)):
         monkeypatch.setattr(reused_memory, name, value)
 
 
@@ -40,10 +47,13 @@ def _handed_out_while_viewed(empty: Callable[[int], torch.Tensor]) -> bool:
 
 
 def _release_with_the_tensor(nbytes: int) -> torch.Tensor:
-    """A broken cache: the block returns when the handed-out tensor object dies, not its memory's views."""
-    block = reused_memory._take(reused_memory.block_size(nbytes))
-    tensor = block[:nbytes]
-    weakref.finalize(tensor, reused_memory._release, block)
+    """A broken cache: the range returns when the handed-out tensor object dies, not its memory's views."""
+    size = reused_memory.block_size(nbytes)
+    offset = reused_memory._take(size)
+    assert offset is not None and reused_memory._arena is not None
+    tensor = torch.frombuffer((ctypes.c_uint8 * nbytes).from_address(reused_memory._arena.base + offset),
+                              dtype=torch.uint8)
+    weakref.finalize(tensor, reused_memory._release, offset, size)
     return tensor
 
 
@@ -81,22 +91,22 @@ def test_writes_to_a_new_buffer_never_reach_a_live_one() -> None:
 def test_the_cache_stays_under_the_high_water_mark() -> None:
     held = [reused_memory.empty(8 * MIB) for _ in range(4)]  # the mark: 32 MiB in use at once
     del held
-    assert reused_memory.stats().idle_bytes == 32 * MIB
-    # 8 MiB blocks do not fit 20 MiB buffers: idle blocks are dropped before fresh ones are made
+    assert reused_memory.stats().idle_bytes == 4 * taken(8 * MIB)
+    # the first 20 MiB buffer lies on touched pages, the second needs 8 MiB of fresh ones
     bigger = [reused_memory.empty(20 * MIB) for _ in range(2)]
     state = reused_memory.stats()
-    assert state.idle_bytes + state.in_use_bytes <= state.high_water == 40 * MIB
+    assert state.idle_bytes + state.in_use_bytes <= state.high_water == 2 * taken(20 * MIB)
     del bigger
 
 
-def test_idle_blocks_stay_under_the_idle_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_touched_pages_stay_under_the_idle_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reused_memory, "IDLE_LIMIT", 10 * MIB)
     held = [reused_memory.empty(4 * MIB) for _ in range(4)]
     del held
-    assert reused_memory.stats().idle_bytes == 8 * MIB
+    assert reused_memory.stats().idle_bytes == 10 * MIB
 
 
-def test_a_smaller_buffer_takes_the_smallest_idle_block_that_fits() -> None:
+def test_a_smaller_buffer_lies_on_touched_pages() -> None:
     blocks = [reused_memory.empty(size * MIB) for size in (4, 16)]
     addresses = [b.data_ptr() for b in blocks]
     del blocks
@@ -146,4 +156,52 @@ def test_a_buffer_collected_while_the_cache_is_locked_is_filed_later() -> None:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(10)
-    assert seen == [4 * MIB], "a finalizer under the cache's lock did not complete"
+    assert seen == [taken(4 * MIB)], "a finalizer under the cache's lock did not complete"
+
+
+def test_buffers_of_another_size_reuse_the_pages_earlier_ones_touched() -> None:
+    """What the arena is for: the nightly profile's tests use buffers of sizes the earlier tests did not
+    (16 MiB tensors, then 32 MiB ones), and every page touched before serves again."""
+    held = [reused_memory.empty(16 * MIB) for _ in range(4)]
+    del held
+    fresh = reused_memory.stats().fresh_bytes
+    assert fresh == 4 * taken(16 * MIB)
+    bigger = [reused_memory.empty(32 * MIB) for _ in range(2)]
+    smaller = [reused_memory.empty(5 * MIB) for _ in range(2)]
+    del bigger
+    bigger = [reused_memory.empty(24 * MIB)]
+    state = reused_memory.stats()
+    assert state.fresh_bytes == fresh + 10 * MIB  # only what the 64 MiB touched before could not hold
+    assert state.made == 4 + 2 and state.reused == 3  # the first four and the two 5 MiB ones were fresh
+    del bigger, smaller
+
+
+def test_given_back_pages_are_the_kernels_again() -> None:
+    """clear() (and the idle limit) really return pages: their bytes read as zeros afterwards, and a
+    buffer on them counts as fresh."""
+    buffer = reused_memory.empty(4 * MIB)
+    buffer.fill_(0xAB)
+    address = buffer.data_ptr()
+    del buffer
+    again = reused_memory.empty(4 * MIB)
+    assert again.data_ptr() == address and int(again[123]) == 0xAB  # reused: the old bytes
+    del again
+    reused_memory.clear()
+    assert reused_memory.stats().idle_bytes == 0
+    after = reused_memory.empty(4 * MIB)
+    assert after.data_ptr() == address and int(after.max()) == 0  # the kernel's zero pages
+    assert reused_memory.stats().fresh_bytes == 2 * taken(4 * MIB)
+    del after
+
+
+def test_a_buffer_the_arena_cannot_hold_is_a_plain_tensor() -> None:
+    held = reused_memory.empty(200 * MIB)
+    outside = reused_memory.empty(100 * MIB)  # 256 MiB arena
+    assert reused_memory._arena is not None
+    base = reused_memory._arena.base
+    assert base <= held.data_ptr() < base + 256 * MIB
+    assert not base <= outside.data_ptr() < base + 256 * MIB
+    outside.fill_(1)
+    assert int(outside.sum()) == 100 * MIB
+    del held, outside
+
