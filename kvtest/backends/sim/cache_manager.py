@@ -568,7 +568,9 @@ class CacheManager:
         from kvtest.backends.sim.control import decode_bytes
 
         try:
-            transport.load_peer(agent["agent"], decode_bytes(agent["meta"]), int(agent["version"]))
+            transport.load_peer(
+                agent["agent"], decode_bytes(agent["meta"]), int(agent["version"]), agent.get("probe")
+            )
         except Exception as exc:  # noqa: BLE001 - an unreachable peer is a failed call, not a crash
             raise native_error(
                 api, LLMStatusCode.LLM_FAILED, f"cannot reach cluster {cluster_id}: {type(exc).__name__}"
@@ -625,6 +627,7 @@ class CacheManager:
         """Run one NIXL transfer of (local, remote, bytes) segments, failing like the native call."""
         _, transport = self._ep.ctx()
         seam = self._ep.faults
+        began = time.monotonic()
         # a synchronous call is timed as a whole (_slowed); an async layer's move is its transfer
         timed = seam.slowed(api) if api == "transfer_cache_async" else contextlib.nullcontext()
         try:
@@ -636,7 +639,10 @@ class CacheManager:
                 self._spoil_source(op, agent, segments, deadline)
         except TransferError as exc:
             if exc.code == LLMStatusCode.LLM_TIMEOUT:
-                details = f"{exc.details}: sync_kv_timeout is {self._ep.sync_timeout_ms} ms"
+                limit = self._ep.sync_timeout_ms
+                before = round((began - (deadline - limit / 1000)) * 1000)
+                details = (f"{exc.details}: sync_kv_timeout is {limit} ms, {before} ms of it went "
+                           "before the transfer began")
             else:
                 details = exc.details
             raise native_error(api, exc.code, details) from None

@@ -258,6 +258,7 @@ class LLMDataDist:
         record = {
             "agent": transport.name,
             "meta": control.encode_bytes(transport.metadata()),
+            "probe": transport.probe_address,
             "version": self._agent_version,
             "role": plane.role,
             "pid": os.getpid(),
@@ -293,7 +294,8 @@ class LLMDataDist:
         if record is None:
             return False
         try:
-            transport.load_peer(record["agent"], control.decode_bytes(record["meta"]), int(record["version"]))
+            meta = control.decode_bytes(record["meta"])
+            transport.load_peer(record["agent"], meta, int(record["version"]), record.get("probe"))
         except Exception:  # noqa: BLE001 - an unreachable peer fails the link with a code
             return False
         return True

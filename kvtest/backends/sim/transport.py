@@ -43,6 +43,16 @@ _idle_lock = threading.Lock()
 MAX_IDLE_AGENTS = 2
 _versions = itertools.count(1)
 
+#: how long (seconds) the first transfer to a peer may spend setting up its connection before the
+#: transfer's own deadline starts: link_clusters' default timeout (3000 ms). UCX wires an endpoint up on
+#: its first use, in round trips the peer's progress thread answers; the real llm_datadist sets its
+#: connection up in link_clusters (link_mgr/llm_link_manager.cc), so sync_kv_timeout never covers it.
+#: Measured here: a first 1 KiB transfer 4-53 ms, later ones 0.1 ms (2 cores, 9 busy processes); with
+#: the peer process stopped, the first waits for it to run again.
+WIREUP_LIMIT_S = 3.0
+#: bytes of the word each transport registers for peers to read when they set a connection up
+PROBE_BYTES = 8
+
 
 def drop_idle_agents() -> None:
     """Destroy the idle agents now. Registered at exit: left to the interpreter's teardown, an agent that
@@ -151,10 +161,13 @@ class Transport:
         self._regs: dict[int, Any] = {}
         self._next_reg = 1
         self._peer_versions: dict[str, int] = {}
+        self._peer_probes: dict[str, int] = {}  # peers not yet connected: the address of their probe word
         self._handles: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._abandoned: list[Any] = []
         self._in_flight = 0  # transfers running now (another thread's may outlive a close)
         self._lock = threading.RLock()
+        self._probe = ctypes.create_string_buffer(PROBE_BYTES)
+        self.register([(ctypes.addressof(self._probe), PROBE_BYTES)])
 
     # -- memory --------------------------------------------------------------------------------
     def register(self, regions: Sequence[tuple[int, int]]) -> int:
@@ -178,13 +191,23 @@ class Transport:
                 self._drop_handles(None)
                 self._agent.deregister_memory(reg)
 
+    @property
+    def probe_address(self) -> int:
+        """Where this transport's probe word lies: publish it with :meth:`metadata` for
+        :meth:`load_peer`'s ``probe``."""
+        return ctypes.addressof(self._probe)
+
     def metadata(self) -> bytes:
         with self._lock:
             return bytes(self._agent.get_agent_metadata())
 
     # -- peers ---------------------------------------------------------------------------------
-    def load_peer(self, agent_name: str, metadata: bytes, version: int) -> None:
-        """Load (or reload, when ``version`` changed) a peer's metadata: its registered memory."""
+    def load_peer(self, agent_name: str, metadata: bytes, version: int, probe: int | None = None) -> None:
+        """Load (or reload, when ``version`` changed) a peer's metadata: its registered memory.
+
+        :param probe: the peer's :attr:`probe_address`: the first transfer to the peer then sets the
+            connection up by reading it, within :data:`WIREUP_LIMIT_S`, before its own deadline starts.
+        """
         with self._lock:
             if agent_name == self.name:  # a link to oneself: NIXL transfers to its own agent as is
                 return
@@ -196,6 +219,9 @@ class Transport:
                 del self._peer_versions[agent_name]
             self._agent.add_remote_agent(metadata)
             self._peer_versions[agent_name] = version
+            self._peer_probes.pop(agent_name, None)
+            if probe is not None:
+                self._peer_probes[agent_name] = probe
 
     def forget_peer(self, agent_name: str) -> None:
         with self._lock:
@@ -203,6 +229,7 @@ class Transport:
                 self._drop_handles(agent_name)
                 self._agent.remove_remote_agent(agent_name)
                 del self._peer_versions[agent_name]
+            self._peer_probes.pop(agent_name, None)
 
     # -- transfers -----------------------------------------------------------------------------
     def _drop_handles(self, peer: str | None) -> None:
@@ -242,7 +269,8 @@ class Transport:
         flip: bool = False,
         stall: bool = False,
     ) -> None:
-        """Move ``segments`` (READ: remote to local, WRITE: local to remote) and wait until ``deadline``.
+        """Move ``segments`` (READ: remote to local, WRITE: local to remote) and wait until ``deadline``,
+        which moves on by the time the first transfer to a peer takes to set its connection up.
 
         :param flip: fault injection: one byte arrives wrong on the receiving side.
         :param stall: fault injection: the transfer never completes (LLM_TIMEOUT at the deadline).
@@ -254,6 +282,7 @@ class Transport:
         if stall:
             time.sleep(max(0.0, deadline - time.monotonic()))
             raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time (stall fault)")
+        deadline += self._connect(peer)
         try:
             handle = self._handle(op, peer, merged)
         except Exception as exc:
@@ -291,6 +320,51 @@ class Transport:
             raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time")
         if flip and op == "READ":
             _flip_byte(merged[0][0])
+
+    def _connect(self, peer: str) -> float:
+        """Set the connection to ``peer`` up, where it is not yet, by reading its probe word within
+        :data:`WIREUP_LIMIT_S`; return the seconds that took (0 when there was nothing to do, or NIXL
+        refused: the transfer itself then meets what stopped the probe, and reports it).
+
+        :raises TransferError: LLM_TIMEOUT when the connection is not up within the limit.
+        """
+        with self._lock:
+            remote = self._peer_probes.get(peer)
+        if remote is None:
+            return 0.0
+        start = time.monotonic()
+        segment = [(ctypes.addressof(self._probe), remote, PROBE_BYTES)]
+        try:
+            handle = self._handle("READ", peer, segment)
+        except Exception:  # noqa: BLE001 - the transfer reports what NIXL refuses
+            return 0.0
+        state = "PROC"
+        with self._lock:
+            self._in_flight += 1
+        try:
+            state = self._agent.transfer(handle)
+            while state == "PROC" and time.monotonic() < start + WIREUP_LIMIT_S:
+                state = self._agent.check_xfer_state(handle)
+        except Exception:  # noqa: BLE001
+            state = "ERR"
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        if state != "DONE":
+            self._abandon("READ", peer, segment)
+            if state == "PROC":
+                raise TransferError(
+                    LLMStatusCode.LLM_TIMEOUT,
+                    f"no connection to {peer} within {WIREUP_LIMIT_S * 1000:.0f} ms (link_clusters' "
+                    "default timeout; the sim sets a connection up on its first transfer)",
+                )
+            return 0.0
+        with self._lock:
+            if self._handles.pop(("READ", peer, tuple(segment)), None) is handle:
+                self._agent.release_xfer_handle(handle)
+            if self._peer_probes.get(peer) == remote:
+                del self._peer_probes[peer]
+        return time.monotonic() - start
 
     def close(self) -> None:
         """Release every handle, peer and registration. The clean agent goes back to the idle pool; one

@@ -1,0 +1,125 @@
+"""The first transfer to a peer sets its connection up before sync_kv_timeout starts to count.
+
+UCX wires an endpoint up on its first use, in round trips the peer's progress thread answers; on a loaded
+host that took more than the whole 1000 ms of a sample's tiny push, and the sim reported LLM_TIMEOUT where
+the real llm_datadist, whose connection is set up in link_clusters, does not. Here the peer is a process
+held stopped (SIGSTOP) for a while across the first transfer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from kvtest.backends.sim import transport
+from kvtest.backends.sim.status import LLMStatusCode
+from kvtest.backends.sim.transport import TransferError, Transport, next_version
+
+PEER = """
+import base64, ctypes, json, sys
+from kvtest.backends.sim.transport import Transport
+buf = ctypes.create_string_buffer(bytes(range(256)) * 4)
+t = Transport(sys.argv[1])
+t.register([(ctypes.addressof(buf), 1024)])
+print("PEER " + json.dumps({"meta": base64.b64encode(t.metadata()).decode(), "addr": ctypes.addressof(buf),
+                  "probe": t.probe_address}), flush=True)
+sys.stdin.read()
+t.close()
+"""
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[subprocess.Popen[str], str, dict[str, object]]]:
+    name = f"kvtest-wireup-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PEER, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = next(x for x in proc.stdout if x.startswith("PEER "))  # NIXL logs to stdout too
+        yield proc, name, json.loads(line[5:])
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def reader(monkeypatch: pytest.MonkeyPatch) -> Iterator[Transport]:
+    monkeypatch.setattr(transport, "_idle_agents", [])
+    t = Transport(f"kvtest-wireup-{uuid.uuid4().hex[:8]}")
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+def stopped_for(pid: int, seconds: float) -> threading.Timer:
+    os.kill(pid, signal.SIGSTOP)
+    timer = threading.Timer(seconds, os.kill, (pid, signal.SIGCONT))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("with_probe", [True, False], ids=["probe", "no-probe"])
+def test_the_first_transfer_waits_for_its_connection_outside_the_deadline(peer, reader, with_probe: bool):
+    proc, name, info = peer
+    dst = torch.zeros(1024, dtype=torch.uint8)
+    reader.register([(dst.data_ptr(), 1024)])
+    reader.load_peer(name, base64.b64decode(str(info["meta"])), next_version(),
+                     int(str(info["probe"])) if with_probe else None)
+    timer = stopped_for(proc.pid, 1.5)
+    try:
+        start = time.monotonic()
+        if with_probe:
+            reader.transfer("READ", name, [(dst.data_ptr(), int(str(info["addr"])), 1024)], start + 1.0)
+            # connected once the peer ran again (1.5 s), then the transfer had its own second
+            assert 1.4 < time.monotonic() - start < transport.WIREUP_LIMIT_S + 1.0
+            assert torch.equal(dst, torch.arange(256, dtype=torch.uint8).repeat(4))
+        else:  # what a sample's first push met on a loaded host: the set-up counted in the 1000 ms
+            with pytest.raises(TransferError) as caught:
+                reader.transfer("READ", name, [(dst.data_ptr(), int(str(info["addr"])), 1024)], start + 1.0)
+            assert caught.value.code == LLMStatusCode.LLM_TIMEOUT
+    finally:
+        timer.join()
+    # connected: a second transfer to a stopped peer needs nothing from it (UCX shared memory)
+    timer = stopped_for(proc.pid, 1.5) if with_probe else None
+    try:
+        start = time.monotonic()
+        reader.transfer("READ", name, [(dst.data_ptr(), int(str(info["addr"])), 1024)], start + 1.0)
+        assert time.monotonic() - start < 1.0
+    finally:
+        if timer is not None:
+            timer.join()
+
+
+def test_a_connection_that_is_not_up_in_time_is_a_timeout_naming_it(peer, reader, monkeypatch):
+    proc, name, info = peer
+    monkeypatch.setattr(transport, "WIREUP_LIMIT_S", 0.5)
+    dst = torch.zeros(1024, dtype=torch.uint8)
+    reader.register([(dst.data_ptr(), 1024)])
+    reader.load_peer(name, base64.b64decode(str(info["meta"])), next_version(), int(str(info["probe"])))
+    timer = stopped_for(proc.pid, 3.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TransferError) as caught:
+            reader.transfer("READ", name, [(dst.data_ptr(), int(str(info["addr"])), 1024)], start + 10.0)
+        took = time.monotonic() - start
+    finally:
+        timer.join()
+    assert caught.value.code == LLMStatusCode.LLM_TIMEOUT
+    assert f"no connection to {name} within 500 ms" in caught.value.details
+    assert 0.5 <= took < 2.5  # the connection's limit, not the transfer's 10 s
+    # the peer runs again: the next transfer sets the connection up and moves the bytes
+    reader.transfer("READ", name, [(dst.data_ptr(), int(str(info["addr"])), 1024)], time.monotonic() + 10)
+    assert torch.equal(dst, torch.arange(256, dtype=torch.uint8).repeat(4))
