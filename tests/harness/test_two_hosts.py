@@ -101,7 +101,8 @@ def start(
         "60",
         *selection,
     ]
-    full_env = {**os.environ, "UCX_TLS": "tcp", **(env or {})}
+    # unbuffered: watch_ends times each line as it arrives
+    full_env = {**os.environ, "UCX_TLS": "tcp", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env
     )
@@ -222,36 +223,75 @@ def test_after(kv, n):
 DEAD_AFTER = 3.0
 
 
-def watch_ends(
-    procs: dict[str, subprocess.Popen[str]], cut: float, limit: float
-) -> tuple[dict[str, str], dict[str, float]]:
-    """Read every role's output until it ends or ``limit`` seconds after ``cut`` pass; return the outputs
-    and, for each role that ended in time, how long after the cut it did (the others are killed)."""
-    outs: dict[str, str] = {}
-    ended: dict[str, float] = {}
-    readers = {name: threading.Thread(target=lambda n=name, q=proc: outs.update({n: q.communicate()[0]}))
-               for name, proc in procs.items()}
+#: once a role has reported the partition (the report's line has arrived), what is left is its session's
+#: end and the interpreter's exit: 1-2 s here when quiet, over 4 s seen on a loaded CI host. Bounded
+#: apart from the report so that a busy host's exit cannot fail the check on kvtest's detection, and
+#: still well below the next waits on this path (a launcher's 20 s grace, the 30 s goodbye).
+EXIT_LIMIT = 10.0
+
+
+class Ends:
+    """When each role ended after the cut (roles still running at the limit are killed and absent),
+    its whole output, and when each line of it arrived (seconds after the cut; the roles run unbuffered)."""
+
+    def __init__(self) -> None:
+        self.outs: dict[str, str] = {}
+        self.ended: dict[str, float] = {}
+        self.lines: dict[str, list[tuple[float, str]]] = {}
+
+    def first(self, role: str, text: str) -> float:
+        """When the first line of ``role``'s output holding ``text`` arrived, after the cut."""
+        at = next((t for t, line in self.lines.get(role, []) if text in line), None)
+        assert at is not None, f"{role} never wrote {text!r}: {self.outs.get(role)}"
+        return at
+
+
+def watch_ends(procs: dict[str, subprocess.Popen[str]], cut: float, limit: float) -> Ends:
+    """Read every role's output, line by line, until it ends or ``limit`` seconds after ``cut`` pass."""
+    ends = Ends()
+
+    def read(name: str, proc: subprocess.Popen[str]) -> None:
+        lines = ends.lines.setdefault(name, [])
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append((time.monotonic() - cut, line))
+        ends.outs[name] = "".join(line for _, line in lines)
+
+    readers = {name: threading.Thread(target=read, args=(name, proc)) for name, proc in procs.items()}
     for reader in readers.values():
         reader.start()
     while any(r.is_alive() for r in readers.values()) and time.monotonic() < cut + limit:
         for name, reader in readers.items():
-            if name not in ended and not reader.is_alive():
-                ended[name] = time.monotonic() - cut
+            if name not in ends.ended and not reader.is_alive():
+                ends.ended[name] = time.monotonic() - cut
         time.sleep(0.05)
     for name, reader in readers.items():
-        if name not in ended and not reader.is_alive():
-            ended[name] = time.monotonic() - cut
+        if name not in ends.ended and not reader.is_alive():
+            ends.ended[name] = time.monotonic() - cut
     for proc in procs.values():
         if proc.poll() is None:
             proc.kill()
     for reader in readers.values():
         reader.join(10)
-    return outs, ended
+    for proc in procs.values():
+        proc.wait(10)
+    return ends
+
+
+def assert_ended_in_time(ends: Ends, reports: dict[str, str], dead_after: float) -> None:
+    """Each role reported the partition (its line holding ``reports[role]``) within ``dead_after`` + 5 s
+    of the cut, and its process ended within :data:`EXIT_LIMIT` of that."""
+    for role, text in reports.items():
+        assert role in ends.ended, f"{role} still running after the cut (a hang): {ends.outs}"
+        reported = ends.first(role, text)
+        print(f"{role}: reported {reported:.1f}s after the cut, ended {ends.ended[role]:.1f}s")
+        assert reported <= dead_after + 5, (role, reported, ends.outs[role])
+        assert ends.ended[role] - reported <= EXIT_LIMIT, (role, ends.ended[role], ends.outs[role])
 
 
 def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float | None, dead_after: float):
     """Run PARTITION on both hosts; cut the link at the first push for ``outage`` seconds (None: for
-    good). Return both outputs, exit codes, when each ended after the cut, and p0's results."""
+    good). Return how the roles ended (:class:`Ends`), their exit codes, and p0's results."""
     (tmp / "test_cut.py").write_text(PARTITION.format(push_for=push_for))
     gate = tmp / "pushing"
     env = {"KVTEST_HARNESS_GATE": str(gate)}
@@ -271,25 +311,26 @@ def cut_run(hosts: Hosts, tmp: Path, port: int, push_for: float, outage: float |
         if outage is not None:
             time.sleep(outage)
             hosts.link("up")
-        outs, ended = watch_ends({"p0": p, "d0": d}, cut, limit=60)
-        hung = [name for name in ("p0", "d0") if name not in ended]
-        assert not hung, f"{hung} still running 60 s after the cut (a hang): {outs}"
+        ends = watch_ends({"p0": p, "d0": d}, cut, limit=60)
+        hung = [name for name in ("p0", "d0") if name not in ends.ended]
+        assert not hung, f"{hung} still running 60 s after the cut (a hang): {ends.outs}"
     finally:
         for proc in (p, d):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     recorded = json.loads(results.read_text())["tests"] if results.exists() else {}
-    return outs, {"p0": p.returncode, "d0": d.returncode}, ended, recorded
+    return ends, {"p0": p.returncode, "d0": d.returncode}, recorded
 
 
 @pytest.mark.full
 def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path):
-    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29533, push_for=60, outage=None, dead_after=DEAD_AFTER)
-    print(f"\npartition: p0 ended {ended['p0']:.1f}s, d0 ended {ended['d0']:.1f}s after the cut")
+    ends, codes, recorded = cut_run(two_hosts, tmp_path, 29533, push_for=60, outage=None, dead_after=DEAD_AFTER)
+    outs = ends.outs
+    print(f"\npartition: p0 ended {ends.ended['p0']:.1f}s, d0 ended {ends.ended['d0']:.1f}s after the cut")
+    assert_ended_in_time(ends, {"p0": "peer d0 died", "d0": "cannot reach p0's rendezvous"}, DEAD_AFTER)
     for role in ("p0", "d0"):
         assert codes[role] not in (0, None), outs[role]
-        assert ended[role] <= DEAD_AFTER + 5, (role, ended[role], outs[role])
         assert "Traceback" not in outs[role] and "INTERNALERROR" not in outs[role], outs[role]
     # d0 waited in the store: one line naming the partition, p0's address and p0's last step
     line = next(x for x in outs["d0"].splitlines() if "cannot reach p0's rendezvous" in x)
@@ -319,7 +360,8 @@ def test_partition_ends_every_role_and_names_it(two_hosts: Hosts, tmp_path: Path
 def test_a_short_flap_never_hangs(two_hosts: Hosts, tmp_path: Path):
     """The link is down 2 s (less than --kv-dead-after, 5 s as by default) while p0 pushes and d0
     waits in the store."""
-    outs, codes, ended, recorded = cut_run(two_hosts, tmp_path, 29534, push_for=1.5, outage=2.0, dead_after=5.0)
+    ends, codes, recorded = cut_run(two_hosts, tmp_path, 29534, push_for=1.5, outage=2.0, dead_after=5.0)
+    outs, ended = ends.outs, ends.ended
     print(f"\nflap: exit p0 {codes['p0']} d0 {codes['d0']}; ended {ended['p0']:.1f}s / {ended['d0']:.1f}s "
           f"after the cut; last push {float((tmp_path / 'pushing').read_text()):.2f}s; "
           f"outcomes {sorted((k.rsplit('::', 1)[1], v['outcome']) for k, v in recorded.items())}")
@@ -381,18 +423,18 @@ def test_partition_during_a_long_local_operation_ends_every_role_in_time(two_hos
             assert time.monotonic() < deadline and p.poll() is None and d.poll() is None, "never busy"
             time.sleep(0.05)
         cut = two_hosts.link("down")
-        outs, ended = watch_ends({"p0": p, "d0": d}, cut, limit=90)
+        ends = watch_ends({"p0": p, "d0": d}, cut, limit=90)
     finally:
         for proc in (p, d):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     print(f"\npartition during copy_blocks (nightly-sized, dead-after {dead_after:g}): "
-          + ", ".join(f"{role} ended {ended.get(role, float('nan')):.1f}s after the cut" for role in ("p0", "d0")))
+          + ", ".join(f"{role} ended {ends.ended.get(role, float('nan')):.1f}s after the cut" for role in ("p0", "d0")))
+    outs = ends.outs
+    assert_ended_in_time(ends, {"p0": "peer d0 died at step", "d0": "cannot reach p0's rendezvous"}, dead_after)
     for role in ("p0", "d0"):
-        assert role in ended, f"{role} still running 90 s after the cut: {outs}"
         assert p.returncode not in (0, None) and d.returncode not in (0, None), outs
-        assert ended[role] <= dead_after + 5, (role, ended[role], outs.get(role))
         assert "Traceback" not in outs[role] and "INTERNALERROR" not in outs[role], outs[role]
     assert "peer d0 died at step" in outs["p0"], outs["p0"]
     assert "cannot reach p0's rendezvous" in outs["d0"], outs["d0"]
