@@ -292,25 +292,17 @@ class Transport:
         restore: int | None = None
         if flip and op == "WRITE":
             restore = _flip_byte(merged[0][0])
-        with self._lock:
-            self._in_flight += 1
         try:
-            state = self._agent.transfer(handle)
-            while state == "PROC":
-                if time.monotonic() >= deadline:
-                    self._abandon(op, peer, merged)
-                    raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time")
-                state = self._agent.check_xfer_state(handle)
-        except TransferError:
-            raise
+            state = self._post(handle, deadline)
         except Exception as exc:
             self._abandon(op, peer, merged)
             raise TransferError(LLMStatusCode.LLM_FAILED, f"nixl transfer failed: {exc!r}") from exc
         finally:
-            with self._lock:
-                self._in_flight -= 1
             if restore is not None:
                 ctypes.c_uint8.from_address(merged[0][0]).value = restore
+        if state == "PROC":
+            self._abandon(op, peer, merged)
+            raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time")
         if state != "DONE":
             self._abandon(op, peer, merged)
             raise TransferError(LLMStatusCode.LLM_FAILED, f"nixl transfer ended in state {state}")
@@ -320,6 +312,20 @@ class Transport:
             raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time")
         if flip and op == "READ":
             _flip_byte(merged[0][0])
+
+    def _post(self, handle: Any, until: float) -> str:
+        """Post ``handle`` and poll it until it leaves ``PROC`` or ``until`` passes; its last state
+        (``PROC``: still in flight, for the caller to abandon). Raises what NIXL raises."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            state = str(self._agent.transfer(handle))
+            while state == "PROC" and time.monotonic() < until:
+                state = str(self._agent.check_xfer_state(handle))
+            return state
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _connect(self, peer: str) -> float:
         """Set the connection to ``peer`` up, where it is not yet, by reading its probe word within
@@ -338,18 +344,10 @@ class Transport:
             handle = self._handle("READ", peer, segment)
         except Exception:  # noqa: BLE001 - the transfer reports what NIXL refuses
             return 0.0
-        state = "PROC"
-        with self._lock:
-            self._in_flight += 1
         try:
-            state = self._agent.transfer(handle)
-            while state == "PROC" and time.monotonic() < start + WIREUP_LIMIT_S:
-                state = self._agent.check_xfer_state(handle)
+            state = self._post(handle, start + WIREUP_LIMIT_S)
         except Exception:  # noqa: BLE001
             state = "ERR"
-        finally:
-            with self._lock:
-                self._in_flight -= 1
         if state != "DONE":
             self._abandon("READ", peer, segment)
             if state == "PROC":
