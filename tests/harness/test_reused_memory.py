@@ -27,7 +27,7 @@ def taken(nbytes: int) -> int:
 def _fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reused_memory, "_arena", reused_memory._Arena(256 * MIB))
     for name, value in (("_returned", []), ("_in_use_bytes", 0), ("_high_water", 0), ("_reused", 0), ("_made", 0),
-                        ("_fresh_bytes", 0)):
+                        ("_fresh_bytes", 0), ("_swept_in_use", 0)):
         monkeypatch.setattr(reused_memory, name, value)
 
 
@@ -205,3 +205,76 @@ def test_a_buffer_the_arena_cannot_hold_is_a_plain_tensor() -> None:
     assert int(outside.sum()) == 100 * MIB
     del held, outside
 
+
+
+def _counting_collections(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """gc.collect as reused_memory calls it, counted."""
+    calls: list[int] = []
+    real = gc.collect
+
+    def collect(*args: int) -> int:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(reused_memory.gc, "collect", collect)
+    return calls
+
+
+def test_sweep_frees_a_buffer_a_dead_cycle_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test's ``with pytest.raises(...) as exc`` leaves: a frame, its traceback and its locals in a
+    cycle. The sweep gives the buffer back before the next test touches fresh pages for its own."""
+    calls = _counting_collections(monkeypatch)
+    gc.disable()  # only the sweep may collect here
+    try:
+        holder: list[object] = [reused_memory.empty(8 * MIB)]
+        holder.append(holder)
+        del holder
+        assert reused_memory.stats().in_use_bytes == taken(8 * MIB)  # the cycle keeps it
+        assert reused_memory.sweep() == taken(8 * MIB)
+        assert reused_memory.stats().in_use_bytes == 0 and len(calls) == 1
+        assert reused_memory.sweep() == 0 and len(calls) == 1  # nothing left behind: no collection
+    finally:
+        gc.enable()
+
+
+def test_sweep_takes_buffers_still_in_use_as_its_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A buffer a live fixture holds is not garbage: one collection finds that out, and later sweeps do
+    not pay for it again until more bytes are left behind."""
+    calls = _counting_collections(monkeypatch)
+    kept = reused_memory.empty(4 * MIB)
+    assert reused_memory.sweep() == 0 and len(calls) == 1
+    assert reused_memory.sweep() == 0 and len(calls) == 1
+    more = reused_memory.empty(2 * MIB)
+    assert reused_memory.sweep() == 0 and len(calls) == 2
+    del more
+    assert reused_memory.sweep() == 0 and len(calls) == 2  # fewer bytes in use: the baseline follows
+    del kept
+
+
+def test_the_plugin_sweeps_before_each_test(pytester: pytest.Pytester) -> None:
+    """The sweep is wired into every test's set-up: a buffer an earlier test left in a dead cycle is back
+    in the arena when the next test starts (the automatic collector is off, so only the sweep frees it)."""
+    pytester.makepyfile(
+        """
+        import gc
+        from kvtest.host import reused_memory
+
+        START = []
+
+        def test_leaves_a_cycle():
+            START.append(reused_memory.stats().in_use_bytes)
+            gc.disable()
+            holder = [reused_memory.empty(8 << 20)]
+            holder.append(holder)
+
+        def test_starts_without_it():
+            try:
+                assert reused_memory.stats().in_use_bytes == START[0]
+            finally:
+                gc.enable()
+        """
+    )
+    try:
+        pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    finally:
+        gc.enable()
