@@ -147,6 +147,9 @@ class NpuBackend:
     def after_failure(self) -> None:
         """llm_datadist keeps nothing of a finalized instance."""
 
+    def warm_up(self, role: str) -> None:
+        """Nothing: an LLMDataDist's init needs its test's options and device."""
+
     def set_device(self, device_id: int) -> None:
         """``torch.npu.set_device`` with the *logical* id, as every sample passes ``--device_id``."""
         self._npu().set_device(device_id)

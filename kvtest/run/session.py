@@ -56,6 +56,8 @@ __all__ = ["HOOK_ORDER", "KV_FIXTURE", "KV_ITEM", "SessionHooks", "item_timeout"
 
 M = TypeVar("M", bound=Member)
 KV_FIXTURE = "kv"
+#: the fixture that makes LLMDataDists: a session whose tests use it has the backend warm up
+KV_DATADIST = "datadist"
 KV_ITEM = pytest.StashKey[Topology]()
 #: (hook, plugin name, how it is marked) for the orderings above that a test can check
 HOOK_ORDER = (
@@ -169,6 +171,8 @@ class SessionHooks:
     def resolve_backend(self) -> None:
         backend, self.member.backend_why = chosen_backend(self.config)
         self.member.backend_name = backend.name
+        if any(KV_DATADIST in getattr(item, "fixturenames", ()) for item in self.kv_items.values()):
+            backend.warm_up(self.me)
 
     def begin_artifacts(self, run_id: str) -> None:
         """Now that the run id is known: this role's artifacts folder, and its stack in the log."""

@@ -38,6 +38,12 @@ class SimBackend:
     def set_device(self, device_id: int) -> None:
         """Nothing to select on CPU."""
 
+    def warm_up(self, role: str) -> None:
+        """Make the first NIXL agent in the background (``transport.warm_up``)."""
+        from kvtest.backends.sim.transport import warm_up
+
+        warm_up(role)
+
     def after_failure(self) -> None:
         """Destroy the idle NIXL agents: one reused after a test that lost its peer's connection (the
         network-flap test) crashed its process later, at garbage collection."""

@@ -10,6 +10,7 @@ import atexit
 import ctypes
 import importlib
 import itertools
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -52,6 +53,36 @@ _versions = itertools.count(1)
 WIREUP_LIMIT_S = 3.0
 #: bytes of the word each transport registers for peers to read when they set a connection up
 PROBE_BYTES = 8
+
+
+#: how long a new Transport waits for the background warm-up's agent before it makes its own
+WARM_UP_LIMIT_S = 10.0
+_warm_up: threading.Thread | None = None
+
+
+def warm_up(role: str) -> None:
+    """Make this process's first agent in the background, for the first :class:`Transport` to take.
+
+    The first agent of a process costs 0.45 s here (UCX's and NIXL's one-time set-up: plugins, context),
+    later ones 20 ms; a role would otherwise pay it inside its first test, while its peer waits. Started
+    when the session begins, it overlaps the wait for the other roles to start and join. Once per
+    process; a failure here is left to the first Transport, which then makes its own agent and reports it.
+    """
+    global _warm_up
+    with _idle_lock:
+        if _warm_up is not None or _idle_agents:
+            return
+
+        def make() -> None:
+            try:
+                agent = make_agent(f"kvtest-sim/warm/{role}/{os.getpid()}")
+            except Exception:  # noqa: BLE001 - the first Transport makes and reports its own
+                return
+            with _idle_lock:
+                _idle_agents.append((f"kvtest-sim/warm/{role}/{os.getpid()}", agent))
+
+        _warm_up = threading.Thread(target=make, name="kvtest-sim-warm-up", daemon=True)
+        _warm_up.start()
 
 
 def drop_idle_agents() -> None:
@@ -150,6 +181,8 @@ class Transport:
     """A NIXL agent, the memory it registered, the peers it loaded, and prepared transfer handles."""
 
     def __init__(self, agent_name: str) -> None:
+        if _warm_up is not None:
+            _warm_up.join(WARM_UP_LIMIT_S)
         with _idle_lock:
             idle = _idle_agents.pop() if _idle_agents else None
         self._agent: Any

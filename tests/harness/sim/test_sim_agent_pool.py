@@ -106,3 +106,40 @@ def test_after_a_failed_test_the_idle_agents_are_destroyed() -> None:
     assert len(transport._idle_agents) == 1
     SimBackend(sim).after_failure()
     assert transport._idle_agents == []
+
+
+def _counting_agents(monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> list[str]:
+    """make_agent as the transport calls it, its names recorded (``fail``: it raises instead)."""
+    made: list[str] = []
+    real = transport.make_agent
+
+    def make(name: str, *args: int) -> object:
+        made.append(name)
+        if fail:
+            raise RuntimeError("UCX said no")
+        return real(name, *args)
+
+    monkeypatch.setattr(transport, "make_agent", make)
+    monkeypatch.setattr(transport, "_warm_up", None)
+    return made
+
+
+def test_the_warm_up_agent_serves_the_first_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session's warm-up makes the process's first agent in the background; the first Transport
+    takes it (waiting for it if need be) instead of making its own, and a second warm-up does nothing."""
+    made = _counting_agents(monkeypatch)
+    transport.warm_up("d1")
+    transport.warm_up("d1")
+    first = Transport(_name())
+    assert first.name.startswith("kvtest-sim/warm/d1/") and made == [first.name]
+    first.close()
+
+
+def test_a_failed_warm_up_leaves_the_first_transport_to_make_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = _counting_agents(monkeypatch, fail=True)
+    transport.warm_up("p0")
+    assert transport._warm_up is not None
+    transport._warm_up.join(10)
+    with pytest.raises(RuntimeError, match="UCX said no"):
+        Transport("kvtest-pool-own")  # the error is the Transport's to report
+    assert made == [made[0], "kvtest-pool-own"] and made[0].startswith("kvtest-sim/warm/p0/")
