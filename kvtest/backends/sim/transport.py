@@ -73,13 +73,15 @@ def warm_up(role: str) -> None:
         if _warm_up is not None or _idle_agents:
             return
 
+        name = f"kvtest-sim/warm/{role}/{os.getpid()}"
+
         def make() -> None:
             try:
-                agent = make_agent(f"kvtest-sim/warm/{role}/{os.getpid()}")
+                agent = make_agent(name)
             except Exception:  # noqa: BLE001 - the first Transport makes and reports its own
                 return
             with _idle_lock:
-                _idle_agents.append((f"kvtest-sim/warm/{role}/{os.getpid()}", agent))
+                _idle_agents.append((name, agent))
 
         _warm_up = threading.Thread(target=make, name="kvtest-sim-warm-up", daemon=True)
         _warm_up.start()
@@ -87,7 +89,10 @@ def warm_up(role: str) -> None:
 
 def drop_idle_agents() -> None:
     """Destroy the idle agents now. Registered at exit: left to the interpreter's teardown, an agent that
-    had lost a peer's connection crashed the process there (SIGSEGV, seen in the network-flap test)."""
+    had lost a peer's connection crashed the process there (SIGSEGV, seen in the network-flap test).
+    A warm-up still making its agent is waited for first, so that agent is destroyed here too."""
+    if _warm_up is not None:
+        _warm_up.join(WARM_UP_LIMIT_S)
     with _idle_lock:
         idle = list(_idle_agents)
         _idle_agents.clear()
