@@ -382,7 +382,7 @@ def switch_role_p(ctx: Ctx) -> None:
         ctx.barrier("b1", "linked")
         msg = expect_code(sim.LLMStatusCode.LLM_EXIST_LINK, lambda: dd.switch_role(sim.LLMRole.DECODER))
         assert msg.startswith("[switch_role] failed, error code is LLMStatusCode.LLM_EXIST_LINK, "), msg
-        ctx.barrier("b2 decoder unlink")
+        ctx.barrier("link seen", "b2 decoder unlink")
         dd.switch_role(sim.LLMRole.DECODER)
         ctx.barrier("b3", "b4")
         ok(dd.link_clusters([cluster(1, port)], 5000), "link")
@@ -404,6 +404,7 @@ def switch_role_d(ctx: Ctx) -> None:
         ok(dd.link_clusters([cluster(0, port)], 5000), "link")
         ctx.barrier("linked")
         cm.pull_blocks(sim.BlocksCacheKey(0, 0), cache, src_blocks=[0, 1], dst_blocks=[0, 2])
+        ctx.barrier("link seen")  # P's switch_role must meet the link before this unlink removes it
         unlink(dd, 0, port, force=False)
         ctx.barrier("b2 decoder unlink", "b3")
         # P closed its listen port when it became a client
