@@ -102,6 +102,8 @@ def datadist(
             config.mem_pool_cfg = json.dumps({"memory_size": mem_pool})
         if host_mem_pool is not None:
             config.host_mem_pool_cfg = json.dumps({"memory_size": host_mem_pool})
+        if sync_kv_timeout_ms is None:
+            sync_kv_timeout_ms = settings.sync_kv_timeout
         if sync_kv_timeout_ms is not None:
             config.sync_kv_timeout = sync_kv_timeout_ms
         if transfer_backend:

@@ -104,6 +104,8 @@ class Settings:
     logs: Path = Path("kvtest-logs")
     dead_after: float = 5.0
     join_timeout: float = 120.0
+    #: sync_kv_timeout (ms) of an LLMDataDist whose test sets none; None: the package's own default
+    sync_kv_timeout: int | None = None
     vendor_samples: Path | None = None
     token_file: Path | None = None
     threads: int | None = None  # None: auto (local mode: a share of the cores; by hand: torch's default)
@@ -242,6 +244,14 @@ def parse_dead_after(text: str) -> float:
 
 def parse_join_timeout(text: str) -> float:
     return _parse_seconds(text, 0, 86400, "the join timeout")
+
+
+def parse_sync_kv_timeout(text: str) -> int:
+    try:
+        return _parse_int(text, 1, 2**31 - 1, "sync_kv_timeout")
+    except ValueError:
+        raise ValueError("sync_kv_timeout must be a whole number of milliseconds from 1 to 2147483647, "
+                         "e.g. --kv-sync-kv-timeout 5000") from None
 
 
 def parse_threads(text: str) -> int | None:
@@ -537,6 +547,15 @@ OPTIONS: tuple[Option[Any], ...] = (
         120.0,
         "seconds to wait for the rendezvous and for every role to join.",
         "SECONDS",
+    ),
+    Option(
+        "sync_kv_timeout",
+        "--kv-sync-kv-timeout",
+        parse_sync_kv_timeout,
+        None,
+        "milliseconds one pull or push may take (LLMConfig.sync_kv_timeout) in every LLMDataDist a test "
+        "makes with kvtest's datadist fixture and no timeout of its own (default: the package's, 1000).",
+        "MS",
     ),
     Option(
         "vendor_samples",

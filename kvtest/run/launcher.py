@@ -119,6 +119,7 @@ _CHILD_SETTINGS = (
     "timeout",
     "dead_after",
     "join_timeout",
+    "sync_kv_timeout",
     "device_ids",
     "local_host_ip",
     "remote_host_ips",

@@ -83,6 +83,10 @@ BAD_CLI = [
     ({"backend": "gpu"}, r"'gpu' from the command line \(--backend\) is invalid: the backend must be auto, npu or sim"),
     ({"profile": "huge"}, r"the profile must be one of smoke, nightly, stress"),
     ({"seed": "-3"}, r"the seed must be from 0"),
+    ({"sync_kv_timeout": "0"}, r"'0' from the command line \(--kv-sync-kv-timeout\) is invalid: sync_kv_timeout must be "
+                               r"a whole number of milliseconds from 1 to 2147483647, e\.g\. --kv-sync-kv-timeout 5000"),
+    ({"sync_kv_timeout": "1.5s"}, r"'1\.5s' .* sync_kv_timeout must be a whole number of milliseconds"),
+    ({"sync_kv_timeout": "5000"}, None),
     ({"run_id": "bad id!"}, r"a run id is 1-64 letters"),
     ({"role": "d"}, r"role d0 needs --rendezvous to find p0"),
     ({"role": "p"}, r"role p0 needs --rendezvous: the address it hosts the run on"),
