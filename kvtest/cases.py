@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +95,16 @@ class RowsCase:
     @property
     def row_bytes(self) -> int:
         return self.row * self.torch_dtype.itemsize
+
+
+def cache_bytes(case: object) -> int:
+    """The bytes of one side's KV cache in ``case`` (every tensor of it); 0 for a case without one cache
+    shape (copy_cache's two pools, a bandwidth sweep point) or no case at all."""
+    shape = getattr(case, "shape", None)
+    tensors = getattr(case, "num_tensors", None)
+    if not isinstance(case, RowsCase) or not isinstance(shape, list) or not isinstance(tensors, int):
+        return 0
+    return math.prod(shape) * case.torch_dtype.itemsize * tensors
 
 
 class LayerRanges:

@@ -38,7 +38,9 @@ import weakref
 
 import torch
 
-__all__ = ["IDLE_LIMIT", "MIN_BYTES", "CacheStats", "block_size", "clear", "empty", "stats", "sweep"]
+__all__ = [
+    "IDLE_LIMIT", "MIN_BYTES", "CacheStats", "block_size", "clear", "empty", "prefault", "stats", "sweep",
+]
 
 #: smaller buffers are not cached
 MIN_BYTES = 1 << 20
@@ -189,6 +191,8 @@ _reused = 0
 _made = 0
 _fresh_bytes = 0
 _swept_in_use = 0  # bytes in use after the last sweep that collected
+_prefaulting: int | None = None  # the native id of the thread in prefault(), while it runs
+_wanted = threading.Event()  # another thread asked for a buffer: prefault() stops
 
 
 def _the_arena() -> _Arena | None:
@@ -232,6 +236,8 @@ def _take(size: int) -> int | None:
     """The arena offset of ``size`` free bytes, touched ones first (giving idle touched pages back first
     to stay under the high-water mark when fresh ones are needed); None when the arena cannot hold it."""
     global _in_use_bytes, _high_water, _reused, _made, _fresh_bytes
+    if _prefaulting is not None and _prefaulting != threading.get_native_id():
+        _wanted.set()
     with _lock:
         arena = _the_arena()
         if arena is None:
@@ -302,3 +308,41 @@ def sweep() -> int:
         _file_returned()
         _swept_in_use = _in_use_bytes
     return before - _swept_in_use
+
+
+#: prefault() touches this much at a time, so that a buffer asked for meanwhile stops it soon
+PREFAULT_STEP = 64 << 20
+
+
+def prefault(nbytes: int) -> int:
+    """Touch up to ``nbytes`` (at most :data:`IDLE_LIMIT`) of fresh arena pages now, in the calling
+    thread, and leave them idle for the buffers to come; the bytes touched.
+
+    For a process that will soon need that much and has nothing else to do meanwhile (a role waiting for
+    its first test): its first buffers then land on touched pages instead of faulting fresh ones while
+    its peers wait. It stops, keeping what it touched, as soon as another thread of the process asks for
+    a buffer (that work is what the touching was for, and it must not wait behind it). The pages count
+    toward the high-water mark like any buffer's, so the usual limits on idle pages hold.
+    """
+    global _prefaulting
+    nbytes = min(nbytes, IDLE_LIMIT) // _PAGE * _PAGE
+    if nbytes < MIN_BYTES:
+        return 0
+    with _lock:
+        if _prefaulting is not None:
+            return 0
+        _prefaulting = threading.get_native_id()
+        _wanted.clear()
+    held: list[torch.Tensor] = []  # every step stays taken until the end, so the next lands beside it
+    touched = 0
+    try:
+        while touched < nbytes and not _wanted.is_set():
+            step = empty(min(PREFAULT_STEP, nbytes - touched))
+            held.append(step)
+            step[::_PAGE].zero_()  # one write a page: the kernel faults (and zeroes) each page
+            touched += step.numel()
+    finally:
+        with _lock:
+            _prefaulting = None
+        del held
+    return touched

@@ -43,6 +43,7 @@ from typing import TypeVar
 
 import pytest
 
+from kvtest.cases import cache_bytes
 from kvtest.results.artifacts import RoleArtifacts
 from kvtest.roles.topology import Topology
 from kvtest.run.errors import RendezvousError, RunRefused
@@ -91,6 +92,7 @@ class SessionHooks:
         self.me = settings.role_name
         self.collected: list[pytest.Item] = []
         self.kv_items: dict[str, pytest.Item] = {}
+        self.selected: list[pytest.Item] = []  # after -k/-m deselection
         self.exitstatus: int = 0
         self.artifacts: RoleArtifacts | None = None
         if settings.artifacts is not None:
@@ -115,6 +117,9 @@ class SessionHooks:
         self.collected = list(items)
         self.member.all_ids = [item.nodeid for item in items]
         self.kv_items = {item.nodeid: item for item in items if KV_ITEM in item.stash}
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.selected = list(session.items)
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         # registered now, after this session: its runtestloop wrapper is then the outer one and logs
@@ -172,7 +177,17 @@ class SessionHooks:
         backend, self.member.backend_why = chosen_backend(self.config)
         self.member.backend_name = backend.name
         if any(KV_DATADIST in getattr(item, "fixturenames", ()) for item in self.kv_items.values()):
-            backend.warm_up(self.me)
+            backend.warm_up(self.me, self.largest_cache())
+
+    def largest_cache(self) -> int:
+        """The largest KV cache (one side) of this role's selected tests that make an LLMDataDist."""
+        sizes = [
+            cache_bytes(getattr(getattr(item, "callspec", None), "params", {}).get("case"))
+            for item in self.selected
+            if item.nodeid in self.kv_items and KV_DATADIST in getattr(item, "fixturenames", ())
+            and self.me in item_topology(item).roles
+        ]
+        return max(sizes, default=0)
 
     def begin_artifacts(self, run_id: str) -> None:
         """Now that the run id is known: this role's artifacts folder, and its stack in the log."""

@@ -1,5 +1,7 @@
 """A session warms its backend up (the sim's first NIXL agent, in the background) only when its tests
-make an LLMDataDist: kvtest's own tests with fake roles must not pay for an agent they never use."""
+make an LLMDataDist: kvtest's own tests with fake roles must not pay for an agent they never use. It
+tells the backend the largest KV cache among this role's selected tests (the sim touches that much of
+its device memory ahead)."""
 
 from __future__ import annotations
 
@@ -8,36 +10,68 @@ from typing import Any
 
 import pytest
 
+from kvtest.cases import BlocksCase, CopyCacheCase, cache_bytes
+from kvtest.roles.topology import parse_topology
 from kvtest.run import session as session_module
-from kvtest.run.session import SessionHooks
+from kvtest.run.session import KV_ITEM, SessionHooks
+
+GIB = 1 << 30
 
 
 class _Backend:
     name = "fake"
 
     def __init__(self) -> None:
-        self.warmed: list[str] = []
+        self.warmed: list[tuple[str, int]] = []
 
-    def warm_up(self, role: str) -> None:
-        self.warmed.append(role)
+    def warm_up(self, role: str, cache_bytes: int) -> None:
+        self.warmed.append((role, cache_bytes))
 
 
-def _resolve(monkeypatch: pytest.MonkeyPatch, fixtures: list[tuple[str, ...]]) -> list[str]:
+class _Item:
+    def __init__(self, nodeid: str, fixturenames: tuple[str, ...], topology: str = "1p2d", case: Any = None):
+        self.nodeid, self.fixturenames = nodeid, fixturenames
+        self.stash = {KV_ITEM: parse_topology(topology)}
+        if case is not None:
+            self.callspec = SimpleNamespace(params={"case": case})
+
+
+def _resolve(monkeypatch: pytest.MonkeyPatch, items: list[_Item], deselected: int = 0) -> list[tuple[str, int]]:
     backend = _Backend()
     monkeypatch.setattr(session_module, "chosen_backend", lambda config: (backend, "because"))
     hooks: Any = object.__new__(SessionHooks)
     hooks.config, hooks.me = None, "d1"
     hooks.member = SimpleNamespace(backend_why=None, backend_name=None)
-    hooks.kv_items = {f"t{i}": SimpleNamespace(fixturenames=names) for i, names in enumerate(fixtures)}
+    hooks.kv_items = {item.nodeid: item for item in items}
+    hooks.selected = items[deselected:]
     hooks.resolve_backend()
     assert hooks.member.backend_name == "fake"
     return backend.warmed
 
 
 def test_a_session_whose_tests_make_a_datadist_warms_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _resolve(monkeypatch, [("kv",), ("kv", "datadist", "case")]) == ["d1"]
+    assert _resolve(monkeypatch, [_Item("a", ("kv",)), _Item("b", ("kv", "datadist"))]) == [("d1", 0)]
 
 
 def test_a_session_without_one_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _resolve(monkeypatch, [("kv",), ("kv", "kv_backend")]) == []
+    assert _resolve(monkeypatch, [_Item("a", ("kv",)), _Item("b", ("kv", "kv_backend"))]) == []
     assert _resolve(monkeypatch, []) == []
+
+
+XPYD = BlocksCase("fp16", 40, 32, 512 * 1024, (0,), (1,))  # the nightly xPyD case: 40 x 32 MiB
+SMALL = BlocksCase("fp32", 1, 3, 10, (0,), (1,))
+
+
+def test_the_backend_hears_the_largest_cache_of_this_roles_selected_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cache_bytes(XPYD) == 40 * 32 * 512 * 1024 * 2 == 1.25 * GIB
+    assert cache_bytes(SMALL) == 120
+    assert cache_bytes(CopyCacheCase("int8", 2, 2, 3, 4096, 1, 2)) == 0  # two pools, no one cache shape
+    assert cache_bytes(None) == 0
+    items = [  # every other case is larger than XPYD: each filter matters
+        _Item("deselected", ("kv", "datadist", "case"), "1p2d", BlocksCase("fp16", 80, 256, 64 * 1024, (0,), (1,))),
+        _Item("not-d1s", ("kv", "datadist", "case"), "2p1d", BlocksCase("fp16", 80, 192, 64 * 1024, (0,), (1,))),
+        _Item("no-datadist", ("kv", "case"), "1p2d", BlocksCase("fp16", 80, 160, 64 * 1024, (0,), (1,))),
+        _Item("small", ("kv", "datadist", "case"), "1p2d", SMALL),
+        _Item("xpyd", ("kv", "datadist", "case"), "1p2d", XPYD),
+    ]
+    assert _resolve(monkeypatch, items, deselected=1) == [("d1", cache_bytes(XPYD))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import resource
 import threading
 import weakref
 from collections.abc import Callable
@@ -27,7 +28,8 @@ def taken(nbytes: int) -> int:
 def _fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reused_memory, "_arena", reused_memory._Arena(256 * MIB))
     for name, value in (("_returned", []), ("_in_use_bytes", 0), ("_high_water", 0), ("_reused", 0), ("_made", 0),
-                        ("_fresh_bytes", 0), ("_swept_in_use", 0)):
+                        ("_fresh_bytes", 0), ("_swept_in_use", 0), ("_prefaulting", None),
+                        ("_wanted", threading.Event())):
         monkeypatch.setattr(reused_memory, name, value)
 
 
@@ -278,3 +280,54 @@ def test_the_plugin_sweeps_before_each_test(pytester: pytest.Pytester) -> None:
         pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
     finally:
         gc.enable()
+
+
+# -- prefault: pages touched ahead, for the buffers to come ------------------------------------------
+
+
+def _faults_while_writing(buffer: torch.Tensor) -> int:
+    """The page faults this process took while every byte of ``buffer`` was written."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffer.fill_(1)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_prefault_leaves_touched_pages_that_the_next_buffers_land_on() -> None:
+    assert reused_memory.prefault(40 * MIB) == 40 * MIB
+    after = reused_memory.stats()
+    assert (after.in_use_bytes, after.idle_bytes, after.fresh_bytes) == (0, 40 * MIB, 40 * MIB)
+    a, b = reused_memory.empty(24 * MIB), reused_memory.empty(16 * MIB)
+    assert reused_memory.stats().fresh_bytes == 40 * MIB  # both on the touched pages: nothing fresh
+    c = reused_memory.empty(40 * MIB)
+    assert reused_memory.stats().fresh_bytes == 80 * MIB  # beyond them, fresh pages
+    # and the pages really were touched: writing a and b faults far less than writing c (the control)
+    touched, fresh = _faults_while_writing(a) + _faults_while_writing(b), _faults_while_writing(c)
+    assert touched * 4 < fresh, (touched, fresh)
+    del a, b, c
+
+
+def test_prefault_stops_when_another_thread_asks_for_a_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reused_memory, "PREFAULT_STEP", MIB)
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(reused_memory.prefault(200 * MIB)))
+    worker.start()
+    started = threading.Event()
+    for _ in range(10_000):  # until its first step is taken (bounded: 10 s)
+        if reused_memory.stats().in_use_bytes or not worker.is_alive():
+            started.set()
+            break
+        started.wait(0.001)
+    buffer = reused_memory.empty(2 * MIB)  # the work the touching was for
+    worker.join(30)
+    assert not worker.is_alive() and started.is_set()
+    assert 0 < result[0] < 200 * MIB, result  # it stopped, and kept what it had touched
+    assert reused_memory.stats().idle_bytes == result[0]
+    del buffer
+
+
+def test_prefault_keeps_to_the_idle_limit_and_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reused_memory, "IDLE_LIMIT", 8 * MIB)
+    assert reused_memory.prefault(100 * MIB) == 8 * MIB
+    assert reused_memory.prefault(MIB // 2) == 0  # below MIN_BYTES: not worth a thread's time
+    monkeypatch.setattr(reused_memory, "_prefaulting", 1)  # another one is running
+    assert reused_memory.prefault(8 * MIB) == 0
