@@ -237,11 +237,12 @@ def reconnect(rdv: Rendezvous, port: int, timeout: float, dead_after: float | No
 
 def diagnose(host: str, port: int, seconds: float = 1.0) -> str:
     """Why a store connection broke: ``"partition"`` when p0's host does not answer a new connection
-    within ``seconds``, ``"gone"`` when it refuses (the host is up, p0's process is not), else ``"up"``."""
+    within ``seconds``, ``"gone"`` when it refuses or resets it (the host is up, p0's process is not, or
+    is closing its sockets as it exits), else ``"up"``."""
     try:
         with socket.create_connection((host, port), timeout=seconds):
             return "up"
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError):
         return "gone"
     except OSError:
         return "partition"

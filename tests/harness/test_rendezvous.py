@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import pytest
 import torch.distributed as dist
 
 from kvtest.roles.topology import Topology
+from kvtest.run import rendezvous as rendezvous_module
 from kvtest.run.errors import RunRefused
 from kvtest.run.handshake import Handshake
 from kvtest.run.messages import HELLO_SHAPE, RESULT_SHAPE, Hello, RoleResult
@@ -285,6 +287,23 @@ def test_a_broken_connection_is_told_apart_by_a_fresh_one(tcp, port):
     assert diagnose("127.0.0.1", tcp[1]) == "up"
     assert diagnose("127.0.0.1", port) == "gone"  # the host answers, nobody listens
     # a host that does not answer at all: test_two_hosts cuts a veth link for that
+
+
+@pytest.mark.parametrize(("error", "state"), [
+    (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), "gone"),
+    # p0 exiting closes its store's connections, then its listening socket: a connection made in
+    # between is reset (CI: d0 read a crashed p0 as "network partition or p0's host is down")
+    (ConnectionResetError(errno.ECONNRESET, "reset"), "gone"),
+    (ConnectionAbortedError(errno.ECONNABORTED, "aborted"), "gone"),
+    (TimeoutError("timed out"), "partition"),  # no answer at all
+    (OSError(errno.EHOSTUNREACH, "no route to host"), "partition"),
+])
+def test_a_host_that_answers_is_up_whatever_it_answers(monkeypatch, error, state):
+    def connect(address, timeout):
+        raise error
+
+    monkeypatch.setattr(rendezvous_module.socket, "create_connection", connect)
+    assert diagnose("192.0.2.1", 1) == state
 
 
 # -- signed values ----------------------------------------------------------------------------------
