@@ -173,6 +173,13 @@ class _Arena:
                     best = candidate
         return None if best is None else (best[2], best[0])
 
+    def coldest(self, size: int) -> int | None:
+        """The lowest offset of ``size`` free bytes none of which were touched; None when there is none."""
+        for s, e in self.cold:  # cold ranges are free: taking a range removes it from them
+            if e - s >= size:
+                return s
+        return None
+
     def take(self, offset: int, size: int) -> None:
         self.free = _subtract(self.free, offset, offset + size)
         self.cold = _subtract(self.cold, offset, offset + size)
@@ -191,8 +198,7 @@ _reused = 0
 _made = 0
 _fresh_bytes = 0
 _swept_in_use = 0  # bytes in use after the last sweep that collected
-_prefaulting: int | None = None  # the native id of the thread in prefault(), while it runs
-_wanted = threading.Event()  # another thread asked for a buffer: prefault() stops
+_prefaulting = False  # a prefault() runs
 
 
 def _the_arena() -> _Arena | None:
@@ -236,8 +242,6 @@ def _take(size: int) -> int | None:
     """The arena offset of ``size`` free bytes, touched ones first (giving idle touched pages back first
     to stay under the high-water mark when fresh ones are needed); None when the arena cannot hold it."""
     global _in_use_bytes, _high_water, _reused, _made, _fresh_bytes
-    if _prefaulting is not None and _prefaulting != threading.get_native_id():
-        _wanted.set()
     with _lock:
         arena = _the_arena()
         if arena is None:
@@ -310,39 +314,55 @@ def sweep() -> int:
     return before - _swept_in_use
 
 
-#: prefault() touches this much at a time, so that a buffer asked for meanwhile stops it soon
+#: prefault() touches this much at a time, holding no more of the arena than that
 PREFAULT_STEP = 64 << 20
 
 
 def prefault(nbytes: int) -> int:
-    """Touch up to ``nbytes`` (at most :data:`IDLE_LIMIT`) of fresh arena pages now, in the calling
-    thread, and leave them idle for the buffers to come; the bytes touched.
+    """Touch fresh arena pages, in the calling thread, until this process holds ``nbytes`` (at most
+    :data:`IDLE_LIMIT`) of touched pages, in use or idle, for the buffers to come; the bytes it touched.
 
-    For a process that will soon need that much and has nothing else to do meanwhile (a role waiting for
-    its first test): its first buffers then land on touched pages instead of faulting fresh ones while
-    its peers wait. It stops, keeping what it touched, as soon as another thread of the process asks for
-    a buffer (that work is what the touching was for, and it must not wait behind it). The pages count
-    toward the high-water mark like any buffer's, so the usual limits on idle pages hold.
+    For a process that will need that much (a role whose tests make a cache that large): its buffers then
+    land on touched pages instead of faulting fresh ones while its peers wait. It runs at the lowest CPU
+    priority (the thread's nice value, where the OS has one), so it takes only what the process's and its
+    peers' work leaves idle; it holds one step of the arena at a time, so a buffer asked for meanwhile is
+    served at once (on the pages touched so far, or fresh ones), and what that buffer touched counts.
+    ``nbytes`` raises the high-water mark: the limits that give idle pages back keep these.
     """
-    global _prefaulting
+    global _prefaulting, _high_water, _in_use_bytes, _made, _fresh_bytes
     nbytes = min(nbytes, IDLE_LIMIT) // _PAGE * _PAGE
-    if nbytes < MIN_BYTES:
-        return 0
     with _lock:
-        if _prefaulting is not None:
+        arena = _the_arena()
+        if nbytes < MIN_BYTES or _prefaulting or arena is None:
             return 0
-        _prefaulting = threading.get_native_id()
-        _wanted.clear()
-    held: list[torch.Tensor] = []  # every step stays taken until the end, so the next lands beside it
+        _prefaulting = True
+        _high_water = max(_high_water, nbytes)
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only, on Linux
+    except (AttributeError, OSError):
+        pass
     touched = 0
     try:
-        while touched < nbytes and not _wanted.is_set():
-            step = empty(min(PREFAULT_STEP, nbytes - touched))
-            held.append(step)
-            step[::_PAGE].zero_()  # one write a page: the kernel faults (and zeroes) each page
-            touched += step.numel()
+        while True:
+            with _lock:
+                _file_returned()
+                step = min(PREFAULT_STEP, nbytes - _in_use_bytes - arena.idle_touched()) // _PAGE * _PAGE
+                offset = arena.coldest(step) if step > 0 else None
+                if offset is None:
+                    break
+                arena.take(offset, step)
+                _in_use_bytes += step
+                _made += 1
+                _fresh_bytes += step
+            try:
+                pages = (ctypes.c_uint8 * step).from_address(arena.base + offset)
+                torch.frombuffer(pages, dtype=torch.uint8)[::_PAGE].zero_()  # one write a page
+            finally:
+                with _lock:
+                    arena.put(offset, step)
+                    _in_use_bytes -= step
+            touched += step
     finally:
         with _lock:
-            _prefaulting = None
-        del held
+            _prefaulting = False
     return touched

@@ -43,7 +43,6 @@ from typing import TypeVar
 
 import pytest
 
-from kvtest.cases import cache_bytes
 from kvtest.results.artifacts import RoleArtifacts
 from kvtest.roles.topology import Topology
 from kvtest.run.errors import RendezvousError, RunRefused
@@ -60,6 +59,8 @@ KV_FIXTURE = "kv"
 #: the fixture that makes LLMDataDists: a session whose tests use it has the backend warm up
 KV_DATADIST = "datadist"
 KV_ITEM = pytest.StashKey[Topology]()
+#: the bytes of one side's KV cache in the item's case (kvtest.cases.cache_bytes; the plugin sets it)
+KV_CACHE_BYTES = pytest.StashKey[int]()
 #: (hook, plugin name, how it is marked) for the orderings above that a test can check
 HOOK_ORDER = (
     ("pytest_collection_modifyitems", "kvtest-session", "tryfirst"),
@@ -182,7 +183,7 @@ class SessionHooks:
     def largest_cache(self) -> int:
         """The largest KV cache (one side) of this role's selected tests that make an LLMDataDist."""
         sizes = [
-            cache_bytes(getattr(getattr(item, "callspec", None), "params", {}).get("case"))
+            item.stash.get(KV_CACHE_BYTES, 0)
             for item in self.selected
             if item.nodeid in self.kv_items and KV_DATADIST in getattr(item, "fixturenames", ())
             and self.me in item_topology(item).roles

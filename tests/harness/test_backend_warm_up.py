@@ -13,7 +13,7 @@ import pytest
 from kvtest.cases import BlocksCase, CopyCacheCase, cache_bytes
 from kvtest.roles.topology import parse_topology
 from kvtest.run import session as session_module
-from kvtest.run.session import KV_ITEM, SessionHooks
+from kvtest.run.session import KV_CACHE_BYTES, KV_ITEM, SessionHooks
 
 GIB = 1 << 30
 
@@ -31,9 +31,9 @@ class _Backend:
 class _Item:
     def __init__(self, nodeid: str, fixturenames: tuple[str, ...], topology: str = "1p2d", case: Any = None):
         self.nodeid, self.fixturenames = nodeid, fixturenames
-        self.stash = {KV_ITEM: parse_topology(topology)}
-        if case is not None:
-            self.callspec = SimpleNamespace(params={"case": case})
+        self.stash: dict[Any, Any] = {KV_ITEM: parse_topology(topology)}
+        if case is not None:  # as kvtest.plugin stashes it at collection
+            self.stash[KV_CACHE_BYTES] = cache_bytes(case)
 
 
 def _resolve(monkeypatch: pytest.MonkeyPatch, items: list[_Item], deselected: int = 0) -> list[tuple[str, int]]:

@@ -42,7 +42,7 @@ class SimBackend:
     def warm_up(self, role: str, cache_bytes: int) -> None:
         """Make the first NIXL agent in the background (``transport.warm_up``), and touch ``cache_bytes``
         of the sim's device memory (host memory, from :mod:`kvtest.host.reused_memory`) ahead in another
-        background thread, until the role's first test asks for a buffer. A role that meets its first
+        background thread, at the lowest priority (``reused_memory.prefault``). A role that meets its first
         large cache late (p1 of the nightly 2p1d test: 1.28 GiB) otherwise faults it fresh inside that
         test while its peers wait (4.4 s of fill there, 0.3 s on touched pages)."""
         from kvtest.backends.sim.transport import warm_up
