@@ -25,6 +25,7 @@ import pytest
 
 from kvtest.cases import LayersCase
 from kvtest.known_issues import require_supported
+from kvtest.patterns import LazyTensors
 
 P, D = 0, 1
 
@@ -104,11 +105,11 @@ def test_switch_role(kv, datadist, case: LayersCase, request):
         assert ret == api.LLMStatusCode.LLM_SUCCESS, f"link_clusters to d0 after switch_role: {ret} {codes}"
         kv.barrier("b5 linked")
         kv.barrier("b6 push end")
+        # made one tensor at a time as the check reads it: p's own pattern, or d's pushed tensor
         pushed = _after_pull(node, case)
-        mine = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        expected = list(mine)
-        for dst_t, src_t in case.tensor_map().items():
-            expected[dst_t] = pushed[src_t]
+        mine = node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        moved = case.tensor_map()  # dst tensor -> the src tensor pushed into it
+        expected = LazyTensors(case.num_tensors, lambda i: pushed[moved[i]] if i in moved else mine[i])
         node.check(expected, tensors, name="cache after push_blocks", tensors_per_layer=tpl)
         node.unlink_clusters(["d0"], force=True)
         node.unregister(cache)
