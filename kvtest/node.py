@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import math
 import random
 import socket
 import time
@@ -22,6 +23,7 @@ import torch
 
 from kvtest import patterns
 from kvtest.backends.protocol import Backend
+from kvtest.host import reused_memory
 from kvtest.host.linkcheck import LinkPeer, explain_link_failure
 from kvtest.host.ranktable import cluster_rank_info, rank_table_json
 from kvtest.results.metrics import phase
@@ -217,6 +219,11 @@ class Node:
             return [torch.zeros(list(shape), dtype=dtype) for _ in range(count)]
         return [self._pattern(shape, dtype, first_index + i, side) for i in range(count)]
 
+    @staticmethod
+    def _zeros(shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """A zeroed host tensor in reused memory (the pages of the previous expected tensor)."""
+        return reused_memory.empty(math.prod(shape) * dtype.itemsize).zero_().view(dtype).view(list(shape))
+
     def _pattern(self, shape: Sequence[int], dtype: torch.dtype, index: int, side: str) -> torch.Tensor:
         """Tensor ``index``'s pattern of ``side`` in this test (what :meth:`tensors` fills it with)."""
         return patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=side)
@@ -227,22 +234,25 @@ class Node:
         shape: Sequence[int],
         dtype: torch.dtype,
         *,
-        base: str,
+        base: str | None,
         source: str,
         src_rows: Sequence[int],
         dst_rows: Sequence[int],
         moved: Mapping[int, int] | None = None,
     ) -> patterns.LazyTensors:
-        """The expected state of a cache filled with ``base``'s pattern after rows ``src_rows`` of
-        ``source``'s pattern landed in rows ``dst_rows``: of every tensor, from the same tensor index of
-        the source, or of the tensors in ``moved`` only, from tensor ``moved[i]`` of the source. What
-        ``[with_rows(b, s, ...) for b, s in zip(expected(base), expected(source))]`` holds, made one
-        tensor at a time when :meth:`check` reads it (a cache's worth of fresh memory less per check)."""
+        """The expected state of a cache filled with ``base``'s pattern (``None``: zeros) after rows
+        ``src_rows`` of ``source``'s pattern landed in rows ``dst_rows``: of every tensor, from the same
+        tensor index of the source, or of the tensors in ``moved`` only, from tensor ``moved[i]`` of the
+        source. What ``[with_rows(b, s, ...) for b, s in zip(expected(base), expected(source))]`` holds,
+        made one tensor at a time when :meth:`check` reads it (a cache's worth of fresh memory less per
+        check). A source row is the pattern's bytes at that row of the *destination's* row size, so
+        ``src_rows`` may name rows past the destination's own (a slot of a larger source cache): a
+        pattern's bytes do not depend on its shape."""
         sources = None if moved is None else dict(moved)
 
         def make(index: int) -> torch.Tensor:
             with phase("expect"):
-                own = self._pattern(shape, dtype, index, base)
+                own = self._zeros(shape, dtype) if base is None else self._pattern(shape, dtype, index, base)
                 if sources is not None and index not in sources:
                     return own
                 # only the moved rows of the source's pattern are made, straight into ``own``
@@ -280,13 +290,17 @@ class Node:
         """Views of a pool-allocated cache's memory, filled with ``contents``: device memory through the
         backend (create_npu_tensors on npu), host memory (a ``Placement.HOST`` cache from
         ``host_mem_pool_cfg``, pinned host memory on npu) as CPU tensors."""
-        shape, dtype = list(contents[0].shape), contents[0].dtype
+        hosts = iter(contents)  # read once each: a LazyTensors makes each tensor once, in turn
+        first = next(hosts)
+        shape, dtype = list(first.shape), first.dtype
         if cache.cache_desc.placement == self.api.Placement.HOST:
             views = host_tensors_at(shape, dtype, cache.tensor_addrs)
         else:
             views = self.backend.tensors_at(shape, dtype, cache.tensor_addrs)
         with phase("fill"), torch.no_grad():
-            for view, host in zip(views, contents):
+            views[0].copy_(first)
+            del first
+            for view, host in zip(views[1:], hosts):
                 view.copy_(host)
         return views
 

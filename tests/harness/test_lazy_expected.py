@@ -138,3 +138,49 @@ def test_rows_land_only_in_the_moved_tensors() -> None:
     with pytest.raises(patterns.KVMismatch) as err:
         patterns.check_all(lazy, same_layer, name="d0 cache")
     assert [m.tensor_index for m in err.value.mismatches] == [0, 1, 2, 3]
+
+
+def test_a_zeroed_cache_gets_only_the_moved_rows() -> None:
+    # base None: a cache zeroed before the transfer (pull_cache_by_id's second pull)
+    lazy = _node().expected_after_rows(COUNT, SHAPE, DTYPE, base=None, source="p1", src_rows=SRC, dst_rows=DST)
+    zeros = [torch.zeros(SHAPE, dtype=DTYPE) for _ in range(COUNT)]
+    want = [patterns.with_rows(z, s, src_rows=SRC, dst_rows=DST) for z, s in zip(zeros, _full("p1"))]
+    patterns.check_all(lazy, want, name="d0 cache")
+    stale = [t.clone() for t in want]
+    stale[1][0] = _full("d0")[1][0]  # an unmoved row that kept its old bytes instead of zeros
+    with pytest.raises(patterns.KVMismatch) as err:
+        patterns.check_all(lazy, stale, name="d0 cache")
+    assert [m.tensor_index for m in err.value.mismatches] == [1]
+    assert err.value.mismatches[0].block == 0
+
+
+def test_a_source_slot_past_the_destinations_rows() -> None:
+    # slot 7 of an 8-slot source cache into slot 1 of a 2-slot destination (transfer by id and index)
+    src_shape, dst_shape = (8, 257), (2, 257)
+    lazy = _node().expected_after_rows(COUNT, dst_shape, DTYPE, base="d", source="p", src_rows=[7], dst_rows=[1])
+    source = [patterns.pattern(src_shape, DTYPE, seed=_Scope.seed, tensor_index=i, side="p") for i in range(COUNT)]
+    base = [patterns.pattern(dst_shape, DTYPE, seed=_Scope.seed, tensor_index=i, side="d") for i in range(COUNT)]
+    want = [patterns.with_rows(b, s, src_rows=[7], dst_rows=[1]) for b, s in zip(base, source)]
+    patterns.check_all(lazy, want, name="d cache")
+    wrong_slot = [patterns.with_rows(b, s, src_rows=[6], dst_rows=[1]) for b, s in zip(base, source)]
+    with pytest.raises(patterns.KVMismatch):
+        patterns.check_all(lazy, wrong_slot, name="d cache")
+
+
+def test_pool_views_are_filled_with_each_lazy_tensor_made_once() -> None:
+    made: list[int] = []
+    plain = _node().expected_lazily(COUNT, SHAPE, DTYPE, side="p1")
+
+    def make(i: int) -> torch.Tensor:
+        made.append(i)
+        return plain[i]
+
+    memory = [torch.empty(SHAPE, dtype=DTYPE) for _ in range(COUNT)]
+    node = _node()
+    node.api = type("Api", (), {"Placement": type("Placement", (), {"HOST": "host"})})
+    cache = type("Cache", (), {"cache_desc": type("Desc", (), {"placement": "host"}),
+                               "tensor_addrs": [t.data_ptr() for t in memory]})
+    views = node.pool_views(cache, patterns.LazyTensors(COUNT, make))
+    assert made == list(range(COUNT))
+    patterns.check_all(plain, memory, name="pool")
+    assert all(v.data_ptr() == m.data_ptr() for v, m in zip(views, memory))

@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from kvtest.cases import CopyBlocksCase, CopyCacheCase, parametrize_by_type, pool_bytes
+from kvtest.patterns import LazyTensors
 
 P, D = 0, 1
 MIB = 1 << 20
@@ -62,9 +63,9 @@ def _placement(api, host: bool):
 
 
 def copied(case: CopyCacheCase, before: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """``before`` after the copy: the native byte range of the source slot at the same offset of the
-    destination slot."""
-    out = before.clone()
+    """``before`` (a contiguous tensor of the test's own, changed in place) after the copy: the native
+    byte range of the source slot at the same offset of the destination slot."""
+    out = before
     dst = out.view(torch.uint8).reshape(-1)
     src = source.contiguous().view(torch.uint8).reshape(-1)
     s = case.src_index * case.src_stride + case.offset
@@ -86,8 +87,9 @@ def test_copy_cache(kv, datadist, copy_case: CopyCacheCase):
     dst = node.allocate_cache(
         api.CacheDesc(n, case.dst_shape, node.datatype(dtype), _placement(api, case.dst_host))
     )
-    source = node.expected(n, case.src_shape, dtype, side=kv.role)
-    before = node.expected(n, case.dst_shape, dtype, side=kv.role, first_index=n)
+    # made one tensor at a time whenever read: for the fill, and again for the checks
+    source = node.expected_lazily(n, case.src_shape, dtype, side=kv.role)
+    before = node.expected_lazily(n, case.dst_shape, dtype, side=kv.role, first_index=n)
     src_views = node.pool_views(src, source)
     dst_views = node.pool_views(dst, before)
     with node.measure("copy_cache", case.moved_bytes):
@@ -99,8 +101,7 @@ def test_copy_cache(kv, datadist, copy_case: CopyCacheCase):
             offset=case.offset,
             size=case.size,
         )
-    expected = [copied(case, b, s) for b, s in zip(before, source)]
-    del before
+    expected = LazyTensors(n, lambda i: copied(case, before[i], source[i]))
     node.check(expected, dst_views, name="destination cache after copy_cache")
     node.check(source, src_views, name="source cache after copy_cache")
     node.deallocate(src)

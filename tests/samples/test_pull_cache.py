@@ -23,9 +23,9 @@ import re
 from dataclasses import dataclass
 
 import pytest
-import torch
 
 from kvtest.cases import RowsCase
+from kvtest.patterns import LazyTensors
 
 P, D = 1, 2
 MIB = 1 << 20
@@ -124,12 +124,14 @@ CASES = {
 }
 
 
-def pulled(case: PullCacheCase, before: list[torch.Tensor], source: list[torch.Tensor]) -> list[torch.Tensor]:
-    """d's cache after the pulls (``before`` updated in place): p's slots at the pulled batch indices."""
-    for src_tensor, dst_tensor in case.pairs:
-        for slot, index in case.pulls:
-            before[dst_tensor][index].copy_(source[src_tensor][slot])
-    return before
+def pulled(node, case: PullCacheCase) -> LazyTensors:
+    """d's cache after the pulls: p's slots at the pulled batch indices of the pulled tensors, d's own
+    pattern everywhere else; made one tensor at a time as the check reads it."""
+    return node.expected_after_rows(
+        case.num_tensors, case.shape, case.torch_dtype, base="d", source="p",
+        src_rows=[slot for slot, _ in case.pulls], dst_rows=[index for _, index in case.pulls],
+        moved={dst_tensor: src_tensor for src_tensor, dst_tensor in case.pairs},
+    )
 
 
 @pytest.mark.kv(topology="1p1d")
@@ -143,7 +145,7 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
         )
         keys = [api.CacheKey(P, slot, 0) for slot in range(case.batch)]
         cache = node.allocate_cache(desc, keys)
-        source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
+        source = node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="p")
         views = node.pool_views(cache, source)
         if case.deallocate_first:
             node.deallocate(cache)  # released only once every key is pulled or removed
@@ -171,15 +173,12 @@ def test_pull_cache(kv, datadist, case: PullCacheCase):
             case.num_tensors, case.shape, node.datatype(case.torch_dtype), api.Placement.DEVICE
         )
         cache = node.allocate_cache(desc)
-        before = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="d")
-        views = node.pool_views(cache, before)
+        views = node.pool_views(cache, node.expected_lazily(case.num_tensors, case.shape, case.torch_dtype, side="d"))
         kv.barrier("cache ready")
         for slot, index in case.pulls:
             with node.measure("pull_cache", case.pull_bytes):
                 node.cm.pull_cache(api.CacheKey(P, slot, 0), cache, batch_index=index, **case.layer_kwargs())
-        source = node.expected(case.num_tensors, case.shape, case.torch_dtype, side="p")
-        expected = pulled(case, before, source)
-        del source
+        expected = pulled(node, case)
         node.check(expected, views, name="cache after pull_cache")
         kv.step("pull_cache again")
         slot, index = case.pulls[0]

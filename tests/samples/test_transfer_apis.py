@@ -50,7 +50,7 @@ from kvtest.cases import (
     parametrize_by_type,
     pool_bytes,
 )
-from kvtest.patterns import with_rows
+from kvtest.patterns import LazyTensors, with_rows
 
 #: one-sided flows (link_clusters): the push samples' ids
 P, D = 0, 1
@@ -149,7 +149,7 @@ def test_allocate_blocks_cache(kv, datadist, alloc_case: BlocksCase):
         comm_id = node.link(["d0"])
         desc = api.CacheDesc(n, shape, node.datatype(dtype), api.Placement.DEVICE)
         cache = node.allocate_blocks_cache(desc, api.BlocksCacheKey(GA_P, 0))
-        source = node.expected(n, shape, dtype, side="p")
+        source = node.expected_lazily(n, shape, dtype, side="p")
         views = node.pool_views(cache, source)
         kv.barrier("cache ready")
         kv.barrier("pulled")
@@ -174,13 +174,11 @@ def test_allocate_blocks_cache(kv, datadist, alloc_case: BlocksCase):
         comm_id = node.link(["p0"])
         desc = api.CacheDesc(n, shape, node.datatype(dtype), api.Placement.DEVICE)
         cache = node.allocate_blocks_cache(desc)
-        before = node.expected(n, shape, dtype, side="d")
-        views = node.pool_views(cache, before)
+        views = node.pool_views(cache, node.expected_lazily(n, shape, dtype, side="d"))
         kv.barrier("cache ready")
         key = api.BlocksCacheKey(GA_P, 0)
         with node.measure("pull_blocks", case.moved_bytes):
             node.cm.pull_blocks(key, cache, src_blocks=list(case.src), dst_blocks=list(case.dst))
-        del before
         expected = node.expected_after_rows(n, shape, dtype, base="d", source="p", src_rows=case.src,
                                             dst_rows=case.dst)
         node.check(expected, views, name="allocated blocks after pull_blocks")
@@ -219,15 +217,13 @@ def test_transfer_cache_async_block_indices(kv, datadist, layers_case: LayersCas
         moved = len(case.src) * case.block_bytes * case.tensors_per_layer * len(case.src_layer_range)
         _run_async(node, cache, [config], moved, src_block_indices=list(case.src), dst_block_indices=list(case.dst))
         kv.barrier("transfer end")
-        node.check(node.expected(n, shape, dtype, side="p"), tensors, name="source cache after transfer_cache_async")
+        node.check(node.expected_lazily(n, shape, dtype, side="p"), tensors,
+                   name="source cache after transfer_cache_async")
         node.unlink_clusters(["d0"], force=True)
     else:
         kv.barrier("transfer end")
-        expected = node.expected(n, shape, dtype, side="d")
-        pushed = node.expected(n, shape, dtype, side="p")
-        for dst_t, src_t in case.tensor_map().items():
-            expected[dst_t] = with_rows(expected[dst_t], pushed[src_t], src_rows=case.src, dst_rows=case.dst)
-        del pushed
+        expected = node.expected_after_rows(n, shape, dtype, base="d", source="p", src_rows=case.src,
+                                            dst_rows=case.dst, moved=case.tensor_map())
         node.check(expected, tensors, name="cache after transfer_cache_async with block indices")
         node.unlink_clusters(["p0"], force=True)
     node.unregister(cache)
@@ -260,7 +256,7 @@ def test_transfer_cache_async_to_blocks(kv, datadist, blocks_case: ToBlocksCase)
         _run_async(node, cache, [config], case.moved_bytes, dst_block_indices=list(case.dst),
                    dst_block_memory_size=case.block_bytes)
         kv.barrier("transfer end")
-        node.check(node.expected(n, case.src_shape, dtype, side="p"), tensors,
+        node.check(node.expected_lazily(n, case.src_shape, dtype, side="p"), tensors,
                    name="source cache after transfer_cache_async")
         node.unlink_clusters(["d0"], force=True)
     else:
@@ -284,12 +280,11 @@ def test_transfer_cache_async_to_blocks(kv, datadist, blocks_case: ToBlocksCase)
     node.finalize()
 
 
-def _slot_expected(node, case: SlotLayersCase, before: list[torch.Tensor]) -> list[torch.Tensor]:
-    """d's cache after the source slot of the source layers landed in the destination slot."""
-    source = node.expected(case.num_tensors, case.src_shape, case.torch_dtype, side="p")
-    for dst_t, src_t in case.tensor_map().items():
-        before[dst_t] = with_rows(before[dst_t], source[src_t], src_rows=[case.src_slot], dst_rows=[case.dst_slot])
-    return before
+def _slot_expected(node, case: SlotLayersCase, base: str | None) -> LazyTensors:
+    """d's cache, filled with ``base``'s pattern (``None``: zeros), after the source slot of the source
+    layers landed in the destination slot; made one tensor at a time as the check reads it."""
+    return node.expected_after_rows(case.num_tensors, case.dst_shape, case.torch_dtype, base=base, source="p",
+                                    src_rows=[case.src_slot], dst_rows=[case.dst_slot], moved=case.tensor_map())
 
 
 @pytest.mark.kv(topology="1p1d")
@@ -311,11 +306,12 @@ def test_transfer_cache_async_by_id(kv, datadist, slot_case: SlotLayersCase):
         )
         _run_async(node, cache, [config], case.moved_bytes)
         kv.barrier("transfer end")
-        node.check(node.expected(n, shape, dtype, side="p"), tensors, name="source cache after transfer_cache_async")
+        node.check(node.expected_lazily(n, shape, dtype, side="p"), tensors,
+                   name="source cache after transfer_cache_async")
         node.unlink_clusters(["d0"], force=True)
     else:
         kv.barrier("transfer end")
-        expected = _slot_expected(node, case, node.expected(n, shape, dtype, side="d"))
+        expected = _slot_expected(node, case, "d")
         node.check(expected, tensors, name="cache after transfer_cache_async by id and index")
         node.unlink_clusters(["p0"], force=True)
     node.unregister(cache)
@@ -342,10 +338,11 @@ def test_transfer_cache_async_raw_addrs(kv, datadist, slot_case: SlotLayersCase)
         config = api.TransferConfig(GA_D, kv.fetch("d0", "dst_addrs"), case.src_layer_range, case.src_slot)
         _run_async(node, cache, [config], case.moved_bytes)
         kv.barrier("transfer end")
-        node.check(node.expected(n, shape, dtype, side="p"), tensors, name="source cache after transfer_cache_async")
+        node.check(node.expected_lazily(n, shape, dtype, side="p"), tensors,
+                   name="source cache after transfer_cache_async")
     else:
         kv.barrier("transfer end")
-        expected = _slot_expected(node, case, node.expected(n, shape, dtype, side="d"))
+        expected = _slot_expected(node, case, "d")
         node.check(expected, tensors, name="cache after transfer_cache_async to raw addresses")
     kv.barrier("checked")
     node.unlink(comm_id)
@@ -376,11 +373,11 @@ def test_pull_cache_by_id(kv, datadist, slot_case: SlotLayersCase):
         ranges = {"src_layer_range": case.src_layer_range, "dst_layer_range": case.dst_layer_range}
         with node.measure("pull_cache", case.moved_bytes):
             node.cm.pull_cache(key, cache, batch_index=case.dst_slot, **ranges)
-        expected = _slot_expected(node, case, node.expected(n, shape, dtype, side="d"))
+        expected = _slot_expected(node, case, "d")
         node.check(expected, tensors, name="cache after pull_cache by id and index")
         for t in tensors:
             t.zero_()  # only a second pull can bring the slot back
-        expected = _slot_expected(node, case, [torch.zeros(shape, dtype=dtype) for _ in range(n)])
+        expected = _slot_expected(node, case, None)
         with node.measure("pull_cache", case.moved_bytes):
             node.cm.pull_cache(key, cache, batch_index=case.dst_slot, **ranges)
         node.check(expected, tensors, name="cache after pulling the same id and index again")
@@ -391,7 +388,7 @@ def test_pull_cache_by_id(kv, datadist, slot_case: SlotLayersCase):
         node.unlink_clusters(["p0"])  # non-forced: ends both sides
     else:
         kv.barrier("pulled")
-        node.check(node.expected(n, shape, dtype, side="p"), tensors, name="source cache after pull_cache")
+        node.check(node.expected_lazily(n, shape, dtype, side="p"), tensors, name="source cache after pull_cache")
         node.forget_links_to(["d0"])
     kv.barrier("unlinked")
     node.unregister(cache)
@@ -472,7 +469,7 @@ def test_pull_cache_host(kv, datadist, host_case: HostPullCase):
         keys = [api.CacheKey(GA_P, slot) for slot in range(case.batch)]
         desc = api.CacheDesc(n, shape, node.datatype(dtype), api_host(api, case.src_host))
         cache = node.allocate_cache(desc, keys)
-        source = node.expected(n, shape, dtype, side="p")
+        source = node.expected_lazily(n, shape, dtype, side="p")
         views = node.pool_views(cache, source)
         host_keys = [api.CacheKey(GA_P, 100)]
         host_desc = api.CacheDesc(n, [1, case.row], node.datatype(dtype), api.Placement.HOST)
@@ -497,16 +494,13 @@ def test_pull_cache_host(kv, datadist, host_case: HostPullCase):
         comm_id = node.link(["p0"])
         desc = api.CacheDesc(n, shape, node.datatype(dtype), api_host(api, not case.src_host))
         cache = node.allocate_cache(desc)
-        before = node.expected(n, shape, dtype, side="d")
-        views = node.pool_views(cache, before)
+        views = node.pool_views(cache, node.expected_lazily(n, shape, dtype, side="d"))
         kv.barrier("cache ready")
         for slot, index in case.pulls:
             with node.measure("pull_cache", case.pull_bytes):
                 node.cm.pull_cache(api.CacheKey(GA_P, slot), cache, batch_index=index)
-        source = node.expected(n, shape, dtype, side="p")
-        rows = dict(src_rows=[s for s, _ in case.pulls], dst_rows=[i for _, i in case.pulls])
-        expected = [with_rows(b, s, **rows) for b, s in zip(before, source)]
-        del before, source
+        expected = node.expected_after_rows(n, shape, dtype, base="d", source="p",
+                                            src_rows=[s for s, _ in case.pulls], dst_rows=[i for _, i in case.pulls])
         where = "host" if case.src_host else "device"
         node.check(expected, views, name=f"cache after pull_cache from the {where} pool of p")
         kv.step("pull_cache host -> host")
