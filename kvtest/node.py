@@ -249,11 +249,15 @@ class Node:
         ``src_rows`` may name rows past the destination's own (a slot of a larger source cache): a
         pattern's bytes do not depend on its shape."""
         sources = None if moved is None else dict(moved)
+        dst_set = frozenset(dst_rows)
 
         def make(index: int) -> torch.Tensor:
             with phase("expect"):
-                own = self._zeros(shape, dtype) if base is None else self._pattern(shape, dtype, index, base)
-                if sources is not None and index not in sources:
+                # the base's pattern, where a source row lands only when none does (written just below)
+                skip = dst_set if sources is None or index in sources else frozenset()
+                own = self._zeros(shape, dtype) if base is None else patterns.pattern(
+                    shape, dtype, seed=self.kv.seed, tensor_index=index, side=base, skip_rows=skip)
+                if not skip:
                     return own
                 # only the moved rows of the source's pattern are made, straight into ``own``
                 source_index = index if sources is None else sources[index]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast, overload
 
@@ -227,6 +227,7 @@ def pattern(
     tensor_index: int,
     side: str = "p",
     block_dim: int = 0,
+    skip_rows: Collection[int] = (),
 ) -> torch.Tensor:
     """The host tensor a KV tensor holds after :func:`fill` with the same arguments.
 
@@ -234,13 +235,33 @@ def pattern(
     :param tensor_index: the tensor's index in its cache (``layer * tensors_per_layer + k``).
     :param side: a salt telling one process's content from another's (``"p"``, ``"d"``, ``"p1"``...).
     :param block_dim: the dimension whose index is the block (batch) row.
+    :param skip_rows: block rows left unwritten (their bytes unspecified), for a caller that writes
+        them next (an expected state whose moved rows come from another pattern): less to write.
     """
     dim = _block_dim(len(shape), block_dim)
     moved = _moved(shape, dim)
     with phase("fill"):
         raw = reused_memory.empty(math.prod(moved) * dtype.itemsize)
-        _write(raw, _tensor_keys(seed, side, tensor_index), _element_mask(dtype))
+        keys, mask = _tensor_keys(seed, side, tensor_index), _element_mask(dtype)
+        skipped = {r for r in skip_rows if 0 <= r < moved[0]}
+        if not skipped:
+            _write(raw, keys, mask)
+        else:
+            row = raw.numel() // moved[0]
+            for first, end in _runs(moved[0], skipped):
+                _write_at(raw[first * row : end * row], keys, mask, first * row)
     return raw.view(dtype).reshape(moved).movedim(0, dim)
+
+
+def _runs(count: int, skipped: Collection[int]) -> Iterator[tuple[int, int]]:
+    """The ``[first, end)`` runs of ``range(count)`` outside ``skipped``."""
+    first = 0
+    for r in sorted(skipped):
+        if first < r:
+            yield first, r
+        first = r + 1
+    if first < count:
+        yield first, count
 
 
 def fill(

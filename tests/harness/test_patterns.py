@@ -392,3 +392,22 @@ def test_write_rows_refuses_what_it_cannot_write_in_place():
         write_rows(torch.zeros(4, 6).t(), seed=1, tensor_index=0, side="p", src_rows=[0], dst_rows=[1])
     with pytest.raises(ValueError, match="entries"):
         write_rows(torch.zeros(4, 6), seed=1, tensor_index=0, side="p", src_rows=[0], dst_rows=[1, 2])
+
+
+@pytest.mark.parametrize(("shape", "dtype", "block_dim"), ROWS_CASES,
+                         ids=[f"{list(s)}-{d}" for s, d, _ in ROWS_CASES])
+def test_a_pattern_that_skips_rows_writes_every_other_row_and_only_those(shape, dtype, block_dim, monkeypatch):
+    """skip_rows (issue 27: an expected state writes the base only where no source row lands): every
+    row outside it holds the whole pattern's bytes, and the skipped rows are left as the memory was
+    (here a 0xA5 marker, so a row skipped by mistake, or written anyway, shows)."""
+    n = shape[0]
+    whole = pattern(shape, dtype, seed=9, tensor_index=2, side="d")
+    monkeypatch.setattr(patterns.reused_memory, "empty",
+                        lambda nbytes: torch.full((nbytes,), 0xA5, dtype=torch.uint8))
+    for skip in ({0}, {n - 1}, {0, n - 1}, set(range(0, n, 2)), set(range(n)), {n, -1}):
+        made = pattern(shape, dtype, seed=9, tensor_index=2, side="d", skip_rows=skip)
+        for r in range(n):
+            if r in skip:
+                assert bool((made[r].contiguous().view(torch.uint8) == 0xA5).all()), (skip, r)
+            else:
+                assert same_bytes(made[r].contiguous(), whole[r].contiguous()), (skip, r)
