@@ -137,6 +137,9 @@ def run_profile(profile: str, folder: Path, extra: list[str]) -> tuple[Path, Run
             or line.startswith("kvtest: biggest phases") or " passed" in line or " failed" in line]
     for line in tail[-4:]:
         print(f"  {line}")
+    if not results.is_file():  # say why: a usage error or a crash leaves no summary line to show
+        for line in done.stdout.splitlines()[-12:]:
+            print(f"  | {line}")
     return results, times, done.returncode
 
 

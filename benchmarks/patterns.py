@@ -9,6 +9,10 @@ one). ``fill`` writes the pattern in place; ``check`` is ``patterns.compare`` of
 (the path every passing test takes); ``pattern`` builds a fresh host tensor (what ``Node.expected``
 does), beside ``clone`` of the same tensor. The ratios are against ``copy_`` (``pattern`` against
 ``clone``); the goal is at least 0.3x.
+
+Last, an expected state after a block transfer that moved every other row (``Node.expected_after_rows``,
+1 MiB rows): the base pattern written whole and then the moved rows over it, against the base written
+only where no moved row lands (``pattern(skip_rows=...)``), side by side.
 """
 
 from __future__ import annotations
@@ -67,6 +71,21 @@ def measure(shape: tuple[int, ...], dtype: torch.dtype, repeat: int) -> dict[str
     return times
 
 
+def moved_rows(total: int, repeat: int) -> dict[str, float]:
+    """An expected state with every other 1 MiB row moved in from another pattern: two ways to make it."""
+    shape, dtype = (total // MiB, MiB // 2), torch.float16
+    src, dst = list(range(0, shape[0], 2)), list(range(1, shape[0], 2))
+    moved = {"seed": 1, "tensor_index": 0, "side": "p", "src_rows": src, "dst_rows": dst}
+
+    def made(skip: list[int]) -> torch.Tensor:
+        own = patterns.pattern(shape, dtype, seed=1, tensor_index=0, side="d", skip_rows=skip)
+        patterns.write_rows(own, **moved)  # type: ignore[arg-type]
+        return own
+
+    assert patterns.same_bytes(made([]), made(dst)), "the two ways differ"
+    return best({"whole base": lambda: made([]), "base where none lands": lambda: made(dst)}, repeat)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -100,6 +119,10 @@ def main() -> None:
             f"{rate['pattern'] / rate['clone']:>5.2f}x"
         )
     print(f"worst fill/check ratio to copy_: {worst:.2f}x (goal 0.3x, moonshot 0.5x)")
+    times = moved_rows(total, args.repeat)
+    whole, skipped = times["whole base"], times["base where none lands"]
+    print(f"expected state, every other 1 MiB row moved: whole base then rows {total / whole / 1e9:.2f} GB/s, "
+          f"base only where no row lands {total / skipped / 1e9:.2f} GB/s ({whole / skipped:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -163,24 +163,52 @@ def _write(flat: torch.Tensor, keys: tuple[int, int], mask: int | None) -> None:
         flat.copy_(words.view(torch.uint8)[:nbytes])
 
 
-def _write_at(flat: torch.Tensor, keys: tuple[int, int], mask: int | None, start: int) -> None:
+def _write_at(
+    flat: torch.Tensor, keys: tuple[int, int], mask: int | None, start: int, base: torch.Tensor | None = None
+) -> None:
     """Write bytes ``start .. start + flat.numel()`` of the pattern under ``keys`` into ``flat`` (a 1-D
     contiguous CPU uint8 tensor). A word's value depends only on its index, so any byte range of a
-    tensor's pattern can be made alone: :func:`_write` is this with ``start`` 0."""
+    tensor's pattern can be made alone: :func:`_write` is this with ``start`` 0. ``base``: the keys' base
+    words when the caller made them already (any length that covers the range's offsets in a span).
+
+    A range of whole, aligned words is written in place, in one pass; any other is built aside and copied.
+    """
     nbytes = flat.numel()
     if not nbytes:
         return
     w0, w1 = start // 8, -(-(start + nbytes) // 8)
     s0, s1 = w0 // SPAN_WORDS, -(-w1 // SPAN_WORDS)
-    base = _hashed(keys[0], 0, min(w1, SPAN_WORDS), mask)
+    if base is None or len(base) < min(w1, SPAN_WORDS):
+        base = _hashed(keys[0], 0, min(w1, SPAN_WORDS), mask)
     spans = _hashed(keys[1], s0, s1 - s0, mask)
-    if len(base) == SPAN_WORDS:
-        words = torch.empty((s1 - s0) * SPAN_WORDS, dtype=torch.int64)
-        torch.bitwise_xor(base.view(1, SPAN_WORDS), spans.view(-1, 1), out=words.view(-1, SPAN_WORDS))
-    else:  # the whole range lies in span 0, before its end
-        words = torch.bitwise_xor(base, spans[0])
-    offset = start - 8 * s0 * SPAN_WORDS
-    flat.copy_(words.view(torch.uint8)[offset : offset + nbytes])
+    if start % 8 == 0 and nbytes % 8 == 0 and flat.data_ptr() % 8 == 0:
+        _write_words_from(flat.view(torch.int64), w0, base, spans, s0)
+        return
+    words = torch.empty(w1 - w0, dtype=torch.int64)
+    _write_words_from(words, w0, base, spans, s0)
+    flat.copy_(words.view(torch.uint8)[start - 8 * w0 : start - 8 * w0 + nbytes])
+
+
+def _write_words_from(
+    words: torch.Tensor, first: int, base: torch.Tensor, spans: torch.Tensor, s0: int
+) -> None:
+    """Words ``first .. first + len(words)`` of a pattern into the 1-D int64 ``words``: word ``w`` is
+    ``base[w % SPAN_WORDS] ^ spans[w // SPAN_WORDS - s0]``; the partial spans at either end, then the
+    whole ones between them in one call."""
+    n, at, w = words.numel(), 0, first
+    head = min(n, -w % SPAN_WORDS)
+    if head:
+        o = w % SPAN_WORDS
+        torch.bitwise_xor(base[o : o + head], spans[w // SPAN_WORDS - s0], out=words[:head])
+        at, w = head, w + head
+    full = (n - at) // SPAN_WORDS
+    if full:
+        s = w // SPAN_WORDS - s0
+        torch.bitwise_xor(base[:SPAN_WORDS].view(1, SPAN_WORDS), spans[s : s + full].view(full, 1),
+                          out=words[at : at + full * SPAN_WORDS].view(full, SPAN_WORDS))
+        at, w = at + full * SPAN_WORDS, w + full * SPAN_WORDS
+    if at < n:
+        torch.bitwise_xor(base[: n - at], spans[w // SPAN_WORDS - s0], out=words[at:])
 
 
 def write_rows(
@@ -202,9 +230,10 @@ def write_rows(
     keys, mask = _tensor_keys(seed, side, tensor_index), _element_mask(tensor.dtype)
     flat = tensor.view(-1).view(torch.uint8) if tensor.numel() else tensor.view(torch.uint8)
     row = flat.numel() // max(int(tensor.shape[0]), 1)
+    base = _hashed(keys[0], 0, SPAN_WORDS, mask)  # a span's offsets, for every row
     with phase("expect"), torch.no_grad():
         for s, d in zip(src_rows, dst_rows):
-            _write_at(flat[d * row : (d + 1) * row], keys, mask, s * row)
+            _write_at(flat[d * row : (d + 1) * row], keys, mask, s * row, base)
 
 
 def _block_dim(ndim: int, block_dim: int) -> int:
@@ -248,8 +277,9 @@ def pattern(
             _write(raw, keys, mask)
         else:
             row = raw.numel() // moved[0]
+            base = _hashed(keys[0], 0, SPAN_WORDS, mask)
             for first, end in _runs(moved[0], skipped):
-                _write_at(raw[first * row : end * row], keys, mask, first * row)
+                _write_at(raw[first * row : end * row], keys, mask, first * row, base)
     return raw.view(dtype).reshape(moved).movedim(0, dim)
 
 

@@ -381,7 +381,7 @@ def test_write_rows_that_ignored_the_row_offset_would_be_caught(monkeypatch):
     expected = with_rows(base, pattern(shape, dtype, seed=9, tensor_index=2, side="p"),
                          src_rows=[3], dst_rows=[1])
     real = patterns._write_at
-    monkeypatch.setattr(patterns, "_write_at", lambda flat, keys, mask, start: real(flat, keys, mask, 0))
+    monkeypatch.setattr(patterns, "_write_at", lambda flat, keys, mask, start, *base: real(flat, keys, mask, 0, *base))
     made = base.clone()
     write_rows(made, seed=9, tensor_index=2, side="p", src_rows=[3], dst_rows=[1])
     assert not same_bytes(expected, made)
@@ -411,3 +411,24 @@ def test_a_pattern_that_skips_rows_writes_every_other_row_and_only_those(shape, 
                 assert bool((made[r].contiguous().view(torch.uint8) == 0xA5).all()), (skip, r)
             else:
                 assert same_bytes(made[r].contiguous(), whole[r].contiguous()), (skip, r)
+
+
+def test_any_byte_range_of_a_pattern_is_made_alone_as_the_whole_pattern_holds_it():
+    """_write_at (write_rows' and skip_rows' writer): a range of whole aligned words is written in place,
+    partial spans at either end included; any other range is built aside. Every range equals the same
+    bytes of the whole pattern, with the base words made by the call or given (too few are made anew)."""
+    span = patterns.SPAN_WORDS * 8
+    total = 3 * span + 40
+    whole = pattern((total,), torch.uint8, seed=9, tensor_index=4, side="d").view(-1)
+    keys, mask = patterns._tensor_keys(9, "d", 4), patterns._element_mask(torch.uint8)
+    base = patterns._hashed(keys[0], 0, patterns.SPAN_WORDS, mask)
+    ranges = [(0, 8), (8, 16), (0, span), (40, span), (span - 8, 16), (40, 2 * span + 24), (span, span),
+              (2 * span + 8, span + 32), (total - 8, 8), (0, total), (3, 10), (1, total - 1), (span - 3, 7)]
+    for start, n in ranges:
+        for given in (None, base, base[:10]):
+            aligned = torch.empty(n, dtype=torch.uint8)
+            patterns._write_at(aligned, keys, mask, start, given)
+            assert same_bytes(aligned, whole[start : start + n]), (start, n)
+            odd = torch.empty(n + 1, dtype=torch.uint8)[1:]  # not 8-aligned: built aside
+            patterns._write_at(odd, keys, mask, start, given)
+            assert same_bytes(odd.contiguous(), whole[start : start + n]), (start, n, "unaligned")
