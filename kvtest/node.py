@@ -13,7 +13,7 @@ import math
 import random
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -224,9 +224,13 @@ class Node:
         """A zeroed host tensor in reused memory (the pages of the previous expected tensor)."""
         return reused_memory.empty(math.prod(shape) * dtype.itemsize).zero_().view(dtype).view(list(shape))
 
-    def _pattern(self, shape: Sequence[int], dtype: torch.dtype, index: int, side: str) -> torch.Tensor:
-        """Tensor ``index``'s pattern of ``side`` in this test (what :meth:`tensors` fills it with)."""
-        return patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=side)
+    def _pattern(
+        self, shape: Sequence[int], dtype: torch.dtype, index: int, side: str, skip_rows: Collection[int] = ()
+    ) -> torch.Tensor:
+        """Tensor ``index``'s pattern of ``side`` in this test (what :meth:`tensors` fills it with), rows
+        ``skip_rows`` left unwritten (see :func:`kvtest.patterns.pattern`)."""
+        return patterns.pattern(shape, dtype, seed=self.kv.seed, tensor_index=index, side=side,
+                                skip_rows=skip_rows)
 
     def expected_after_rows(
         self,
@@ -255,8 +259,10 @@ class Node:
             with phase("expect"):
                 # the base's pattern, where a source row lands only when none does (written just below)
                 skip = dst_set if sources is None or index in sources else frozenset()
-                own = self._zeros(shape, dtype) if base is None else patterns.pattern(
-                    shape, dtype, seed=self.kv.seed, tensor_index=index, side=base, skip_rows=skip)
+                if base is None:
+                    own = self._zeros(shape, dtype)
+                else:
+                    own = self._pattern(shape, dtype, index, base, skip)
                 if not skip:
                     return own
                 # only the moved rows of the source's pattern are made, straight into ``own``

@@ -129,17 +129,6 @@ def _parts(keys: tuple[int, int], nwords: int, mask: int | None) -> tuple[torch.
             _hashed(keys[1], 0, -(-nwords // SPAN_WORDS), mask))
 
 
-def _write_words(words: torch.Tensor, base: torch.Tensor, spans: torch.Tensor) -> None:
-    """Word ``w`` of a 1-D int64 tensor = ``base[w % SPAN_WORDS] ^ spans[w // SPAN_WORDS]``: one pass."""
-    n = words.numel()
-    full = n // SPAN_WORDS
-    if full:
-        torch.bitwise_xor(base.view(1, SPAN_WORDS), spans[:full].view(full, 1),
-                          out=words[: full * SPAN_WORDS].view(full, SPAN_WORDS))
-    if n > full * SPAN_WORDS:
-        torch.bitwise_xor(base[: n - full * SPAN_WORDS], spans[full], out=words[full * SPAN_WORDS :])
-
-
 def _write(flat: torch.Tensor, keys: tuple[int, int], mask: int | None) -> None:
     """Write the pattern into a 1-D contiguous CPU uint8 tensor: in place, in one pass per word.
 
@@ -152,14 +141,14 @@ def _write(flat: torch.Tensor, keys: tuple[int, int], mask: int | None) -> None:
     base, spans = _parts(keys, nwords, mask)
     whole = nbytes // 8
     if flat.data_ptr() % 8 == 0:
-        _write_words(flat[: whole * 8].view(torch.int64), base, spans)
+        _write_words_from(flat[: whole * 8].view(torch.int64), 0, base, spans, 0)
         if whole < nwords:
             last = torch.empty(1, dtype=torch.int64)
             last[0] = base[whole % SPAN_WORDS] ^ spans[whole // SPAN_WORDS]
             flat[whole * 8 :].copy_(last.view(torch.uint8)[: nbytes - whole * 8])
     else:  # an unaligned view (memory registered elsewhere): build aligned, then copy the bytes
         words = torch.empty(nwords, dtype=torch.int64)
-        _write_words(words, base, spans)
+        _write_words_from(words, 0, base, spans, 0)
         flat.copy_(words.view(torch.uint8)[:nbytes])
 
 

@@ -178,8 +178,10 @@ def _repeat_first_2_mib(real):
     """A generator with the audit's bug: rows of 2 MiB and more repeat their first 2 MiB."""
     period = 2 * MiB // 8
 
-    def write_words(words, base, spans):
-        real(words, base, spans)
+    def write_words(words, first, base, spans, s0):
+        real(words, first, base, spans, s0)
+        if first:  # the bug is in whole tensors, written from word 0
+            return
         for start in range(period, words.numel(), period):
             end = min(words.numel(), start + period)
             words[start:end] = words[: end - start].clone()
@@ -191,7 +193,7 @@ def test_the_reference_catches_a_generator_that_repeats_its_first_2_mib(monkeypa
     where = {"seed": 3, "tensor_index": 0, "side": "p"}
     shape = (2, 5 * MiB // 2)  # two fp16 rows of 5 MiB
     assert matches_reference(pattern(shape, torch.float16, **where), **where)
-    monkeypatch.setattr(patterns, "_write_words", _repeat_first_2_mib(patterns._write_words))
+    monkeypatch.setattr(patterns, "_write_words_from", _repeat_first_2_mib(patterns._write_words_from))
     broken = pattern(shape, torch.float16, **where)
     # what a transfer test compares (fill vs pattern, both from the broken generator) still agrees ...
     filled = torch.empty(shape, dtype=torch.float16)

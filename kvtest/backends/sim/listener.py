@@ -8,7 +8,7 @@ connection's address (``getnameinfo``, both ends), and ``::ffff:127.0.0.1``, the
 sockets see on loopback, is in no hosts file, so each lookup goes to DNS. Where a DNS query goes
 unanswered (1 in 60 reverse lookups on the project's VM, 2026-12-06), the resolver waits 5 s, TCPStore's
 own connect timeout: ``init`` failed with "cannot listen on" and links with ``LLM_LINK_FAILED``, in
-2 of 3 full smoke runs that afternoon. This listener answers from memory and names no one.
+20 of 27 full smoke runs that afternoon. This listener answers from memory and names no one.
 """
 
 from __future__ import annotations
