@@ -147,9 +147,11 @@ class NpuBackend:
     def after_failure(self) -> None:
         """llm_datadist keeps nothing of a finalized instance."""
 
-    def warm_up(self, role: str, cache_bytes: int) -> None:
-        """Nothing: an LLMDataDist's init needs its test's options and device, and device memory is the
-        NPU's (no host pages to touch ahead)."""
+    def warm_up(self, role: str) -> None:
+        """Nothing: an LLMDataDist's init needs its test's options and device."""
+
+    def touch_ahead(self, cache_bytes: int, first: bool) -> None:
+        """Nothing: device memory is the NPU's (no host pages to touch ahead)."""
 
     def set_device(self, device_id: int) -> None:
         """``torch.npu.set_device`` with the *logical* id, as every sample passes ``--device_id``."""

@@ -68,12 +68,16 @@ class Backend(Protocol):
         Asked only where a rank table is built (``hccn_tool`` on npu), never at init.
         """
 
-    def warm_up(self, role: str, cache_bytes: int) -> None:
+    def warm_up(self, role: str) -> None:
         """The session starts and this role will run tests that make an LLMDataDist: do the process's
         one-time set-up now, in the background, rather than inside the first test (sim: its first NIXL
-        agent, and ``cache_bytes`` of its device memory touched ahead). ``cache_bytes``: the largest KV
-        cache (one side, every tensor) among this role's selected tests, 0 when unknown. Must return at
-        once."""
+        agent). Must return at once."""
+
+    def touch_ahead(self, cache_bytes: int, first: bool) -> None:
+        """Make ``cache_bytes`` of device memory ready in the background (sim: host pages touched
+        ahead), ``first`` when this role's tests are among the run's first (the others' touching waits
+        for it on a shared host). ``cache_bytes``: the largest KV cache (one side, every tensor) among
+        this role's selected tests. Must return at once."""
 
     def after_failure(self) -> None:
         """A test of this process failed: drop what the backend keeps from test to test (the sim's idle

@@ -35,8 +35,11 @@ import os
 import sys
 import threading
 import weakref
+from contextlib import nullcontext
 
 import torch
+
+from kvtest.host import busy
 
 __all__ = [
     "IDLE_LIMIT", "MIN_BYTES", "CacheStats", "block_size", "clear", "empty", "prefault", "stats", "sweep",
@@ -315,10 +318,12 @@ def sweep() -> int:
 
 
 #: prefault() touches this much at a time, holding no more of the arena than that
-PREFAULT_STEP = 64 << 20
+PREFAULT_STEP = 16 << 20
+#: how long prefault() waits, at most, before each step while the host is busy (kvtest.host.busy)
+PREFAULT_ASIDE_S = 5.0
 
 
-def prefault(nbytes: int) -> int:
+def prefault(nbytes: int, first: bool = True) -> int:
     """Touch fresh arena pages, in the calling thread, until this process holds ``nbytes`` (at most
     :data:`IDLE_LIMIT`) of touched pages, in use or idle, for the buffers to come; the bytes it touched.
 
@@ -328,8 +333,12 @@ def prefault(nbytes: int) -> int:
     peers' work leaves idle; it holds one step of the arena at a time, so a buffer asked for meanwhile is
     served at once (on the pages touched so far, or fresh ones), and what that buffer touched counts.
     ``nbytes`` raises the high-water mark: the limits that give idle pages back keep these.
+
+    It touches nothing while a process on the host times a transfer (:mod:`kvtest.host.busy`), and,
+    unless this role's tests are among the ``first`` of the run, nothing while such a role touches its
+    own: the roles of one host share its cores, and the first tests need their memory first.
     """
-    global _prefaulting, _high_water, _in_use_bytes, _made, _fresh_bytes
+    global _prefaulting, _high_water
     nbytes = min(nbytes, IDLE_LIMIT) // _PAGE * _PAGE
     with _lock:
         arena = _the_arena()
@@ -341,9 +350,21 @@ def prefault(nbytes: int) -> int:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only, on Linux
     except (AttributeError, OSError):
         pass
-    touched = 0
+    signs = (busy.TIMING,) if first else (busy.TIMING, busy.FIRST_TOUCH)
     try:
-        while True:
+        with busy.busy(busy.FIRST_TOUCH, wait=PREFAULT_ASIDE_S) if first else nullcontext():
+            return _touch(arena, nbytes, signs)
+    finally:
+        with _lock:
+            _prefaulting = False
+
+
+def _touch(arena: _Arena, nbytes: int, signs: tuple[str, ...]) -> int:
+    """prefault()'s loop: one step of fresh pages at a time, each while no sign in ``signs`` is held."""
+    global _in_use_bytes, _made, _fresh_bytes
+    touched = 0
+    while True:
+        with busy.aside(signs, PREFAULT_ASIDE_S):
             with _lock:
                 _file_returned()
                 step = min(PREFAULT_STEP, nbytes - _in_use_bytes - arena.idle_touched()) // _PAGE * _PAGE
@@ -361,8 +382,5 @@ def prefault(nbytes: int) -> int:
                 with _lock:
                     arena.put(offset, step)
                     _in_use_bytes -= step
-            touched += step
-    finally:
-        with _lock:
-            _prefaulting = False
+        touched += step
     return touched

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, TypeVar
 
+from kvtest.host import busy
+
 __all__ = [
     "PHASES",
     "GATE_MAX_SPREAD",
@@ -293,9 +295,10 @@ class TransferLog:
     def measure(self, api: str, nbytes: int) -> Iterator[None]:
         """Time the ``with`` body as one transfer of ``nbytes`` through ``api`` (phase ``transfer``).
 
-        Nothing is recorded when the body raises: a failed transfer has no bandwidth.
+        Nothing is recorded when the body raises: a failed transfer has no bandwidth. Background work
+        on the host steps aside meanwhile (:mod:`kvtest.host.busy`).
         """
-        with self.clock.phase("transfer"):
+        with self.clock.phase("transfer"), busy.busy(busy.TIMING):
             start = time.perf_counter()
             yield
             self.add(api, nbytes, time.perf_counter() - start)

@@ -49,6 +49,7 @@ from kvtest.run.errors import RendezvousError, RunRefused
 from kvtest.run.member import Member
 from kvtest.run.messages import STACK_KEYS, RoleResult
 from kvtest.run.scope import TestScope
+from kvtest.run.touch_ahead import comes_first
 from kvtest.settings import Settings
 from kvtest.state import chosen_backend, marker_settings
 
@@ -175,10 +176,19 @@ class SessionHooks:
             self.write(line)
 
     def resolve_backend(self) -> None:
+        """Choose the backend; when this role's tests make an LLMDataDist, warm it up and have it touch
+        this role's device memory ahead (first or after the roles whose tests come first:
+        :mod:`kvtest.run.touch_ahead`)."""
         backend, self.member.backend_why = chosen_backend(self.config)
         self.member.backend_name = backend.name
-        if any(KV_DATADIST in getattr(item, "fixturenames", ()) for item in self.kv_items.values()):
-            backend.warm_up(self.me, self.largest_cache())
+        if not any(KV_DATADIST in getattr(item, "fixturenames", ()) for item in self.kv_items.values()):
+            return
+        backend.warm_up(self.me)
+        order = [
+            (item_topology(item).roles, KV_DATADIST in getattr(item, "fixturenames", ()))
+            for item in self.selected if item.nodeid in self.kv_items
+        ]
+        backend.touch_ahead(self.largest_cache(), comes_first(self.me, order))
 
     def largest_cache(self) -> int:
         """The largest KV cache (one side) of this role's selected tests that make an LLMDataDist."""

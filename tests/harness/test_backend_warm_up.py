@@ -1,7 +1,8 @@
 """A session warms its backend up (the sim's first NIXL agent, in the background) only when its tests
 make an LLMDataDist: kvtest's own tests with fake roles must not pay for an agent they never use. It
 tells the backend the largest KV cache among this role's selected tests (the sim touches that much of
-its device memory ahead)."""
+its device memory ahead; when, :mod:`kvtest.run.touch_ahead` decides and tests/harness/test_touch_ahead.py
+checks)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ class _Backend:
     name = "fake"
 
     def __init__(self) -> None:
+        #: (role warmed up, bytes it was then told to touch ahead)
         self.warmed: list[tuple[str, int]] = []
 
-    def warm_up(self, role: str, cache_bytes: int) -> None:
-        self.warmed.append((role, cache_bytes))
+    def warm_up(self, role: str) -> None:
+        self.warmed.append((role, 0))
+
+    def touch_ahead(self, cache_bytes: int, first: bool) -> None:
+        self.warmed[-1] = (self.warmed[-1][0], cache_bytes)
 
 
 class _Item:

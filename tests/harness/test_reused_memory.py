@@ -7,14 +7,16 @@ import ctypes
 import gc
 import resource
 import threading
+import time
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
 from kvtest import patterns
-from kvtest.host import reused_memory
+from kvtest.host import busy, reused_memory
 
 MIB = 1 << 20
 
@@ -25,7 +27,8 @@ def taken(nbytes: int) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fresh_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(busy, "FOLDER", tmp_path)  # the host's busy signs: not a kvtest run's beside
     monkeypatch.setattr(reused_memory, "_arena", reused_memory._Arena(256 * MIB))
     for name, value in (("_returned", []), ("_in_use_bytes", 0), ("_high_water", 0), ("_reused", 0), ("_made", 0),
                         ("_fresh_bytes", 0), ("_swept_in_use", 0), ("_prefaulting", False)):
@@ -284,11 +287,11 @@ def test_the_plugin_sweeps_before_each_test(pytester: pytest.Pytester) -> None:
 # -- prefault: pages touched ahead, for the buffers to come ------------------------------------------
 
 
-def _prefault(nbytes: int) -> int:
+def _prefault(nbytes: int, first: bool = True) -> int:
     """``reused_memory.prefault`` in a thread of its own, as the sim runs it (it lowers its thread's
     priority, which must not stay on the test's)."""
     out: list[int] = []
-    worker = threading.Thread(target=lambda: out.append(reused_memory.prefault(nbytes)))
+    worker = threading.Thread(target=lambda: out.append(reused_memory.prefault(nbytes, first)))
     worker.start()
     worker.join(60)
     assert not worker.is_alive() and len(out) == 1
@@ -350,3 +353,24 @@ def test_prefault_keeps_to_the_idle_limit_and_one_at_a_time(monkeypatch: pytest.
     assert _prefault(MIB // 2) == 0  # below MIN_BYTES: not worth a thread's time
     monkeypatch.setattr(reused_memory, "_prefaulting", True)  # another one is running
     assert _prefault(16 * MIB) == 0
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_prefault_steps_aside_for_a_first_role_only_when_it_is_not_one(
+    first: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reused_memory, "PREFAULT_ASIDE_S", 0.3)
+    with busy.busy(busy.FIRST_TOUCH):  # another role whose tests come first is touching
+        start = time.monotonic()
+        assert _prefault(8 * MIB, first) == 8 * MIB
+        took = time.monotonic() - start
+    # one step: a late role waits the deadline before it, a first one does not
+    assert took < 0.3 if first else took >= 0.3
+
+
+def test_prefault_touches_nothing_while_a_transfer_is_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reused_memory, "PREFAULT_ASIDE_S", 0.3)
+    with busy.busy(busy.TIMING):
+        start = time.monotonic()
+        assert _prefault(8 * MIB) == 8 * MIB
+        assert time.monotonic() - start >= 0.3

@@ -39,19 +39,24 @@ class SimBackend:
     def set_device(self, device_id: int) -> None:
         """Nothing to select on CPU."""
 
-    def warm_up(self, role: str, cache_bytes: int) -> None:
-        """Make the first NIXL agent in the background (``transport.warm_up``), and touch ``cache_bytes``
-        of the sim's device memory (host memory, from :mod:`kvtest.host.reused_memory`) ahead in another
-        background thread, at the lowest priority (``reused_memory.prefault``). A role that meets its first
-        large cache late (p1 of the nightly 2p1d test: 1.28 GiB) otherwise faults it fresh inside that
-        test while its peers wait (4.4 s of fill there, 0.3 s on touched pages)."""
+    def warm_up(self, role: str) -> None:
+        """Make the first NIXL agent in the background (``transport.warm_up``)."""
         from kvtest.backends.sim.transport import warm_up
-        from kvtest.host import reused_memory
 
         warm_up(role)
+
+    def touch_ahead(self, cache_bytes: int, first: bool) -> None:
+        """Touch ``cache_bytes`` of the sim's device memory (host memory, from
+        :mod:`kvtest.host.reused_memory`) ahead in a background thread at the lowest priority
+        (``reused_memory.prefault``; not beside a timed transfer, nor, unless ``first``, beside the
+        touching of a role whose tests come first). A role that meets its first large cache late (p1
+        of the nightly 2p1d test: 1.28 GiB) otherwise faults it fresh inside that test while its peers
+        wait (4.4 s of fill there, 0.3 s on touched pages)."""
+        from kvtest.host import reused_memory
+
         if cache_bytes >= reused_memory.MIN_BYTES:
-            threading.Thread(target=reused_memory.prefault, args=(cache_bytes,), name="kvtest-sim-prefault",
-                             daemon=True).start()
+            threading.Thread(target=reused_memory.prefault, args=(cache_bytes, first),
+                             name="kvtest-sim-prefault", daemon=True).start()
 
     def after_failure(self) -> None:
         """Destroy the idle NIXL agents: one reused after a test that lost its peer's connection (the
