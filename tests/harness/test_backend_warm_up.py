@@ -25,12 +25,15 @@ class _Backend:
     def __init__(self) -> None:
         #: (role warmed up, bytes it was then told to touch ahead)
         self.warmed: list[tuple[str, int]] = []
+        #: whether it was told the role comes first, each time
+        self.first: list[bool] = []
 
     def warm_up(self, role: str) -> None:
         self.warmed.append((role, 0))
 
     def touch_ahead(self, cache_bytes: int, first: bool) -> None:
         self.warmed[-1] = (self.warmed[-1][0], cache_bytes)
+        self.first.append(first)
 
 
 class _Item:
@@ -41,8 +44,10 @@ class _Item:
             self.stash[KV_CACHE_BYTES] = cache_bytes(case)
 
 
-def _resolve(monkeypatch: pytest.MonkeyPatch, items: list[_Item], deselected: int = 0) -> list[tuple[str, int]]:
-    backend = _Backend()
+def _resolve(
+    monkeypatch: pytest.MonkeyPatch, items: list[_Item], deselected: int = 0, backend: _Backend | None = None
+) -> list[tuple[str, int]]:
+    backend = backend or _Backend()
     monkeypatch.setattr(session_module, "chosen_backend", lambda config: (backend, "because"))
     hooks: Any = object.__new__(SessionHooks)
     hooks.config, hooks.me = None, "d1"
@@ -80,3 +85,16 @@ def test_the_backend_hears_the_largest_cache_of_this_roles_selected_tests(monkey
         _Item("xpyd", ("kv", "datadist", "case"), "1p2d", XPYD),
     ]
     assert _resolve(monkeypatch, items, deselected=1) == [("d1", cache_bytes(XPYD))]
+
+
+def test_the_backend_hears_whether_this_role_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """d1 (the role _resolve plays) comes first when it has a test that makes an LLMDataDist among the
+    run's first LEAD selected ones, deselected tests not counted."""
+    from kvtest.run.touch_ahead import LEAD
+
+    others = [_Item(f"t{i}", ("kv", "datadist"), "1p1d") for i in range(LEAD)]
+    late, early = _Backend(), _Backend()
+    _resolve(monkeypatch, [*others, _Item("xpyd", ("kv", "datadist"))], backend=late)
+    _resolve(monkeypatch, [_Item("gone", ("kv",)), *others[1:], _Item("xpyd", ("kv", "datadist"))],
+             deselected=1, backend=early)
+    assert (late.first, early.first) == ([False], [True])
