@@ -52,8 +52,9 @@ def _open(sign: str) -> int | None:
     if not _HAVE_FLOCK:
         return None
     try:
-        return os.open(path(sign), os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:  # an unwritable temp directory: nothing steps aside
+        # not through a link another user left under that name in a shared temp directory
+        return os.open(path(sign), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError:  # an unwritable temp directory, or such a link: nothing steps aside
         return None
 
 

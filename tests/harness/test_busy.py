@@ -155,3 +155,12 @@ def test_background_work_waiting_for_one_sign_holds_no_other() -> None:
         assert not done.is_set()
     thread.join(10)
     assert done.is_set()
+
+
+def test_a_link_under_the_signs_name_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "someone-elses-file"
+    target.write_text("keep")
+    busy.path(busy.TIMING).symlink_to(target)
+    with busy.busy(busy.TIMING), busy.aside((busy.TIMING,), 0.1) as got:
+        assert got  # the sign could not be opened: nothing steps aside, nothing waits
+    assert target.read_text() == "keep"
