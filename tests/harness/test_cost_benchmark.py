@@ -19,12 +19,14 @@ cost = load_file(ROOT / "benchmarks" / "cost.py", "kvtest_cost_benchmark")
 def test_run_times_travel_with_the_results_file(tmp_path: Path) -> None:
     results = tmp_path / "smoke.json"
     shutil.copy(DATA, results)
-    cost.RunTimes(52.0, 32.77, 11.55).save(results)
+    cost.RunTimes(60.0, 32.77, 11.55).save(results)
     assert (tmp_path / "smoke.times.json").is_file()
     loaded = cost._load("smoke", results, None)
-    assert (loaded.wall_s, loaded.user_s, loaded.sys_s) == (52.0, 32.77, 11.55)
+    assert (loaded.wall_s, loaded.user_s, loaded.sys_s) == (60.0, 32.77, 11.55)
     line = cost.summary_lines(loaded, None)[0]
-    assert ", run 52 s (user 32.8 s, sys 11.6 s);" in line
+    in_tests = sum(e["cost"]["wall_s"] for e in cost.load_results(results).tests.values())
+    assert 0 < in_tests < 60
+    assert f", run 60 s (user 32.8 s, sys 11.6 s; {60 - in_tests:.1f} s in no test);" in line
 
 
 def test_a_baseline_shows_its_run_times(tmp_path: Path) -> None:
@@ -33,7 +35,8 @@ def test_a_baseline_shows_its_run_times(tmp_path: Path) -> None:
     cost.RunTimes(68.0, 39.57, 41.46).save(before)
     now = cost._load("smoke", DATA, cost.RunTimes(52.0, 32.77, 11.55))
     lines = cost.summary_lines(now, cost._load("smoke", before, None))
-    assert "smoke before, run 68 s (user 39.6 s, sys 41.5 s): in transfers" in lines[1]
+    assert "smoke before, run 68 s (user 39.6 s, sys 41.5 s; " in lines[1]
+    assert " s in no test): in transfers" in lines[1]
 
 
 def test_a_results_file_without_times_has_none(tmp_path: Path) -> None:
