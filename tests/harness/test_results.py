@@ -73,6 +73,30 @@ def test_file_is_valid_from_the_start_and_after_every_test(tmp_path):
     assert load_results(writer.path).tests[PULL]["outcome"] == "failed"
 
 
+def test_the_file_reads_as_json_writes_it_indented_through_every_change(tmp_path):
+    """Each test's entry is serialized once and the file assembled from them: byte for byte what
+    ``json.dumps(doc, indent=2)`` gives, after adds, a replaced entry and the roles, whatever the
+    fingerprint holds (even text that looks like the tests' place in the file)."""
+    odd = {**FINGERPRINT, "note": 'line\n  "tests": {}', "tests": "kvtest: the tests"}
+    writer = ResultsWriter(tmp_path / "kv.json", run_id="run-1", fingerprint=odd)
+
+    def same() -> None:
+        text = writer.path.read_text()
+        assert text == json.dumps(json.loads(text), indent=2) + "\n"
+
+    same()
+    writer.add(PULL, "passed", _roles(), _log().records)
+    same()
+    writer.add(PUSH, "failed", _roles("failed", "push", 'd0 failed at step "push":\n\tboom'))
+    same()
+    writer.add(PULL, "failed", _roles("failed", "pull"))  # replaced: moves to the end
+    same()
+    writer.set_roles({"p0": {"host": "a", "pid": 1, "fingerprint": {"x": "y"}}}, ["z"])
+    same()
+    assert list(load_results(writer.path).tests) == [PUSH, PULL]
+    assert load_results(writer.path).fingerprint == odd
+
+
 def test_rewrite_is_atomic(tmp_path, monkeypatch):
     writer = _writer(tmp_path)
     writer.add(PULL, "passed", _roles(), _log().records)
