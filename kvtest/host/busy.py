@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -58,19 +58,29 @@ def _open(sign: str) -> int | None:
         return None
 
 
-def _lock(fd: int, how: int, deadline: float) -> bool:
-    """``flock(fd, how)``, trying again (pauses doubling from POLL_S) until ``deadline`` seconds."""
+def _until(attempt: Callable[[], bool], deadline: float) -> bool:
+    """Call ``attempt`` until it succeeds or ``deadline`` seconds have passed (pauses doubling from
+    POLL_S up to POLL_MAX_S between calls); whether it succeeded."""
     end = time.monotonic() + deadline
     pause = POLL_S
-    while True:
+    while not attempt():
+        if time.monotonic() >= end:
+            return False
+        time.sleep(pause)
+        pause = min(2 * pause, POLL_MAX_S)
+    return True
+
+
+def _take(fds: list[int], how: int) -> bool:
+    """``flock`` every one of ``fds`` without waiting; on the first refusal, release the ones taken."""
+    for i, fd in enumerate(fds):
         try:
             fcntl.flock(fd, how | fcntl.LOCK_NB)
-            return True
         except OSError:
-            if time.monotonic() >= end:
-                return False
-            time.sleep(pause)
-            pause = min(2 * pause, POLL_MAX_S)
+            for taken in fds[:i]:
+                fcntl.flock(taken, fcntl.LOCK_UN)
+            return False
+    return True
 
 
 @contextmanager
@@ -81,7 +91,7 @@ def busy(sign: str, wait: float = 0.0) -> Iterator[None]:
     fd = _open(sign)  # an open file of its own: locks on separate open files conflict, in one process too
     try:
         if fd is not None:
-            _lock(fd, fcntl.LOCK_SH, wait)
+            _until(lambda: _take([fd], fcntl.LOCK_SH), wait)
         yield
     finally:
         if fd is not None:
@@ -96,7 +106,6 @@ def aside(signs: tuple[str, ...], deadline: float) -> Iterator[bool]:
     It never holds one sign while it waits for another: other background work that waits only for the
     first must not wait behind it.
     """
-    end = time.monotonic() + deadline
     with ExitStack() as opened:
         fds = []
         for sign in signs:
@@ -104,19 +113,4 @@ def aside(signs: tuple[str, ...], deadline: float) -> Iterator[bool]:
             if fd is not None:
                 opened.callback(os.close, fd)  # closing drops the lock
                 fds.append(fd)
-        pause = POLL_S
-        while True:
-            taken = []
-            for fd in fds:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    break
-                taken.append(fd)
-            if len(taken) == len(fds) or time.monotonic() >= end:
-                break
-            for fd in taken:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            time.sleep(pause)
-            pause = min(2 * pause, POLL_MAX_S)
-        yield len(taken) == len(fds)
+        yield _until(lambda: _take(fds, fcntl.LOCK_EX), deadline)

@@ -78,6 +78,11 @@ def item_topology(item: pytest.Item) -> Topology:
     return item.stash[KV_ITEM]
 
 
+def makes_datadist(item: pytest.Item) -> bool:
+    """The test uses the ``datadist`` fixture: it makes an LLMDataDist."""
+    return KV_DATADIST in getattr(item, "fixturenames", ())
+
+
 def item_timeout(item: pytest.Item, default: float) -> float:
     return float(marker_settings(item).get("timeout", default))
 
@@ -181,13 +186,11 @@ class SessionHooks:
         :mod:`kvtest.run.touch_ahead`)."""
         backend, self.member.backend_why = chosen_backend(self.config)
         self.member.backend_name = backend.name
-        if not any(KV_DATADIST in getattr(item, "fixturenames", ()) for item in self.kv_items.values()):
+        if not any(map(makes_datadist, self.kv_items.values())):
             return
         backend.warm_up(self.me)
-        order = [
-            (item_topology(item).roles, KV_DATADIST in getattr(item, "fixturenames", ()))
-            for item in self.selected if item.nodeid in self.kv_items
-        ]
+        order = [(item_topology(item).roles, makes_datadist(item)) for item in self.selected
+                 if item.nodeid in self.kv_items]
         backend.touch_ahead(self.largest_cache(), comes_first(self.me, order))
 
     def largest_cache(self) -> int:
@@ -195,8 +198,7 @@ class SessionHooks:
         sizes = [
             item.stash.get(KV_CACHE_BYTES, 0)
             for item in self.selected
-            if item.nodeid in self.kv_items and KV_DATADIST in getattr(item, "fixturenames", ())
-            and self.me in item_topology(item).roles
+            if item.nodeid in self.kv_items and makes_datadist(item) and self.me in item_topology(item).roles
         ]
         return max(sizes, default=0)
 

@@ -4,9 +4,9 @@ Every role starts touching ahead as its session starts, but the roles of one hos
 while the roles whose first tests come first (p0 and d0) touch theirs, a role whose first test comes
 later (p1, d1 of the nightly xPyD tests) waits (:mod:`kvtest.host.busy`). Before that order, p1 and d1
 touching 1.28 GiB each beside d0 slowed d0's own first large cache, faulted fresh inside copy_blocks
-while p0 waited (3.3-6.5 s outside that test, 0.6-1.2 s with the order). Waiting for the early roles
-by way of the store instead (each saying when it was done, read at each announced test) left p1 and
-d1 too little time before their tests (2p1d and 1p2d: +1 s outside each).
+while p0 waited: nightly, 3 runs each, copy_blocks 3.60 s outside (2.09-4.59) without the order, 1.95 s
+(1.75-2.14) with it. p1 and d1 then touch later: 2p1d and 1p2d with 1 MiB blocks 1.63 -> 2.94 s and
+1.27 -> 1.66 s (docs/results.md, seventh round).
 """
 
 from __future__ import annotations
