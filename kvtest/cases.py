@@ -107,6 +107,22 @@ def cache_bytes(case: object) -> int:
     return math.prod(shape) * case.torch_dtype.itemsize * tensors
 
 
+#: a case's memory pools (``mem_pool_cfg``, ``host_mem_pool_cfg``), by the names case types give them
+POOL_ATTRIBUTES = ("pool", "device_pool", "host_pool")
+
+
+def device_bytes(case: object) -> int:
+    """The memory one side of ``case`` holds: its KV cache, or the memory pools its LLMDataDist inits
+    with (where the case names them, :data:`POOL_ATTRIBUTES`) when those are larger. A pool is memory
+    from the start: the sim writes every byte of it at init, however small the cache in it (64 MiB for
+    the pull_cache sample's 128 KiB)."""
+    if not isinstance(case, RowsCase):
+        return 0
+    sizes = (getattr(case, name, 0) for name in POOL_ATTRIBUTES)
+    pools = sum(size for size in sizes if isinstance(size, int))
+    return max(cache_bytes(case), pools)
+
+
 class LayerRanges:
     """What the layer-ranged case types share: source layers ``src_layers`` (start, stop) go to
     ``dst_layers``, ``tensors_per_layer`` tensors each."""

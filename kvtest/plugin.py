@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import pytest
 
-from kvtest.cases import cache_bytes
+from kvtest.cases import device_bytes
 from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are found by name in the plugin)
 from kvtest.host import reused_memory
 from kvtest.results.known_issues import settle
@@ -21,7 +21,7 @@ from kvtest.roles.topology import Topology
 from kvtest.run.follower_session import FollowerSession
 from kvtest.run.leader_session import LeaderSession
 from kvtest.run.scope import TestScope
-from kvtest.run.session import KV_CACHE_BYTES, KV_FIXTURE, KV_ITEM
+from kvtest.run.session import KV_DEVICE_BYTES, KV_FIXTURE, KV_ITEM
 from kvtest.settings import OPTIONS, PRECEDENCE, resolve, unknown_names
 from kvtest.state import BODY_FAILED, SETTINGS, chosen_backend, marker_settings, settings_of
 
@@ -147,7 +147,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     item.stash[KV_ITEM] = needed
     callspec = getattr(item, "callspec", None)
     if callspec is not None:
-        item.stash[KV_CACHE_BYTES] = cache_bytes(callspec.params.get("case"))
+        item.stash[KV_DEVICE_BYTES] = device_bytes(callspec.params.get("case"))
     settings = settings_of(item.config)
     have = settings.topology or Topology(1, 1)
     if not settings.local_mode and not have.covers(needed):

@@ -73,11 +73,11 @@ class Backend(Protocol):
         one-time set-up now, in the background, rather than inside the first test (sim: its first NIXL
         agent). Must return at once."""
 
-    def touch_ahead(self, cache_bytes: int, first: bool) -> None:
-        """Make ``cache_bytes`` of device memory ready in the background (sim: host pages touched
+    def touch_ahead(self, device_bytes: int, first: bool) -> None:
+        """Make ``device_bytes`` of device memory ready in the background (sim: host pages touched
         ahead), ``first`` when this role's tests are among the run's first (the others' touching waits
-        for it on a shared host). ``cache_bytes``: the largest KV cache (one side, every tensor) among
-        this role's selected tests. Must return at once."""
+        for it on a shared host). ``device_bytes``: the most memory one side's KV cache or memory pools
+        take among this role's selected tests (:func:`kvtest.cases.device_bytes`). Must return at once."""
 
     def after_failure(self) -> None:
         """A test of this process failed: drop what the backend keeps from test to test (the sim's idle

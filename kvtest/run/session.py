@@ -60,8 +60,8 @@ KV_FIXTURE = "kv"
 #: the fixture that makes LLMDataDists: a session whose tests use it has the backend warm up
 KV_DATADIST = "datadist"
 KV_ITEM = pytest.StashKey[Topology]()
-#: the bytes of one side's KV cache in the item's case (kvtest.cases.cache_bytes; the plugin sets it)
-KV_CACHE_BYTES = pytest.StashKey[int]()
+#: the memory one side of the item's case holds, cache or pools (kvtest.cases.device_bytes; set by the plugin)
+KV_DEVICE_BYTES = pytest.StashKey[int]()
 #: (hook, plugin name, how it is marked) for the orderings above that a test can check
 HOOK_ORDER = (
     ("pytest_collection_modifyitems", "kvtest-session", "tryfirst"),
@@ -191,12 +191,13 @@ class SessionHooks:
         backend.warm_up(self.me)
         order = [(item_topology(item).roles, makes_datadist(item)) for item in self.selected
                  if item.nodeid in self.kv_items]
-        backend.touch_ahead(self.largest_cache(), comes_first(self.me, order))
+        backend.touch_ahead(self.most_device_memory(), comes_first(self.me, order))
 
-    def largest_cache(self) -> int:
-        """The largest KV cache (one side) of this role's selected tests that make an LLMDataDist."""
+    def most_device_memory(self) -> int:
+        """The most memory one side's KV cache or memory pools take among this role's selected tests that
+        make an LLMDataDist (:func:`kvtest.cases.device_bytes`)."""
         sizes = [
-            item.stash.get(KV_CACHE_BYTES, 0)
+            item.stash.get(KV_DEVICE_BYTES, 0)
             for item in self.selected
             if item.nodeid in self.kv_items and makes_datadist(item) and self.me in item_topology(item).roles
         ]

@@ -1,4 +1,4 @@
-"""Which roles' memory is touched ahead first (``Backend.touch_ahead(cache_bytes, first)``).
+"""Which roles' memory is touched ahead first (``Backend.touch_ahead(device_bytes, first)``).
 
 Every role starts touching ahead as its session starts, but the roles of one host share its cores:
 while the roles whose first tests come first (p0 and d0) touch theirs, a role whose first test comes

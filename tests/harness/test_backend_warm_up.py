@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from kvtest.cases import BlocksCase, CopyCacheCase, cache_bytes
+from kvtest.cases import BlocksCase, CopyCacheCase, HostPullCase, cache_bytes, device_bytes
 from kvtest.roles.topology import parse_topology
 from kvtest.run import session as session_module
-from kvtest.run.session import KV_CACHE_BYTES, KV_ITEM, SessionHooks
+from kvtest.run.session import KV_DEVICE_BYTES, KV_ITEM, SessionHooks
 
 GIB = 1 << 30
+MIB = 1 << 20
 
 
 class _Backend:
@@ -31,8 +32,8 @@ class _Backend:
     def warm_up(self, role: str) -> None:
         self.warmed.append((role, 0))
 
-    def touch_ahead(self, cache_bytes: int, first: bool) -> None:
-        self.warmed[-1] = (self.warmed[-1][0], cache_bytes)
+    def touch_ahead(self, device_bytes: int, first: bool) -> None:
+        self.warmed[-1] = (self.warmed[-1][0], device_bytes)
         self.first.append(first)
 
 
@@ -41,7 +42,7 @@ class _Item:
         self.nodeid, self.fixturenames = nodeid, fixturenames
         self.stash: dict[Any, Any] = {KV_ITEM: parse_topology(topology)}
         if case is not None:  # as kvtest.plugin stashes it at collection
-            self.stash[KV_CACHE_BYTES] = cache_bytes(case)
+            self.stash[KV_DEVICE_BYTES] = device_bytes(case)
 
 
 def _resolve(
@@ -85,6 +86,21 @@ def test_the_backend_hears_the_largest_cache_of_this_roles_selected_tests(monkey
         _Item("xpyd", ("kv", "datadist", "case"), "1p2d", XPYD),
     ]
     assert _resolve(monkeypatch, items, deselected=1) == [("d1", cache_bytes(XPYD))]
+
+
+def test_a_case_with_memory_pools_asks_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool is written whole at init (the sim's poison), so a role whose largest memory is a pool
+    round a small cache (the pull_cache sample: 64 MiB for 128 KiB) has the pool touched ahead."""
+    copy = CopyCacheCase("int8", 2, 2, 3, 4096, 1, 2)
+    assert cache_bytes(copy) == 0 and device_bytes(copy) == copy.pool > 2 * MIB
+    host = HostPullCase("fp16", 4, 2, 16384, ((0, 1),), src_host=True)
+    assert device_bytes(host) == host.host_pool + host.device_pool > cache_bytes(host)
+    assert device_bytes(XPYD) == cache_bytes(XPYD)  # no pool: the cache
+    assert device_bytes(SMALL) == 120 and device_bytes(None) == 0
+    items = [_Item("xpyd-elsewhere", ("kv", "datadist", "case"), "2p1d", XPYD),
+             _Item("small", ("kv", "datadist", "case"), "1p2d", SMALL),
+             _Item("host-pull", ("kv", "datadist", "case"), "1p2d", host)]
+    assert _resolve(monkeypatch, items) == [("d1", host.host_pool + host.device_pool)]
 
 
 def test_the_backend_hears_whether_this_role_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -45,8 +45,8 @@ class SimBackend:
 
         warm_up(role)
 
-    def touch_ahead(self, cache_bytes: int, first: bool) -> None:
-        """Touch ``cache_bytes`` of the sim's device memory (host memory, from
+    def touch_ahead(self, device_bytes: int, first: bool) -> None:
+        """Touch ``device_bytes`` of the sim's device memory (host memory, from
         :mod:`kvtest.host.reused_memory`) ahead in a background thread at the lowest priority
         (``reused_memory.prefault``; not beside a timed transfer, nor, unless ``first``, beside the
         touching of a role whose tests come first). A role that meets its first large cache late (p1
@@ -54,8 +54,8 @@ class SimBackend:
         wait (4.4 s of fill there, 0.3 s on touched pages)."""
         from kvtest.host import reused_memory
 
-        if cache_bytes >= reused_memory.MIN_BYTES:
-            threading.Thread(target=reused_memory.prefault, args=(cache_bytes, first),
+        if device_bytes >= reused_memory.MIN_BYTES:
+            threading.Thread(target=reused_memory.prefault, args=(device_bytes, first),
                              name="kvtest-sim-prefault", daemon=True).start()
 
     def after_failure(self) -> None:
