@@ -73,7 +73,15 @@ def test_visible_devices(value, device_id, status, detail):
 
 def test_env_checks_order():
     names = [c.name for c in envcheck.env_checks(0, True, {})]
-    assert names == ["GLOO_SOCKET_IFNAME", "HCCL_INTRA_ROCE_ENABLE", "ASCEND_RT_VISIBLE_DEVICES"]
+    assert names == ["GLOO_SOCKET_IFNAME", "HCCL_INTRA_ROCE_ENABLE", "ASCEND_RT_VISIBLE_DEVICES",
+                     "PYTHONDONTWRITEBYTECODE"]
+
+
+@pytest.mark.parametrize(("value", "status"), [(None, OK), ("", OK), ("1", WARN)])
+def test_bytecode_cache(value, status):
+    check = envcheck.check_bytecode_cache({} if value is None else {"PYTHONDONTWRITEBYTECODE": value})
+    assert check.status == status
+    assert (check.fix == "unset PYTHONDONTWRITEBYTECODE for kvtest runs") == (status == WARN)
 
 
 def _cann_tree(root, version="8.0.RC3"):
