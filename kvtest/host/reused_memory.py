@@ -22,12 +22,6 @@ What it promises:
   share a host, and each keeping its own peak idle put the nightly profile's four roles under memory
   pressure here (24 GiB; single tests then ran 2-6x slower).
 
-The arena asks the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``, where the kernel
-has them): a first write then faults in one zeroed 2 MiB page, not 512 small ones, so what is still
-fresh costs a fraction of what it did. A range given back that ends inside a huge page frees that
-page's part only when the kernel splits it (it does under memory pressure), so the process may hold up
-to 2 MiB per such range above the marks below.
-
 Buffers under :data:`MIN_BYTES` are plain ``torch.empty``: the C allocator reuses small ones already. So
 is a buffer the arena has no room for (it reserves the host's memory size of address space, no memory).
 """
@@ -69,26 +63,6 @@ def _host_memory() -> int:
 IDLE_LIMIT = _host_memory() // 8
 #: address space the arena reserves (pages are committed only when a buffer writes them)
 RESERVE = _host_memory()
-
-
-#: a transparent huge page (x86-64, and arm64 with 4 KiB pages)
-HUGE_PAGE = 2 << 20
-
-
-def _ask_for_huge_pages(area: mmap.mmap) -> bool:
-    """``madvise(MADV_HUGEPAGE)`` on ``area``: where the kernel's transparent huge pages are on (``always``
-    or ``madvise`` in /sys/kernel/mm/transparent_hugepage/enabled), a first write then faults in a zeroed
-    2 MiB page instead of 512 small ones. ``benchmarks/first_touch.py`` here (Linux 6.18, ``madvise``, a
-    VM): 512 MiB touched page by page in 0.024 s instead of 0.148 s (best of 4); where the VM itself
-    had never backed the pages, both take about 0.6 s. False where the kernel refuses the advice."""
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is None:
-        return False
-    try:
-        area.madvise(advice)
-    except OSError:
-        return False
-    return True
 
 
 def block_size(nbytes: int) -> int:
@@ -155,17 +129,12 @@ class _Arena:
     """Reserved address space, handed out where a buffer finds the most touched pages; ``_lock`` guards
     every call."""
 
-    def __init__(self, reserve: int, huge: bool = True) -> None:
+    def __init__(self, reserve: int) -> None:
         reserve = reserve // _PAGE * _PAGE
-        self._map = mmap.mmap(-1, reserve + HUGE_PAGE,
-                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
+        self._map = mmap.mmap(-1, reserve, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self._anchor = ctypes.c_char.from_buffer(self._map)  # an export: the map can never be closed
-        #: offset 0 lies on a huge page boundary, so every whole huge page of a range can be one
-        self._skip = -ctypes.addressof(self._anchor) % HUGE_PAGE
-        self.base = ctypes.addressof(self._anchor) + self._skip
-        #: whether the kernel was asked to back the arena with transparent huge pages
-        self.huge = huge and _ask_for_huge_pages(self._map)
+        self.base = ctypes.addressof(self._anchor)
         self.free: list[list[int]] = [[0, reserve]]  # ranges no buffer uses, sorted, merged
         self.cold: list[list[int]] = [[0, reserve]]  # ranges never touched or given back
 
@@ -177,7 +146,7 @@ class _Arena:
         for s, e in self.free:
             s, e = max(s, start), min(e, end)
             if s < e:
-                self._map.madvise(mmap.MADV_DONTNEED, self._skip + s, e - s)
+                self._map.madvise(mmap.MADV_DONTNEED, s, e - s)
                 self.cold = _add(self.cold, s, e)
 
     def trim(self, keep: int) -> None:

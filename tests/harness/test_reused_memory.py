@@ -374,39 +374,3 @@ def test_prefault_touches_nothing_while_a_transfer_is_timed(monkeypatch: pytest.
         start = time.monotonic()
         assert _prefault(8 * MIB) == 8 * MIB
         assert time.monotonic() - start >= 0.3
-
-
-def _huge_bytes_at(address: int) -> int:
-    """AnonHugePages of the mapping that holds ``address``, from /proc/self/smaps."""
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0]
-        if "-" in head and not head.endswith(":"):
-            start, end = (int(x, 16) for x in head.split("-"))
-            inside = start <= address < end
-        elif inside and head == "AnonHugePages:":
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _transparent_huge_pages() -> str:
-    try:
-        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    except OSError:
-        return "absent"
-    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "absent"
-
-
-@pytest.mark.skipif(_transparent_huge_pages() not in ("always", "madvise"),
-                    reason="the kernel has no transparent huge pages to ask for")
-def test_the_arena_lies_on_huge_pages_where_the_kernel_has_them() -> None:
-    arena = reused_memory._arena
-    assert arena is not None and arena.huge and arena.base % reused_memory.HUGE_PAGE == 0
-    buffer = reused_memory.empty(16 * MIB)
-    buffer[:: reused_memory._PAGE].fill_(1)
-    assert _huge_bytes_at(buffer.data_ptr()) >= 8 * MIB
-    del buffer
-    if _transparent_huge_pages() == "madvise":  # the control: without the advice, small pages
-        plain = reused_memory._Arena(64 * MIB, huge=False)
-        torch.frombuffer((ctypes.c_uint8 * (16 * MIB)).from_address(plain.base), dtype=torch.uint8)[::4096].fill_(1)
-        assert not plain.huge and _huge_bytes_at(plain.base) == 0
