@@ -162,10 +162,10 @@ class Leader(Member):
         return results
 
     def finish(self) -> None:
-        """Announce the end, collect the followers' goodbyes and stop the threads. The local roles, gone
-        from the run once they said goodbye, end meanwhile: :meth:`reap` waits for them."""
+        """Announce the end, collect the followers' goodbyes, stop the local roles and the threads."""
         if self.state is not RunState.OPEN:
-            self.reap(grace=5)
+            if self.cluster is not None:
+                self.cluster.stop(grace=5)
             self.state = RunState.FINISHED
             return
         self.state = RunState.FINISHED
@@ -177,17 +177,14 @@ class Leader(Member):
                     self.store.wait(keys.bye(role), what=f"{role} to leave", timeout=30, peers=[role])
         except RendezvousError as exc:
             self.write(f"kvtest: {exc}")
+        if self.cluster is not None:
+            self.cluster.stop(grace=20)
         self.stop_threads()
         if not self.settings.hosts_store:
             try:  # the role hosting the store (a launcher's rank 0) may leave now
                 self.store.set(keys.CLOSED, True)
             except RendezvousError:
                 pass
-
-    def reap(self, grace: float = 20.0) -> dict[str, int | None]:
-        """Wait up to ``grace`` seconds for the local roles to end, kill what is left; their exit codes
-        (none without local roles). Again later, at once."""
-        return self.cluster.stop(grace) if self.cluster is not None else {}
 
     def unreachable(self) -> bool:
         return bool(self.dead) or super().unreachable()

@@ -192,19 +192,9 @@ class LeaderSession(SessionHooks):
                 for nodeid, item in self.kv_items.items()
             }
             write_summary(terminalreporter, tests, points, writer.path)
-
-    @pytest.hookimpl(trylast=True, specname="pytest_terminal_summary")
-    def pytest_terminal_summary_roles(self, terminalreporter: Any) -> None:
-        """The local roles' exit codes, last: they end (their own summaries, the interpreter's teardown)
-        while p0 writes its summary, instead of before it."""
         cluster = self.leader.cluster
         if cluster is None:
             return
-        codes = ", ".join(f"{r}: exit {c}" for r, c in self.leader.reap().items())
+        codes = ", ".join(f"{r}: exit {c}" for r, c in cluster.returncodes().items())
         terminalreporter.write_sep("-", "kvtest")
         terminalreporter.write_line(f"kvtest: the other roles' logs are in {cluster.logdir} ({codes})")
-
-    @pytest.hookimpl(specname="pytest_unconfigure")
-    def pytest_unconfigure_reap(self, config: pytest.Config) -> None:
-        """No local role outlives p0 (a session ended without a terminal summary)."""
-        self.leader.reap()

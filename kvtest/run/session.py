@@ -27,12 +27,9 @@ pytest_runtest_teardown                ``tryfirst``: the scope's step is 'teardo
 pytest_runtest_makereport              the session's wrapper is outer to ``kvtest.plugin``'s (it
                                        registered later): the plugin marks a failed body first,
                                        the session then merges every role and settles known issues
-pytest_terminal_summary                leader: a ``trylast`` one waits for the local roles and prints
-                                       their exit codes: they end while p0 writes its summary
 pytest_unconfigure                     the session's is ``trylast`` (it may ``os._exit`` when the
                                        run lost its peers); artifacts' is ``tryfirst`` (its files
-                                       are complete before that); the leader's plain one between
-                                       waits for the local roles where no summary did
+                                       are complete before that)
 =====================================  ==========================================================
 """
 
@@ -73,7 +70,6 @@ HOOK_ORDER = (
     ("pytest_runtest_makereport", "kvtest-session", "outer wrapper"),
     ("pytest_runtest_makereport", "kvtest", "inner wrapper"),
     ("pytest_unconfigure", "kvtest-artifacts", "tryfirst"),
-    ("pytest_unconfigure", "kvtest-session", "plain (leader: reap the local roles)"),
     ("pytest_unconfigure", "kvtest-session", "trylast"),
 )
 

@@ -269,35 +269,3 @@ def test_xdist_lanes_each_lead_their_own_roles(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess("-n", "2", "-k", "test_each or test_pass")
     result.assert_outcomes(passed=7)
     assert len(list((pytester.path / "kvtest-logs").glob("*/d0.log"))) == 2
-
-
-ENDS_SLOWLY = """
-import os, time
-
-def _mark(name):
-    with open(os.path.join(os.environ["MARKS"], name), "w") as f:
-        f.write(repr(time.time()))
-
-def pytest_terminal_summary(config):
-    if not any(a.startswith("--rendezvous") for a in config.invocation_params.args):
-        _mark("p0-summary")
-
-def pytest_unconfigure(config):
-    if any(a.startswith("--rendezvous") for a in config.invocation_params.args):
-        time.sleep(1.5)  # a role's own end: its summaries, the interpreter's teardown
-        _mark("d0-end")
-"""
-
-
-def test_p0_writes_its_summary_while_the_roles_end(pytester: pytest.Pytester, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch):
-    """p0 waits for the local roles' exit codes only in its last summary line: their own end (summaries,
-    teardown) runs beside p0's summary, not before it. The exit codes still come."""
-    monkeypatch.setenv("MARKS", str(tmp_path))
-    pytester.makepyfile(test_pair=TWO_ROLE)
-    pytester.makeconftest(ENDS_SLOWLY)
-    result = pytester.runpytest_subprocess("-k", "test_pass")
-    result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*the other roles' logs are in*d0: exit 0*"])
-    summary, end = (float((tmp_path / name).read_text()) for name in ("p0-summary", "d0-end"))
-    assert summary < end, f"p0's summary began {summary - end:.2f}s after d0 ended"
