@@ -518,8 +518,8 @@ class RunStore:
         deadline = start + timeout
         slice_s = 0.2
         forged: tuple[bytes, float, ForgedValue] | None = None
-        if self.watch is not None and peers:  # the peers' steps, for when p0 (and the store) vanish
-            self._call(lambda: self.watch.note_steps(peers) if self.watch else None)
+        # The peers' steps (for when p0 and the store vanish) are noted between slices, by the watch's
+        # check: a wait that ends within its first slice (most do) makes no round trips for them.
         while True:
             if forged is None:
                 present = self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001)))

@@ -133,6 +133,24 @@ def test_wait_returns_as_soon_as_the_value_lands(tcp):
     assert time.monotonic() - start < 1
 
 
+def test_a_wait_notes_the_peers_steps_only_once_it_has_to_wait(tcp):
+    """A peer's step (named when p0 and its store vanish) costs round trips: a wait that ends within
+    its first 0.2 s slice reads none; a longer one reads them between slices."""
+    raw, port = tcp
+    watch = PeerWatch(raw, dead_after=30)
+    reads: list[str] = []
+    watch.describe_step_with(lambda role: reads.append(role) or "push")
+    store = RunStore(raw, "r", "d0", watch)
+    beat = Heartbeat(client(port), store.key(keys.heartbeat("p0")), interval=0.1).start()
+    store.set("here", 1)
+    assert store.wait("here", what="here", timeout=5, peers=["p0"]) == 1
+    assert reads == []
+    threading.Timer(0.5, lambda: store.set("later", 2)).start()
+    assert store.wait("later", what="later", timeout=5, peers=["p0"]) == 2
+    beat.stop()
+    assert reads and set(reads) == {"p0"} and watch.last_steps == {"p0": "push"}
+
+
 def test_silent_peer_is_dead_after_the_limit(tcp):
     raw, port = tcp
     store = RunStore(raw, "r", "p0", PeerWatch(raw, dead_after=1.0))
