@@ -1,8 +1,8 @@
 """A session warms its backend up (the sim's first NIXL agent, in the background) only when its tests
 make an LLMDataDist: kvtest's own tests with fake roles must not pay for an agent they never use. It
-tells the backend the largest KV cache among this role's selected tests (the sim touches that much of
-its device memory ahead; when, :mod:`kvtest.run.touch_ahead` decides and tests/harness/test_touch_ahead.py
-checks)."""
+tells the backend the most memory a KV cache or memory pools take among this role's selected tests
+(the sim touches that much of its device memory ahead; when, :mod:`kvtest.run.touch_ahead` decides and
+tests/harness/test_touch_ahead.py checks)."""
 
 from __future__ import annotations
 
