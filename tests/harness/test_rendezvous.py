@@ -430,3 +430,30 @@ def test_a_forged_barrier_arrival_does_not_release_the_barrier(tcp):
         "kvtest: p0: a value under 'kvtest/r/t/0/barrier/b/0/d0' is not signed with this run's token: "
         "someone else is writing to this rendezvous"
     ]
+
+
+@pytest.mark.parametrize(
+    ("forge", "why"),
+    [
+        ("unsigned", "is not signed with this run's token: someone else is writing to this rendezvous"),
+        ("moved", "is not signed with this run's token"),  # a real seal, made for another key
+    ],
+)
+def test_a_forged_run_announcement_is_refused_once_and_the_real_one_joined(tcp, tmp_path, forge, why):
+    """d0 reads p0's announcement every 50 ms while it joins: a stranger's in its place is said
+    once, however often it is read, and d0 joins the run p0 announces next."""
+    from kvtest.run.follower import Follower
+    from kvtest.run.signing import RunSeal
+    from kvtest.settings import Settings
+
+    raw, port = tcp
+    p0 = RunSeal(TOKEN, "p0")
+    forged = {"unsigned": "stranger-run", "moved": p0.encode("run-1", "kvtest/r/hello/p0", "run-1")}[forge]
+    raw.set(keys.CURRENT_RUN, forged)
+    threading.Timer(0.5, lambda: client(port).set(keys.CURRENT_RUN, p0.announce("run-1"))).start()
+    (tmp_path / "token").write_text(TOKEN.text() + "\n")
+    settings = Settings(role="d", rendezvous=Rendezvous("tcp", host="127.0.0.1", port=port),
+                        token_file=tmp_path / "token", join_timeout=5)
+    said: list[str] = []
+    assert Follower(settings, said.append, said.append)._current_run(raw) == "run-1"
+    assert said == [f"kvtest: d0: a value under 'kvtest/current-run' {why}" + said[0].split(why, 1)[1]]

@@ -255,7 +255,9 @@ def _stranger(port: int) -> dist.TCPStore:
 @pytest.mark.full
 def test_forgeries_are_refused_named_and_the_pair_outcome_stands(pytester: pytest.Pytester, start_role, port: int):
     """A stranger who reaches the port reads the run id and forges a result, an abort, a barrier
-    arrival, d0's claim and the run announcement; each is refused in one line and the run goes on."""
+    arrival and d0's claim; each is refused in one line and the run goes on. (A forged run
+    announcement: p0 puts its own back every half second, so whether d0 reads the stranger's is
+    a race; test_rendezvous.py's test_a_forged_run_announcement_... forges it deterministically.)"""
     pytester.makepyfile(test_forged=FORGED)
     token = _token_file(pytester.path / "token", "s3cret-for-this-run-only-1234")
     args = ["--rendezvous", f"tcp://127.0.0.1:{port}", "--kv-token-file", token, "-p", "no:randomly"]
@@ -271,15 +273,9 @@ def test_forgeries_are_refused_named_and_the_pair_outcome_stands(pytester: pytes
     stranger.set(prefix + keys.abort(1), json.dumps({"role": "d0", "step": "x", "message": "forged", "skipped": False}))
     stranger.set(prefix + keys.barrier(keys.test(2), "end", 0) + "/d0", json.dumps(True))
     d = start_role("d", "--role", "d", *args)
-    # p0 puts its announcement back within half a second: keep ours there until d0 has refused it
-    deadline = time.monotonic() + 60
-    while "kvtest/current-run' is not signed" not in d.log.read_text() and time.monotonic() < deadline:
-        stranger.set(keys.CURRENT_RUN, "stranger-run")
-        time.sleep(0.02)
     p_out, d_out = p.wait(), d.wait()
     refused = "is not signed with this run's token: someone else is writing to this rendezvous"
     for out, key in (
-        (d_out, keys.CURRENT_RUN),
         (d_out, prefix + keys.claim("d0")),
         (p_out, prefix + keys.result(0, "call", "d0")),
         (p_out, prefix + keys.abort(1)),
