@@ -89,8 +89,8 @@ def test_the_backend_hears_the_largest_cache_of_this_roles_selected_tests(monkey
 
 
 def test_a_case_with_memory_pools_asks_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pool is written whole at init (the sim's poison), so a role whose largest memory is a pool
-    round a small cache (the pull_cache sample: 64 MiB for 128 KiB) has the pool touched ahead."""
+    """A pool is device memory a test may allocate anywhere in, so a role whose largest memory is a
+    pool round a small cache (the pull_cache sample: 64 MiB for 128 KiB) has the pool touched ahead."""
     copy = CopyCacheCase("int8", 2, 2, 3, 4096, 1, 2)
     assert cache_bytes(copy) == 0 and device_bytes(copy) == copy.pool > 2 * MIB
     host = HostPullCase("fp16", 4, 2, 16384, ((0, 1),), src_host=True)

@@ -387,6 +387,29 @@ def test_pool_allocate_deallocate_and_keys(plane):
         d.finalize()
 
 
+def test_every_pool_chunk_starts_as_poison_even_where_a_freed_cache_was(plane):
+    """The real pool's memory is uninitialised: a pool cache never filled must not read as zeros,
+    nor as the bytes a freed cache left in the same chunk (they could pass for a transfer's)."""
+    from kvtest.backends.sim.pool import POISON
+
+    d = make(mem_pool_cfg='{"memory_size": 65536}')
+    try:
+        cm = d.cache_manager
+        desc = sim.CacheDesc(1, [4, 1000], sim.DataType.DT_INT8)
+        first = cm.allocate_cache(desc)
+        addrs = list(first.tensor_addrs)
+        view = sim.create_tensors([4, 1000], torch.int8, addrs)[0]
+        assert bytes(view.numpy().tobytes()) == POISON * 1000
+        view.fill_(7)
+        cm.deallocate_cache(first)
+        again = cm.allocate_cache(desc)
+        assert again.tensor_addrs == addrs  # first fit: the same chunk
+        view = sim.create_tensors([4, 1000], torch.int8, again.tensor_addrs)[0]
+        assert bytes(view.numpy().tobytes()) == POISON * 1000
+    finally:
+        d.finalize()
+
+
 def test_allocate_needs_a_pool(dd):
     with pytest.raises(sim.LLMException, match=r"^you should config memory pool firstly"):
         dd.cache_manager.allocate_cache(sim.CacheDesc(1, [2], sim.DataType.DT_FLOAT))
