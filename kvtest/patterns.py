@@ -31,8 +31,10 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
+import struct
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast, overload
@@ -113,7 +115,42 @@ def _tensor_keys(seed: int, side: str, tensor_index: int) -> tuple[int, int]:
 
 def _hashed(key: int, first: int, count: int, mask: int | None) -> torch.Tensor:
     """splitmix64 of counters ``first + 1 .. first + count`` under ``key``, masked: what :func:`_parts`
-    makes for base offsets (``first`` 0) or span keys (``first`` the first span)."""
+    makes for base offsets (``first`` 0) or span keys (``first`` the first span).
+
+    Callers only read the result: a span's base words are kept (:func:`_span_base`) and shared."""
+    if first == 0 and count <= SPAN_WORDS and count > _FEW_WORDS:
+        return _span_base(key, mask)[:count]
+    if count <= _FEW_WORDS:
+        words = [_splitmix_word(key, c, mask) for c in range(first + 1, first + count + 1)]
+        return torch.frombuffer(bytearray(struct.pack(f"<{count}q", *words)), dtype=torch.int64)
+    return _hashed_by_torch(key, first, count, mask)
+
+
+#: up to this many words are hashed in Python: the 14 torch operations of a call cost about 44 us
+#: whatever its size, Python about 3 us for one word and 1 us for each more; a tensor under 32 KiB
+#: needs one span word, and a test fills, expects and checks dozens of them
+_FEW_WORDS = 16
+
+
+def _splitmix_word(key: int, counter: int, mask: int | None) -> int:
+    """:func:`_hashed_by_torch`'s word for one counter, in Python's unbounded ints."""
+    z = (counter * _GOLDEN + key) & _MASK64
+    z = ((z ^ (z >> 30)) * _MIX1) & _MASK64
+    z = ((z ^ (z >> 27)) * _MIX2) & _MASK64
+    z ^= z >> 31
+    if mask is not None:
+        z &= mask & _MASK64
+    return _signed(z)
+
+
+@functools.lru_cache(maxsize=256)
+def _span_base(key: int, mask: int | None) -> torch.Tensor:
+    """The base words of a whole span under ``key``: every pattern of a tensor (its fill, the expected
+    states built from it, its check) starts from them; kept for the last 256 keys (8 MiB)."""
+    return _hashed_by_torch(key, 0, SPAN_WORDS, mask)
+
+
+def _hashed_by_torch(key: int, first: int, count: int, mask: int | None) -> torch.Tensor:
     z = torch.arange(first + 1, first + count + 1, dtype=torch.int64)
     z.mul_(_GOLDEN)
     z += key

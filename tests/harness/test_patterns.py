@@ -434,3 +434,23 @@ def test_any_byte_range_of_a_pattern_is_made_alone_as_the_whole_pattern_holds_it
             odd = torch.empty(n + 1, dtype=torch.uint8)[1:]  # not 8-aligned: built aside
             patterns._write_at(odd, keys, mask, start, given)
             assert same_bytes(odd.contiguous(), whole[start : start + n]), (start, n, "unaligned")
+
+
+def test_the_shared_span_words_are_never_written():
+    """A span's base words are made once per key and shared by every fill, expected state and check
+    after it (patterns._span_base): none of them may write into them."""
+    patterns._span_base.cache_clear()
+    for shape, dtype in (((4, 1000), torch.float16), ((3, patterns.SPAN_WORDS * 8 + 24), torch.uint8)):
+        t = torch.empty(shape, dtype=dtype)
+        fill(t, seed=3, tensor_index=1, side="p")
+        expected = pattern(shape, dtype, seed=3, tensor_index=1, side="p", skip_rows=[1])
+        write_rows(expected, seed=3, tensor_index=1, side="p", src_rows=[1], dst_rows=[1])
+        assert same_bytes(expected, t)
+    assert patterns._span_base.cache_info().currsize == 2  # both tensors went through shared words
+    key = patterns._tensor_keys(3, "p", 1)[0]
+    for dtype in (torch.float16, torch.uint8):
+        mask = patterns._element_mask(dtype)
+        hits = patterns._span_base.cache_info().hits
+        kept = patterns._span_base(key, mask)
+        assert patterns._span_base.cache_info().hits == hits + 1, "not the words the fills shared"
+        assert torch.equal(kept, patterns._hashed_by_torch(key, 0, patterns.SPAN_WORDS, mask)), dtype
