@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from kvtest.host.store_peek import peek
 from kvtest.run.errors import RendezvousError, RendezvousLost, RunRefused
 from kvtest.run.handshake import Handshake
 from kvtest.run.member import Member
@@ -98,7 +99,7 @@ class Follower(Member):
         tcp = s.rendezvous.scheme == "tcp"
         while True:
             try:
-                stored = raw.get(keys.CURRENT_RUN) if raw.check([keys.CURRENT_RUN]) else None
+                stored = peek(raw, keys.CURRENT_RUN)
             except Exception as exc:
                 raise RendezvousLost(f"lost {s.rendezvous}: {str(exc).splitlines()[0]}") from None
             seen = checker.read_announcement(stored) if stored is not None else None

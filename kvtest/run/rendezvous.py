@@ -21,6 +21,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from kvtest.host.store_peek import peek
 from kvtest.run.errors import (
     PeerDead,
     PeerFailed,
@@ -279,7 +280,7 @@ class Heartbeat:
                 self.last_ok = time.monotonic()
                 if self._keep is not None:
                     key, value = self._keep
-                    if not self._store.check([key]) or self._store.get(key) != value.encode():
+                    if peek(self._store, key) != value.encode():
                         self._store.set(key, value)
             except Exception:  # the store is gone; the waits in the main thread report it
                 return
@@ -431,9 +432,9 @@ class RunStore:
     def read(self, name: str, *, shape: Shape | None = None) -> JSON | None:
         """The value under ``name`` now; None when there is none or it is refused (reported once)."""
         full = self.key(name)
-        if not self._call(lambda: self.raw.check([full])):
+        stored = self._call(lambda: peek(self.raw, full))
+        if stored is None:
             return None
-        stored = self._call(lambda: self.raw.get(full))
         try:
             return self._decode(full, stored, shape)
         except ForgedValue as exc:
@@ -526,8 +527,8 @@ class RunStore:
             else:
                 time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))
                 present = True
-            if present:
-                stored = self._call(lambda: self.raw.get(full))
+            stored = self._call(lambda: peek(self.raw, full)) if present else None
+            if stored is not None:
                 if forged is None or stored != forged[0]:
                     try:
                         return self._decode(full, stored, shape)

@@ -1,7 +1,8 @@
 """The control plane: metadata shared through a torch.distributed store as JSON (bytes as base64).
 
 Every key lives under ``<namespace>/sim/``. Records are never deleted: a released or removed record
-is overwritten with a release marker, so a ``check`` followed by a ``get`` cannot block on a vanished key.
+is overwritten with a release marker, so no read can block on a vanished key. A record is read in one
+round trip (:func:`kvtest.host.store_peek.peek`).
 
 Two ways in (:mod:`kvtest.backends.sim.context` builds the plane for both): kvtest's fixtures call
 ``configure`` before each test; any other program (a vendor sample under ``kvtest run``) gets its plane
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from kvtest.host.store_peek import peek
 
 if TYPE_CHECKING:
     from torch.distributed import Store
@@ -49,14 +52,11 @@ class ControlPlane:
 
     def fetch(self, key: str) -> Any:
         """The record at ``key``, or None when it is absent or released (never blocks)."""
-        if not self.store.check([key]):
-            return None
-        return _live(json.loads(self.store.get(key)))
+        stored = peek(self.store, key)
+        return None if stored is None else _live(json.loads(stored))
 
     def fetch_many(self, keys: list[str]) -> list[Any]:
-        present = [k for k in keys if self.store.check([k])]
-        values = dict(zip(present, self.store.multi_get(present))) if present else {}
-        return [_live(json.loads(values[k])) if k in values else None for k in keys]
+        return [self.fetch(k) for k in keys]
 
     def release(self, key: str, expected: Any) -> bool:
         """Atomically mark the record ``expected`` at ``key`` released; False when it changed first."""
@@ -66,7 +66,8 @@ class ControlPlane:
     def update(self, key: str, change: Callable[[Any], Any]) -> Any:
         """Apply ``change`` to the record at ``key`` atomically (compare-and-set retry); return the result."""
         while True:
-            old_text = self.store.get(key).decode() if self.store.check([key]) else ""
+            stored = peek(self.store, key)
+            old_text = stored.decode() if stored is not None else ""
             new = change(json.loads(old_text) if old_text else None)
             new_text = json.dumps(new)
             if old_text == new_text:
