@@ -457,3 +457,29 @@ def test_a_forged_run_announcement_is_refused_once_and_the_real_one_joined(tcp, 
     said: list[str] = []
     assert Follower(settings, said.append, said.append)._current_run(raw) == "run-1"
     assert said == [f"kvtest: d0: a value under 'kvtest/current-run' {why}" + said[0].split(why, 1)[1]]
+
+
+class _Counting:
+    """A store that counts the calls made to it (each one a round trip to a TCPStore)."""
+
+    def __init__(self, store: dist.Store) -> None:
+        self.store, self.calls = store, []
+
+    def __getattr__(self, name):
+        self.calls.append(name)
+        return getattr(self.store, name)
+
+
+def test_a_value_already_there_is_read_in_one_round_trip_and_a_late_one_waited_for(tcp):
+    raw, port = tcp
+    signed(raw, "d0").set("v", {"a": 1})
+    counting = _Counting(client(port))
+    store = RunStore(counting, "r", "p0", token=TOKEN)
+    assert store.wait("v", what="d0's v", timeout=5) == {"a": 1}
+    assert counting.calls == ["compare_set"]
+    assert store.read("v") == {"a": 1} and counting.calls == ["compare_set"] * 2
+    counting.calls.clear()
+    threading.Timer(0.3, lambda: signed(client(port), "d0").set("late", 2)).start()
+    assert store.wait("late", what="d0's late", timeout=5) == 2
+    first, *between, last = counting.calls
+    assert (first, last) == ("compare_set", "compare_set") and set(between) == {"wait"}, counting.calls
