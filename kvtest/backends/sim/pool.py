@@ -1,6 +1,7 @@
 """The memory pool behind ``allocate_cache`` (``mem_pool_cfg``): one registered CPU buffer, first fit.
 
-The real pool hands out uninitialised device memory, so every chunk the sim's hands out holds
+The real pool hands out device memory as it is (``LlmMemPool::Alloc`` in hicann/hixl
+src/llm_datadist/common/llm_mem_pool.cc writes nothing), so every chunk the sim's hands out holds
 :data:`POISON` (repeated), not zeros: a test that reads a pool cache it never filled sees bytes it
 cannot mistake for zeros or for its own patterns, nor for what an earlier cache left in the same
 chunk. Chunks are poisoned as they are handed out, not the whole pool at init: the samples' pools are
