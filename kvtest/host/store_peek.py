@@ -5,6 +5,9 @@
 no record ever holds answers in one: a present key's value comes back unchanged, and a missing key
 stays missing while the expected value comes back (``compareSet`` of torch's TCPStore, FileStore and
 HashStore alike; ``tests/harness/test_store_peek.py`` holds every store kvtest uses to it).
+
+Only a stranger writes :data:`ABSENT` itself: a peek then sees no record, and a rendezvous wait, which
+finds the key there, refuses it as unsigned (``RunStore.wait``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from kvtest.host.store_peek import peek
+from kvtest.host.store_peek import ABSENT, peek
 from kvtest.run.errors import (
     PeerDead,
     PeerFailed,
@@ -528,6 +528,8 @@ class RunStore:
             if stored is None and forged is None:
                 present = self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001)))
                 stored = self._call(lambda: peek(self.raw, full)) if present else None
+                if present and stored is None:  # there, and peek's own marker: only a stranger writes it
+                    stored = ABSENT.encode()
             elif stored is None:
                 time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))
                 stored = self._call(lambda: peek(self.raw, full))

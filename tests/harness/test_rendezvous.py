@@ -483,3 +483,19 @@ def test_a_value_already_there_is_read_in_one_round_trip_and_a_late_one_waited_f
     assert store.wait("late", what="d0's late", timeout=5) == 2
     first, *between, last = counting.calls
     assert (first, last) == ("compare_set", "compare_set") and set(between) == {"wait"}, counting.calls
+
+
+def test_a_stranger_writing_the_peek_marker_is_refused_once_not_polled(tcp):
+    """A key that holds peek's own marker looks absent to a read, yet a wait finds it there: it is a
+    stranger's value, refused and waited past like any other (not re-read as fast as the store answers)."""
+    from kvtest.host.store_peek import ABSENT
+
+    raw, port = tcp
+    raw.set("kvtest/r/t/0/call/d0", ABSENT)
+    counting = _Counting(client(port))
+    warnings: list[str] = []
+    store = RunStore(counting, "r", "p0", token=TOKEN, warn=warnings.append)
+    threading.Timer(0.5, lambda: signed(client(port), "d0").set("t/0/call/d0", {"outcome": "passed"})).start()
+    assert store.wait("t/0/call/d0", what="d0's outcome", timeout=5) == {"outcome": "passed"}
+    assert len(warnings) == 1 and "is not signed with this run's token" in warnings[0], warnings
+    assert len(counting.calls) < 40, counting.calls  # 50 ms apart, not one round trip after another
