@@ -8,6 +8,10 @@ HashStore alike; ``tests/harness/test_store_peek.py`` holds every store kvtest u
 
 Only a stranger writes :data:`ABSENT` itself: a peek then sees no record, and a rendezvous wait, which
 finds the key there, refuses it as unsigned (``RunStore.wait``).
+
+A peek of a missing key wakes that key's waiters on the libuv TCPStore (the default server since torch
+2.4, torchrun's agent store among them): its ``compareSet`` wakes them whether or not the key exists.
+A ``wait`` that returns is therefore no proof the key is there; read it, and wait again when it is not.
 """
 
 from __future__ import annotations

@@ -528,8 +528,12 @@ class RunStore:
             if stored is None and forged is None:
                 present = self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001)))
                 stored = self._call(lambda: peek(self.raw, full)) if present else None
-                if present and stored is None:  # there, and peek's own marker: only a stranger writes it
-                    stored = ABSENT.encode()
+                if present and stored is None and self._call(lambda: self.raw.check([full])):
+                    # set since that read, or peek's own marker stored there (only a stranger writes it)
+                    again = self._call(lambda: peek(self.raw, full))
+                    stored = again if again is not None else ABSENT.encode()
+                # (present, yet nothing there: another role's peek of the key woke this wait; the libuv
+                # TCPStore's compareSet wakes a key's waiters even when the key is missing)
             elif stored is None:
                 time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))
                 stored = self._call(lambda: peek(self.raw, full))

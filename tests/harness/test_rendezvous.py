@@ -499,3 +499,18 @@ def test_a_stranger_writing_the_peek_marker_is_refused_once_not_polled(tcp):
     assert store.wait("t/0/call/d0", what="d0's outcome", timeout=5) == {"outcome": "passed"}
     assert len(warnings) == 1 and "is not signed with this run's token" in warnings[0], warnings
     assert len(counting.calls) < 40, counting.calls  # 50 ms apart, not one round trip after another
+
+
+def test_a_wait_woken_by_another_roles_peek_waits_on_for_the_value():
+    """On a libuv TCPStore (torchrun's agent store) another role's read of a missing key wakes this
+    role's wait for it: the wait finds nothing there and waits again, refusing nothing."""
+    from kvtest.host.store_peek import peek
+
+    host = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=5), use_libuv=True)
+    warnings: list[str] = []
+    store = RunStore(client(host.port), "r", "d1", token=TOKEN, warn=warnings.append)
+    other = client(host.port)
+    threading.Timer(0.2, lambda: peek(other, "kvtest/r/item/1")).start()
+    threading.Timer(0.5, lambda: signed(client(host.port), "p0").set("item/1", {"n": 1})).start()
+    assert store.wait("item/1", what="p0's next test", timeout=5) == {"n": 1}
+    assert warnings == []

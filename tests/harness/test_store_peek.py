@@ -49,3 +49,28 @@ def test_a_present_value_comes_back_unchanged(store: dist.Store) -> None:
 
 def test_the_expected_value_is_never_json() -> None:
     assert ABSENT.startswith("\x00")
+
+
+def test_a_peek_of_a_missing_key_may_wake_its_waiters_on_a_libuv_store() -> None:
+    """Why RunStore.wait reads after every wake-up: the libuv TCPStore (torchrun's agent store) wakes a
+    key's waiters on any compareSet of it, the key missing or not. Should torch stop doing so, this
+    fails and the note in kvtest.host.store_peek can go."""
+    import threading
+    import time
+
+    host = dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=5), use_libuv=True)
+    waiter = dist.TCPStore("127.0.0.1", host.port, is_master=False, timeout=timedelta(seconds=5))
+    reader = dist.TCPStore("127.0.0.1", host.port, is_master=False, timeout=timedelta(seconds=5))
+    woke: list[float] = []
+
+    def wait() -> None:
+        start = time.monotonic()
+        waiter.wait(["k"], timedelta(seconds=3))
+        woke.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    assert peek(reader, "k") is None
+    thread.join(timeout=5)
+    assert woke and woke[0] < 2.5 and not waiter.check(["k"])
