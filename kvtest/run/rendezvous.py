@@ -529,14 +529,12 @@ class RunStore:
                 present = self._wait_slice(full, min(slice_s, max(deadline - time.monotonic(), 0.001)))
                 stored = self._call(lambda: peek(self.raw, full)) if present else None
                 if present and stored is None and self._call(lambda: self.raw.check([full])):
-                    # set since that read, or peek's own marker stored there (only a stranger writes it)
-                    again = self._call(lambda: peek(self.raw, full))
-                    stored = again if again is not None else ABSENT.encode()
+                    stored = self._read_present(full)  # set since that read, or a stranger's marker
                 # (present, yet nothing there: another role's peek of the key woke this wait; the libuv
                 # TCPStore's compareSet wakes a key's waiters even when the key is missing)
             elif stored is None:
                 time.sleep(min(0.05, max(deadline - time.monotonic(), 0.0)))
-                stored = self._call(lambda: peek(self.raw, full))
+                stored = self._read_present(full)  # a refused value was there: keys are never deleted
             if stored is not None:
                 if forged is None or stored != forged[0]:
                     try:
@@ -557,6 +555,12 @@ class RunStore:
                     f"(key {full!r}){refused}; raise --kv-timeout if the peers are just slow"
                 )
             stored = None
+
+    def _read_present(self, full: str) -> bytes:
+        """The value of a key known to be there; peek's own marker, which only a stranger stores and
+        a peek reads as no value, comes back as itself (to be refused like any unsigned value)."""
+        stored = self._call(lambda: peek(self.raw, full))
+        return stored if stored is not None else ABSENT.encode()
 
     def _wait_slice(self, full: str, seconds: float) -> bool:
         if self._poll:

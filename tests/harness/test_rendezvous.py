@@ -514,3 +514,16 @@ def test_a_wait_woken_by_another_roles_peek_waits_on_for_the_value():
     threading.Timer(0.5, lambda: signed(client(host.port), "p0").set("item/1", {"n": 1})).start()
     assert store.wait("item/1", what="p0's next test", timeout=5) == {"n": 1}
     assert warnings == []
+
+
+def test_a_stranger_marker_ends_a_wait_with_a_grace_for_forgeries(tcp):
+    """forged_grace (the handshake's hello) holds for peek's marker too: refused, then raised."""
+    from kvtest.host.store_peek import ABSENT
+
+    raw, port = tcp
+    raw.set("kvtest/r/hello/d0", ABSENT)
+    store = RunStore(client(port), "r", "p0", token=TOKEN, warn=lambda line: None)
+    start = time.monotonic()
+    with pytest.raises(ForgedValue, match="hello/d0' is not signed"):
+        store.wait("hello/d0", what="d0 to join", timeout=30, forged_grace=0.5)
+    assert time.monotonic() - start < 5
