@@ -115,9 +115,8 @@ def device_bytes(case: object) -> int:
     """The memory one side of ``case`` holds: its KV cache, or the memory pools its LLMDataDist inits
     with (where the case names them, :data:`POOL_ATTRIBUTES`) when those are larger. A pool is memory
     from the start: the sim writes every byte of it at init, however small the cache in it (64 MiB for
-    the pull_cache sample's 128 KiB)."""
-    if not isinstance(case, RowsCase):
-        return 0
+    the pull_cache sample's 128 KiB). Pools count for any case type that names them (pull from cache
+    to blocks has no single cache shape)."""
     sizes = (getattr(case, name, 0) for name in POOL_ATTRIBUTES)
     pools = sum(size for size in sizes if isinstance(size, int))
     return max(cache_bytes(case), pools)

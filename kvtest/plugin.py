@@ -147,7 +147,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     item.stash[KV_ITEM] = needed
     callspec = getattr(item, "callspec", None)
     if callspec is not None:
-        item.stash[KV_DEVICE_BYTES] = device_bytes(callspec.params.get("case"))
+        # a test names its case parameter as it likes (case, blocks_case, slot_case...)
+        item.stash[KV_DEVICE_BYTES] = max(map(device_bytes, callspec.params.values()), default=0)
     settings = settings_of(item.config)
     have = settings.topology or Topology(1, 1)
     if not settings.local_mode and not have.covers(needed):

@@ -153,6 +153,10 @@ class NpuBackend:
     def touch_ahead(self, device_bytes: int, first: bool) -> None:
         """Nothing: device memory is the NPU's (no host pages to touch ahead)."""
 
+    def touched_ahead(self, timeout_s: float) -> bool:
+        """Nothing to wait for."""
+        return True
+
     def set_device(self, device_id: int) -> None:
         """``torch.npu.set_device`` with the *logical* id, as every sample passes ``--device_id``."""
         self._npu().set_device(device_id)

@@ -79,6 +79,10 @@ class Backend(Protocol):
         for it on a shared host). ``device_bytes``: the most memory one side's KV cache or memory pools
         take among this role's selected tests (:func:`kvtest.cases.device_bytes`). Must return at once."""
 
+    def touched_ahead(self, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, until the memory the last :meth:`touch_ahead` makes ready is ready;
+        whether it is (True when there is nothing to wait for)."""
+
     def after_failure(self) -> None:
         """A test of this process failed: drop what the backend keeps from test to test (the sim's idle
         NIXL agents), so that nothing the failure may have left broken serves the next test."""

@@ -53,6 +53,7 @@ class FollowerSession(SessionHooks):
     def _join(self) -> None:
         follower = self.follower
         self.resolve_backend()
+        self.wait_touched_ahead()
         try:
             run_id = follower.join()
             self.begin_artifacts(run_id)

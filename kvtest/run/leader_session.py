@@ -68,6 +68,7 @@ class LeaderSession(SessionHooks):
                 raise pytest.UsageError(str(exc)) from None
             raise
         self._note_roles(refused=False)
+        self.wait_touched_ahead()
 
     def _launch(
         self, plan: RunPlan, rdv: Rendezvous, secrets: Mapping[str, str] | None, budget: ThreadBudget

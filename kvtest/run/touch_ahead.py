@@ -6,7 +6,8 @@ later (p1, d1 of the nightly xPyD tests) waits (:mod:`kvtest.host.busy`). Before
 touching 1.28 GiB each beside d0 slowed d0's own first large cache, faulted fresh inside copy_blocks
 while p0 waited: nightly, 3 runs each, copy_blocks 3.60 s outside (2.09-4.59) without the order, 1.95 s
 (1.75-2.14) with it. p1 and d1 then touch later: 2p1d and 1p2d with 1 MiB blocks 1.63 -> 2.94 s and
-1.27 -> 1.66 s (docs/results.md, seventh round).
+1.27 -> 1.66 s (docs/results.md, seventh round). A role that comes first joins the run only once its
+memory is touched (``SessionHooks.wait_touched_ahead``): the first tests then touch nothing fresh.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ class SimBackend:
 
     def __init__(self, api: ModuleType) -> None:
         self.api = api
+        self._toucher: threading.Thread | None = None
 
     def bind(self, store: Store, namespace: str, role: str) -> None:
         self.api.configure(store, namespace, role)
@@ -55,8 +56,16 @@ class SimBackend:
         from kvtest.host import reused_memory
 
         if device_bytes >= reused_memory.MIN_BYTES:
-            threading.Thread(target=reused_memory.prefault, args=(device_bytes, first),
-                             name="kvtest-sim-prefault", daemon=True).start()
+            self._toucher = threading.Thread(target=reused_memory.prefault, args=(device_bytes, first),
+                                             name="kvtest-sim-prefault", daemon=True)
+            self._toucher.start()
+
+    def touched_ahead(self, timeout_s: float) -> bool:
+        """Wait for the touching thread :meth:`touch_ahead` started (if any) to end."""
+        if self._toucher is None:
+            return True
+        self._toucher.join(timeout_s)
+        return not self._toucher.is_alive()
 
     def after_failure(self) -> None:
         """Destroy the idle NIXL agents: one reused after a test that lost its peer's connection (the
