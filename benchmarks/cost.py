@@ -127,7 +127,7 @@ def run_profile(profile: str, folder: Path, extra: list[str]) -> tuple[Path, Run
     results = folder / f"{profile}.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--kv-profile", profile,
-           "--kv-results", str(results), *extra]
+           f"--kv-results={results}", *extra]
     print(f"running: {' '.join(cmd[2:])}", flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()

@@ -16,6 +16,7 @@ import pytest
 from kvtest.cases import device_bytes
 from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are found by name in the plugin)
 from kvtest.host import reused_memory
+from kvtest.option_paths import rootdir_taken_from
 from kvtest.results.known_issues import settle
 from kvtest.roles.topology import Topology
 from kvtest.run.follower_session import FollowerSession
@@ -53,6 +54,14 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    taken = rootdir_taken_from(config, (o.flag for o in OPTIONS if not o.switch))
+    if taken is not None:
+        flag, value = taken
+        raise pytest.UsageError(
+            f"kvtest: {flag} {value} (command line): pytest took this existing path for a place to look "
+            f"for its rootdir and ran from {config.rootpath}, without the project's configuration "
+            f"(pytest-dev/pytest#8846); write {flag}={value}"
+        )
     config.addinivalue_line("markers", MARKER_HELP)
     if config.pluginmanager.hasplugin("html"):  # pytest-html: its hooks exist only when it is active
         from kvtest.results.html_figures import HtmlFigures

@@ -197,6 +197,7 @@ GROUPS = {
     "kvtest.node": "author",
     "kvtest.fixtures": "author",
     "kvtest.known_issues": "author",
+    "kvtest.option_paths": "settings",
     "kvtest.cli": "cli",
     "kvtest.doctor": "cli",
 }
