@@ -54,7 +54,10 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    taken = rootdir_taken_from(config, (o.flag for o in OPTIONS if not o.switch))
+    # --kv-vendor-samples has a stricter check of its own (kvtest.dropin.vendor): its folder is refused
+    # after a space whatever pytest made of it
+    flags = (o.flag for o in OPTIONS if not o.switch and o.flag != "--kv-vendor-samples")
+    taken = rootdir_taken_from(config, flags)
     if taken is not None:
         flag, value = taken
         raise pytest.UsageError(
