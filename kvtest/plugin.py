@@ -14,6 +14,7 @@ from typing import Any, Union
 import pytest
 
 from kvtest.cases import device_bytes
+from kvtest.dropin.vendor import FLAG as VENDOR_FLAG
 from kvtest.fixtures import datadist, kv_backend  # noqa: F401  (fixtures are found by name in the plugin)
 from kvtest.host import reused_memory
 from kvtest.option_paths import rootdir_taken_from
@@ -54,9 +55,9 @@ def _is_xdist_controller(config: pytest.Config) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    # --kv-vendor-samples has a stricter check of its own (kvtest.dropin.vendor): its folder is refused
-    # after a space whatever pytest made of it
-    flags = (o.flag for o in OPTIONS if not o.switch and o.flag != "--kv-vendor-samples")
+    # --kv-vendor-samples has a stricter check of its own (VendorSamples): its folder is refused after a
+    # space whatever pytest made of it
+    flags = (o.flag for o in OPTIONS if not o.switch and o.flag != VENDOR_FLAG)
     taken = rootdir_taken_from(config, flags)
     if taken is not None:
         flag, value = taken
