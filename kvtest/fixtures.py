@@ -14,7 +14,7 @@ from typing import Any, Union
 import pytest
 
 from kvtest.backends.protocol import Backend
-from kvtest.node import Node, free_port
+from kvtest.node import Node
 from kvtest.run.scope import TestScope
 from kvtest.settings import Settings
 from kvtest.state import BODY_FAILED, chosen_backend, devices_of, settings_of
@@ -88,7 +88,7 @@ def datadist(
     ) -> Node:
         api = kv_backend.api
         node = Node(kv, kv_backend, settings, 0, devices_of(request.config).by_role.get(kv.me, 0))
-        port = free_port(node.host_ip) if listen or callable(cluster_id) else 0
+        port = node.free_port() if listen or callable(cluster_id) else 0
         node.cluster_id = cluster_id(node.host_ip, port) if callable(cluster_id) else cluster_id
         config = api.LLMConfig()
         config.device_id = node.device_id

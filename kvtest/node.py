@@ -72,19 +72,33 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def free_port(host: str) -> int:
-    """A port to listen on, below the kernel's ephemeral range so no outgoing connection takes it."""
+#: where :func:`free_port` looks: below the kernel's ephemeral range, so no outgoing connection takes one
+PORT_RANGE = (20000, 32000)
+
+
+def free_port(host: str, slot: int = 0, slots: int = 1) -> int:
+    """A port to listen on, from part ``slot`` of ``slots`` equal parts of :data:`PORT_RANGE`.
+
+    The roles of a run each pick from their own part: the xPyD samples make a cluster id from ip:port,
+    so two roles on one host must never draw the same port, and a port probed free and released is
+    held by no one until the LLMDataDist listens on it (two roles of a 1p2d smoke test drew the same
+    one: ``blocks cache key ... already exists``).
+    """
+    if not 0 <= slot < slots:
+        raise ValueError(f"port slot {slot} is not in 0..{slots - 1}")
+    width = (PORT_RANGE[1] - PORT_RANGE[0]) // slots
+    low = PORT_RANGE[0] + slot * width
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     rng = random.Random()
     for _ in range(200):
-        port = rng.randrange(20000, 32000)
+        port = rng.randrange(low, low + width)
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port in 20000-32000 on {host}")
+    raise RuntimeError(f"no free port in {low}-{low + width - 1} on {host}")
 
 
 def host_tensors_at(shape: Sequence[int], dtype: torch.dtype, addrs: Sequence[int]) -> list[torch.Tensor]:
@@ -147,6 +161,11 @@ class Node:
         self.finalized = False
 
     # -- set-up -----------------------------------------------------------------------------------
+
+    def free_port(self) -> int:
+        """A free port on this node's host, from this role's own part of the range (:func:`free_port`)."""
+        roles = self.kv.topology.roles
+        return free_port(self.host_ip, roles.index(self.kv.me), len(roles))
 
     def init(self, options: dict[str, str], role: Any) -> None:
         with phase("init"):
@@ -647,7 +666,7 @@ class Node:
         options = None
         address = None
         if listen:
-            address = f"{self.host_ip}:{free_port(self.host_ip)}"
+            address = f"{self.host_ip}:{self.free_port()}"
             config = self.api.LLMConfig()
             config.listen_ip_info = address
             options = config.generate_options()
