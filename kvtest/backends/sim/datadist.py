@@ -41,7 +41,7 @@ from kvtest.backends.sim.status import (
     raise_if_true,
     raise_param_invalid,
 )
-from kvtest.backends.sim.transport import Transport, next_version
+from kvtest.backends.sim.transport import TransferError, Transport, next_version
 
 if TYPE_CHECKING:
     from kvtest.backends.sim.cache_manager import CacheManager
@@ -288,17 +288,30 @@ class LLMDataDist:
 
         plane.update(plane.key("links", owner), change)
 
-    def _load_peer(self, cluster_id: int) -> bool:
+    def _load_peer(self, cluster_id: int) -> str | None:
+        """Load the peer's published agent; its name, or None when it is not there or cannot be loaded."""
         plane, transport = self._ctx()
         record = plane.fetch(plane.key("agent", cluster_id))
         if record is None:
-            return False
+            return None
         try:
             meta = control.decode_bytes(record["meta"])
             transport.load_peer(record["agent"], meta, int(record["version"]), record.get("probe"))
         except Exception:  # noqa: BLE001 - an unreachable peer fails the link with a code
-            return False
-        return True
+            return None
+        return str(record["agent"])
+
+    def _connect(self, agent: str, deadline: float) -> LLMStatusCode:
+        """Set the connection to a loaded peer up by ``deadline`` (``time.monotonic``), as the real link
+        does before it returns: ``EntityCommInfo::Initialize`` ends in ``HcclCommPrepare`` within the
+        link's timeout, whose HCCL_E_TIMEOUT is LLM_TIMEOUT (hicann/hixl src/llm_datadist/link_mgr/
+        comm_entity.cc ``PrepareHcclComm``, comm_adapter/comm_adapter.cc ``ConvertCommErrorToStatus``)."""
+        _, transport = self._ctx()
+        try:
+            transport.connect(agent, max(deadline - time.monotonic(), 0.001))
+        except TransferError as exc:
+            return exc.code
+        return LLMStatusCode.LLM_SUCCESS
 
     # -- two-sided link (comm domain) -----------------------------------------------------------
     def link(self, comm_name: str, cluster_rank_info: dict[int, int], rank_table: str) -> int:
@@ -370,7 +383,11 @@ class LLMDataDist:
         expected = {str(k): v for k, v in comm.members.items()}
         if any(r is not None and r.get("ranks") != expected for r in records):
             comm.status = RegisterMemStatus.FAILED
-        elif all(r is not None for r in records) and all(self._load_peer(cid) for cid in others):
+        elif all(r is not None for r in records) and all(
+            (agent := self._load_peer(cid)) is not None
+            and self._connect(agent, comm.deadline) == LLMStatusCode.LLM_SUCCESS
+            for cid in others
+        ):
             for cid in others:
                 if not self._seam.link_reaped(relink=cid in self._unlinked_peers):
                     self._change_links(self._cluster_id, cid, add="comm")
@@ -440,8 +457,12 @@ class LLMDataDist:
             return LLMStatusCode.LLM_ALREADY_LINK
         ip, port = info.remote_ip_info_list[0]
         answered, _why = probe(int_to_ip(ip), port, deadline)
-        if answered != peer or not self._load_peer(peer):
+        agent = self._load_peer(peer) if answered == peer else None
+        if agent is None:
             return LLMStatusCode.LLM_LINK_FAILED
+        connected = self._connect(agent, deadline)
+        if connected != LLMStatusCode.LLM_SUCCESS:
+            return connected
         self._change_links(self._cluster_id, peer, add="client")
         if not self._hixl:  # a HIXL link is an entity on the client only
             self._change_links(peer, self._cluster_id, add="server")

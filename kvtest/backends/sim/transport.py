@@ -51,6 +51,9 @@ _versions = itertools.count(1)
 #: Measured here: a first 1 KiB transfer 4-53 ms, later ones 0.1 ms (2 cores, 9 busy processes); with
 #: the peer process stopped, the first waits for it to run again.
 WIREUP_LIMIT_S = 3.0
+#: how long a connection's set-up sleeps between polls: its round trips wait for the peer's progress
+#: thread, which a caller polling without a pause keeps from the CPU on a busy host
+WIREUP_POLL_S = 0.0002
 #: bytes of the word each transport registers for peers to read when they set a connection up
 PROBE_BYTES = 8
 
@@ -261,6 +264,11 @@ class Transport:
             if probe is not None:
                 self._peer_probes[agent_name] = probe
 
+    def unconnected(self) -> list[str]:
+        """The loaded peers whose connection is not set up yet (:meth:`connect`)."""
+        with self._lock:
+            return sorted(self._peer_probes)
+
     def forget_peer(self, agent_name: str) -> None:
         with self._lock:
             if agent_name in self._peer_versions:
@@ -351,27 +359,45 @@ class Transport:
         if flip and op == "READ":
             _flip_byte(merged[0][0])
 
-    def _post(self, handle: Any, until: float) -> str:
-        """Post ``handle`` and poll it until it leaves ``PROC`` or ``until`` passes; its last state
-        (``PROC``: still in flight, for the caller to abandon). Raises what NIXL raises."""
+    def _post(self, handle: Any, until: float, pause_s: float = 0.0) -> str:
+        """Post ``handle`` and poll it until it leaves ``PROC`` or ``until`` passes, sleeping ``pause_s``
+        between polls; its last state (``PROC``: still in flight, for the caller to abandon). Raises what
+        NIXL raises."""
         with self._lock:
             self._in_flight += 1
         try:
             state = str(self._agent.transfer(handle))
             while state == "PROC" and time.monotonic() < until:
+                if pause_s:
+                    time.sleep(pause_s)
                 state = str(self._agent.check_xfer_state(handle))
             return state
         finally:
             with self._lock:
                 self._in_flight -= 1
 
-    def _connect(self, peer: str) -> float:
+    def connect(self, peer: str, limit_s: float | None = None) -> float:
+        """Set the connection to a loaded ``peer`` up now, where it is not yet, within ``limit_s``; the
+        seconds that took. The link calls it, as the real llm_datadist sets its connection up when it
+        links (the client's ``LinkCluster`` and the server's connect request both end in
+        ``ExchangeInfoProcess``, which initializes the entity's communication: hicann/hixl
+        src/llm_datadist/link_mgr/link_msg_handler.cc), so a transfer after it times its bytes only.
+
+        :raises TransferError: LLM_TIMEOUT when the connection is not up within ``limit_s`` (default
+            :data:`WIREUP_LIMIT_S`).
+        """
+        return self._connect(peer, limit_s)
+
+    def _connect(self, peer: str, limit_s: float | None = None) -> float:
         """Set the connection to ``peer`` up, where it is not yet, by reading its probe word within
-        :data:`WIREUP_LIMIT_S`; return the seconds that took (0 when there was nothing to do, or NIXL
-        refused: the transfer itself then meets what stopped the probe, and reports it).
+        ``limit_s``; return the seconds that took (0 when there was nothing to do, or NIXL refused: the
+        transfer itself then meets what stopped the probe, and reports it). A transfer calls it too, for a
+        peer loaded since the link (it registered memory again) or never linked from this side.
 
         :raises TransferError: LLM_TIMEOUT when the connection is not up within the limit.
         """
+        if limit_s is None:
+            limit_s = WIREUP_LIMIT_S
         with self._lock:
             remote = self._peer_probes.get(peer)
         if remote is None:
@@ -383,7 +409,7 @@ class Transport:
         except Exception:  # noqa: BLE001 - the transfer reports what NIXL refuses
             return 0.0
         try:
-            state = self._post(handle, start + WIREUP_LIMIT_S)
+            state = self._post(handle, start + limit_s, WIREUP_POLL_S)
         except Exception:  # noqa: BLE001
             state = "ERR"
         if state != "DONE":
@@ -391,8 +417,8 @@ class Transport:
             if state == "PROC":
                 raise TransferError(
                     LLMStatusCode.LLM_TIMEOUT,
-                    f"no connection to {peer} within {WIREUP_LIMIT_S * 1000:.0f} ms (link_clusters' "
-                    "default timeout; the sim sets a connection up on its first transfer)",
+                    f"no connection to {peer} within {limit_s * 1000:.0f} ms (the sim sets a connection up "
+                    "when it links, and again on a transfer after the peer registered memory)",
                 )
             return 0.0
         with self._lock:

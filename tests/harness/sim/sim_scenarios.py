@@ -139,6 +139,12 @@ def cluster(remote_id: int, port: int) -> sim.LLMClusterInfo:
     return info
 
 
+def connected(dd: sim.LLMDataDist, what: str) -> None:
+    """The link set its connections up, as the real one does: the transfers after it time bytes only."""
+    waiting = dd._transport.unconnected()  # the sim's own state
+    assert not waiting, f"after {what}, no connection yet to {waiting}"
+
+
 def link_two_sided(ctx: Ctx, dd: sim.LLMDataDist) -> int:
     comm_id = dd.link("link", TWO_SIDED_RANKS, RANK_TABLE)
     deadline = time.monotonic() + WAIT_S
@@ -147,6 +153,7 @@ def link_two_sided(ctx: Ctx, dd: sim.LLMDataDist) -> int:
         if status == sim.RegisterMemStatus.FAILED or time.monotonic() > deadline:
             raise RuntimeError("link failed")
         time.sleep(0.01)
+    connected(dd, "the two-sided link")
     return comm_id
 
 
@@ -332,6 +339,7 @@ def push_blocks_d(ctx: Ctx) -> None:
         cache = blocks(cm, tensors, sim.BlocksCacheKey(1, 0))
         ctx.barrier("register end")
         ok(dd.link_clusters([cluster(0, ctx.params["p_port"])], 5000), "link")
+        connected(dd, "link_clusters")
         cm.push_blocks(sim.BlocksCacheKey(0, 0), cache, src_blocks=[0, 1], dst_blocks=[0, 2])
         cm.push_blocks(
             sim.BlocksCacheKey(0, 0), cache, [2], [1],

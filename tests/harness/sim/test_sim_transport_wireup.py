@@ -123,3 +123,67 @@ def test_a_connection_that_is_not_up_in_time_is_a_timeout_naming_it(peer, reader
     # the peer runs again: the next transfer sets the connection up and moves the bytes
     reader.transfer("READ", name, [(dst.data_ptr(), int(str(info["addr"])), 1024)], time.monotonic() + 10)
     assert torch.equal(dst, torch.arange(256, dtype=torch.uint8).repeat(4))
+
+
+def test_a_connection_set_up_ahead_leaves_the_transfer_its_bytes_only(peer, reader):
+    """What the link does now (the real link prepares its connection before it returns): the transfer
+    after it needs nothing from the peer, even stopped, and meets its own deadline."""
+    proc, name, info = peer
+    dst = torch.zeros(1024, dtype=torch.uint8)
+    reader.register([(dst.data_ptr(), 1024)])
+    reader.load_peer(name, base64.b64decode(str(info["meta"])), next_version(), int(str(info["probe"])))
+    assert reader.unconnected() == [name]
+    assert reader.connect(name) > 0
+    assert reader.unconnected() == []
+    timer = stopped_for(proc.pid, 1.5)
+    try:
+        start = time.monotonic()
+        reader.transfer("READ", name, [(dst.data_ptr(), int(str(info["addr"])), 1024)], start + 0.5)
+        assert time.monotonic() - start < 0.5
+    finally:
+        timer.join()
+    assert torch.equal(dst, torch.arange(256, dtype=torch.uint8).repeat(4))
+
+
+def test_a_connection_not_up_within_its_limit_is_a_timeout(peer, reader):
+    proc, name, info = peer
+    reader.load_peer(name, base64.b64decode(str(info["meta"])), next_version(), int(str(info["probe"])))
+    timer = stopped_for(proc.pid, 3.0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TransferError) as caught:
+            reader.connect(name, 0.5)
+        took = time.monotonic() - start
+    finally:
+        timer.join()
+    assert caught.value.code == LLMStatusCode.LLM_TIMEOUT
+    assert f"no connection to {name} within 500 ms" in caught.value.details
+    assert 0.5 <= took < 2.5
+    assert reader.unconnected() == [name]  # still to do: the next link or transfer tries again
+
+
+class _Transport:
+    def __init__(self, error: TransferError | None) -> None:
+        self.error = error
+        self.calls: list[tuple[str, float]] = []
+
+    def connect(self, peer: str, limit_s: float) -> float:
+        self.calls.append((peer, limit_s))
+        if self.error is not None:
+            raise self.error
+        return 0.01
+
+
+def test_the_link_reports_a_connection_not_up_by_its_deadline_as_llm_timeout() -> None:
+    """HcclCommPrepare's HCCL_E_TIMEOUT is the real link's LLM_TIMEOUT (comm_entity.cc PrepareHcclComm)."""
+    from kvtest.backends.sim import datadist as sim_datadist
+
+    dd = sim_datadist.LLMDataDist.__new__(sim_datadist.LLMDataDist)
+    late = _Transport(TransferError(LLMStatusCode.LLM_TIMEOUT, "no connection"))
+    dd._plane, dd._transport = object(), late  # type: ignore[assignment]
+    assert dd._connect("peer-agent", time.monotonic() + 2.0) == LLMStatusCode.LLM_TIMEOUT
+    assert late.calls[0][0] == "peer-agent" and 1.5 < late.calls[0][1] <= 2.0  # the link's time left
+    up = _Transport(None)
+    dd._transport = up  # type: ignore[assignment]
+    assert dd._connect("peer-agent", time.monotonic() - 1.0) == LLMStatusCode.LLM_SUCCESS
+    assert up.calls == [("peer-agent", 0.001)]  # past its deadline: one last short try
