@@ -111,15 +111,23 @@ def cache_bytes(case: object) -> int:
 POOL_ATTRIBUTES = ("pool", "device_pool", "host_pool")
 
 
+def tensor_bytes(case: object) -> int:
+    """The bytes of one tensor of one side's KV cache in ``case``; 0 where :func:`cache_bytes` is 0."""
+    tensors = getattr(case, "num_tensors", None)
+    return cache_bytes(case) // tensors if isinstance(tensors, int) and tensors > 0 else 0
+
+
 def device_bytes(case: object) -> int:
-    """The memory one side of ``case`` holds: its KV cache, or the memory pools its LLMDataDist inits
-    with (where the case names them, :data:`POOL_ATTRIBUTES`) when those are larger. A pool is memory
-    from the start: the sim writes every byte of it at init, however small the cache in it (64 MiB for
-    the pull_cache sample's 128 KiB). Pools count for any case type that names them (pull from cache
-    to blocks has no single cache shape)."""
+    """The memory one side of ``case`` holds at its peak: its KV cache, or the memory pools its
+    LLMDataDist inits with (where the case names them, :data:`POOL_ATTRIBUTES`) when those are larger,
+    and one tensor more: the expected tensor a byte check makes beside the cache
+    (:func:`kvtest.patterns.check_all` holds one at a time; on the sim it comes from the same host
+    memory). A pool is memory from the start: the sim writes every byte of it at init, however small
+    the cache in it (64 MiB for the pull_cache sample's 128 KiB). Pools count for any case type that
+    names them (pull from cache to blocks has no single cache shape)."""
     sizes = (getattr(case, name, 0) for name in POOL_ATTRIBUTES)
     pools = sum(size for size in sizes if isinstance(size, int))
-    return max(cache_bytes(case), pools)
+    return max(cache_bytes(case), pools) + tensor_bytes(case)
 
 
 class LayerRanges:

@@ -644,10 +644,16 @@ def check_all(
     """
     if len(expected) != len(actual):
         raise ValueError(f"{name}: {len(actual)} tensors given, {len(expected)} expected")
+    found = []
     with phase("check"):
-        found = [m for i, (e, a) in enumerate(zip(expected, actual))
-                 if (m := compare(e, a, name=name, tensor_index=i, tensors_per_layer=tensors_per_layer,
-                                  block_dim=block_dim)) is not None]
+        for i, a in enumerate(actual):
+            # one expected tensor alive at a time: a LazyTensors' next one reuses this one's memory
+            e = expected[i]
+            m = compare(e, a, name=name, tensor_index=i, tensors_per_layer=tensors_per_layer,
+                        block_dim=block_dim)
+            del e
+            if m is not None:
+                found.append(m)
     if found:
         raise KVMismatch(found, checked=len(expected))
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from kvtest.cases import BlocksCase, CopyCacheCase, HostPullCase, cache_bytes, device_bytes
+from kvtest.cases import BlocksCase, CopyCacheCase, HostPullCase, cache_bytes, device_bytes, tensor_bytes
 from kvtest.roles.topology import parse_topology
 from kvtest.run import session as session_module
 from kvtest.run.session import KV_DEVICE_BYTES, KV_ITEM, SessionHooks
@@ -96,7 +96,7 @@ def test_the_backend_hears_the_largest_cache_of_this_roles_selected_tests(monkey
         _Item("small", ("kv", "datadist", "case"), "1p2d", SMALL),
         _Item("xpyd", ("kv", "datadist", "case"), "1p2d", XPYD),
     ]
-    assert _resolve(monkeypatch, items, deselected=1) == [("d1", cache_bytes(XPYD))]
+    assert _resolve(monkeypatch, items, deselected=1) == [("d1", device_bytes(XPYD))]
 
 
 def test_a_case_with_memory_pools_asks_for_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,13 +105,15 @@ def test_a_case_with_memory_pools_asks_for_them(monkeypatch: pytest.MonkeyPatch)
     copy = CopyCacheCase("int8", 2, 2, 3, 4096, 1, 2)
     assert cache_bytes(copy) == 0 and device_bytes(copy) == copy.pool > 2 * MIB
     host = HostPullCase("fp16", 4, 2, 16384, ((0, 1),), src_host=True)
-    assert device_bytes(host) == host.host_pool + host.device_pool > cache_bytes(host)
-    assert device_bytes(XPYD) == cache_bytes(XPYD)  # no pool: the cache
-    assert device_bytes(SMALL) == 120 and device_bytes(None) == 0
+    assert device_bytes(host) == host.host_pool + host.device_pool + tensor_bytes(host) > cache_bytes(host)
+    # no pool: the cache and the one expected tensor a check holds beside it
+    assert device_bytes(XPYD) == cache_bytes(XPYD) + cache_bytes(XPYD) // XPYD.num_tensors
+    assert tensor_bytes(SMALL) == 120 // SMALL.num_tensors and device_bytes(SMALL) == 120 + tensor_bytes(SMALL)
+    assert device_bytes(None) == 0
     items = [_Item("xpyd-elsewhere", ("kv", "datadist", "case"), "2p1d", XPYD),
              _Item("small", ("kv", "datadist", "case"), "1p2d", SMALL),
              _Item("host-pull", ("kv", "datadist", "case"), "1p2d", host)]
-    assert _resolve(monkeypatch, items) == [("d1", host.host_pool + host.device_pool)]
+    assert _resolve(monkeypatch, items) == [("d1", device_bytes(host))]
 
 
 def test_the_backend_hears_whether_this_role_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,7 +178,7 @@ def test_every_case_parameter_counts_whatever_its_name(pytester: pytest.Pytester
     """)
     pytester.runpytest_inprocess("--collect-only", "-q", "-p", "no:cacheprovider").assert_outcomes()
     assert json.loads((pytester.path / "sizes.json").read_text()) == {
-        "test_blocks[blocks_case0]": 40 * 32 * 512 * 1024 * 2, "test_pool[3-pooled0]": 64 << 20,
+        "test_blocks[blocks_case0]": 41 * 32 * 512 * 1024 * 2, "test_pool[3-pooled0]": 64 << 20,
     }
 
 

@@ -4,6 +4,7 @@ wrong byte, a block not moved and a misplaced block, naming the tensor."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
@@ -91,6 +92,23 @@ def test_a_lazy_expected_state_keeps_no_tensor() -> None:
     patterns.check_all(lazy, [torch.zeros(4)] * 3, name="zeros")
     patterns.check_all(lazy, [torch.zeros(4)] * 3, name="zeros")
     assert made == [0, 1, 2, 0, 1, 2]  # made at every read, nothing cached
+
+
+def test_the_check_holds_one_expected_tensor_at_a_time() -> None:
+    """The next expected tensor is made once the last one is gone, so a LazyTensors' tensors reuse one
+    buffer (on the sim, the same host memory as the caches: three alive at once made the nightly
+    copy_blocks fault 96 MiB fresh in its check, 32 MiB with one)."""
+    alive: list[weakref.ref[torch.Tensor]] = []
+    seen: list[int] = []
+
+    def make(i: int) -> torch.Tensor:
+        seen.append(sum(ref() is not None for ref in alive))
+        tensor = torch.zeros(4)
+        alive.append(weakref.ref(tensor))
+        return tensor
+
+    patterns.check_all(patterns.LazyTensors(4, make), [torch.zeros(4)] * 4, name="zeros")
+    assert seen == [0, 0, 0, 0]
 
 
 def test_replaced_tensors_are_the_other_sides_tensors() -> None:
