@@ -150,7 +150,7 @@ class NpuBackend:
     def warm_up(self, role: str) -> None:
         """Nothing: an LLMDataDist's init needs its test's options and device."""
 
-    def touch_ahead(self, device_bytes: int, first: bool) -> None:
+    def touch_ahead(self, device_bytes: int, first: bool, after: int = 0) -> None:
         """Nothing: device memory is the NPU's (no host pages to touch ahead)."""
 
     def touched_ahead(self, timeout_s: float) -> bool:

@@ -73,11 +73,13 @@ class Backend(Protocol):
         one-time set-up now, in the background, rather than inside the first test (sim: its first NIXL
         agent). Must return at once."""
 
-    def touch_ahead(self, device_bytes: int, first: bool) -> None:
+    def touch_ahead(self, device_bytes: int, first: bool, after: int = 0) -> None:
         """Make ``device_bytes`` of device memory ready in the background (sim: host pages touched
         ahead), ``first`` when this role's tests are among the run's first (the others' touching waits
-        for it on a shared host). ``device_bytes``: the most memory one side's KV cache or memory pools
-        take among this role's selected tests (:func:`kvtest.cases.device_bytes`). Must return at once."""
+        for it on a shared host); ``after``: how many of the other roles need theirs before this one does
+        (:func:`kvtest.run.touch_ahead.touches_after`; this role's touching waits for theirs).
+        ``device_bytes``: the most memory one side's KV cache or memory pools take among this role's
+        selected tests (:func:`kvtest.cases.device_bytes`). Must return at once."""
 
     def touched_ahead(self, timeout_s: float) -> bool:
         """Wait, at most ``timeout_s``, until the memory the last :meth:`touch_ahead` makes ready is ready;

@@ -26,12 +26,20 @@ try:
 except ImportError:  # not on Windows: nothing steps aside there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FIRST_TOUCH", "FOLDER", "POLL_MAX_S", "POLL_S", "TIMING", "aside", "busy", "path"]
+__all__ = ["FIRST_TOUCH", "FOLDER", "POLL_MAX_S", "POLL_S", "TIMING", "aside", "busy", "later_touch", "path"]
 
 #: a process is timing a transfer (``TransferLog.measure``)
 TIMING = "timing"
 #: a role whose tests come first is touching its device memory ahead (``reused_memory.prefault``)
 FIRST_TOUCH = "first-touch"
+
+
+def later_touch(rank: int) -> str:
+    """The sign of a role whose tests come later touching its memory ahead, ``rank`` roles of that kind
+    needing theirs before it (:func:`kvtest.run.touch_ahead.touches_after`)."""
+    return f"later-touch-{rank}"
+
+
 #: background work looks again whether the work it waits for has stopped after this pause, doubled
 #: each time up to POLL_MAX_S
 POLL_S = 0.002

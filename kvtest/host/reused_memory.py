@@ -35,7 +35,6 @@ import os
 import sys
 import threading
 import weakref
-from contextlib import nullcontext
 
 import torch
 
@@ -323,7 +322,7 @@ PREFAULT_STEP = 16 << 20
 PREFAULT_ASIDE_S = 5.0
 
 
-def prefault(nbytes: int, first: bool = True) -> int:
+def prefault(nbytes: int, first: bool = True, after: int = 0) -> int:
     """Touch fresh arena pages, in the calling thread, until this process holds ``nbytes`` (at most
     :data:`IDLE_LIMIT`) of touched pages, in use or idle, for the buffers to come; the bytes it touched.
 
@@ -336,7 +335,8 @@ def prefault(nbytes: int, first: bool = True) -> int:
 
     It touches nothing while a process on the host times a transfer (:mod:`kvtest.host.busy`), and,
     unless this role's tests are among the ``first`` of the run, nothing while such a role touches its
-    own: the roles of one host share its cores, and the first tests need their memory first.
+    own, nor while one of the ``after`` later roles that need theirs before this one does touches: the
+    roles of one host share its cores, and memory needed first is touched first.
     """
     global _prefaulting, _high_water
     nbytes = min(nbytes, IDLE_LIMIT) // _PAGE * _PAGE
@@ -350,9 +350,14 @@ def prefault(nbytes: int, first: bool = True) -> int:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only, on Linux
     except (AttributeError, OSError):
         pass
-    signs = (busy.TIMING,) if first else (busy.TIMING, busy.FIRST_TOUCH)
+    signs: tuple[str, ...]
+    if first:
+        signs, own = (busy.TIMING,), busy.FIRST_TOUCH
+    else:
+        signs = (busy.TIMING, busy.FIRST_TOUCH, *(busy.later_touch(rank) for rank in range(after)))
+        own = busy.later_touch(after)
     try:
-        with busy.busy(busy.FIRST_TOUCH, wait=PREFAULT_ASIDE_S) if first else nullcontext():
+        with busy.busy(own, wait=PREFAULT_ASIDE_S):
             return _touch(arena, nbytes, signs)
     finally:
         with _lock:

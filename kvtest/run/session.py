@@ -50,7 +50,7 @@ from kvtest.run.errors import RendezvousError, RunRefused
 from kvtest.run.member import Member
 from kvtest.run.messages import STACK_KEYS, RoleResult
 from kvtest.run.scope import TestScope
-from kvtest.run.touch_ahead import comes_first
+from kvtest.run.touch_ahead import comes_first, touches_after
 from kvtest.settings import Settings
 from kvtest.state import chosen_backend, marker_settings
 
@@ -196,7 +196,7 @@ class SessionHooks:
         order = [(item_topology(item).roles, makes_datadist(item)) for item in self.selected
                  if item.nodeid in self.kv_items]
         first = comes_first(self.me, order)
-        backend.touch_ahead(self.most_device_memory(), first)
+        backend.touch_ahead(self.most_device_memory(), first, touches_after(self.me, order))
         if first:
             self._touching = backend
 

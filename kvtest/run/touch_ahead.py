@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["LEAD", "comes_first"]
+__all__ = ["LEAD", "comes_first", "touches_after"]
 
 #: a role whose first test that makes an LLMDataDist is among the run's first LEAD tests comes first
 LEAD = 8
@@ -29,3 +29,23 @@ def comes_first(me: str, order: Iterable[tuple[Sequence[str], bool]]) -> bool:
         if datadist and me in roles:
             return True
     return False
+
+
+def touches_after(me: str, order: Sequence[tuple[Sequence[str], bool]]) -> int:
+    """How many roles that do not come first need their memory before role ``me`` does (their first test
+    that makes an LLMDataDist comes earlier in ``order``): ``me`` touches its own after theirs.
+
+    Two such roles touching at once took turns step by step, and the one needed first could lose: the
+    nightly run's p1 (first needed by the 2p1d test) had touched 300 MiB of its 1.28 GiB when that test
+    began, d1 (first needed two tests later) all of it; p1 faulted the rest inside the test while p0
+    and d0 waited.
+    """
+    first_need: dict[str, int] = {}
+    for i, (roles, datadist) in enumerate(order):
+        if datadist:
+            for role in roles:
+                first_need.setdefault(role, i)
+    mine = first_need.get(me)
+    if mine is None or comes_first(me, order):
+        return 0
+    return sum(1 for role, i in first_need.items() if i < mine and not comes_first(role, order))

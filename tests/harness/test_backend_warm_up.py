@@ -33,7 +33,7 @@ class _Backend:
     def warm_up(self, role: str) -> None:
         self.warmed.append((role, 0))
 
-    def touch_ahead(self, device_bytes: int, first: bool) -> None:
+    def touch_ahead(self, device_bytes: int, first: bool, after: int = 0) -> None:
         self.warmed[-1] = (self.warmed[-1][0], device_bytes)
         self.first.append(first)
         #: the timeouts touched_ahead was waited with
@@ -189,7 +189,7 @@ def test_the_sim_waits_for_its_touching_thread(monkeypatch: pytest.MonkeyPatch) 
     from kvtest.host import reused_memory
 
     release = threading.Event()
-    monkeypatch.setattr(reused_memory, "prefault", lambda nbytes, first: release.wait(10))
+    monkeypatch.setattr(reused_memory, "prefault", lambda nbytes, first, after: release.wait(10))
     sim = SimBackend(api=None)  # type: ignore[arg-type]
     assert sim.touched_ahead(0.01)  # nothing touched ahead: nothing to wait for
     sim.touch_ahead(reused_memory.MIN_BYTES - 1, True)

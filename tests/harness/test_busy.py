@@ -114,6 +114,19 @@ def test_a_late_roles_touching_waits_while_a_first_role_touches_and_not_for_itse
         assert got
 
 
+def test_a_later_role_steps_aside_for_the_later_roles_needed_before_it_only() -> None:
+    second = (busy.TIMING, busy.FIRST_TOUCH, busy.later_touch(0))
+    with busy.busy(busy.later_touch(0)):
+        with busy.aside((busy.TIMING, busy.FIRST_TOUCH), 1.0) as got:
+            assert got  # the role needed first does not wait for its own sign
+        start = time.monotonic()
+        with busy.aside(second, 0.3) as got:
+            assert not got and time.monotonic() - start >= 0.3
+    with busy.busy(busy.later_touch(1)):  # a role needed after it touches: no reason to wait
+        with busy.aside(second, 1.0) as got:
+            assert got
+
+
 def test_a_first_role_waits_for_a_late_roles_step_then_holds_its_sign() -> None:
     step_held, release = threading.Event(), threading.Event()
 

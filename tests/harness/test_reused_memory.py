@@ -11,6 +11,7 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -287,11 +288,11 @@ def test_the_plugin_sweeps_before_each_test(pytester: pytest.Pytester) -> None:
 # -- prefault: pages touched ahead, for the buffers to come ------------------------------------------
 
 
-def _prefault(nbytes: int, first: bool = True) -> int:
+def _prefault(nbytes: int, first: bool = True, after: int = 0) -> int:
     """``reused_memory.prefault`` in a thread of its own, as the sim runs it (it lowers its thread's
     priority, which must not stay on the test's)."""
     out: list[int] = []
-    worker = threading.Thread(target=lambda: out.append(reused_memory.prefault(nbytes, first)))
+    worker = threading.Thread(target=lambda: out.append(reused_memory.prefault(nbytes, first, after)))
     worker.start()
     worker.join(60)
     assert not worker.is_alive() and len(out) == 1
@@ -319,6 +320,33 @@ def test_prefault_leaves_touched_pages_that_the_next_buffers_land_on(monkeypatch
     touched, fresh = _faults_while_writing(a) + _faults_while_writing(b), _faults_while_writing(c)
     assert touched * 4 < fresh, (touched, fresh)
     del a, b, c
+
+
+def test_a_later_roles_prefault_holds_its_rank_and_steps_aside_for_the_ranks_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held: list[str] = []
+    asides: list[tuple[str, ...]] = []
+    real_busy, real_aside = busy.busy, busy.aside
+
+    def spy_busy(sign: str, wait: float = 0.0) -> Any:
+        held.append(sign)
+        return real_busy(sign, wait)
+
+    def spy_aside(signs: tuple[str, ...], deadline: float) -> Any:
+        asides.append(signs)
+        return real_aside(signs, deadline)
+
+    monkeypatch.setattr(busy, "busy", spy_busy)
+    monkeypatch.setattr(busy, "aside", spy_aside)
+    assert _prefault(4 * MIB, first=False, after=2) == 4 * MIB
+    assert held == [busy.later_touch(2)]
+    assert asides and set(asides) == {(busy.TIMING, busy.FIRST_TOUCH, busy.later_touch(0), busy.later_touch(1))}
+    reused_memory.clear()
+    held.clear()
+    asides.clear()
+    assert _prefault(4 * MIB) == 4 * MIB
+    assert held == [busy.FIRST_TOUCH] and set(asides) == {(busy.TIMING,)}
 
 
 def test_prefault_tops_up_what_the_process_already_holds() -> None:

@@ -46,17 +46,18 @@ class SimBackend:
 
         warm_up(role)
 
-    def touch_ahead(self, device_bytes: int, first: bool) -> None:
+    def touch_ahead(self, device_bytes: int, first: bool, after: int = 0) -> None:
         """Touch ``device_bytes`` of the sim's device memory (host memory, from
         :mod:`kvtest.host.reused_memory`) ahead in a background thread at the lowest priority
         (``reused_memory.prefault``; not beside a timed transfer, nor, unless ``first``, beside the
-        touching of a role whose tests come first). A role that meets its first large cache late (p1
+        touching of a role whose tests come first, nor beside that of the ``after`` roles that need theirs
+        before this one). A role that meets its first large cache late (p1
         of the nightly 2p1d test: 1.28 GiB) otherwise faults it fresh inside that test while its peers
         wait (4.4 s of fill there, 0.3 s on touched pages)."""
         from kvtest.host import reused_memory
 
         if device_bytes >= reused_memory.MIN_BYTES:
-            self._toucher = threading.Thread(target=reused_memory.prefault, args=(device_bytes, first),
+            self._toucher = threading.Thread(target=reused_memory.prefault, args=(device_bytes, first, after),
                                              name="kvtest-sim-prefault", daemon=True)
             self._toucher.start()
 
