@@ -41,7 +41,7 @@ from kvtest.backends.sim.status import (
     raise_if_true,
     raise_param_invalid,
 )
-from kvtest.backends.sim.transport import TransferError, Transport, next_version
+from kvtest.backends.sim.transport import WIREUP_LIMIT_S, TransferError, Transport, next_version
 
 if TYPE_CHECKING:
     from kvtest.backends.sim.cache_manager import CacheManager
@@ -385,7 +385,10 @@ class LLMDataDist:
             comm.status = RegisterMemStatus.FAILED
         elif all(r is not None for r in records) and all(
             (agent := self._load_peer(cid)) is not None
-            and self._connect(agent, comm.deadline) == LLMStatusCode.LLM_SUCCESS
+            # a poll, not the whole link: at most WIREUP_LIMIT_S a try, so the caller's loop still sees
+            # a peer that failed meanwhile; the next poll tries again until the link's deadline
+            and self._connect(agent, min(comm.deadline, time.monotonic() + WIREUP_LIMIT_S))
+            == LLMStatusCode.LLM_SUCCESS
             for cid in others
         ):
             for cid in others:

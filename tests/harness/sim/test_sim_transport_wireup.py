@@ -187,3 +187,41 @@ def test_the_link_reports_a_connection_not_up_by_its_deadline_as_llm_timeout() -
     dd._transport = up  # type: ignore[assignment]
     assert dd._connect("peer-agent", time.monotonic() - 1.0) == LLMStatusCode.LLM_SUCCESS
     assert up.calls == [("peer-agent", 0.001)]  # past its deadline: one last short try
+
+
+class _Plane:
+    def __init__(self, ranks: dict[str, int]) -> None:
+        self.ranks = ranks
+
+    def key(self, *parts: object) -> str:
+        return "/".join(str(p) for p in parts)
+
+    def fetch_many(self, keys: list[str]) -> list[dict[str, object]]:
+        return [{"ranks": self.ranks} for _ in keys]
+
+    def fetch(self, key: str) -> dict[str, object]:
+        return {"agent": "peer-agent", "meta": "", "version": 1, "probe": None}
+
+
+class _LoadingTransport(_Transport):
+    def load_peer(self, *args: object) -> None:
+        pass
+
+
+def test_a_two_sided_links_poll_tries_the_connection_for_a_while_not_the_whole_link() -> None:
+    """query_register_mem_status is polled, and its caller checks between polls whether a peer failed:
+    one poll tries the connection at most WIREUP_LIMIT_S (the link's timeout is 30 s by default), and a
+    connection not up yet is PREPARING until the link's deadline, FAILED after it."""
+    from kvtest.backends.sim import datadist as sim_datadist
+    from kvtest.backends.sim.cache import RegisterMemStatus
+
+    dd = sim_datadist.LLMDataDist.__new__(sim_datadist.LLMDataDist)
+    late = _LoadingTransport(TransferError(LLMStatusCode.LLM_TIMEOUT, "no connection"))
+    members = {1: 0, 2: 1}
+    dd._initialized, dd._cm_enabled, dd._hixl, dd._cluster_id = True, True, False, 1
+    dd._plane, dd._transport = _Plane({"1": 0, "2": 1}), late  # type: ignore[assignment]
+    dd._comm_links = {7: sim_datadist._CommLink("comm", members, time.monotonic() + 30.0)}
+    assert dd.query_register_mem_status(7) == RegisterMemStatus.PREPARING
+    assert late.calls[0][0] == "peer-agent" and late.calls[0][1] <= transport.WIREUP_LIMIT_S
+    dd._comm_links[7].deadline = time.monotonic() - 1.0
+    assert dd.query_register_mem_status(7) == RegisterMemStatus.FAILED
