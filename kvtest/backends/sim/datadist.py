@@ -288,27 +288,23 @@ class LLMDataDist:
 
         plane.update(plane.key("links", owner), change)
 
-    def _load_peer(self, cluster_id: int) -> str | None:
-        """Load the peer's published agent; its name, or None when it is not there or cannot be loaded."""
+    def _reach(self, cluster_id: int, deadline: float) -> LLMStatusCode:
+        """Load the peer's published agent and set the connection to it up by ``deadline``
+        (``time.monotonic``), as the real link does before it returns: ``EntityCommInfo::Initialize`` ends
+        in ``HcclCommPrepare`` within the link's timeout, whose HCCL_E_TIMEOUT is LLM_TIMEOUT (hicann/hixl
+        src/llm_datadist/link_mgr/comm_entity.cc ``PrepareHcclComm``, comm_adapter/comm_adapter.cc
+        ``ConvertCommErrorToStatus``). LLM_LINK_FAILED when the agent is not there or cannot be loaded."""
         plane, transport = self._ctx()
         record = plane.fetch(plane.key("agent", cluster_id))
         if record is None:
-            return None
+            return LLMStatusCode.LLM_LINK_FAILED
         try:
             meta = control.decode_bytes(record["meta"])
             transport.load_peer(record["agent"], meta, int(record["version"]), record.get("probe"))
         except Exception:  # noqa: BLE001 - an unreachable peer fails the link with a code
-            return None
-        return str(record["agent"])
-
-    def _connect(self, agent: str, deadline: float) -> LLMStatusCode:
-        """Set the connection to a loaded peer up by ``deadline`` (``time.monotonic``), as the real link
-        does before it returns: ``EntityCommInfo::Initialize`` ends in ``HcclCommPrepare`` within the
-        link's timeout, whose HCCL_E_TIMEOUT is LLM_TIMEOUT (hicann/hixl src/llm_datadist/link_mgr/
-        comm_entity.cc ``PrepareHcclComm``, comm_adapter/comm_adapter.cc ``ConvertCommErrorToStatus``)."""
-        _, transport = self._ctx()
+            return LLMStatusCode.LLM_LINK_FAILED
         try:
-            transport.connect(agent, max(deadline - time.monotonic(), 0.001))
+            transport.connect(str(record["agent"]), max(deadline - time.monotonic(), 0.001))
         except TransferError as exc:
             return exc.code
         return LLMStatusCode.LLM_SUCCESS
@@ -384,10 +380,9 @@ class LLMDataDist:
         if any(r is not None and r.get("ranks") != expected for r in records):
             comm.status = RegisterMemStatus.FAILED
         elif all(r is not None for r in records) and all(
-            (agent := self._load_peer(cid)) is not None
             # a poll, not the whole link: at most WIREUP_LIMIT_S a try, so the caller's loop still sees
             # a peer that failed meanwhile; the next poll tries again until the link's deadline
-            and self._connect(agent, min(comm.deadline, time.monotonic() + WIREUP_LIMIT_S))
+            self._reach(cid, min(comm.deadline, time.monotonic() + WIREUP_LIMIT_S))
             == LLMStatusCode.LLM_SUCCESS
             for cid in others
         ):
@@ -460,12 +455,11 @@ class LLMDataDist:
             return LLMStatusCode.LLM_ALREADY_LINK
         ip, port = info.remote_ip_info_list[0]
         answered, _why = probe(int_to_ip(ip), port, deadline)
-        agent = self._load_peer(peer) if answered == peer else None
-        if agent is None:
+        if answered != peer:
             return LLMStatusCode.LLM_LINK_FAILED
-        connected = self._connect(agent, deadline)
-        if connected != LLMStatusCode.LLM_SUCCESS:
-            return connected
+        reached = self._reach(peer, deadline)
+        if reached != LLMStatusCode.LLM_SUCCESS:
+            return reached
         self._change_links(self._cluster_id, peer, add="client")
         if not self._hixl:  # a HIXL link is an entity on the client only
             self._change_links(peer, self._cluster_id, add="server")

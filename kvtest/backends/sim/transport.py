@@ -328,7 +328,7 @@ class Transport:
         if stall:
             time.sleep(max(0.0, deadline - time.monotonic()))
             raise TransferError(LLMStatusCode.LLM_TIMEOUT, "transfer did not complete in time (stall fault)")
-        deadline += self._connect(peer)
+        deadline += self.connect(peer)
         try:
             handle = self._handle(op, peer, merged)
         except Exception as exc:
@@ -377,22 +377,15 @@ class Transport:
                 self._in_flight -= 1
 
     def connect(self, peer: str, limit_s: float | None = None) -> float:
-        """Set the connection to a loaded ``peer`` up now, where it is not yet, within ``limit_s``; the
-        seconds that took. The link calls it, as the real llm_datadist sets its connection up when it
-        links (the client's ``LinkCluster`` and the server's connect request both end in
-        ``ExchangeInfoProcess``, which initializes the entity's communication: hicann/hixl
-        src/llm_datadist/link_mgr/link_msg_handler.cc), so a transfer after it times its bytes only.
+        """Set the connection to a loaded ``peer`` up, where it is not yet, by reading its probe word within
+        ``limit_s`` (default :data:`WIREUP_LIMIT_S`); the seconds that took (0 when there was nothing to
+        do, or NIXL refused: the transfer itself then meets what stopped the probe, and reports it).
 
-        :raises TransferError: LLM_TIMEOUT when the connection is not up within ``limit_s`` (default
-            :data:`WIREUP_LIMIT_S`).
-        """
-        return self._connect(peer, limit_s)
-
-    def _connect(self, peer: str, limit_s: float | None = None) -> float:
-        """Set the connection to ``peer`` up, where it is not yet, by reading its probe word within
-        ``limit_s``; return the seconds that took (0 when there was nothing to do, or NIXL refused: the
-        transfer itself then meets what stopped the probe, and reports it). A transfer calls it too, for a
-        peer loaded since the link (it registered memory again) or never linked from this side.
+        The link calls it, as the real llm_datadist sets its connection up when it links (the client's
+        ``LinkCluster`` and the server's connect request both end in ``ExchangeInfoProcess``, which
+        initializes the entity's communication: hicann/hixl src/llm_datadist/link_mgr/link_msg_handler.cc),
+        so a transfer after it times its bytes only. A transfer calls it too, for a peer loaded since the
+        link (it registered memory again) or never linked from this side.
 
         :raises TransferError: LLM_TIMEOUT when the connection is not up within the limit.
         """

@@ -179,13 +179,13 @@ def test_the_link_reports_a_connection_not_up_by_its_deadline_as_llm_timeout() -
     from kvtest.backends.sim import datadist as sim_datadist
 
     dd = sim_datadist.LLMDataDist.__new__(sim_datadist.LLMDataDist)
-    late = _Transport(TransferError(LLMStatusCode.LLM_TIMEOUT, "no connection"))
-    dd._plane, dd._transport = object(), late  # type: ignore[assignment]
-    assert dd._connect("peer-agent", time.monotonic() + 2.0) == LLMStatusCode.LLM_TIMEOUT
+    late = _LoadingTransport(TransferError(LLMStatusCode.LLM_TIMEOUT, "no connection"))
+    dd._plane, dd._transport = _Plane({}), late  # type: ignore[assignment]
+    assert dd._reach(2, time.monotonic() + 2.0) == LLMStatusCode.LLM_TIMEOUT
     assert late.calls[0][0] == "peer-agent" and 1.5 < late.calls[0][1] <= 2.0  # the link's time left
-    up = _Transport(None)
+    up = _LoadingTransport(None)
     dd._transport = up  # type: ignore[assignment]
-    assert dd._connect("peer-agent", time.monotonic() - 1.0) == LLMStatusCode.LLM_SUCCESS
+    assert dd._reach(2, time.monotonic() - 1.0) == LLMStatusCode.LLM_SUCCESS
     assert up.calls == [("peer-agent", 0.001)]  # past its deadline: one last short try
 
 
