@@ -46,6 +46,6 @@ def touches_after(me: str, order: Sequence[tuple[Sequence[str], bool]]) -> int:
             for role in roles:
                 first_need.setdefault(role, i)
     mine = first_need.get(me)
-    if mine is None or comes_first(me, order):
+    if mine is None or mine < LEAD:  # no test of its own, or it comes first (comes_first)
         return 0
-    return sum(1 for role, i in first_need.items() if i < mine and not comes_first(role, order))
+    return sum(1 for i in first_need.values() if LEAD <= i < mine)
