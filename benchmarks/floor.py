@@ -23,9 +23,7 @@ Exit status: 0 when both runs produced results, 2 when one did not or a floor te
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -107,23 +105,14 @@ def report(found: Mapping[str, Floor], smoke: ProfileCost) -> list[str]:
     return lines
 
 
-def run_floor(folder: Path) -> tuple[Path, int]:
-    results = folder / "floor.json"
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", TESTS, f"--kv-results={results}"]
-    print(f"running: {' '.join(cmd[2:])}", flush=True)
-    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    for line in done.stdout.splitlines()[-3 if done.returncode == 0 else -12:]:
-        print(f"  | {line}")
-    return results, done.returncode
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", type=Path, help="an earlier smoke results file instead of a run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kvtest-floor-") as tmp:
-        floor_file, status = run_floor(Path(tmp))
+        floors_dir = Path(tmp) / "floor"  # run_profile names its results file after the profile
+        floors_dir.mkdir()
+        floor_file, _, status = run_profile("smoke", floors_dir, [TESTS])
         smoke_file = args.smoke
         if smoke_file is None:
             smoke_file, _, _ = run_profile("smoke", Path(tmp), [])
