@@ -9,13 +9,18 @@ this host), ``ROUNDS`` of each kind, and each checks what it did:
 
 - ``rendezvous``: the ``kv`` fixture, one value published and read back, one barrier: kvtest alone;
 - ``init``: and an LLMDataDist initialised (p listening) and finalised on both roles;
-- ``link``: and d's ``link_clusters`` to p, and one more barrier.
+- ``link``: and d's ``link_clusters`` to p, and one more barrier;
+- ``pull``: the smallest whole sample test (register, fill, pull 1 KiB, check every byte, unlink);
+- ``pull_kept``: ``pull`` on one LLMDataDist per role made by the first test and kept by the others, as
+  a session-scoped LLMDataDist would be (no init or finalize; d still links and unlinks);
+- ``pull_linked``: and d's link kept too, as a decode process that keeps its LLMDataDist and links.
 
 Per kind, the median of the tests' walls (a test's wall is its longest role's, as in the results file).
 From smoke: the time in transfers per test with transfers, and 4x that, the outside time the target
 leaves such a test. A sample test that inits, links and finalizes on every test cannot meet the target
 when the ``link`` floor alone is over that allowance: no trimming of fills, checks or the harness gets
-under it; only sharing the LLMDataDist and its links between tests would.
+under it. The last line reads ``pull_linked``'s time outside its transfer against the allowance: whether
+sharing the LLMDataDist and its links between tests (issue 27's session-scoped option) would.
 
 Exit status: 0 when both runs produced results, 2 when one did not or a floor test failed.
 """
@@ -45,6 +50,8 @@ KINDS = {
     "test_init": "+ LLMDataDist init and finalize on both roles",
     "test_link": "+ d's link_clusters to p and a barrier",
     "test_pull": "a whole pull test (register, fill, pull 1 KiB, check, unlink)",
+    "test_pull_kept": "it on an LLMDataDist kept between tests (no init, finalize)",
+    "test_pull_linked": "it on an LLMDataDist and a link kept between tests",
 }
 
 
@@ -102,6 +109,12 @@ def report(found: Mapping[str, Floor], smoke: ProfileCost) -> list[str]:
         verdict = "over" if link.wall_s > allowed else "within"
         lines.append(f"a test that inits, links and finalizes spends {link.wall_s * 1000:.1f} ms before its first "
                      f"cache: {verdict} that allowance by {abs(link.wall_s - allowed) * 1000:.1f} ms")
+    kept = found.get("test_pull_linked")
+    if kept is not None:
+        outside = kept.wall_s - kept.transfer_s
+        verdict = "over" if outside > allowed else "within"
+        lines.append(f"a pull test on an LLMDataDist and a link kept between tests spends {outside * 1000:.1f} ms "
+                     f"outside its transfer: {verdict} that allowance by {abs(outside - allowed) * 1000:.1f} ms")
     return lines
 
 

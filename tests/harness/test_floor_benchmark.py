@@ -55,3 +55,14 @@ def test_a_kind_with_transfers_shows_its_own_ratio() -> None:
                          _smoke(0.2, 50))
     pull = next(line for line in lines if "whole pull test" in line)
     assert pull.endswith("14.0 ms, 1.0 in transfers (13.0x outside)")
+
+
+def test_the_kept_verdict_reads_the_time_outside_the_transfer_of_a_test_on_a_kept_link() -> None:
+    smoke = _smoke(0.2, 50)  # 16 ms allowed outside
+    found = {"test_pull_linked": floor.Floor(0.020, 0.003)}
+    over = floor.report(found, smoke)
+    assert over[-1] == ("a pull test on an LLMDataDist and a link kept between tests spends 17.0 ms outside "
+                        "its transfer: over that allowance by 1.0 ms")
+    within = floor.report({"test_pull_linked": floor.Floor(0.020, 0.005)}, smoke)
+    assert within[-1].endswith("spends 15.0 ms outside its transfer: within that allowance by 1.0 ms")
+    assert not any("kept between tests spends" in line for line in floor.report({}, smoke))

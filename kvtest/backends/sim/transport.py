@@ -255,6 +255,8 @@ class Transport:
             if self._peer_versions.get(agent_name) == version:
                 return
             if agent_name in self._peer_versions:
+                # and its connection with it: NIXL keeps a peer's old regions when new metadata is loaded
+                # over them, so a region the peer gave back would stay readable
                 self._drop_handles(agent_name)
                 self._agent.remove_remote_agent(agent_name)
                 del self._peer_versions[agent_name]

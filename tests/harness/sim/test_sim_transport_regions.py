@@ -49,3 +49,30 @@ def test_a_run_of_segments_across_two_neighbouring_tensors_moves() -> None:
     finally:
         reader.close()
         owner.close()
+
+
+def test_a_peer_reloaded_after_it_gave_memory_back_cannot_be_read_there() -> None:
+    """A peer's new metadata replaces its old regions: NIXL keeps the old ones when new metadata is loaded
+    over them (measured: a READ of a deregistered region then completes), so a reload drops the peer first.
+    """
+    reader, owner = Transport(f"kvtest-regions-{uuid.uuid4().hex[:8]}"), Transport(f"kvtest-regions-{uuid.uuid4().hex[:8]}")
+    try:
+        old, new = torch.full((HALF,), 7, dtype=torch.uint8), torch.full((HALF,), 9, dtype=torch.uint8)
+        dst = torch.zeros(HALF, dtype=torch.uint8)
+        reader.register([(dst.data_ptr(), HALF)])
+        token = owner.register([(old.data_ptr(), HALF)])
+        reader.load_peer(owner.name, owner.metadata(), next_version())
+        reader.transfer("READ", owner.name, [(dst.data_ptr(), old.data_ptr(), 64)], time.monotonic() + 10)
+        assert dst[:64].eq(7).all()
+        owner.deregister(token)
+        owner.register([(new.data_ptr(), HALF)])
+        reader.load_peer(owner.name, owner.metadata(), next_version())
+        with pytest.raises(transport.TransferError) as refused:
+            reader.transfer("READ", owner.name, [(dst.data_ptr() + 64, old.data_ptr(), 64)], time.monotonic() + 10)
+        assert refused.value.code == transport.LLMStatusCode.LLM_FAILED
+        assert not dst[64:128].any()
+        reader.transfer("READ", owner.name, [(dst.data_ptr(), new.data_ptr(), 64)], time.monotonic() + 10)
+        assert dst[:64].eq(9).all()
+    finally:
+        reader.close()
+        owner.close()
