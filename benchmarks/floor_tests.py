@@ -110,8 +110,7 @@ def _kept_node(kind: str, kv, kv_backend, request) -> tuple[Node, bool]:
                 devices_of(request.config).by_role.get(kv.me, 0))
     if _held and _held[0][0] == kind:
         _, node.dd, node.listen = _held[0]
-        kv.publish("node", {"cluster_id": node.cluster_id, "host_ip": node.host_ip, "device_id": node.device_id,
-                            "listen": node.listen})
+        node.publish()
         return node, False
     _let_go()
     api = node.api

@@ -173,7 +173,12 @@ class Node:
             self.dd.init(options)
         # No device IP here: only a rank table needs one (:meth:`link`), so hosts without hccn_tool
         # or device IPs still run the one-sided samples, as the vendor samples do.
-        self.kv.publish("node", {**self._own_info(), "listen": self.listen})
+        self.publish()
+
+    def publish(self, key: str = "node") -> None:
+        """Publish this node's addresses under ``key`` for this test's peers (:meth:`peer` reads them):
+        cluster_id, host_ip, device_id (logical) and listen."""
+        self.kv.publish(key, {**self._own_info(), "listen": self.listen})
 
     @property
     def cm(self) -> Any:
@@ -674,7 +679,7 @@ class Node:
         with phase("link"):
             self.dd.switch_role(role, options)
         self.listen = address
-        self.kv.publish(key, {**self._own_info(), "listen": self.listen})
+        self.publish(key)
 
     def link_clusters_to(
         self, roles: Sequence[str], *, key: str = "node after switch_role", timeout_ms: int = 5000
