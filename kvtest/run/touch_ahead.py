@@ -14,24 +14,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-__all__ = ["LEAD", "comes_first", "touches_after"]
+__all__ = ["LEAD", "comes_first", "first_needs", "touches_after"]
 
 #: a role whose first test that makes an LLMDataDist is among the run's first LEAD tests comes first
 LEAD = 8
 
 
+def first_needs(order: Iterable[tuple[Sequence[str], bool]]) -> dict[str, int]:
+    """Each role's first need: the index in ``order`` (the run's multi-role tests in order, as (their
+    roles, whether they make an LLMDataDist)) of its first test that makes an LLMDataDist."""
+    found: dict[str, int] = {}
+    for i, (roles, datadist) in enumerate(order):
+        if datadist:
+            for role in roles:
+                found.setdefault(role, i)
+    return found
+
+
 def comes_first(me: str, order: Iterable[tuple[Sequence[str], bool]]) -> bool:
     """Whether role ``me`` has a test among the first :data:`LEAD` of ``order`` (the run's multi-role
     tests in order, as (their roles, whether they make an LLMDataDist)) that makes an LLMDataDist."""
-    for i, (roles, datadist) in enumerate(order):
-        if i >= LEAD:
-            return False
-        if datadist and me in roles:
-            return True
-    return False
+    mine = first_needs(order).get(me)
+    return mine is not None and mine < LEAD
 
 
-def touches_after(me: str, order: Sequence[tuple[Sequence[str], bool]]) -> int:
+def touches_after(me: str, order: Iterable[tuple[Sequence[str], bool]]) -> int:
     """How many roles that do not come first need their memory before role ``me`` does (their first test
     that makes an LLMDataDist comes earlier in ``order``): ``me`` touches its own after theirs.
 
@@ -40,11 +47,7 @@ def touches_after(me: str, order: Sequence[tuple[Sequence[str], bool]]) -> int:
     began, d1 (first needed two tests later) all of it; p1 faulted the rest inside the test while p0
     and d0 waited.
     """
-    first_need: dict[str, int] = {}
-    for i, (roles, datadist) in enumerate(order):
-        if datadist:
-            for role in roles:
-                first_need.setdefault(role, i)
+    first_need = first_needs(order)
     mine = first_need.get(me)
     if mine is None or mine < LEAD:  # no test of its own, or it comes first (comes_first)
         return 0
