@@ -162,7 +162,9 @@ def test_a_connection_not_up_within_its_limit_is_a_timeout(peer, reader):
     assert reader.unconnected() == [name]  # still to do: the next link or transfer tries again
 
 
-class _Transport:
+class _LoadingTransport:
+    """A transport whose peer loads, and whose connection set-up raises ``error`` (or takes 10 ms)."""
+
     def __init__(self, error: TransferError | None) -> None:
         self.error = error
         self.calls: list[tuple[str, float]] = []
@@ -172,6 +174,9 @@ class _Transport:
         if self.error is not None:
             raise self.error
         return 0.01
+
+    def load_peer(self, *args: object) -> None:
+        pass
 
 
 def test_the_link_reports_a_connection_not_up_by_its_deadline_as_llm_timeout() -> None:
@@ -201,11 +206,6 @@ class _Plane:
 
     def fetch(self, key: str) -> dict[str, object]:
         return {"agent": "peer-agent", "meta": "", "version": 1, "probe": None}
-
-
-class _LoadingTransport(_Transport):
-    def load_peer(self, *args: object) -> None:
-        pass
 
 
 def test_a_two_sided_links_poll_tries_the_connection_for_a_while_not_the_whole_link() -> None:
